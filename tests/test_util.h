@@ -1,0 +1,44 @@
+// Shared test helpers: where the parity fixtures are, and comparisons that report the max abs error.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <torch/types.h>
+
+#include <filesystem>
+#include <map>
+#include <string>
+
+namespace dreamlora::testing {
+
+// ../shared/fixtures (or $DREAMLORA_FIXTURES); empty path when absent.
+std::filesystem::path fixtures_dir();
+bool running_in_ci();
+// A fresh empty directory under the system temp dir, removed by the caller or left for debugging.
+std::filesystem::path make_temp_dir(const std::string& tag);
+// Path of the built dreamlora binary (for tests that run the CLI in a child process).
+std::filesystem::path dreamlora_binary();
+
+// Max |a - b| (shapes must match).
+double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b);
+
+}  // namespace dreamlora::testing
+
+// Skips the test when the fixtures folder is missing, except under CI=true where that is a failure.
+#define REQUIRE_FIXTURES()                                                                       \
+  do {                                                                                           \
+    if (::dreamlora::testing::fixtures_dir().empty()) {                                          \
+      if (::dreamlora::testing::running_in_ci()) FAIL() << "fixtures folder ../shared/fixtures missing under CI"; \
+      GTEST_SKIP() << "fixtures folder ../shared/fixtures not found; parity test skipped";       \
+    }                                                                                            \
+  } while (0)
+
+// EXPECT that two tensors agree within tol (max abs error), printing the error either way.
+#define EXPECT_TENSOR_NEAR(actual, expected, tol)                                                  \
+  do {                                                                                             \
+    auto _a = (actual);                                                                            \
+    auto _e = (expected);                                                                          \
+    ASSERT_EQ(_a.sizes(), _e.sizes()) << #actual " vs " #expected;                                 \
+    double _err = ::dreamlora::testing::max_abs_diff(_a, _e);                                      \
+    std::cout << "[ parity ] " << #actual << " max abs error " << _err << std::endl;               \
+    EXPECT_LE(_err, (tol)) << #actual " vs " #expected;                                             \
+  } while (0)
