@@ -13,6 +13,8 @@ PACKAGES=(
   libstb-dev              # image read/write (PNG, JPEG, BMP)
   libwebp-dev             # WebP images
   libxxhash-dev           # XXH3 checksums in checkpoint manifests
+  libexif-dev             # JPEG EXIF orientation of training images
+  zlib1g-dev              # CRC32 for PNG text chunks (prompt, seed, sampler)
   libtomlplusplus-dev     # --config TOML files
   libgtest-dev libgmock-dev libbenchmark-dev
 )

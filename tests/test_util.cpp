@@ -3,9 +3,15 @@
 #include <torch/torch.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
 #include <random>
+#include <fcntl.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <fstream>
+#include <sstream>
 
 namespace dreamlora::testing {
 
@@ -36,6 +42,50 @@ std::filesystem::path dreamlora_binary() {
     if (std::filesystem::exists(env)) return env;
   }
   return std::filesystem::path(DREAMLORA_BINARY_DIR) / "dreamlora";
+}
+
+int spawn_dreamlora(const std::vector<std::string>& args, const std::filesystem::path& output_file,
+                    const std::vector<std::string>& env) {
+  const std::string bin = dreamlora_binary().string();
+  pid_t pid = fork();
+  if (pid == 0) {
+    int fd = open(output_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    for (const auto& e : env) putenv(const_cast<char*>(e.c_str()));
+    std::vector<char*> argv;
+    argv.push_back(const_cast<char*>(bin.c_str()));
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(bin.c_str(), argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+int wait_process(int pid) {
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) return -1;
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+std::string read_text(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+ProcessResult run_dreamlora(const std::vector<std::string>& args, const std::vector<std::string>& env) {
+  auto log = make_temp_dir("proc") / "output.txt";
+  ProcessResult r;
+  r.exit_status = wait_process(spawn_dreamlora(args, log, env));
+  r.output = read_text(log);
+  return r;
 }
 
 double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <map>
 #include <string>
+#include <vector>
 
 namespace dreamlora::testing {
 
@@ -17,6 +18,19 @@ bool running_in_ci();
 std::filesystem::path make_temp_dir(const std::string& tag);
 // Path of the built dreamlora binary (for tests that run the CLI in a child process).
 std::filesystem::path dreamlora_binary();
+
+struct ProcessResult {
+  int exit_status = -1;  // exit code, or 128 + signal
+  std::string output;    // stdout and stderr together
+};
+// Runs the dreamlora binary with args (and extra NAME=VALUE environment entries), waits for it.
+ProcessResult run_dreamlora(const std::vector<std::string>& args, const std::vector<std::string>& env = {});
+// Starts it without waiting; returns the pid. Output goes to output_file.
+int spawn_dreamlora(const std::vector<std::string>& args, const std::filesystem::path& output_file,
+                    const std::vector<std::string>& env = {});
+// Waits for pid; returns exit code or 128 + signal.
+int wait_process(int pid);
+std::string read_text(const std::filesystem::path& path);
 
 // Max |a - b| (shapes must match).
 double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b);

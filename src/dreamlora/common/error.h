@@ -23,13 +23,17 @@ void append_all(std::ostringstream& os, const T& first, const Rest&... rest) {
 }
 }  // namespace detail
 
-// Concatenates the parts with operator<< into one message.
-template <typename... Parts>
-std::string str(const Parts&... parts) {
-  std::ostringstream os;
-  detail::append_all(os, parts...);
-  return os.str();
-}
+// str(parts...) concatenates the parts with operator<< into one message. It is a function object, not
+// a function, so argument-dependent lookup cannot pull in c10::str for tensor-related arguments.
+struct StrFn {
+  template <typename... Parts>
+  std::string operator()(const Parts&... parts) const {
+    std::ostringstream os;
+    detail::append_all(os, parts...);
+    return os.str();
+  }
+};
+inline constexpr StrFn str{};
 
 }  // namespace dreamlora
 

@@ -55,7 +55,8 @@ class File {
 
 using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
 
-// Serialises tensors (any device, made contiguous CPU) in the given order with the reference layout.
+// Serialises tensors (any device, made contiguous CPU) exactly as the reference writer lays them out
+// (sorted by dtype then name), so equal inputs give byte-identical files.
 std::string serialize(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata = {});
 // Serialises then writes durably: temp file in the same dir, fsync, rename, fsync the dir.
 void save(const std::filesystem::path& path, const NamedTensors& tensors,

@@ -1,0 +1,37 @@
+// `dreamlora train`: flags generated from the option table (AutoTrain names, diffusers aliases),
+// optional TOML file (--config), flags override the file.
+#include <map>
+#include <memory>
+
+#include "dreamlora/cli/commands.h"
+#include "dreamlora/train/train_config.h"
+#include "dreamlora/train/trainer.h"
+
+namespace dreamlora::cli {
+
+Runner add_train(CLI::App& app) {
+  auto* cmd = app.add_subcommand("train", "DreamBooth LoRA training with checkpoints, resume and graceful preemption");
+  auto values = std::make_shared<std::map<std::string, std::string>>();
+  auto options = std::make_shared<std::map<std::string, CLI::Option*>>();
+  auto config_file = std::make_shared<std::string>();
+  cmd->add_option("--config", *config_file, "TOML file whose keys are the long flag names; flags override it");
+  for (const auto& spec : train_options()) {
+    std::string names = "--" + spec.name;
+    for (const auto& a : spec.aliases) names += ",--" + a;
+    auto& slot = (*values)[spec.name];
+    CLI::Option* opt = spec.is_switch ? cmd->add_flag(names, spec.help) : cmd->add_option(names, slot, spec.help);
+    (*options)[spec.name] = opt;
+  }
+  return [values, options, config_file]() -> int {
+    TrainConfig config;
+    if (!config_file->empty()) apply_toml_file(config, *config_file);
+    for (const auto& spec : train_options()) {
+      CLI::Option* opt = options->at(spec.name);
+      if (opt->count() == 0) continue;
+      spec.set(config, spec.is_switch ? "true" : values->at(spec.name));
+    }
+    return run_training(config);
+  };
+}
+
+}  // namespace dreamlora::cli

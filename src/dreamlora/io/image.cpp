@@ -1,0 +1,164 @@
+#include "dreamlora/io/image.h"
+
+#include <libexif/exif-data.h>
+#include <stb/stb_image.h>
+#include <stb/stb_image_write.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "dreamlora/common/error.h"
+#include "dreamlora/io/durable_file.h"
+
+#ifdef DREAMLORA_HAVE_WEBP
+#include <webp/decode.h>
+#endif
+
+namespace dreamlora {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string lower_extension(const fs::path& path) {
+  auto ext = path.extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+  return ext;
+}
+
+int exif_orientation(const fs::path& path) {
+  ExifData* data = exif_data_new_from_file(path.c_str());
+  if (data == nullptr) return 1;
+  int orientation = 1;
+  if (ExifEntry* entry = exif_data_get_entry(data, EXIF_TAG_ORIENTATION)) {
+    orientation = exif_get_short(entry->data, exif_data_get_byte_order(data));
+  }
+  exif_data_unref(data);
+  return (orientation >= 1 && orientation <= 8) ? orientation : 1;
+}
+
+Image decode_webp(const std::string& bytes, const fs::path& path) {
+#ifdef DREAMLORA_HAVE_WEBP
+  Image img;
+  uint8_t* out = WebPDecodeRGB(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), &img.width, &img.height);
+  DL_CHECK(out != nullptr, path.string(), ": not a readable WebP image");
+  img.rgb.assign(out, out + static_cast<size_t>(img.width) * img.height * 3);
+  WebPFree(out);
+  return img;
+#else
+  fail(str(path.string(), ": WebP support was not built in (install libwebp-dev and rebuild)"));
+#endif
+}
+
+void append_chunk(std::string& png, const char type[4], const std::string& data) {
+  uint32_t len = static_cast<uint32_t>(data.size());
+  for (int i = 3; i >= 0; --i) png.push_back(static_cast<char>((len >> (8 * i)) & 0xff));
+  std::string body = std::string(type, 4) + data;
+  png += body;
+  uint32_t crc = static_cast<uint32_t>(crc32(0, reinterpret_cast<const Bytef*>(body.data()), body.size()));
+  for (int i = 3; i >= 0; --i) png.push_back(static_cast<char>((crc >> (8 * i)) & 0xff));
+}
+
+void stb_append(void* context, void* data, int size) {
+  static_cast<std::string*>(context)->append(static_cast<const char*>(data), size);
+}
+
+uint32_t read_be32(const std::string& s, size_t at) {
+  return (uint32_t(uint8_t(s[at])) << 24) | (uint32_t(uint8_t(s[at + 1])) << 16) |
+         (uint32_t(uint8_t(s[at + 2])) << 8) | uint32_t(uint8_t(s[at + 3]));
+}
+
+}  // namespace
+
+bool is_image_file(const fs::path& path) {
+  auto ext = lower_extension(path);
+  return ext == ".png" || ext == ".jpg" || ext == ".jpeg" || ext == ".bmp" || ext == ".webp";
+}
+
+Image apply_orientation(const Image& in, int orientation) {
+  if (orientation <= 1 || orientation > 8) return in;
+  // Orientations 5-8 swap the axes; each maps an output pixel back to a source pixel.
+  const bool transpose = orientation >= 5;
+  Image out;
+  out.width = transpose ? in.height : in.width;
+  out.height = transpose ? in.width : in.height;
+  out.rgb.resize(in.rgb.size());
+  for (int y = 0; y < out.height; ++y) {
+    for (int x = 0; x < out.width; ++x) {
+      int sx = 0, sy = 0;
+      switch (orientation) {
+        case 2: sx = in.width - 1 - x; sy = y; break;
+        case 3: sx = in.width - 1 - x; sy = in.height - 1 - y; break;
+        case 4: sx = x; sy = in.height - 1 - y; break;
+        case 5: sx = y; sy = x; break;
+        case 6: sx = y; sy = in.height - 1 - x; break;
+        case 7: sx = in.width - 1 - y; sy = in.height - 1 - x; break;
+        case 8: sx = in.width - 1 - y; sy = x; break;
+      }
+      std::memcpy(&out.rgb[(static_cast<size_t>(y) * out.width + x) * 3],
+                  &in.rgb[(static_cast<size_t>(sy) * in.width + sx) * 3], 3);
+    }
+  }
+  return out;
+}
+
+Image load_image(const fs::path& path) {
+  DL_CHECK(fs::exists(path), path.string(), ": image file not found");
+  DL_CHECK(is_image_file(path), path.string(), ": not a supported image type (png, jpg, jpeg, bmp, webp)");
+  std::string bytes = read_file(path);
+  DL_CHECK(!bytes.empty(), path.string(), ": image file is empty (0 bytes)");
+  Image img;
+  if (lower_extension(path) == ".webp") {
+    img = decode_webp(bytes, path);
+  } else {
+    int channels = 0;
+    unsigned char* data = stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()),
+                                                static_cast<int>(bytes.size()), &img.width, &img.height, &channels, 3);
+    DL_CHECK(data != nullptr, path.string(), ": cannot decode image (", stbi_failure_reason(), ")");
+    img.rgb.assign(data, data + static_cast<size_t>(img.width) * img.height * 3);
+    stbi_image_free(data);
+  }
+  DL_CHECK(img.width > 0 && img.height > 0, path.string(), ": image has zero size");
+  auto ext = lower_extension(path);
+  if (ext == ".jpg" || ext == ".jpeg") img = apply_orientation(img, exif_orientation(path));
+  return img;
+}
+
+std::string encode_png(const Image& image, const TextChunks& text) {
+  DL_CHECK(image.width > 0 && image.height > 0 && image.rgb.size() == static_cast<size_t>(image.width) * image.height * 3,
+           "encode_png: image buffer does not match its ", image.width, "x", image.height, " size");
+  std::string png;
+  int ok = stbi_write_png_to_func(stb_append, &png, image.width, image.height, 3, image.rgb.data(), image.width * 3);
+  DL_CHECK(ok != 0 && png.size() > 33, "encode_png: PNG encoder failed");
+  // Insert tEXt chunks right after IHDR (8-byte signature + 25-byte IHDR chunk).
+  std::string chunks;
+  for (const auto& [key, value] : text) append_chunk(chunks, "tEXt", key + std::string(1, '\0') + value);
+  png.insert(33, chunks);
+  return png;
+}
+
+void save_png(const fs::path& path, const Image& image, const TextChunks& text) {
+  write_file_durably(path, encode_png(image, text));
+}
+
+TextChunks read_png_text(const fs::path& path) {
+  std::string png = read_file(path);
+  TextChunks out;
+  size_t at = 8;
+  while (at + 12 <= png.size()) {
+    uint32_t len = read_be32(png, at);
+    if (at + 12 + len > png.size()) break;
+    std::string type = png.substr(at + 4, 4);
+    if (type == "tEXt") {
+      std::string data = png.substr(at + 8, len);
+      auto nul = data.find('\0');
+      if (nul != std::string::npos) out.emplace_back(data.substr(0, nul), data.substr(nul + 1));
+    }
+    if (type == "IEND") break;
+    at += 12 + len;
+  }
+  return out;
+}
+
+}  // namespace dreamlora

@@ -1,0 +1,36 @@
+// A diffusers pipeline folder loaded for training or sampling: tokenizer(s), text encoder(s), UNet, VAE
+// and the scheduler config, all frozen, in the requested dtype on the requested device.
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+#include "dreamlora/io/json.h"
+#include "dreamlora/io/model_dir.h"
+#include "dreamlora/text/text_embeddings.h"
+#include "dreamlora/unet/unet_2d_condition.h"
+#include "dreamlora/vae/autoencoder_kl.h"
+
+namespace dreamlora {
+
+struct LoadOptions {
+  std::string variant;                       // "" or e.g. "fp16"
+  torch::Dtype dtype = torch::kFloat32;      // frozen weights (UNet, text encoders)
+  torch::Device device = torch::kCPU;
+};
+
+struct ModelBundle {
+  std::filesystem::path root;
+  bool sdxl = false;
+  TextEncoders text;
+  unet::UNet2DConditionModel unet{nullptr};
+  vae::AutoencoderKL vae{nullptr};
+  Json scheduler_config;
+  std::filesystem::path scheduler_config_path;
+
+  static ModelBundle load(const std::filesystem::path& root, const LoadOptions& options);
+  // Latent channels and the pixel/latent size ratio (8 for real SD, 2 for the tiny models).
+  int64_t vae_scale_factor() const;
+};
+
+}  // namespace dreamlora

@@ -1,0 +1,19 @@
+// The embedded default model: a tiny randomly initialised SD1.x- or SDXL-style pipeline in diffusers
+// layout, shaped like the tiny pipelines of the parity fixtures, written by the project's own code.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+
+namespace dreamlora {
+
+struct TinyModelOptions {
+  bool sdxl = false;
+  uint64_t seed = 0;
+};
+
+// Writes model_index.json and unet/, vae/, text_encoder/ (+ text_encoder_2/), tokenizer/
+// (+ tokenizer_2/), scheduler/ into dir (created if missing).
+void write_tiny_model(const std::filesystem::path& dir, const TinyModelOptions& options);
+
+}  // namespace dreamlora

@@ -1,0 +1,15 @@
+// Prior preservation's class images: when --class-image-path holds fewer than --num-class-images, the
+// missing ones are generated with the base model (no LoRA) and saved as PNGs. Image i always uses seed
+// (seed + i), and each file appears atomically, so an interrupted generation continues where it stopped
+// and ends with the same images.
+#pragma once
+
+#include "dreamlora/pipeline/model_bundle.h"
+#include "dreamlora/train/train_config.h"
+
+namespace dreamlora {
+
+// Returns how many images were generated.
+int64_t ensure_class_images(ModelBundle& model, const TrainConfig& config);
+
+}  // namespace dreamlora

@@ -1,0 +1,149 @@
+#include "dreamlora/train/dataset.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+#include "dreamlora/common/error.h"
+
+namespace dreamlora {
+
+namespace fs = std::filesystem;
+
+namespace {
+std::string read_caption(const fs::path& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string text = ss.str();
+  text.erase(0, text.find_first_not_of(" \t\r\n"));
+  text.erase(text.find_last_not_of(" \t\r\n") + 1);
+  return text;
+}
+}  // namespace
+
+std::vector<TrainingImage> list_training_images(const fs::path& dir, const std::string& default_caption,
+                                                const std::string& flag) {
+  DL_CHECK(fs::is_directory(dir), flag, " ", dir.string(), ": not a folder");
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.is_regular_file() && is_image_file(e.path())) files.push_back(e.path());
+  DL_CHECK(!files.empty(), flag, " ", dir.string(), ": no images (png, jpg, jpeg, bmp, webp) in the folder");
+  std::sort(files.begin(), files.end());
+  std::vector<TrainingImage> out;
+  for (const auto& f : files) {
+    DL_CHECK(fs::file_size(f) > 0, flag, ": ", f.string(), " is empty (0 bytes)");
+    auto caption_file = fs::path(f).replace_extension(".txt");
+    std::string caption = fs::exists(caption_file) ? read_caption(caption_file) : default_caption;
+    DL_CHECK(!caption.empty(), flag, ": caption ", caption_file.string(), " is empty");
+    out.push_back({f, caption});
+  }
+  return out;
+}
+
+torch::Tensor image_to_tensor(const Image& image) {
+  auto hwc = torch::from_blob(const_cast<uint8_t*>(image.rgb.data()), {image.height, image.width, 3}, torch::kUInt8);
+  return hwc.permute({2, 0, 1}).to(torch::kFloat32).div_(255.0).contiguous();
+}
+
+Image tensor_to_image(const torch::Tensor& chw) {
+  auto hwc = (chw.detach().to(torch::kCPU, torch::kFloat32).clamp(0, 1) * 255.0).round().to(torch::kUInt8)
+                 .permute({1, 2, 0}).contiguous();
+  Image img;
+  img.height = static_cast<int>(hwc.size(0));
+  img.width = static_cast<int>(hwc.size(1));
+  img.rgb.assign(hwc.data_ptr<uint8_t>(), hwc.data_ptr<uint8_t>() + hwc.numel());
+  return img;
+}
+
+torch::Tensor resize_shorter_side(const torch::Tensor& chw, int64_t size) {
+  const int64_t h = chw.size(1), w = chw.size(2);
+  const int64_t short_side = std::min(h, w), long_side = std::max(h, w);
+  if (short_side == size) return chw;
+  // torchvision: the long side becomes int(size * long / short)
+  const int64_t new_long = static_cast<int64_t>(static_cast<double>(size) * long_side / short_side);
+  const int64_t nh = h <= w ? size : new_long, nw = h <= w ? new_long : size;
+  namespace F = torch::nn::functional;
+  auto out = F::interpolate(chw.unsqueeze(0), F::InterpolateFuncOptions()
+                                                  .size(std::vector<int64_t>{nh, nw})
+                                                  .mode(torch::kBilinear)
+                                                  .align_corners(false)
+                                                  .antialias(true));
+  return out.squeeze(0).clamp_(0, 1);
+}
+
+ImageSet::ImageSet(std::vector<TrainingImage> images, const DatasetOptions& options)
+    : images_(std::move(images)), options_(options) {
+  // Decode everything now: a bad image is reported by name before any training step.
+  for (int64_t i = 0; i < size(); ++i) decoded(i);
+}
+
+const ImageSet::Decoded& ImageSet::decoded(int64_t index) {
+  auto it = decoded_.find(index);
+  if (it != decoded_.end()) return it->second;
+  Image img = load_image(images_.at(index).path);
+  Decoded d;
+  d.orig_h = img.height;
+  d.orig_w = img.width;
+  d.resized = resize_shorter_side(image_to_tensor(img), options_.resolution);
+  return decoded_.emplace(index, std::move(d)).first->second;
+}
+
+ExampleTensors ImageSet::example(int64_t index, ModelBundle& model, at::Generator& gen) {
+  const Decoded& d = decoded(index);
+  const int64_t r = options_.resolution;
+  const int64_t h = d.resized.size(1), w = d.resized.size(2);
+  bool flip = false;
+  if (options_.random_flip) flip = torch::rand({1}, gen).item<float>() < 0.5f;
+  int64_t top = 0, left = 0;
+  const bool random_crop = !options_.center_crop && (h > r || w > r);
+  if (options_.center_crop) {
+    top = static_cast<int64_t>(std::lround((h - r) / 2.0));
+    left = static_cast<int64_t>(std::lround((w - r) / 2.0));
+  } else if (random_crop) {
+    top = torch::randint(0, h - r + 1, {1}, gen).item<int64_t>();
+    left = torch::randint(0, w - r + 1, {1}, gen).item<int64_t>();
+  }
+  ExampleTensors ex;
+  ex.caption = images_[index].caption;
+  ex.time_ids = torch::tensor({static_cast<float>(d.orig_h), static_cast<float>(d.orig_w), static_cast<float>(top),
+                               static_cast<float>(left), static_cast<float>(r), static_cast<float>(r)});
+  auto key = std::make_pair(index, flip);
+  auto cached = latent_cache_.find(key);
+  if (!random_crop && cached != latent_cache_.end()) {
+    ex.latent_mean = cached->second.first;
+    ex.latent_std = cached->second.second;
+    return ex;
+  }
+  auto pixels = d.resized.slice(1, top, top + r).slice(2, left, left + r);
+  if (flip) pixels = pixels.flip({2});
+  torch::NoGradGuard no_grad;
+  auto input = (pixels * 2.0 - 1.0).unsqueeze(0).to(model.vae->parameters().front().device());
+  auto dist = model.vae->encode(input);
+  ex.latent_mean = dist.mean.squeeze(0).to(torch::kCPU);
+  ex.latent_std = dist.std.squeeze(0).to(torch::kCPU);
+  if (!random_crop) latent_cache_[key] = {ex.latent_mean, ex.latent_std};
+  return ex;
+}
+
+PromptEmbeddings CaptionEmbedder::embed(ModelBundle& model, const std::vector<std::string>& captions) {
+  if (!cache_) return encode_prompt(model.text, captions);
+  std::vector<torch::Tensor> embeds, pooled;
+  for (const auto& c : captions) {
+    auto it = cache_map_.find(c);
+    if (it == cache_map_.end()) {
+      torch::NoGradGuard no_grad;
+      it = cache_map_.emplace(c, encode_prompt(model.text, {c})).first;
+    }
+    embeds.push_back(it->second.prompt_embeds);
+    if (it->second.pooled_prompt_embeds.defined()) pooled.push_back(it->second.pooled_prompt_embeds);
+  }
+  PromptEmbeddings out;
+  out.prompt_embeds = torch::cat(embeds, 0);
+  if (!pooled.empty()) out.pooled_prompt_embeds = torch::cat(pooled, 0);
+  return out;
+}
+
+}  // namespace dreamlora

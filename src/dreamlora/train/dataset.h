@@ -1,0 +1,83 @@
+// DreamBooth data: instance images (+ optional NAME.txt captions) and class images, resized and cropped
+// as diffusers' DreamBoothDataset does, turned into VAE latent distributions and text embeddings. Latents
+// are cached per (image, flip) when the crop is deterministic; text embeddings are cached per caption
+// while the text encoders are frozen.
+#pragma once
+
+#include <ATen/core/Generator.h>
+#include <torch/types.h>
+
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "dreamlora/io/image.h"
+#include "dreamlora/pipeline/model_bundle.h"
+
+namespace dreamlora {
+
+struct TrainingImage {
+  std::filesystem::path path;
+  std::string caption;
+};
+
+// Every image in dir (sorted by name), with the caption from NAME.txt beside it or default_caption.
+// Errors (naming `flag` and the path): missing or empty folder, unreadable or zero-size image.
+std::vector<TrainingImage> list_training_images(const std::filesystem::path& dir, const std::string& default_caption,
+                                                const std::string& flag);
+
+// [3, H, W] float in [0, 1]
+torch::Tensor image_to_tensor(const Image& image);
+// [3, H, W] in [0, 1] -> 8-bit RGB
+Image tensor_to_image(const torch::Tensor& chw);
+// Resize so the shorter side equals size (bilinear with antialiasing, as torchvision's Resize on PIL).
+torch::Tensor resize_shorter_side(const torch::Tensor& chw, int64_t size);
+
+struct DatasetOptions {
+  int64_t resolution = 512;
+  bool center_crop = false;
+  bool random_flip = false;
+  bool cache_text = true;  // false when a text encoder is trained
+};
+
+// One training example as the UNet sees it.
+struct ExampleTensors {
+  torch::Tensor latent_mean, latent_std;  // [C, h, w] (unscaled VAE latent distribution)
+  std::string caption;
+  torch::Tensor time_ids;                 // [6] SDXL: original (h, w), crop (top, left), target (h, w)
+};
+
+class ImageSet {
+ public:
+  ImageSet(std::vector<TrainingImage> images, const DatasetOptions& options);
+  int64_t size() const { return static_cast<int64_t>(images_.size()); }
+  const std::vector<TrainingImage>& images() const { return images_; }
+  // Draws flip / crop from gen when they are random, then returns the (possibly cached) latent dist.
+  ExampleTensors example(int64_t index, ModelBundle& model, at::Generator& gen);
+
+ private:
+  struct Decoded {
+    torch::Tensor resized;  // [3, H', W'] in [0, 1], shorter side = resolution
+    int64_t orig_h = 0, orig_w = 0;
+  };
+  const Decoded& decoded(int64_t index);
+  std::vector<TrainingImage> images_;
+  DatasetOptions options_;
+  std::map<int64_t, Decoded> decoded_;
+  std::map<std::pair<int64_t, bool>, std::pair<torch::Tensor, torch::Tensor>> latent_cache_;
+};
+
+// Text embeddings of captions, cached while the encoders are frozen.
+class CaptionEmbedder {
+ public:
+  explicit CaptionEmbedder(bool cache) : cache_(cache) {}
+  // prompt_embeds [B, 77, D] (+ pooled [B, P] for SDXL) for the captions, in order.
+  PromptEmbeddings embed(ModelBundle& model, const std::vector<std::string>& captions);
+
+ private:
+  bool cache_;
+  std::map<std::string, PromptEmbeddings> cache_map_;
+};
+
+}  // namespace dreamlora

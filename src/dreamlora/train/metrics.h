@@ -1,0 +1,54 @@
+// Training telemetry: metrics.jsonl (one JSON line per step), a loss/LR curve as loss.svg that a
+// browser opens, a terminal progress bar (plain log lines when stderr is not a terminal), and the end
+// summary with checkpoint stall figures.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <vector>
+
+#include "dreamlora/checkpoint/background_writer.h"
+
+namespace dreamlora {
+
+class MetricsLog {
+ public:
+  // Opens <dir>/metrics.jsonl; lines for steps after resume_step (done after the last checkpoint by a run
+  // that then died) are dropped, so the log always matches the weights.
+  MetricsLog(const std::filesystem::path& dir, int64_t resume_step);
+  void record(int64_t step, double loss, double lr);
+  void record_checkpoint(int64_t step, double stall_seconds);
+  void write_svg(const std::filesystem::path& path) const;
+  void print_summary(const std::vector<checkpoint::WriteStats>& writes) const;
+
+  struct Point {
+    int64_t step;
+    double loss, lr, time;
+  };
+  const std::vector<Point>& points() const { return points_; }
+
+ private:
+  std::filesystem::path path_;
+  std::ofstream out_;
+  std::vector<Point> points_;
+  std::vector<double> stalls_;
+  double start_;
+};
+
+// Renders the loss (and LR) curve as a standalone SVG document.
+std::string render_loss_svg(const std::vector<MetricsLog::Point>& points);
+
+class ProgressBar {
+ public:
+  ProgressBar(int64_t total, int64_t start, int64_t log_every);
+  void update(int64_t step, double loss, double lr);
+  void finish();
+
+ private:
+  int64_t total_, start_, log_every_;
+  bool tty_;
+  double t0_;
+};
+
+}  // namespace dreamlora

@@ -1,0 +1,23 @@
+// What a finished run leaves in --output-dir: the LoRA in diffusers and/or kohya format, a model card
+// (README.md) and the header metadata both files carry.
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <string>
+
+#include "dreamlora/lora/formats.h"
+#include "dreamlora/pipeline/model_bundle.h"
+#include "dreamlora/train/train_config.h"
+
+namespace dreamlora {
+
+// safetensors metadata of our LoRA files: format pt (diffusers reads it) plus rank, alpha, targets, base.
+std::map<std::string, std::string> lora_metadata(const TrainConfig& config, bool alpha_baked);
+
+void write_final_outputs(const std::filesystem::path& out, const TrainConfig& config, const ModelBundle& model,
+                         const lora::LoRAWeights& weights);
+
+std::string model_card(const TrainConfig& config, bool sdxl, const std::string& sample_image);
+
+}  // namespace dreamlora

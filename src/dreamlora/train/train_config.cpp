@@ -1,0 +1,283 @@
+#include "dreamlora/train/train_config.h"
+
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <sstream>
+
+#include "dreamlora/common/error.h"
+#include "dreamlora/train/lr_schedule.h"
+
+namespace dreamlora {
+
+namespace {
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    item.erase(0, item.find_first_not_of(" \t"));
+    item.erase(item.find_last_not_of(" \t") + 1);
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+int64_t parse_int(const std::string& flag, const std::string& v) {
+  try {
+    size_t pos = 0;
+    long long n = std::stoll(v, &pos);
+    if (pos == v.size()) return n;
+  } catch (...) {
+  }
+  fail(str("--", flag, ": expected an integer, got '", v, "'"));
+}
+
+double parse_double(const std::string& flag, const std::string& v) {
+  try {
+    size_t pos = 0;
+    double d = std::stod(v, &pos);
+    if (pos == v.size()) return d;
+  } catch (...) {
+  }
+  fail(str("--", flag, ": expected a number, got '", v, "'"));
+}
+
+bool parse_bool(const std::string& flag, const std::string& v) {
+  if (v == "true" || v == "1" || v == "yes" || v.empty()) return true;
+  if (v == "false" || v == "0" || v == "no") return false;
+  fail(str("--", flag, ": expected true or false, got '", v, "'"));
+}
+
+// Builders for the table rows: one per field type.
+OptionSpec text(std::string name, std::vector<std::string> aliases, std::string help, std::string TrainConfig::*field,
+                bool changes_result = false) {
+  OptionSpec s{std::move(name), std::move(aliases), std::move(help), false, changes_result, false, {}, {}};
+  s.set = [field](TrainConfig& c, const std::string& v) { c.*field = v; };
+  s.get = [field](const TrainConfig& c) { return Json(c.*field); };
+  return s;
+}
+OptionSpec integer(std::string name, std::vector<std::string> aliases, std::string help, int64_t TrainConfig::*field,
+                   bool changes_result = false) {
+  OptionSpec s{name, std::move(aliases), std::move(help), false, changes_result, false, {}, {}};
+  s.set = [field, name](TrainConfig& c, const std::string& v) { c.*field = parse_int(name, v); };
+  s.get = [field](const TrainConfig& c) { return Json(c.*field); };
+  return s;
+}
+OptionSpec unsigned_integer(std::string name, std::vector<std::string> aliases, std::string help,
+                            uint64_t TrainConfig::*field, bool changes_result = false) {
+  OptionSpec s{name, std::move(aliases), std::move(help), false, changes_result, false, {}, {}};
+  s.set = [field, name](TrainConfig& c, const std::string& v) {
+    auto n = parse_int(name, v);
+    DL_CHECK(n >= 0, "--", name, ": must not be negative, got ", n);
+    c.*field = static_cast<uint64_t>(n);
+  };
+  s.get = [field](const TrainConfig& c) { return Json(c.*field); };
+  return s;
+}
+OptionSpec number(std::string name, std::vector<std::string> aliases, std::string help, double TrainConfig::*field,
+                  bool changes_result = false) {
+  OptionSpec s{name, std::move(aliases), std::move(help), false, changes_result, false, {}, {}};
+  s.set = [field, name](TrainConfig& c, const std::string& v) { c.*field = parse_double(name, v); };
+  s.get = [field](const TrainConfig& c) { return Json(c.*field); };
+  return s;
+}
+OptionSpec flag(std::string name, std::vector<std::string> aliases, std::string help, bool TrainConfig::*field,
+                bool changes_result = false) {
+  OptionSpec s{name, std::move(aliases), std::move(help), true, changes_result, false, {}, {}};
+  s.set = [field, name](TrainConfig& c, const std::string& v) { c.*field = parse_bool(name, v); };
+  s.get = [field](const TrainConfig& c) { return Json(c.*field); };
+  return s;
+}
+OptionSpec required(OptionSpec s) {
+  s.required = true;
+  return s;
+}
+
+std::vector<OptionSpec> build_table() {
+  using C = TrainConfig;
+  const bool R = true;  // changes results: part of the fingerprint
+  return {
+      required(text("model", {"pretrained_model_name_or_path", "pretrained-model-name-or-path"},
+                    "diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)",
+                    &C::model)),
+      text("variant", {}, "weight file variant, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors)", &C::variant, R),
+      required(text("image-path", {"instance_data_dir", "instance-data-dir"}, "folder of instance images (png, jpg, bmp, webp)",
+                    &C::image_path)),
+      required(text("prompt", {"instance_prompt", "instance-prompt"}, "instance prompt, e.g. \"a photo of sks dog\"",
+                    &C::prompt, R)),
+      text("identifier", {}, "the rare token of the subject (e.g. sks); must appear in --prompt", &C::identifier),
+      flag("prior-preservation", {"with_prior_preservation", "with-prior-preservation"},
+           "DreamBooth prior preservation with class images", &C::prior_preservation, R),
+      text("class-image-path", {"class_data_dir", "class-data-dir"}, "folder of class images (missing ones are generated)",
+           &C::class_image_path),
+      text("class-prompt", {"class_prompt"}, "class prompt, e.g. \"a photo of dog\"", &C::class_prompt, R),
+      integer("num-class-images", {"num_class_images"}, "class images wanted for prior preservation", &C::num_class_images, R),
+      number("prior-loss-weight", {"prior_loss_weight"}, "weight of the prior-preservation loss", &C::prior_loss_weight, R),
+      integer("sample-batch-size", {"sample_batch_size"}, "batch size when generating class images", &C::sample_batch_size),
+      integer("resolution", {}, "training resolution (images are resized and cropped to it)", &C::resolution, R),
+      flag("center-crop", {"center_crop"}, "center crop instead of a random crop", &C::center_crop, R),
+      flag("random-flip", {"random_flip"}, "randomly flip images horizontally", &C::random_flip, R),
+      integer("repeats", {}, "how many times each instance image is repeated per epoch", &C::repeats, R),
+      integer("batch-size", {"train_batch_size", "train-batch-size"}, "images per step (instance images; prior doubles it)",
+              &C::batch_size, R),
+      integer("gradient-accumulation", {"gradient_accumulation_steps", "gradient-accumulation-steps"},
+              "micro-batches per optimizer step", &C::gradient_accumulation, R),
+      integer("num-steps", {"max_train_steps", "max-train-steps"}, "total optimizer steps (a resumed run completes them)",
+              &C::num_steps),
+      integer("epochs", {"num_train_epochs", "num-train-epochs"}, "train for this many epochs instead of --num-steps",
+              &C::epochs),
+      number("lr", {"learning_rate", "learning-rate"}, "learning rate of the UNet LoRA", &C::lr, R),
+      flag("scale-lr", {"scale_lr"}, "multiply the LR by batch size x accumulation", &C::scale_lr, R),
+      text("scheduler", {"lr_scheduler", "lr-scheduler"},
+           "LR schedule: constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial", &C::scheduler, R),
+      integer("warmup-steps", {"lr_warmup_steps", "lr-warmup-steps"}, "LR warm-up steps", &C::warmup_steps, R),
+      integer("num-cycles", {"lr_num_cycles", "lr-num-cycles"}, "cycles of cosine_with_restarts", &C::num_cycles, R),
+      number("lr-power", {"lr_power"}, "power of the polynomial schedule", &C::lr_power, R),
+      number("adam-beta1", {"adam_beta1"}, "AdamW beta1", &C::adam_beta1, R),
+      number("adam-beta2", {"adam_beta2"}, "AdamW beta2", &C::adam_beta2, R),
+      number("adam-weight-decay", {"adam_weight_decay"}, "AdamW weight decay", &C::adam_weight_decay, R),
+      number("adam-epsilon", {"adam_epsilon"}, "AdamW epsilon", &C::adam_epsilon, R),
+      number("max-grad-norm", {"max_grad_norm"}, "gradient clipping norm (0: off)", &C::max_grad_norm, R),
+      unsigned_integer("seed", {}, "random seed (data order, noise, timesteps, LoRA init)", &C::seed, R),
+      number("snr-gamma", {"snr_gamma"}, "Min-SNR weighting gamma (0: off; 5.0 is recommended)", &C::snr_gamma, R),
+      number("noise-offset", {"noise_offset"}, "noise offset", &C::noise_offset, R),
+      integer("rank", {}, "LoRA rank", &C::rank, R),
+      number("lora-alpha", {"lora_alpha"}, "LoRA alpha (default: equal to rank, scale 1)", &C::lora_alpha, R),
+      number("lora-dropout", {"lora_dropout"}, "LoRA dropout", &C::lora_dropout, R),
+      text("lora-targets", {"lora_targets"}, "UNet modules to adapt (comma list); kohya's wider set adds "
+           "proj_in,proj_out,ff.net.0.proj,ff.net.2", &C::lora_targets, R),
+      flag("train-text-encoder", {"train_text_encoder"}, "also train LoRA on the text encoder(s)", &C::train_text_encoder, R),
+      number("text-encoder-lr", {"text_encoder_lr"}, "learning rate of the text-encoder LoRA", &C::text_encoder_lr, R),
+      text("text-encoder-targets", {}, "text-encoder modules to adapt (comma list; add fc1,fc2 for the MLP)",
+           &C::text_encoder_targets, R),
+      text("mixed-precision", {"mixed_precision"}, "no | fp16 | bf16: dtype of the frozen weights", &C::mixed_precision, R),
+      flag("gradient-checkpointing", {"gradient_checkpointing"}, "recompute activations in backward to save memory",
+           &C::gradient_checkpointing),
+      text("device", {}, "cpu or cuda[:N]", &C::device),
+      text("validation-prompt", {"validation_prompt"}, "prompt for validation images", &C::validation_prompt),
+      integer("num-validation-images", {"num_validation_images"}, "validation images per run", &C::num_validation_images),
+      integer("validation-steps", {"validation_steps"}, "make validation images every N steps (0: at the end)",
+              &C::validation_steps),
+      integer("validation-inference-steps", {}, "sampler steps for validation images", &C::validation_inference_steps),
+      text("validation-sampler", {}, "sampler for validation images", &C::validation_sampler),
+      integer("log-every", {"logging_steps"}, "log a line every N steps when not on a terminal", &C::log_every),
+      text("output-dir", {"output_dir", "project-name", "project_name"}, "where checkpoints and the final LoRA go",
+           &C::output_dir),
+      integer("checkpointing-steps", {"checkpointing_steps"}, "write a checkpoint every N optimizer steps (0: off)",
+              &C::checkpointing_steps),
+      text("resume-from-checkpoint", {"resume_from_checkpoint"},
+           "latest (newest valid checkpoint in --output-dir, or start fresh), a checkpoint path, or none",
+           &C::resume_from_checkpoint),
+      integer("checkpoints-total-limit", {"checkpoints_total_limit"}, "keep at most K checkpoints (0: all)",
+              &C::checkpoints_total_limit),
+      text("on-checkpoint-error", {}, "stop | continue when a checkpoint cannot be written", &C::on_checkpoint_error),
+      text("max-runtime", {}, "stop cleanly (with a checkpoint) after this long, e.g. 90m, 2h", &C::max_runtime),
+      flag("sync-checkpoints", {}, "write checkpoints on the training thread (for comparison)", &C::sync_checkpoints),
+      text("save-format", {"save_format"}, "diffusers | kohya | both", &C::save_format),
+  };
+}
+
+std::string normalise(const std::string& name) {
+  std::string n = name;
+  while (!n.empty() && n[0] == '-') n.erase(0, 1);
+  return n;
+}
+
+}  // namespace
+
+const std::vector<OptionSpec>& train_options() {
+  static const std::vector<OptionSpec> table = build_table();
+  return table;
+}
+
+const OptionSpec* find_train_option(const std::string& name_or_alias) {
+  const std::string n = normalise(name_or_alias);
+  std::string dashed = n;
+  std::replace(dashed.begin(), dashed.end(), '_', '-');
+  for (const auto& o : train_options()) {
+    if (o.name == n || o.name == dashed) return &o;
+    for (const auto& a : o.aliases)
+      if (a == n) return &o;
+  }
+  return nullptr;
+}
+
+void TrainConfig::validate() const {
+  DL_CHECK(!model.empty(), "--model is required: a diffusers pipeline folder");
+  DL_CHECK(!image_path.empty(), "--image-path is required: the folder of instance images");
+  DL_CHECK(!prompt.empty(), "--prompt is required, e.g. \"a photo of sks dog\"");
+  if (!identifier.empty())
+    DL_CHECK(prompt.find(identifier) != std::string::npos, "--prompt \"", prompt, "\" does not contain the identifier '",
+             identifier, "' given with --identifier");
+  if (prior_preservation) {
+    DL_CHECK(!class_prompt.empty(), "--prior-preservation needs --class-prompt, e.g. \"a photo of dog\"");
+    DL_CHECK(!class_image_path.empty(), "--prior-preservation needs --class-image-path (a folder; missing images are generated)");
+    DL_CHECK(num_class_images > 0, "--num-class-images must be positive, got ", num_class_images);
+  }
+  DL_CHECK(resolution >= 8 && resolution % 8 == 0, "--resolution must be a positive multiple of 8, got ", resolution);
+  DL_CHECK(batch_size >= 1, "--batch-size must be at least 1, got ", batch_size);
+  DL_CHECK(gradient_accumulation >= 1, "--gradient-accumulation must be at least 1, got ", gradient_accumulation);
+  DL_CHECK(num_steps >= 1 || epochs >= 1, "--num-steps must be at least 1, got ", num_steps);
+  DL_CHECK(repeats >= 1, "--repeats must be at least 1, got ", repeats);
+  DL_CHECK(lr > 0, "--lr must be positive, got ", lr);
+  DL_CHECK(rank >= 1, "--rank must be at least 1, got ", rank);
+  DL_CHECK(lora_dropout >= 0 && lora_dropout < 1, "--lora-dropout must be in [0, 1), got ", lora_dropout);
+  check_lr_schedule_name(scheduler);
+  DL_CHECK(warmup_steps >= 0, "--warmup-steps must not be negative");
+  DL_CHECK(mixed_precision == "no" || mixed_precision == "fp16" || mixed_precision == "bf16",
+           "--mixed-precision must be no, fp16 or bf16, got '", mixed_precision, "'");
+  DL_CHECK(save_format == "diffusers" || save_format == "kohya" || save_format == "both",
+           "--save-format must be diffusers, kohya or both, got '", save_format, "'");
+  DL_CHECK(on_checkpoint_error == "stop" || on_checkpoint_error == "continue",
+           "--on-checkpoint-error must be stop or continue, got '", on_checkpoint_error, "'");
+  DL_CHECK(checkpointing_steps >= 0, "--checkpointing-steps must not be negative");
+  DL_CHECK(checkpoints_total_limit >= 0, "--checkpoints-total-limit must not be negative");
+  DL_CHECK(snr_gamma >= 0, "--snr-gamma must not be negative");
+  DL_CHECK(!lora_target_list().empty(), "--lora-targets is empty");
+  DL_CHECK(device == "cpu" || device.rfind("cuda", 0) == 0, "--device must be cpu or cuda[:N], got '", device, "'");
+}
+
+std::vector<std::string> TrainConfig::lora_target_list() const { return split_list(lora_targets); }
+std::vector<std::string> TrainConfig::text_encoder_target_list() const { return split_list(text_encoder_targets); }
+
+void apply_toml_file(TrainConfig& config, const std::string& path) {
+  toml::table table;
+  try {
+    table = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    fail(str(path, ": invalid TOML: ", e.description(), " (line ", e.source().begin.line, ")"));
+  }
+  for (const auto& [key, node] : table) {
+    const std::string name(key.str());
+    const OptionSpec* spec = find_train_option(name);
+    DL_CHECK(spec != nullptr, path, ": unknown key '", name, "' (keys are the long flag names of `dreamlora train`)");
+    std::string value;
+    if (auto s = node.value<std::string>()) value = *s;
+    else if (auto b = node.value<bool>()) value = *b ? "true" : "false";
+    else if (auto i = node.value<int64_t>()) value = std::to_string(*i);
+    else if (auto d = node.value<double>()) {
+      std::ostringstream os;
+      os.precision(17);
+      os << *d;
+      value = os.str();
+    } else fail(str(path, ": key '", name, "' must be a string, number or boolean"));
+    spec->set(config, value);
+  }
+}
+
+Json config_to_json(const TrainConfig& config) {
+  Json out = Json::object();
+  for (const auto& o : train_options()) out[o.name] = o.get(config);
+  return out;
+}
+
+Json result_settings(const TrainConfig& config) {
+  Json out = Json::object();
+  for (const auto& o : train_options())
+    if (o.changes_result) out[o.name] = o.get(config);
+  return out;
+}
+
+}  // namespace dreamlora

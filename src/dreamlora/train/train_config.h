@@ -1,0 +1,108 @@
+// Every setting of `dreamlora train`, and the one option table that drives the CLI flags (AutoTrain
+// names, diffusers names as aliases), TOML config files, the resolved-config dump, the README table and
+// the checkpoint fingerprint (options marked as changing results).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "dreamlora/io/json.h"
+
+namespace dreamlora {
+
+struct TrainConfig {
+  // model and data
+  std::string model;
+  std::string variant;
+  std::string image_path;
+  std::string prompt;
+  std::string class_image_path;
+  std::string class_prompt;
+  bool prior_preservation = false;
+  int64_t num_class_images = 100;
+  double prior_loss_weight = 1.0;
+  int64_t sample_batch_size = 4;
+  int64_t resolution = 512;
+  bool center_crop = false;
+  bool random_flip = false;
+  int64_t repeats = 1;
+  std::string identifier;  // e.g. "sks": must appear in --prompt (checked when given)
+  // optimisation
+  int64_t batch_size = 1;
+  int64_t gradient_accumulation = 1;
+  int64_t num_steps = 500;
+  int64_t epochs = 0;  // alternative to num_steps (0: use num_steps)
+  double lr = 1e-4;
+  bool scale_lr = false;
+  std::string scheduler = "constant";
+  int64_t warmup_steps = 0;
+  int64_t num_cycles = 1;
+  double lr_power = 1.0;
+  double adam_beta1 = 0.9;
+  double adam_beta2 = 0.999;
+  double adam_weight_decay = 1e-2;
+  double adam_epsilon = 1e-8;
+  double max_grad_norm = 1.0;
+  uint64_t seed = 42;
+  double snr_gamma = 0.0;
+  double noise_offset = 0.0;
+  // LoRA
+  int64_t rank = 4;
+  double lora_alpha = 0.0;  // 0: equal to rank (diffusers' scripts)
+  double lora_dropout = 0.0;
+  std::string lora_targets = "to_q,to_k,to_v,to_out.0";
+  bool train_text_encoder = false;
+  double text_encoder_lr = 5e-6;
+  std::string text_encoder_targets = "q_proj,k_proj,v_proj,out_proj";
+  // compute
+  std::string mixed_precision = "no";
+  bool gradient_checkpointing = false;
+  std::string device = "cpu";
+  // validation and logging
+  std::string validation_prompt;
+  int64_t num_validation_images = 2;
+  int64_t validation_steps = 0;  // 0: only at the end (when a validation prompt is given)
+  int64_t validation_inference_steps = 20;
+  std::string validation_sampler = "euler";
+  int64_t log_every = 10;
+  // checkpoints
+  std::string output_dir = "output";
+  int64_t checkpointing_steps = 500;
+  std::string resume_from_checkpoint = "latest";
+  int64_t checkpoints_total_limit = 0;
+  std::string on_checkpoint_error = "stop";
+  std::string max_runtime;
+  bool sync_checkpoints = false;
+  std::string save_format = "both";
+
+  // Every check that can be made before loading anything; the message names the flag.
+  void validate() const;
+  double effective_lora_alpha() const { return lora_alpha > 0 ? lora_alpha : static_cast<double>(rank); }
+  std::vector<std::string> lora_target_list() const;
+  std::vector<std::string> text_encoder_target_list() const;
+};
+
+struct OptionSpec {
+  std::string name;                  // long flag without dashes: "checkpointing-steps"
+  std::vector<std::string> aliases;  // diffusers' spelling etc: "checkpointing_steps"
+  std::string help;
+  bool is_switch = false;            // boolean flag without a value
+  bool changes_result = false;       // part of the checkpoint fingerprint
+  bool required = false;
+  std::function<void(TrainConfig&, const std::string&)> set;  // parses; error names the flag
+  std::function<Json(const TrainConfig&)> get;
+};
+
+const std::vector<OptionSpec>& train_options();
+const OptionSpec* find_train_option(const std::string& name_or_alias);
+
+// Applies a TOML file whose keys are long flag names (dashes or underscores). Unknown keys are an error.
+void apply_toml_file(TrainConfig& config, const std::string& path);
+// All options with their values (the resolved config written to the output dir).
+Json config_to_json(const TrainConfig& config);
+// The settings that change results, by option name.
+Json result_settings(const TrainConfig& config);
+
+}  // namespace dreamlora

@@ -1,0 +1,428 @@
+#include "dreamlora/train/trainer.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include "dreamlora/checkpoint/background_writer.h"
+#include "dreamlora/checkpoint/manifest.h"
+#include "dreamlora/checkpoint/signals.h"
+#include "dreamlora/common/error.h"
+#include "dreamlora/io/durable_file.h"
+#include "dreamlora/io/safetensors.h"
+#include "dreamlora/lora/formats.h"
+#include "dreamlora/lora/inject.h"
+#include "dreamlora/nn/state_dict.h"
+#include "dreamlora/pipeline/text_to_image.h"
+#include "dreamlora/schedulers/ddpm.h"
+#include "dreamlora/train/adamw.h"
+#include "dreamlora/train/class_images.h"
+#include "dreamlora/train/data_order.h"
+#include "dreamlora/train/dataset.h"
+#include "dreamlora/train/losses.h"
+#include "dreamlora/train/lr_schedule.h"
+#include "dreamlora/train/metrics.h"
+#include "dreamlora/train/outputs.h"
+#include "dreamlora/train/trainer_state.h"
+
+namespace dreamlora {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+void log(const std::string& line) { std::cerr << "dreamlora: " << line << std::endl; }
+
+std::string tensor_bytes(const torch::Tensor& t) {
+  auto c = t.contiguous();
+  return std::string(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
+}
+
+torch::Tensor bytes_tensor(const std::string& bytes) {
+  auto t = torch::empty({static_cast<int64_t>(bytes.size())}, torch::kUInt8);
+  std::memcpy(t.data_ptr(), bytes.data(), bytes.size());
+  return t;
+}
+
+torch::Dtype weight_dtype(const std::string& mixed_precision) {
+  if (mixed_precision == "fp16") return torch::kFloat16;
+  if (mixed_precision == "bf16") return torch::kBFloat16;
+  return torch::kFloat32;
+}
+
+class Trainer {
+ public:
+  explicit Trainer(TrainConfig config) : cfg_(std::move(config)) {}
+  int run();
+
+ private:
+  void load_everything();
+  void inject_lora();
+  void build_optimizer();
+  bool resume();
+  void train_step();
+  lora::LoRAWeights current_lora(bool copy) const;
+  checkpoint::CheckpointContents snapshot() const;
+  void save_checkpoint();
+  void run_validation();
+  void finalize();
+
+  TrainConfig cfg_;
+  fs::path out_;
+  torch::Device device_ = torch::kCPU;
+  ModelBundle model_;
+  std::unique_ptr<schedulers::DDPMScheduler> ddpm_;
+  std::unique_ptr<ImageSet> instances_, classes_;
+  std::unique_ptr<DataOrder> instance_order_, class_order_;
+  std::unique_ptr<CaptionEmbedder> embedder_;
+  std::unique_ptr<AdamW> optimizer_;
+  LRScheduleOptions schedule_;
+  at::Generator gen_;
+  std::unique_ptr<checkpoint::CheckpointStore> store_;
+  std::unique_ptr<checkpoint::CheckpointWriter> writer_;
+  std::unique_ptr<MetricsLog> metrics_;
+  TrainerState state_;
+  Json fingerprint_;
+  int64_t last_checkpoint_step_ = -1;
+  float last_loss_ = 0;
+};
+
+void Trainer::load_everything() {
+  cfg_.validate();
+  device_ = torch::Device(cfg_.device);
+  DL_CHECK(device_.is_cpu() || torch::cuda::is_available(), "--device ", cfg_.device,
+           ": CUDA is not available in this build of libtorch");
+  out_ = cfg_.output_dir;
+  fs::create_directories(out_);
+
+  // Data errors come before the (slow) model load.
+  auto instance_images = list_training_images(cfg_.image_path, cfg_.prompt, "--image-path");
+  DL_CHECK(static_cast<int64_t>(instance_images.size()) * cfg_.repeats >= cfg_.batch_size, "--batch-size ",
+           cfg_.batch_size, " is larger than the ", instance_images.size(), " instance images in ", cfg_.image_path,
+           " (x", cfg_.repeats, " repeats)");
+  std::vector<TrainingImage> repeated;
+  for (int64_t r = 0; r < cfg_.repeats; ++r) repeated.insert(repeated.end(), instance_images.begin(), instance_images.end());
+
+  DatasetOptions dopt;
+  dopt.resolution = cfg_.resolution;
+  dopt.center_crop = cfg_.center_crop;
+  dopt.random_flip = cfg_.random_flip;
+  dopt.cache_text = !cfg_.train_text_encoder;
+  std::vector<fs::path> data_files;
+  for (const auto& i : instance_images) data_files.push_back(i.path);
+  instances_ = std::make_unique<ImageSet>(repeated, dopt);
+  instance_order_ = std::make_unique<DataOrder>(cfg_.seed, instances_->size());
+
+  LoadOptions load;
+  load.variant = cfg_.variant;
+  load.dtype = weight_dtype(cfg_.mixed_precision);
+  load.device = device_;
+  model_ = ModelBundle::load(cfg_.model, load);
+  ddpm_ = std::make_unique<schedulers::DDPMScheduler>(schedulers::DDPMScheduler::from_file(model_.scheduler_config_path));
+  if (cfg_.snr_gamma > 0) min_snr_weights(torch::ones({1}), cfg_.snr_gamma, ddpm_->prediction_type());
+  if (cfg_.prior_preservation) {
+    ensure_class_images(model_, cfg_);
+    auto class_images = list_training_images(cfg_.class_image_path, cfg_.class_prompt, "--class-image-path");
+    class_images.resize(std::min<size_t>(class_images.size(), static_cast<size_t>(cfg_.num_class_images)));
+    for (const auto& i : class_images) data_files.push_back(i.path);
+    classes_ = std::make_unique<ImageSet>(class_images, dopt);
+    class_order_ = std::make_unique<DataOrder>(cfg_.seed + 1, classes_->size());
+  }
+  embedder_ = std::make_unique<CaptionEmbedder>(dopt.cache_text);
+  fingerprint_ = make_fingerprint(cfg_, data_files);
+}
+
+void Trainer::inject_lora() {
+  // A generator of its own for the LoRA init, so the training generator's stream starts at the seed.
+  auto init_gen = at::detail::createCPUGenerator(cfg_.seed);
+  nn::LoRAOptions opts{cfg_.rank, cfg_.effective_lora_alpha(), cfg_.lora_dropout};
+  auto report = lora::inject_lora(*model_.unet, cfg_.lora_target_list(), opts, init_gen);
+  log("LoRA on the UNet: " + report.summary());
+  lora::freeze_all_but_lora(*model_.unet);
+  if (cfg_.train_text_encoder) {
+    auto te = lora::inject_lora(*model_.text.text_encoder, cfg_.text_encoder_target_list(), opts, init_gen);
+    log("LoRA on text_encoder: " + te.summary());
+    lora::freeze_all_but_lora(*model_.text.text_encoder);
+    if (model_.sdxl) {
+      auto te2 = lora::inject_lora(*model_.text.text_encoder_2, cfg_.text_encoder_target_list(), opts, init_gen);
+      log("LoRA on text_encoder_2: " + te2.summary());
+      lora::freeze_all_but_lora(*model_.text.text_encoder_2);
+    }
+  }
+  for (auto& [name, p] : lora::lora_parameters(*model_.unet)) p.set_requires_grad(true);
+  model_.unet->to(device_);
+  model_.unet->train();
+  if (cfg_.gradient_checkpointing) model_.unet->set_gradient_checkpointing(true);
+}
+
+void Trainer::build_optimizer() {
+  double lr = cfg_.lr, te_lr = cfg_.text_encoder_lr;
+  if (cfg_.scale_lr) {
+    lr *= static_cast<double>(cfg_.batch_size * cfg_.gradient_accumulation);
+    te_lr *= static_cast<double>(cfg_.batch_size * cfg_.gradient_accumulation);
+  }
+  std::vector<ParamGroup> groups;
+  ParamGroup unet_group;
+  unet_group.lr = lr;
+  for (auto& [name, p] : lora::lora_parameters(*model_.unet)) unet_group.params.emplace_back("unet." + name, p);
+  groups.push_back(unet_group);
+  if (cfg_.train_text_encoder) {
+    ParamGroup te;
+    te.lr = te_lr;
+    for (auto& [name, p] : lora::lora_parameters(*model_.text.text_encoder)) te.params.emplace_back("text_encoder." + name, p);
+    if (model_.sdxl)
+      for (auto& [name, p] : lora::lora_parameters(*model_.text.text_encoder_2))
+        te.params.emplace_back("text_encoder_2." + name, p);
+    groups.push_back(te);
+  }
+  optimizer_ = std::make_unique<AdamW>(groups, AdamWOptions{cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_epsilon,
+                                                            cfg_.adam_weight_decay});
+  schedule_.name = cfg_.scheduler;
+  schedule_.warmup_steps = cfg_.warmup_steps;
+  schedule_.total_steps = cfg_.num_steps;
+  schedule_.num_cycles = static_cast<int>(cfg_.num_cycles);
+  schedule_.power = cfg_.lr_power;
+}
+
+bool Trainer::resume() {
+  store_ = std::make_unique<checkpoint::CheckpointStore>(out_);
+  for (const auto& p : store_->cleanup_temporaries()) log("removed the leftover of an interrupted write: " + p.string());
+  const std::string& how = cfg_.resume_from_checkpoint;
+  if (how == "none" || how.empty()) return false;
+  fs::path dir;
+  if (how == "latest") {
+    auto latest = store_->latest_valid();
+    for (const auto& s : latest.skipped)
+      log(str("skipping ", s.path.string(), ": ", s.reason));
+    if (!latest.latest) {
+      log("no valid checkpoint in " + out_.string() + ": starting fresh");
+      return false;
+    }
+    dir = latest.latest->path;
+  } else {
+    dir = how;
+    auto v = checkpoint::verify_checkpoint(dir);
+    DL_CHECK(v.ok, "--resume-from-checkpoint ", dir.string(), ": does not verify: ", v.reason);
+  }
+  auto state = TrainerState::from_json(read_json(dir / "trainer_state.json"), dir.string());
+  auto diffs = fingerprint_differences(state.fingerprint, fingerprint_);
+  if (!diffs.empty()) {
+    std::string msg = str(dir.string(), ": settings that change the result differ from the checkpoint's:");
+    for (const auto& d : diffs) msg += "\n  " + d;
+    msg += "\nUse the same settings, a new --output-dir, or --resume-from-checkpoint none to start over.";
+    fail(msg);
+  }
+  auto lora_file = lora::load_lora_file(dir / "pytorch_lora_weights.safetensors");
+  lora::apply_lora(*model_.unet, lora_file.components.at("unet"), dir.string());
+  if (cfg_.train_text_encoder) {
+    lora::apply_lora(*model_.text.text_encoder, lora_file.components.at("text_encoder"), dir.string());
+    if (model_.sdxl) lora::apply_lora(*model_.text.text_encoder_2, lora_file.components.at("text_encoder_2"), dir.string());
+  }
+  auto opt = safetensors::File::open(dir / "optimizer.safetensors");
+  optimizer_->load_state(opt.load_all(), std::stoll(opt.metadata().at("step")), (dir / "optimizer.safetensors").string());
+  gen_.set_state(bytes_tensor(base64_decode(state.rng_state, "rng_state")));
+  at::detail::getDefaultCPUGenerator().set_state(bytes_tensor(base64_decode(state.default_rng_state, "default_rng_state")));
+  state_ = state;
+  state_.fingerprint = fingerprint_;
+  last_checkpoint_step_ = state_.global_step;
+  log(str("resumed from ", dir.string(), " at step ", state_.global_step, " of ", cfg_.num_steps));
+  return true;
+}
+
+// One optimizer step: gradient_accumulation micro-batches, then clip, AdamW, LR schedule.
+void Trainer::train_step() {
+  const double lr_mult = lr_multiplier(schedule_, cfg_.lr, state_.global_step);
+  const double scaling = model_.vae->config().scaling_factor;
+  const double shift = model_.vae->config().shift_factor.value_or(0.0);
+  const auto dtype = weight_dtype(cfg_.mixed_precision);
+  float loss_sum = 0;
+  for (int64_t micro = 0; micro < cfg_.gradient_accumulation; ++micro) {
+    // Batch: instance examples, then as many class examples (prior preservation).
+    std::vector<ExampleTensors> ex;
+    for (int64_t b = 0; b < cfg_.batch_size; ++b)
+      ex.push_back(instances_->example(instance_order_->item(state_.instance_samples++), model_, gen_));
+    if (classes_)
+      for (int64_t b = 0; b < cfg_.batch_size; ++b)
+        ex.push_back(classes_->example(class_order_->item(state_.class_samples++), model_, gen_));
+    std::vector<torch::Tensor> means, stds, time_ids;
+    std::vector<std::string> captions;
+    for (auto& e : ex) {
+      means.push_back(e.latent_mean);
+      stds.push_back(e.latent_std);
+      time_ids.push_back(e.time_ids);
+      captions.push_back(e.caption);
+    }
+    // latents ~ VAE posterior, scaled like the pipeline's latents
+    auto mean = torch::stack(means), std_ = torch::stack(stds);
+    auto latents = ((mean + std_ * torch::randn(mean.sizes(), gen_)) - shift) * scaling;  // [B, C, h, w]
+    // noise + timesteps -> noisy latents
+    auto noise = torch::randn(latents.sizes(), gen_);
+    if (cfg_.noise_offset > 0)
+      noise = noise + cfg_.noise_offset * torch::randn({latents.size(0), latents.size(1), 1, 1}, gen_);
+    auto timesteps = torch::randint(0, ddpm_->num_train_timesteps(), {latents.size(0)}, gen_, torch::kInt64);
+    auto noisy = ddpm_->add_noise(latents, noise, timesteps);
+    // predict
+    auto emb = embedder_->embed(model_, captions);
+    torch::Tensor pooled, tids;
+    if (model_.sdxl) {
+      pooled = emb.pooled_prompt_embeds.to(device_);
+      tids = torch::stack(time_ids).to(device_);
+    }
+    auto pred = model_.unet->forward(noisy.to(device_, dtype), timesteps.to(device_), emb.prompt_embeds.to(device_, dtype),
+                                     pooled, tids);
+    // target by prediction type, loss (+ prior), backward
+    auto target = ddpm_->training_target(latents, noise, timesteps).to(device_);
+    torch::Tensor snr_weights;
+    if (cfg_.snr_gamma > 0) {
+      auto t_instance = timesteps.slice(0, 0, cfg_.batch_size);
+      snr_weights = min_snr_weights(ddpm_->snr(t_instance), cfg_.snr_gamma, ddpm_->prediction_type()).to(device_);
+    }
+    auto loss = dreambooth_loss(pred, target, classes_ != nullptr, cfg_.prior_loss_weight, snr_weights);
+    (loss.total / static_cast<double>(cfg_.gradient_accumulation)).backward();
+    loss_sum += loss.total.item<float>();
+  }
+  if (cfg_.max_grad_norm > 0) optimizer_->clip_grad_norm(cfg_.max_grad_norm);
+  optimizer_->step(lr_mult);
+  optimizer_->zero_grad();
+  ++state_.global_step;
+  state_.epoch = instance_order_->epoch_of(state_.instance_samples);
+  state_.lr_multiplier = lr_mult;
+  last_loss_ = loss_sum / static_cast<float>(cfg_.gradient_accumulation);
+  metrics_->record(state_.global_step, last_loss_, cfg_.lr * lr_mult);
+}
+
+lora::LoRAWeights Trainer::current_lora(bool copy) const {
+  lora::LoRAWeights w;
+  w.components["unet"] = lora::collect_lora(*model_.unet);
+  if (cfg_.train_text_encoder) {
+    w.components["text_encoder"] = lora::collect_lora(*model_.text.text_encoder);
+    if (model_.sdxl) w.components["text_encoder_2"] = lora::collect_lora(*model_.text.text_encoder_2);
+  }
+  if (copy)
+    for (auto& [component, modules] : w.components)
+      for (auto& [path, m] : modules) {
+        m.down = m.down.detach().to(torch::kCPU, torch::kFloat32, false, true);
+        m.up = m.up.detach().to(torch::kCPU, torch::kFloat32, false, true);
+      }
+  return w;
+}
+
+// The step loop's whole share of a checkpoint: copying tensors into memory.
+checkpoint::CheckpointContents Trainer::snapshot() const {
+  checkpoint::CheckpointContents c;
+  auto lora_tensors = lora::to_diffusers_tensors(current_lora(true), /*bake_alpha_into_up=*/false);
+  c.add_tensors("pytorch_lora_weights.safetensors", {lora_tensors.begin(), lora_tensors.end()},
+                lora_metadata(cfg_, /*baked=*/false));
+  std::vector<std::pair<std::string, torch::Tensor>> opt;
+  for (auto& [name, t] : optimizer_->state_tensors()) opt.emplace_back(name, t.detach().to(torch::kCPU, false, true));
+  c.add_tensors("optimizer.safetensors", std::move(opt), {{"step", std::to_string(optimizer_->step_count())}});
+  TrainerState s = state_;
+  s.rng_state = base64_encode(tensor_bytes(gen_.get_state()));
+  s.default_rng_state = base64_encode(tensor_bytes(at::detail::getDefaultCPUGenerator().get_state()));
+  s.fingerprint = fingerprint_;
+  c.add_bytes("trainer_state.json", s.to_json().dump(2) + "\n");
+  return c;
+}
+
+void Trainer::save_checkpoint() {
+  if (last_checkpoint_step_ == state_.global_step) return;
+  auto t0 = Clock::now();
+  auto snap = snapshot();
+  double snapshot_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  double waited = writer_->submit(state_.global_step, std::move(snap));
+  if (waited > 0.01) log(str("waited ", waited, " s for the previous checkpoint write to finish"));
+  last_checkpoint_step_ = state_.global_step;
+  metrics_->record_checkpoint(state_.global_step, snapshot_s + waited);
+  metrics_->write_svg(out_ / "loss.svg");
+}
+
+void Trainer::run_validation() {
+  if (cfg_.validation_prompt.empty()) return;
+  torch::NoGradGuard no_grad;
+  model_.unet->eval();
+  SampleOptions o;
+  o.prompt = cfg_.validation_prompt;
+  o.steps = cfg_.validation_inference_steps;
+  o.sampler = cfg_.validation_sampler;
+  o.seed = cfg_.seed;
+  o.num_images = cfg_.num_validation_images;
+  o.width = o.height = cfg_.resolution;
+  // The validation images must not disturb the training stream: their generator is their own.
+  auto images = text_to_image(model_, o);
+  fs::create_directories(out_ / "validation");
+  for (size_t i = 0; i < images.size(); ++i)
+    save_png(out_ / "validation" / str("step-", state_.global_step, "-", i, ".png"), images[i],
+             sample_metadata(o, static_cast<int64_t>(i), "training LoRA at step " + std::to_string(state_.global_step)));
+  model_.unet->train();
+  log(str("validation images for step ", state_.global_step, " in ", (out_ / "validation").string()));
+}
+
+void Trainer::finalize() {
+  auto weights = current_lora(true);
+  write_final_outputs(out_, cfg_, model_, weights);
+  metrics_->write_svg(out_ / "loss.svg");
+}
+
+int Trainer::run() {
+  load_everything();
+  gen_ = at::detail::createCPUGenerator(cfg_.seed);
+  inject_lora();
+  build_optimizer();
+  const bool resumed = resume();
+  metrics_ = std::make_unique<MetricsLog>(out_, resumed ? state_.global_step : 0);
+  checkpoint::WriterOptions wopt;
+  wopt.total_limit = static_cast<int>(cfg_.checkpoints_total_limit);
+  wopt.on_error = checkpoint::parse_error_policy(cfg_.on_checkpoint_error);
+  wopt.synchronous = cfg_.sync_checkpoints;
+  writer_ = std::make_unique<checkpoint::CheckpointWriter>(*store_, wopt);
+  write_file_durably(out_ / "training_config.json", config_to_json(cfg_).dump(2) + "\n");
+
+  checkpoint::install_stop_handlers();
+  checkpoint::Deadline deadline;
+  if (!cfg_.max_runtime.empty()) deadline = checkpoint::Deadline(checkpoint::parse_duration(cfg_.max_runtime));
+
+  ProgressBar progress(cfg_.num_steps, state_.global_step, cfg_.log_every);
+  // Test hook: behave as if SIGTERM arrived during step N (deterministic interruption for resume tests).
+  const char* stop_at = std::getenv("DREAMLORA_TEST_STOP_AT_STEP");
+  const int64_t test_stop_step = stop_at ? std::atoll(stop_at) : -1;
+  while (state_.global_step < cfg_.num_steps) {
+    if (checkpoint::stop_requested() || deadline.check()) break;
+    train_step();
+    if (state_.global_step == test_stop_step) checkpoint::request_stop("DREAMLORA_TEST_STOP_AT_STEP");
+    progress.update(state_.global_step, last_loss_, cfg_.lr * state_.lr_multiplier);
+    const bool due = cfg_.checkpointing_steps > 0 && state_.global_step % cfg_.checkpointing_steps == 0;
+    if (due) save_checkpoint();
+    if (cfg_.validation_steps > 0 && state_.global_step % cfg_.validation_steps == 0) run_validation();
+  }
+  progress.finish();
+  if (state_.global_step < cfg_.num_steps) {
+    // Stopped early: the step in flight is finished; checkpoint it and tell the restart loop to go on.
+    log(str("stop requested (", checkpoint::stop_reason_text(), "): writing a checkpoint at step ", state_.global_step));
+    save_checkpoint();
+    writer_->shutdown();
+    log(str("checkpoint at step ", state_.global_step, " written; exiting with status ", checkpoint::kExitStoppedEarly,
+            " (run the same command to resume)"));
+    return checkpoint::kExitStoppedEarly;
+  }
+  if (cfg_.checkpointing_steps > 0) save_checkpoint();  // a re-run finds the run complete
+  if (cfg_.validation_steps == 0 || state_.global_step % cfg_.validation_steps != 0) run_validation();
+  finalize();
+  writer_->shutdown();
+  metrics_->print_summary(writer_->history());
+  return checkpoint::kExitFinished;
+}
+
+}  // namespace
+
+int run_training(const TrainConfig& config) {
+  Trainer trainer(config);
+  return trainer.run();
+}
+
+}  // namespace dreamlora

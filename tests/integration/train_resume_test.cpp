@@ -1,0 +1,141 @@
+// `dreamlora train` end to end on the project's tiny model, as a child process: a resumed run ends
+// byte-identical to an uninterrupted one, SIGTERM leaves a valid checkpoint and status 75, a finished
+// run only rewrites its outputs, changed settings are refused, bad data is reported before training.
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "dreamlora/checkpoint/manifest.h"
+#include "dreamlora/pipeline/demo_data.h"
+#include "dreamlora/pipeline/tiny_model.h"
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+using namespace dreamlora::testing;
+
+namespace {
+
+// One tiny model and data set shared by every test of this file (made once, ~2 s).
+struct World {
+  fs::path root, model, images;
+};
+const World& world() {
+  static World w = [] {
+    World w;
+    w.root = make_temp_dir("train-world");
+    w.model = w.root / "tiny-sd";
+    w.images = w.root / "subject";
+    dreamlora::write_tiny_model(w.model, {});
+    dreamlora::write_demo_subject_images(w.images, 3, 40, 1);
+    return w;
+  }();
+  return w;
+}
+
+std::vector<std::string> train_args(const fs::path& out, int steps) {
+  return {"--threads", "2", "train", "--model", world().model.string(), "--image-path", world().images.string(),
+          "--prompt", "a photo of sks toy", "--resolution", "32", "--num-steps", std::to_string(steps),
+          "--checkpointing-steps", "2", "--lr", "1e-3", "--random-flip", "--output-dir", out.string()};
+}
+
+std::string final_lora(const fs::path& out) { return read_text(out / "pytorch_lora_weights.safetensors"); }
+
+}  // namespace
+
+TEST(TrainResume, InterruptedAndResumedRunIsByteIdenticalToUninterrupted) {
+  auto a = make_temp_dir("train-a"), b = make_temp_dir("train-b");
+  auto full = run_dreamlora(train_args(a, 6));
+  ASSERT_EQ(full.exit_status, 0) << full.output;
+
+  auto first = run_dreamlora(train_args(b, 6), {"DREAMLORA_TEST_STOP_AT_STEP=3"});
+  ASSERT_EQ(first.exit_status, 75) << first.output;
+  EXPECT_TRUE(dreamlora::checkpoint::verify_checkpoint(b / "checkpoint-3").ok);
+  EXPECT_FALSE(fs::exists(b / "pytorch_lora_weights.safetensors"));
+  auto second = run_dreamlora(train_args(b, 6));
+  ASSERT_EQ(second.exit_status, 0) << second.output;
+  EXPECT_NE(second.output.find("resumed from"), std::string::npos) << second.output;
+  EXPECT_EQ(final_lora(a), final_lora(b));
+  EXPECT_EQ(read_text(a / "pytorch_lora_weights_kohya.safetensors"), read_text(b / "pytorch_lora_weights_kohya.safetensors"));
+}
+
+TEST(TrainResume, SigtermFinishesTheStepWritesACheckpointAndExits75) {
+  auto out = make_temp_dir("train-sigterm");
+  auto log = out.parent_path() / (out.filename().string() + ".log");
+  int pid = spawn_dreamlora(train_args(out, 400), log);
+  for (int i = 0; i < 600 && !fs::exists(out / "checkpoint-2"); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_TRUE(fs::exists(out / "checkpoint-2")) << read_text(log);
+  kill(pid, SIGTERM);
+  EXPECT_EQ(wait_process(pid), 75) << read_text(log);
+  auto inspect = run_dreamlora({"inspect", out.string()});
+  EXPECT_EQ(inspect.exit_status, 0) << inspect.output;
+  int64_t newest = -1;
+  for (const auto& e : fs::directory_iterator(out)) {
+    auto step = dreamlora::checkpoint::parse_checkpoint_dir_name(e.path().filename().string());
+    if (step) {
+      EXPECT_TRUE(dreamlora::checkpoint::verify_checkpoint(e.path()).ok) << e.path();
+      newest = std::max(newest, *step);
+    }
+  }
+  EXPECT_GE(newest, 2);
+  EXPECT_NE(read_text(log).find("SIGTERM"), std::string::npos);
+}
+
+TEST(TrainResume, AFinishedRunOnlyRewritesItsOutputs) {
+  auto out = make_temp_dir("train-done");
+  ASSERT_EQ(run_dreamlora(train_args(out, 2)).exit_status, 0);
+  auto before = final_lora(out);
+  auto again = run_dreamlora(train_args(out, 2));
+  ASSERT_EQ(again.exit_status, 0) << again.output;
+  EXPECT_NE(again.output.find("at step 2 of 2"), std::string::npos) << again.output;
+  EXPECT_EQ(final_lora(out), before);
+}
+
+TEST(TrainResume, ChangedResultSettingIsRefusedWithTheDifference) {
+  auto out = make_temp_dir("train-changed");
+  ASSERT_EQ(run_dreamlora(train_args(out, 2)).exit_status, 0);
+  auto args = train_args(out, 4);
+  args.push_back("--rank");
+  args.push_back("8");
+  auto r = run_dreamlora(args);
+  EXPECT_EQ(r.exit_status, 1);
+  EXPECT_NE(r.output.find("rank: checkpoint 4, now 8"), std::string::npos) << r.output;
+}
+
+TEST(TrainErrors, EmptyImageFolderAndTooLargeBatchAreReportedBeforeTraining) {
+  auto empty = make_temp_dir("train-empty");
+  auto out = make_temp_dir("train-err");
+  auto args = train_args(out, 2);
+  args[6] = empty.string();  // --image-path
+  auto r = run_dreamlora(args);
+  EXPECT_EQ(r.exit_status, 1);
+  EXPECT_NE(r.output.find("--image-path"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("no images"), std::string::npos) << r.output;
+
+  args = train_args(out, 2);
+  args.push_back("--batch-size");
+  args.push_back("5");
+  r = run_dreamlora(args);
+  EXPECT_EQ(r.exit_status, 1);
+  EXPECT_NE(r.output.find("--batch-size 5 is larger than the 3 instance images"), std::string::npos) << r.output;
+
+  args = train_args(out, 2);
+  args.push_back("--identifier");
+  args.push_back("zwx");
+  r = run_dreamlora(args);
+  EXPECT_NE(r.output.find("does not contain the identifier 'zwx'"), std::string::npos) << r.output;
+}
+
+TEST(TrainErrors, CorruptImageIsNamed) {
+  auto dir = make_temp_dir("train-corrupt");
+  fs::copy(world().images, dir, fs::copy_options::recursive);
+  { std::ofstream(dir / "broken.png") << "this is not a png"; }
+  auto out = make_temp_dir("train-corrupt-out");
+  auto args = train_args(out, 2);
+  args[6] = dir.string();
+  auto r = run_dreamlora(args);
+  EXPECT_EQ(r.exit_status, 1);
+  EXPECT_NE(r.output.find("broken.png"), std::string::npos) << r.output;
+}
