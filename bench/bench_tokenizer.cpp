@@ -18,12 +18,20 @@ std::filesystem::path tokenizer_dir() {
 
 // Deterministic mix of subjects, styles, numbers, punctuation, weights and non-ASCII text.
 std::vector<std::string> make_prompts(size_t n) {
-  const char* subjects[] = {"a photo of sks dog", "A painting of a squirrel eating a burger", "portrait of an old sailor",
-                            "a red sports car on a mountain road", "the skyline of Tōkyō at night", "café in Paris",
-                            "a cyberpunk street market", "日本の庭園", "an astronaut riding a horse", "a bowl of ramen"};
-  const char* styles[] = {"highly detailed", "trending on artstation", "8k, ultra realistic", "(masterpiece:1.2)",
-                          "oil on canvas", "35mm photograph, bokeh", "by Greg Rutkowski", "[lowres], {blurry}",
-                          "golden hour lighting!!!", "emoji ✨🚀"};
+  const char* subjects[] = {"a photo of sks dog",
+                            "A painting of a squirrel eating a burger",
+                            "portrait of an old sailor",
+                            "a red sports car on a mountain road",
+                            "the skyline of Tōkyō at night",
+                            "café in Paris",
+                            "a cyberpunk street market",
+                            "日本の庭園",
+                            "an astronaut riding a horse",
+                            "a bowl of ramen"};
+  const char* styles[] = {"highly detailed",   "trending on artstation", "8k, ultra realistic",
+                          "(masterpiece:1.2)", "oil on canvas",          "35mm photograph, bokeh",
+                          "by Greg Rutkowski", "[lowres], {blurry}",     "golden hour lighting!!!",
+                          "emoji ✨🚀"};
   std::vector<std::string> prompts;
   prompts.reserve(n);
   uint64_t x = 0x9E3779B97F4A7C15ull;

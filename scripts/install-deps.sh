@@ -15,6 +15,9 @@ PACKAGES=(
   libxxhash-dev           # XXH3 checksums in checkpoint manifests
   libexif-dev             # JPEG EXIF orientation of training images
   zlib1g-dev              # CRC32 for PNG text chunks (prompt, seed, sampler)
+  libcurl4-openssl-dev    # S3 checkpoint mirror (SigV4) and cloud preemption notices
+  libtinyxml2-dev         # S3 XML responses (ListObjectsV2, errors)
+  libutf8proc-dev         # Unicode categories and NFC for the CLIP tokenizer
   libtomlplusplus-dev     # --config TOML files
   libgtest-dev libgmock-dev libbenchmark-dev
 )

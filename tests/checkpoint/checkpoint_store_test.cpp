@@ -44,8 +44,9 @@ TEST_F(StoreTest, CommitWritesFilesAndManifestThatVerify) {
   EXPECT_EQ(r.path, dir / "checkpoint-100");
   EXPECT_FALSE(r.skipped_existing);
   EXPECT_EQ(entry_names(dir), std::set<std::string>{"checkpoint-100"});  // no temp left behind
-  EXPECT_EQ(entry_names(r.path), (std::set<std::string>{"MANIFEST.json", "optimizer.safetensors",
-                                                         "pytorch_lora_weights.safetensors", "trainer_state.json"}));
+  EXPECT_EQ(entry_names(r.path),
+            (std::set<std::string>{"MANIFEST.json", "optimizer.safetensors",
+                                   "pytorch_lora_weights.safetensors", "trainer_state.json"}));
   Verification v = verify_checkpoint(r.path);
   ASSERT_TRUE(v.ok) << v.reason;
   EXPECT_EQ(v.bytes, r.bytes);
@@ -116,7 +117,8 @@ TEST_F(StoreTest, LatestOfAnEmptyOrMissingDirectoryIsNone) {
 TEST_F(StoreTest, ListReportsEveryCheckpointWithSizeAndValidity) {
   store->commit(20, sample_contents(20));
   store->commit(3, sample_contents(3));
-  write_text(dir / "checkpoint-20" / "trainer_state.json", "{\"global_step\": 21}\n");  // same size, new bytes
+  write_text(dir / "checkpoint-20" / "trainer_state.json",
+             "{\"global_step\": 21}\n");  // same size, new bytes
   auto all = store->list();
   ASSERT_EQ(all.size(), 2u);
   EXPECT_EQ(all[0].step, 3);
@@ -141,7 +143,7 @@ TEST_F(StoreTest, PruneRemovesOldestFirstAndKeepsTheLimit) {
 
 TEST_F(StoreTest, PruneNeverDeletesTheNewestValidNorAnythingNewerNorOtherNames) {
   for (int64_t s : {10, 20, 30}) store->commit(s, sample_contents(s, 1024));
-  fs::create_directories(dir / "checkpoint-40");  // newer but invalid: evidence, left alone
+  fs::create_directories(dir / "checkpoint-40");                  // newer but invalid: evidence, left alone
   write_text(dir / "checkpoint-30" / "trainer_state.json", "x");  // newest is now invalid too
   fs::create_directories(dir / "checkpoint-final-backup");
   fs::create_directories(dir / "my-notes");
@@ -151,9 +153,9 @@ TEST_F(StoreTest, PruneNeverDeletesTheNewestValidNorAnythingNewerNorOtherNames) 
   // Newest valid is 20: kept. 10 removed; 30 and 40 are newer than it and untouched.
   ASSERT_EQ(r.removed.size(), 1u);
   EXPECT_EQ(r.removed[0].step, 10);
-  EXPECT_EQ(entry_names(dir),
-            (std::set<std::string>{"checkpoint-20", "checkpoint-30", "checkpoint-40", "checkpoint-final-backup",
-                                   "my-notes", "checkpoint-abc", "pytorch_lora_weights.safetensors"}));
+  EXPECT_EQ(entry_names(dir), (std::set<std::string>{"checkpoint-20", "checkpoint-30", "checkpoint-40",
+                                                     "checkpoint-final-backup", "my-notes", "checkpoint-abc",
+                                                     "pytorch_lora_weights.safetensors"}));
 }
 
 TEST_F(StoreTest, PruneRemovesInvalidOnesOlderThanTheKeptValidOnes) {
@@ -184,14 +186,15 @@ TEST_F(StoreTest, CleanupRemovesOnlyOurDeadTemporaries) {
     fs::create_directories(dir / name / "sub");
   // Not ours: different shapes of name, and a temp of a live process (the test runner's parent).
   const std::string live = std::to_string(::getppid());
-  for (std::string name : {".checkpoint-50.tmp-" + live, std::string(".checkpoint-x.tmp-1"), "checkpoint-final-backup", "my-notes",
-                    ".checkpoint-60.tmp-", "tmp-checkpoint-7"})
+  for (const std::string& name : std::vector<std::string>{".checkpoint-50.tmp-" + live, ".checkpoint-x.tmp-1",
+                                                          "checkpoint-final-backup", "my-notes",
+                                                          ".checkpoint-60.tmp-", "tmp-checkpoint-7"})
     fs::create_directories(dir / name);
   auto removed = store->cleanup_temporaries();
   EXPECT_EQ(removed.size(), 4u);
-  EXPECT_EQ(entry_names(dir),
-            (std::set<std::string>{"checkpoint-10", ".checkpoint-50.tmp-" + live, ".checkpoint-x.tmp-1",
-                                   "checkpoint-final-backup", "my-notes", ".checkpoint-60.tmp-", "tmp-checkpoint-7"}));
+  EXPECT_EQ(entry_names(dir), (std::set<std::string>{"checkpoint-10", ".checkpoint-50.tmp-" + live,
+                                                     ".checkpoint-x.tmp-1", "checkpoint-final-backup",
+                                                     "my-notes", ".checkpoint-60.tmp-", "tmp-checkpoint-7"}));
   ASSERT_EQ(warnings.size(), 1u);
   EXPECT_NE(warnings[0].find("still running"), std::string::npos);
   EXPECT_TRUE(verify_checkpoint(dir / "checkpoint-10").ok);
@@ -219,13 +222,35 @@ TEST_F(StoreTest, InjectedWriteFailureRemovesTempKeepsEarlierAndNamesPathAndErrn
   EXPECT_EQ(store->latest_valid().latest->step, 200);
 }
 
+TEST_F(StoreTest, WriteFaultFromTheEnvironmentVariableFailsThatWrite) {
+  store->commit(100, sample_contents(100));
+  int status = testing::run_in_child([&] {
+    test_hooks::reset();  // the count is per process and the parent already wrote checkpoint-100
+    ::setenv("DREAMLORA_TEST_FAIL_WRITE", "3:EIO", 1);  // the third file: trainer_state.json
+    try {
+      CheckpointStore(dir).commit(200, sample_contents(200));
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      return msg.find("trainer_state.json") != std::string::npos &&
+                     msg.find(std::strerror(EIO)) != std::string::npos
+                 ? 3
+                 : 4;
+    }
+    return 0;
+  });
+  EXPECT_EQ(testing::exit_code(status), 3);
+  EXPECT_EQ(entry_names(dir), std::set<std::string>{"checkpoint-100"});
+}
+
 TEST_F(StoreTest, RealFileSizeLimitFailureIsReportedAndCleanedUp) {
   // RLIMIT_FSIZE makes the kernel fail write(2) with EFBIG: a genuine short-disk failure without root.
   store->commit(100, sample_contents(100));
   const fs::path msg_file = dir.parent_path() / (dir.filename().string() + ".msg");
   int status = testing::run_in_child([&] {
     ::signal(SIGXFSZ, SIG_IGN);
-    struct rlimit lim {64 * 1024, 64 * 1024};
+    struct rlimit lim {
+      64 * 1024, 64 * 1024
+    };
     ::setrlimit(RLIMIT_FSIZE, &lim);
     try {
       CheckpointStore(dir).commit(200, sample_contents(200, 1 << 20));

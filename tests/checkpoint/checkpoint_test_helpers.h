@@ -52,7 +52,9 @@ inline int run_in_child(const std::function<int()>& fn) {
   return status;
 }
 
-inline int exit_code(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 1000 + WTERMSIG(status); }
+inline int exit_code(int status) {
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 1000 + WTERMSIG(status);
+}
 
 inline std::set<std::string> entry_names(const std::filesystem::path& dir) {
   std::set<std::string> names;

@@ -10,6 +10,7 @@
 
 #include "checkpoint/checkpoint_test_helpers.h"
 #include "dreamlora/checkpoint/checkpoint_store.h"
+#include "dreamlora/common/error.h"
 #include "test_util.h"
 
 namespace dreamlora::checkpoint {
@@ -23,8 +24,8 @@ using testing::sample_contents;
 
 struct CrashCase {
   CrashPoint point;
-  bool via_env;        // DREAMLORA_TEST_CRASH_AT instead of the static hook
-  bool new_is_durable; // the crash happens after the rename
+  bool via_env;         // DREAMLORA_TEST_CRASH_AT instead of the static hook
+  bool new_is_durable;  // the crash happens after the rename
 };
 
 class CrashAtPhase : public ::testing::TestWithParam<CrashCase> {};
@@ -59,7 +60,8 @@ TEST_P(CrashAtPhase, EarlierCheckpointsSurviveAndNoPartialOneIsTakenForGood) {
 
   // The next start removes the crashed process's leftovers and nothing else.
   auto removed = store.cleanup_temporaries();
-  for (const auto& name : entry_names(dir)) EXPECT_EQ(name.rfind("checkpoint-", 0), 0u) << "leftover " << name;
+  for (const auto& name : entry_names(dir))
+    EXPECT_EQ(name.rfind("checkpoint-", 0), 0u) << "leftover " << name;
   const bool left_temp = c.point != CrashPoint::kRenamed && c.point != CrashPoint::kCommitted;
   EXPECT_EQ(removed.size(), left_temp ? 1u : 0u);
   // And a retry of the interrupted step succeeds.
@@ -68,18 +70,22 @@ TEST_P(CrashAtPhase, EarlierCheckpointsSurviveAndNoPartialOneIsTakenForGood) {
   fs::remove_all(dir);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    EveryPhase, CrashAtPhase,
-    ::testing::Values(CrashCase{CrashPoint::kTempCreated, false, false}, CrashCase{CrashPoint::kMidFile, false, false},
-                      CrashCase{CrashPoint::kFilesWritten, true, false},
-                      CrashCase{CrashPoint::kManifestWritten, false, false},
-                      CrashCase{CrashPoint::kRenamed, true, true}, CrashCase{CrashPoint::kCommitted, false, true},
-                      CrashCase{CrashPoint::kPruneRenamed, false, true}),
-    [](const ::testing::TestParamInfo<CrashCase>& info) { return std::string(crash_point_name(info.param.point)); });
+INSTANTIATE_TEST_SUITE_P(EveryPhase, CrashAtPhase,
+                         ::testing::Values(CrashCase{CrashPoint::kTempCreated, false, false},
+                                           CrashCase{CrashPoint::kMidFile, false, false},
+                                           CrashCase{CrashPoint::kFilesWritten, true, false},
+                                           CrashCase{CrashPoint::kManifestWritten, false, false},
+                                           CrashCase{CrashPoint::kRenamed, true, true},
+                                           CrashCase{CrashPoint::kCommitted, false, true},
+                                           CrashCase{CrashPoint::kPruneRenamed, false, true}),
+                         [](const ::testing::TestParamInfo<CrashCase>& info) {
+                           return std::string(crash_point_name(info.param.point));
+                         });
 
 TEST(CrashSafety, CrashPointNamesRoundTrip) {
   for (auto p : {CrashPoint::kTempCreated, CrashPoint::kMidFile, CrashPoint::kFilesWritten,
-                 CrashPoint::kManifestWritten, CrashPoint::kRenamed, CrashPoint::kCommitted, CrashPoint::kPruneRenamed})
+                 CrashPoint::kManifestWritten, CrashPoint::kRenamed, CrashPoint::kCommitted,
+                 CrashPoint::kPruneRenamed})
     EXPECT_EQ(parse_crash_point(crash_point_name(p)), p);
   EXPECT_THROW(parse_crash_point("never"), Error);
 }
@@ -99,7 +105,7 @@ TEST(CrashSafety, SigkillAtRandomMomentsNeverLeavesAnInvalidCheckpoint) {
         s.prune(2);
       }
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(5, 80)(rng)));
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(20, 150)(rng)));
     ::kill(pid, SIGKILL);
     int status = 0;
     ::waitpid(pid, &status, 0);
@@ -109,8 +115,10 @@ TEST(CrashSafety, SigkillAtRandomMomentsNeverLeavesAnInvalidCheckpoint) {
     auto latest = store.latest_valid();
     if (latest.latest) next_step = latest.latest->step + 1;
     store.cleanup_temporaries();
-    for (const auto& name : entry_names(dir)) EXPECT_EQ(name.rfind("checkpoint-", 0), 0u) << "leftover " << name;
+    for (const auto& name : entry_names(dir))
+      EXPECT_EQ(name.rfind("checkpoint-", 0), 0u) << "leftover " << name;
   }
+  std::cout << "[ sigkill ] 6 kills; latest valid step afterwards " << next_step - 1 << std::endl;
   EXPECT_GT(next_step, 1) << "no checkpoint was ever committed";
   fs::remove_all(dir);
 }

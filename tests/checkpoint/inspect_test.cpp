@@ -43,7 +43,8 @@ TEST(Inspect, NamedCheckpointShowsFilesAndFailsWhenInvalid) {
   store.commit(5, testing::sample_contents(5, 1024));
   InspectReport ok = inspect_checkpoints(dir / "checkpoint-5");
   EXPECT_EQ(ok.exit_status, 0) << joined(ok);
-  EXPECT_NE(joined(ok).find("file optimizer.safetensors  1.0 KiB  xxh3_64 "), std::string::npos) << joined(ok);
+  EXPECT_NE(joined(ok).find("file optimizer.safetensors  1.0 KiB  xxh3_64 "), std::string::npos)
+      << joined(ok);
   EXPECT_NE(joined(ok).find("step 5"), std::string::npos);
 
   testing::write_text(dir / "checkpoint-5" / "optimizer.safetensors", std::string(1024, 'z'));

@@ -1,5 +1,7 @@
 // LoRA files: our diffusers/kohya files against the fixtures' (keys, shapes, dtypes, values), reading
 // every format to the same weights, round trips, SDXL LDM names, and describe_lora_file.
+#include "dreamlora/lora/formats.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -7,21 +9,23 @@
 
 #include "dreamlora/common/error.h"
 #include "dreamlora/io/safetensors.h"
-#include "dreamlora/lora/formats.h"
 #include "dreamlora/lora/inject.h"
 #include "lora_test_tree.h"
 #include "test_util.h"
 
 using namespace dreamlora;
 namespace fs = std::filesystem;
+namespace dltest = dreamlora::testing;
 
 namespace {
 
-fs::path lora_dir(const std::string& family) { return testing::fixtures_dir() / family / "lora"; }
+fs::path lora_dir(const std::string& family) {
+  return dltest::fixtures_dir() / family / "lora";
+}
 
 // The fixture LoRA loaded into a tree of the fixture's module paths, then collected back.
 lora::LoRAWeights fixture_weights_via_model(const std::string& family) {
-  auto model = testing::tree_from_peft_file(lora_dir(family) / "peft_state_dict.safetensors");
+  auto model = dltest::tree_from_peft_file(lora_dir(family) / "peft_state_dict.safetensors");
   auto w = lora::load_lora_file(lora_dir(family) / "pytorch_lora_weights.safetensors");
   lora::apply_lora(*model, w.components.at("unet"), "fixture");
   lora::LoRAWeights out;
@@ -58,7 +62,9 @@ void expect_same_weights(const lora::LoRAWeights& a, const lora::LoRAWeights& b)
   }
 }
 
-lora::UNetLayout tiny_sdxl_layout() { return lora::UNetLayout::from_config(2, 2, {"CrossAttnUpBlock2D", "UpBlock2D"}); }
+lora::UNetLayout tiny_sdxl_layout() {
+  return lora::UNetLayout::from_config(2, 2, {"CrossAttnUpBlock2D", "UpBlock2D"});
+}
 
 }  // namespace
 
@@ -67,7 +73,7 @@ class LoRAFixtureFiles : public ::testing::TestWithParam<std::string> {};
 TEST_P(LoRAFixtureFiles, OurDiffusersFileEqualsTheFixtureFile) {
   REQUIRE_FIXTURES();
   auto weights = fixture_weights_via_model(GetParam());
-  auto out = testing::make_temp_dir("lora_diffusers") / "pytorch_lora_weights.safetensors";
+  auto out = dltest::make_temp_dir("lora_diffusers") / "pytorch_lora_weights.safetensors";
   lora::SaveOptions options;
   options.targets = lora::kUNetDefaultTargets;
   lora::save_diffusers(out, weights, options);
@@ -82,7 +88,7 @@ TEST_P(LoRAFixtureFiles, OurDiffusersFileEqualsTheFixtureFile) {
 TEST_P(LoRAFixtureFiles, OurKohyaFileEqualsTheFixtureFile) {
   REQUIRE_FIXTURES();
   auto weights = fixture_weights_via_model(GetParam());
-  auto out = testing::make_temp_dir("lora_kohya") / "kohya.safetensors";
+  auto out = dltest::make_temp_dir("lora_kohya") / "kohya.safetensors";
   lora::save_kohya(out, weights);  // diffusers block names, as the fixture's convert_state_dict_to_kohya
   expect_same_file_contents(out, lora_dir(GetParam()) / "pytorch_lora_weights_kohya.safetensors");
 }
@@ -101,15 +107,16 @@ TEST_P(LoRAFixtureFiles, EveryFormatReadsToTheSameWeights) {
 TEST_P(LoRAFixtureFiles, RoundTripsThroughEveryFormat) {
   REQUIRE_FIXTURES();
   auto weights = fixture_weights_via_model(GetParam());
-  auto dir = testing::make_temp_dir("lora_roundtrip");
+  auto dir = dltest::make_temp_dir("lora_roundtrip");
   lora::save_diffusers(dir / "d.safetensors", weights);
   expect_same_weights(lora::load_lora_file(dir / "d.safetensors"), weights);
   lora::save_kohya(dir / "k.safetensors", weights);
   expect_same_weights(lora::load_lora_file(dir / "k.safetensors"), weights);
   lora::KohyaOptions ldm;
   ldm.sdxl = true;
-  ldm.ldm_layout = GetParam() == "tiny-sd" ? lora::UNetLayout::from_config(2, 2, {"UpBlock2D", "CrossAttnUpBlock2D"})
-                                           : tiny_sdxl_layout();
+  ldm.ldm_layout = GetParam() == "tiny-sd"
+                       ? lora::UNetLayout::from_config(2, 2, {"UpBlock2D", "CrossAttnUpBlock2D"})
+                       : tiny_sdxl_layout();
   lora::save_kohya(dir / "l.safetensors", weights, ldm);
   expect_same_weights(lora::load_lora_file(dir / "l.safetensors", ldm.ldm_layout), weights);
 }
@@ -144,15 +151,19 @@ TEST(LoRAFormats, SdxlKohyaFileUsesLdmBlockNamesAndReadsBack) {
 TEST(LoRAFormats, LdmNamesOfSdxlBaseMatchKohyaAndRoundTrip) {
   auto layout = lora::UNetLayout::sdxl_base();
   const std::vector<std::pair<std::string, std::string>> known = {
-      {"down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q", "input_blocks.4.1.transformer_blocks.0.attn1.to_q"},
+      {"down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
+       "input_blocks.4.1.transformer_blocks.0.attn1.to_q"},
       {"down_blocks.1.attentions.1.proj_in", "input_blocks.5.1.proj_in"},
-      {"down_blocks.2.attentions.1.transformer_blocks.9.ff.net.2", "input_blocks.8.1.transformer_blocks.9.ff.net.2"},
+      {"down_blocks.2.attentions.1.transformer_blocks.9.ff.net.2",
+       "input_blocks.8.1.transformer_blocks.9.ff.net.2"},
       {"down_blocks.0.resnets.1.conv1", "input_blocks.2.0.in_layers.2"},
       {"down_blocks.0.downsamplers.0.conv", "input_blocks.3.0.op"},
-      {"mid_block.attentions.0.transformer_blocks.0.attn2.to_out.0", "middle_block.1.transformer_blocks.0.attn2.to_out.0"},
+      {"mid_block.attentions.0.transformer_blocks.0.attn2.to_out.0",
+       "middle_block.1.transformer_blocks.0.attn2.to_out.0"},
       {"mid_block.resnets.1.time_emb_proj", "middle_block.2.emb_layers.1"},
       {"up_blocks.0.attentions.0.proj_out", "output_blocks.0.1.proj_out"},
-      {"up_blocks.0.attentions.2.transformer_blocks.0.attn1.to_k", "output_blocks.2.1.transformer_blocks.0.attn1.to_k"},
+      {"up_blocks.0.attentions.2.transformer_blocks.0.attn1.to_k",
+       "output_blocks.2.1.transformer_blocks.0.attn1.to_k"},
       {"up_blocks.0.upsamplers.0.conv", "output_blocks.2.2.conv"},
       {"up_blocks.1.attentions.2.proj_in", "output_blocks.5.1.proj_in"},
       {"up_blocks.2.resnets.2.conv_shortcut", "output_blocks.8.0.skip_connection"},
@@ -164,12 +175,12 @@ TEST(LoRAFormats, LdmNamesOfSdxlBaseMatchKohyaAndRoundTrip) {
     EXPECT_EQ(lora::ldm_to_diffusers(ldm, layout), diffusers);
   }
   // An SD1-shaped layout (4 blocks, upsampler after a resnet-only up block) round trips too.
-  auto sd1 = lora::UNetLayout::from_config(4, 2, {"UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
-                                                  "CrossAttnUpBlock2D"});
+  auto sd1 = lora::UNetLayout::from_config(
+      4, 2, {"UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"});
   for (int b = 0; b < 4; ++b) {
     for (int j = 0; j < 3; ++j) {
-      for (std::string p : {str("up_blocks.", b, ".resnets.", j, ".conv1"), str("up_blocks.", b, ".attentions.", j,
-                                                                                   ".transformer_blocks.0.attn2.to_k")})
+      for (std::string p : {str("up_blocks.", b, ".resnets.", j, ".conv1"),
+                            str("up_blocks.", b, ".attentions.", j, ".transformer_blocks.0.attn2.to_k")})
         EXPECT_EQ(lora::ldm_to_diffusers(lora::diffusers_to_ldm(p, sd1), sd1), p);
       if (j < 2) {
         std::string p = str("down_blocks.", b, ".attentions.", j, ".proj_out");
@@ -192,19 +203,21 @@ TEST(LoRAFormats, KohyaStemsSplitBackIntoModulePaths) {
             "mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj");
   EXPECT_EQ(lora::kohya_stem_to_path("text_model_encoder_layers_11_self_attn_out_proj"),
             "text_model.encoder.layers.11.self_attn.out_proj");
-  EXPECT_EQ(lora::kohya_stem_to_path("text_model_encoder_layers_3_mlp_fc2"), "text_model.encoder.layers.3.mlp.fc2");
+  EXPECT_EQ(lora::kohya_stem_to_path("text_model_encoder_layers_3_mlp_fc2"),
+            "text_model.encoder.layers.3.mlp.fc2");
   EXPECT_EQ(lora::kohya_stem_to_path("input_blocks_4_1_proj_in"), "input_blocks.4.1.proj_in");
 }
 
 TEST(LoRAFormats, TextEncoderKeysFollowDiffusersAndKohyaForSd1AndSdxl) {
   auto te = std::make_shared<torch::nn::Module>();
-  testing::add_linear(*te, "text_model.encoder.layers.0.self_attn.q_proj", 8, 8);
-  testing::add_linear(*te, "text_model.encoder.layers.0.mlp.fc1", 8, 12);
+  dltest::add_linear(*te, "text_model.encoder.layers.0.self_attn.q_proj", 8, 8);
+  dltest::add_linear(*te, "text_model.encoder.layers.0.mlp.fc1", 8, 12);
   lora::inject_lora(*te, {"q_proj", "fc1"}, {}, at::detail::createCPUGenerator(0));
   lora::LoRAWeights w;
   w.components["text_encoder"] = lora::collect_lora(*te);
   auto d = lora::to_diffusers_tensors(w, true);
-  EXPECT_TRUE(d.count("text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_linear_layer.down.weight"));
+  EXPECT_TRUE(
+      d.count("text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_linear_layer.down.weight"));
   EXPECT_TRUE(d.count("text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_linear_layer.up.weight"));
   auto k = lora::to_kohya_tensors(w, {});
   EXPECT_TRUE(k.count("lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight"));
@@ -221,9 +234,9 @@ TEST(LoRAFormats, TextEncoderKeysFollowDiffusersAndKohyaForSd1AndSdxl) {
 TEST(LoRAFormats, PeftKeysWithWrapperPrefixAndAdapterNameAreRead) {
   auto down = torch::randn({2, 8}), up = torch::randn({8, 2});
   const std::string path = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q";
-  auto w = lora::parse_lora_tensors(
-      {{"base_model.model." + path + ".lora_A.default.weight", down}, {"base_model.model." + path + ".lora_B.default.weight", up}},
-      {}, "peft test");
+  auto w = lora::parse_lora_tensors({{"base_model.model." + path + ".lora_A.default.weight", down},
+                                     {"base_model.model." + path + ".lora_B.default.weight", up}},
+                                    {}, "peft test");
   ASSERT_TRUE(w.components.at("unet").count(path));
   EXPECT_TRUE(torch::equal(w.components.at("unet").at(path).down, down));
   EXPECT_EQ(w.components.at("unet").at(path).alpha, 2.0);
@@ -231,7 +244,7 @@ TEST(LoRAFormats, PeftKeysWithWrapperPrefixAndAdapterNameAreRead) {
 
 TEST(LoRAFormats, AlphaOtherThanRankIsBakedIntoDiffusersUpOrKeptInMetadata) {
   auto model = std::make_shared<torch::nn::Module>();
-  testing::add_linear(*model, "mid_block.attentions.0.transformer_blocks.0.attn1.to_q", 8, 8);
+  dltest::add_linear(*model, "mid_block.attentions.0.transformer_blocks.0.attn1.to_q", 8, 8);
   nn::LoRAOptions options;
   options.rank = 4;
   options.alpha = 1;  // scale 0.25
@@ -243,7 +256,7 @@ TEST(LoRAFormats, AlphaOtherThanRankIsBakedIntoDiffusersUpOrKeptInMetadata) {
   lora::LoRAWeights w;
   w.components["unet"] = lora::collect_lora(*model);
   const auto& m = w.components["unet"].begin()->second;
-  auto dir = testing::make_temp_dir("lora_alpha");
+  auto dir = dltest::make_temp_dir("lora_alpha");
   lora::save_diffusers(dir / "baked.safetensors", w);
   auto baked = lora::load_lora_file(dir / "baked.safetensors").components.at("unet").begin()->second;
   EXPECT_EQ(baked.alpha, 4.0);  // any diffusers reader uses scale 1 on these weights
@@ -258,9 +271,10 @@ TEST(LoRAFormats, AlphaOtherThanRankIsBakedIntoDiffusersUpOrKeptInMetadata) {
 
 TEST(LoRAFormats, ApplyToAModelWithoutTheModuleListsIt) {
   auto model = std::make_shared<torch::nn::Module>();
-  testing::add_linear(*model, "mid_block.attentions.0.transformer_blocks.0.attn1.to_q", 8, 8);
+  dltest::add_linear(*model, "mid_block.attentions.0.transformer_blocks.0.attn1.to_q", 8, 8);
   lora::LoRAModules modules;
-  modules["mid_block.attentions.0.transformer_blocks.0.attn1.to_k"] = {torch::zeros({2, 8}), torch::zeros({8, 2}), 2};
+  modules["mid_block.attentions.0.transformer_blocks.0.attn1.to_k"] = {torch::zeros({2, 8}),
+                                                                       torch::zeros({8, 2}), 2};
   try {
     lora::apply_lora(*model, modules, "some.safetensors");
     FAIL() << "expected an error";
@@ -287,19 +301,24 @@ TEST(LoRAFormats, DescribeReportsFormatFamilyRanksTargetsAndUnknownKeys) {
   std::cout << xl.to_string();
   EXPECT_EQ(xl.format, lora::LoRAFormat::kohya);
   EXPECT_EQ(xl.family, lora::ModelFamily::sdxl);
-  EXPECT_EQ(xl.num_parameters, lora::load_lora_file(lora_dir("tiny-sdxl") / "peft_state_dict.safetensors").num_parameters());
-  EXPECT_EQ(lora::describe_lora_file(lora_dir("tiny-sdxl") / "peft_state_dict.safetensors").format, lora::LoRAFormat::peft);
+  EXPECT_EQ(xl.num_parameters,
+            lora::load_lora_file(lora_dir("tiny-sdxl") / "peft_state_dict.safetensors").num_parameters());
+  EXPECT_EQ(lora::describe_lora_file(lora_dir("tiny-sdxl") / "peft_state_dict.safetensors").format,
+            lora::LoRAFormat::peft);
 
-  auto dir = testing::make_temp_dir("lora_describe");
+  auto dir = dltest::make_temp_dir("lora_describe");
   safetensors::save(dir / "odd.safetensors",
                     std::map<std::string, torch::Tensor>{
-                        {"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight", torch::zeros({2, 4})},
-                        {"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.up.weight", torch::zeros({4, 2})},
+                        {"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight",
+                         torch::zeros({2, 4})},
+                        {"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.up.weight",
+                         torch::zeros({4, 2})},
                         {"unet.some_adapter.weird.lora.down.weight", torch::zeros({2, 4})},
                         {"not_lora_at_all", torch::zeros({1})}});
   auto odd = lora::describe_lora_file(dir / "odd.safetensors");
   std::cout << odd.to_string();
   EXPECT_EQ(odd.num_unknown_keys, 2);
-  EXPECT_EQ(odd.unknown_keys, (std::vector<std::string>{"not_lora_at_all", "unet.some_adapter.weird.lora.down.weight"}));
+  EXPECT_EQ(odd.unknown_keys,
+            (std::vector<std::string>{"not_lora_at_all", "unet.some_adapter.weird.lora.down.weight"}));
   EXPECT_THROW(lora::load_lora_file(dir / "odd.safetensors"), Error);
 }

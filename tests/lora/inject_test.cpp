@@ -1,9 +1,10 @@
 // LoRA injection: peft's target matching, gaussian init order, parameter listing, freezing, fuse/unfuse.
+#include "dreamlora/lora/inject.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "dreamlora/common/error.h"
-#include "dreamlora/lora/inject.h"
 #include "lora_test_tree.h"
 #include "test_util.h"
 
@@ -53,10 +54,10 @@ TEST(LoRAInject, EnablesAdaptersOnMatchingLinearsAndReportsCounts) {
   EXPECT_EQ(report.num_tensors, 6);
   EXPECT_EQ(report.num_parameters, 3 * 2 * (8 + 8));
   EXPECT_EQ(names_of(lora::lora_parameters(*model)),
-            (std::vector<std::string>{"blocks.0.attn1.to_q.lora.down.weight", "blocks.0.attn1.to_q.lora.up.weight",
-                                      "blocks.0.attn1.to_out.0.lora.down.weight",
-                                      "blocks.0.attn1.to_out.0.lora.up.weight", "blocks.1.attn1.to_q.lora.down.weight",
-                                      "blocks.1.attn1.to_q.lora.up.weight"}));
+            (std::vector<std::string>{
+                "blocks.0.attn1.to_q.lora.down.weight", "blocks.0.attn1.to_q.lora.up.weight",
+                "blocks.0.attn1.to_out.0.lora.down.weight", "blocks.0.attn1.to_out.0.lora.up.weight",
+                "blocks.1.attn1.to_q.lora.down.weight", "blocks.1.attn1.to_q.lora.up.weight"}));
   std::cout << report.summary() << std::endl;
 }
 
@@ -137,7 +138,8 @@ TEST(LoRAInject, FuseMatchesAdapterOutputAndUnfuseRestoresBaseExactly) {
   EXPECT_TENSOR_NEAR(fused, with_adapter, 1e-5);
   EXPECT_FALSE(torch::equal(q->weight, base[0]));
   lora::unfuse_lora(*model);
-  for (size_t i = 0; i < layers.size(); ++i) EXPECT_TRUE(torch::equal(layers[i].second->weight, base[i])) << i;
+  for (size_t i = 0; i < layers.size(); ++i)
+    EXPECT_TRUE(torch::equal(layers[i].second->weight, base[i])) << i;
   EXPECT_TENSOR_NEAR(q->forward(x), with_adapter, 0.0);
   lora::remove_lora(*model);
   EXPECT_TRUE(lora::lora_parameters(*model).empty());

@@ -61,7 +61,7 @@ TEST(DDPMScheduler, TrainingTargetFollowsPredictionType) {
 }
 
 TEST(DDPMScheduler, LinearBetasAreEvenlySpaced) {
-  DDPMScheduler ddpm(ddpm_config({}));  // DDPM defaults: linear 1e-4 .. 2e-2
+  DDPMScheduler ddpm(ddpm_config(Json::object()));  // DDPM defaults: linear 1e-4 .. 2e-2
   auto b = ddpm.betas();
   EXPECT_FLOAT_EQ(b[0].item<float>(), 1e-4f);
   EXPECT_FLOAT_EQ(b[999].item<float>(), 0.02f);
@@ -102,7 +102,7 @@ TEST(DDPMScheduler, TrainedBetasAreUsedVerbatim) {
 }
 
 TEST(DDPMScheduler, AddNoiseRejectsMismatchedBatch) {
-  DDPMScheduler ddpm(ddpm_config({}));
+  DDPMScheduler ddpm(ddpm_config(Json::object()));
   EXPECT_THROW(ddpm.add_noise(torch::zeros({2, 4, 2, 2}), torch::zeros({2, 4, 2, 2}), torch::tensor({1, 2, 3})),
                dreamlora::Error);
 }

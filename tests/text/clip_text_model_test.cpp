@@ -43,7 +43,8 @@ TEST(CLIPTextModel, TinySdEncoderMatchesTransformers) {
   ASSERT_EQ(out.hidden_states.size(), 6u);  // embeddings + 5 layers
   EXPECT_FALSE(out.text_embeds.defined());
   EXPECT_TENSOR_NEAR(out.hidden_states[0], ref("tiny-sd", "text_encoder.embeddings"), kTol);
-  EXPECT_TENSOR_NEAR(out.hidden_states[1], intermediate("tiny-sd", "text_encoder.text_model.encoder.layers.0"), kTol);
+  EXPECT_TENSOR_NEAR(out.hidden_states[1],
+                     intermediate("tiny-sd", "text_encoder.text_model.encoder.layers.0"), kTol);
   EXPECT_TENSOR_NEAR(out.hidden_states[4], ref("tiny-sd", "text_encoder.hidden_states_penultimate"), kTol);
   EXPECT_TENSOR_NEAR(out.last_hidden_state, ref("tiny-sd", "text_encoder.last_hidden_state"), kTol);
   EXPECT_TENSOR_NEAR(out.pooler_output, ref("tiny-sd", "text_encoder.pooler_output"), kTol);
@@ -61,7 +62,8 @@ TEST(CLIPTextModel, TinySdxlBothEncodersMatchTransformers) {
   auto te1 = load_clip_text_model(fixtures_dir() / set / "text_encoder");
   auto out1 = te1->forward(ids, true);
   EXPECT_TENSOR_NEAR(out1.hidden_states[0], ref(set, "text_encoder.embeddings"), kTol);
-  EXPECT_TENSOR_NEAR(out1.hidden_states[out1.hidden_states.size() - 2], ref(set, "text_encoder.hidden_states_penultimate"), kTol);
+  EXPECT_TENSOR_NEAR(out1.hidden_states[out1.hidden_states.size() - 2],
+                     ref(set, "text_encoder.hidden_states_penultimate"), kTol);
   EXPECT_TENSOR_NEAR(out1.last_hidden_state, ref(set, "text_encoder.last_hidden_state"), kTol);
   EXPECT_TENSOR_NEAR(out1.pooler_output, ref(set, "text_encoder.pooler_output"), kTol);
 
@@ -69,8 +71,10 @@ TEST(CLIPTextModel, TinySdxlBothEncodersMatchTransformers) {
   ASSERT_TRUE(te2->config.with_projection());
   EXPECT_EQ(te2->config.hidden_act, "gelu");
   auto out2 = te2->forward(ids_2, true);
-  EXPECT_TENSOR_NEAR(out2.hidden_states[1], intermediate(set, "text_encoder_2.text_model.encoder.layers.0"), kTol);
-  EXPECT_TENSOR_NEAR(out2.hidden_states[out2.hidden_states.size() - 2], ref(set, "text_encoder_2.hidden_states_penultimate"), kTol);
+  EXPECT_TENSOR_NEAR(out2.hidden_states[1], intermediate(set, "text_encoder_2.text_model.encoder.layers.0"),
+                     kTol);
+  EXPECT_TENSOR_NEAR(out2.hidden_states[out2.hidden_states.size() - 2],
+                     ref(set, "text_encoder_2.hidden_states_penultimate"), kTol);
   EXPECT_TENSOR_NEAR(out2.last_hidden_state, ref(set, "text_encoder_2.last_hidden_state"), kTol);
   ASSERT_TRUE(out2.text_embeds.defined());
   EXPECT_TENSOR_NEAR(out2.text_embeds, ref(set, "text_encoder_2.text_embeds"), kTol);
@@ -85,10 +89,12 @@ TEST(EncodePrompt, SdPromptAndNegativeEmbeddingsMatchDiffusers) {
   auto pos = encode_prompt(e, kPrompts);
   EXPECT_FALSE(pos.pooled_prompt_embeds.defined());
   EXPECT_TENSOR_NEAR(pos.prompt_embeds, ref("tiny-sd", "encode_prompt.prompt_embeds"), kTol);
-  EXPECT_TENSOR_NEAR(encode_prompt(e, kNegative).prompt_embeds, ref("tiny-sd", "encode_prompt.negative_prompt_embeds"), kTol);
+  EXPECT_TENSOR_NEAR(encode_prompt(e, kNegative).prompt_embeds,
+                     ref("tiny-sd", "encode_prompt.negative_prompt_embeds"), kTol);
   // clip_skip = 1: final_layer_norm of the penultimate hidden state.
   auto skipped = encode_prompt(e, kPrompts, 1).prompt_embeds;
-  auto expected = e.text_encoder->text_model->final_layer_norm(ref("tiny-sd", "text_encoder.hidden_states_penultimate"));
+  auto expected =
+      e.text_encoder->text_model->final_layer_norm(ref("tiny-sd", "text_encoder.hidden_states_penultimate"));
   EXPECT_TENSOR_NEAR(skipped, expected, kTol);
 }
 
@@ -147,7 +153,8 @@ TEST(CLIPTextModel, HalfPrecisionCastKeepsResultsClose) {
   torch::NoGradGuard no_grad;
   auto out = te->forward(ref("tiny-sd", "prompts.input_ids"));
   EXPECT_EQ(out.last_hidden_state.scalar_type(), torch::kBFloat16);
-  EXPECT_TENSOR_NEAR(out.last_hidden_state.to(torch::kFloat32), ref("tiny-sd", "text_encoder.last_hidden_state"), 0.1);
+  EXPECT_TENSOR_NEAR(out.last_hidden_state.to(torch::kFloat32),
+                     ref("tiny-sd", "text_encoder.last_hidden_state"), 0.1);
 }
 
 TEST(CLIPTextModel, PoolsAtFirstEosTokenWhenEosIdIsNotTheLegacyTwo) {

@@ -106,7 +106,8 @@ TEST(CLIPTokenizer, WhitespaceVariantsGiveIdenticalIds) {
   const auto& tok = sd_tokenizer();
   auto base = tok.encode("a photo of sks dog").input_ids;
   EXPECT_EQ(tok.encode("  a   photo\tof\n\nsks \r\n dog  ").input_ids, base);
-  EXPECT_EQ(tok.encode("a\u00a0photo\u3000of\u2028sks\u2029dog").input_ids, base);  // NBSP, ideographic, LS, PS
+  EXPECT_EQ(tok.encode("a\u00a0photo\u3000of\u2028sks\u2029dog").input_ids,
+            base);  // NBSP, ideographic, LS, PS
   EXPECT_EQ(tok.encode("A PHOTO Of SKS Dog").input_ids, base);
 }
 
@@ -162,7 +163,8 @@ TEST(CLIPTokenizer, EmojiRunsStayOneWordOfByteSymbols) {
   EXPECT_EQ(pieces.back(), "dog</w>");
   // Both emoji belong to one [^\s\p{L}\p{N}]+ word: exactly one piece before "dog" ends with </w>.
   int ends = 0;
-  for (size_t i = 0; i + 1 < pieces.size(); ++i) ends += pieces[i].size() > 4 && pieces[i].substr(pieces[i].size() - 4) == "</w>";
+  for (size_t i = 0; i + 1 < pieces.size(); ++i)
+    ends += pieces[i].size() > 4 && pieces[i].substr(pieces[i].size() - 4) == "</w>";
   EXPECT_EQ(ends, 1);
 }
 
@@ -200,10 +202,15 @@ TEST(CLIPTokenizer, ConcurrentEncodingAgreesWithSerial) {
   REQUIRE_FIXTURES();
   auto tok = CLIPTokenizer::load(fixtures_dir() / "tiny-sd" / "tokenizer");  // fresh, empty cache
   std::vector<std::string> texts;
-  for (int i = 0; i < 200; ++i) texts.push_back("photo number " + std::to_string(i) + " of sks dog variant" + std::to_string(i % 7));
+  for (int i = 0; i < 200; ++i)
+    texts.push_back("photo number " + std::to_string(i) + " of sks dog variant" + std::to_string(i % 7));
   std::vector<std::vector<int64_t>> a(texts.size()), b(texts.size());
-  std::thread t1([&] { for (size_t i = 0; i < texts.size(); ++i) a[i] = tok.encode(texts[i]).input_ids; });
-  std::thread t2([&] { for (size_t i = texts.size(); i-- > 0;) b[i] = tok.encode(texts[i]).input_ids; });
+  std::thread t1([&] {
+    for (size_t i = 0; i < texts.size(); ++i) a[i] = tok.encode(texts[i]).input_ids;
+  });
+  std::thread t2([&] {
+    for (size_t i = texts.size(); i-- > 0;) b[i] = tok.encode(texts[i]).input_ids;
+  });
   t1.join();
   t2.join();
   EXPECT_EQ(a, b);

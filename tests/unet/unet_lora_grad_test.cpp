@@ -63,7 +63,9 @@ double lora_gradient_error(LoraFixture& f, bool checkpointing) {
   loss.backward();
   double worst = 0;
   int checked = 0;
-  for (const auto& [name, p] : f.unet->named_parameters()) {
+  for (const auto& item : f.unet->named_parameters()) {
+    const auto& name = item.key();
+    const auto& p = item.value();
     const auto pos = name.find(".lora.");
     if (pos == std::string::npos) continue;
     const auto peft = name.substr(0, pos) + (ends_with(name, ".lora.down.weight") ? kA : kB);

@@ -64,7 +64,7 @@ TEST(AutoencoderKL, ParameterNamesAreDiffusersKeys) {
                           "encoder.down_blocks.1.resnets.0.conv_shortcut.weight",
                           "encoder.mid_block.attentions.0.group_norm.weight", "encoder.mid_block.attentions.0.to_q.weight",
                           "encoder.mid_block.attentions.0.to_out.0.bias", "encoder.mid_block.resnets.1.norm2.bias",
-                          "decoder.up_blocks.0.upsamplers.0.conv.weight", "decoder.up_blocks.1.resnets.2.conv2.weight",
+                          "decoder.up_blocks.0.upsamplers.0.conv.weight", "decoder.up_blocks.1.resnets.1.conv2.weight",
                           "decoder.conv_norm_out.weight", "quant_conv.weight", "post_quant_conv.bias"}) {
     EXPECT_EQ(names.count(key), 1u) << key;
   }
@@ -80,8 +80,9 @@ TEST(AutoencoderKL, SlicingGivesTheSameResultAsOneBatch) {
   auto whole = vae->encode(image).mean;
   auto dec_whole = vae->decode(whole);
   vae->enable_slicing();
-  EXPECT_TRUE(torch::allclose(vae->encode(image).mean, whole, 1e-5, 1e-6));
-  EXPECT_TRUE(torch::allclose(vae->decode(whole), dec_whole, 1e-5, 1e-6));
+  // Equal up to the convolution kernels' batch-size-dependent summation order.
+  EXPECT_TENSOR_NEAR(vae->encode(image).mean, whole, 1e-5);
+  EXPECT_TENSOR_NEAR(vae->decode(whole), dec_whole, 1e-5);
 }
 
 TEST(AutoencoderKL, TilingStitchesTilesLikeDiffusers) {
@@ -105,7 +106,7 @@ TEST(AutoencoderKL, TilingStitchesTilesLikeDiffusers) {
   auto first = vae->decoder(vae->post_quant_conv(z.slice(2, 0, 8).slice(3, 0, 8)));
   EXPECT_TRUE(torch::allclose(tiled.slice(2, 0, 12).slice(3, 0, 12), first.slice(2, 0, 12).slice(3, 0, 12)));
   // Past the seam the output cross-fades into the next tile.
-  EXPECT_FALSE(torch::allclose(tiled.slice(3, 12, 16), first.slice(3, 12, 16)));
+  EXPECT_FALSE(torch::allclose(tiled.slice(2, 0, 12).slice(3, 12, 16), first.slice(2, 0, 12).slice(3, 12, 16)));
 
   // Tiled encode of 28 px: tiles of 16 px, stride 12, blend 2 latents, kept 6: 6 + 6 + 2 = 14 latents.
   auto moments = vae->encode(plain).mean;

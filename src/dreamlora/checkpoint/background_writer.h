@@ -54,9 +54,9 @@ class CheckpointWriter {
   // wait_idle() then stops the thread; further submits are an error.
   void shutdown();
 
-  std::vector<WriteStats> history() const;   // one entry per finished write, in order
+  std::vector<WriteStats> history() const;  // one entry per finished write, in order
   std::optional<WriteStats> last() const;
-  int64_t last_committed_step() const;       // -1 before the first successful write
+  int64_t last_committed_step() const;  // -1 before the first successful write
   bool busy() const;
 
  private:

@@ -18,7 +18,7 @@
 #include <set>
 
 #include "dreamlora/common/error.h"
-#include "dreamlora/io/durable_file.h"
+#include "dreamlora/io/durable_file.h"  // read_file
 #include "dreamlora/io/safetensors.h"
 
 namespace dreamlora::checkpoint {
@@ -65,7 +65,8 @@ int errno_from_name(const std::string& name) {
   try {
     return std::stoi(name);
   } catch (...) {
-    fail(str("DREAMLORA_TEST_FAIL_WRITE: unknown errno '", name, "' (expected ENOSPC, EIO, EACCES, EFBIG or a number)"));
+    fail(str("DREAMLORA_TEST_FAIL_WRITE: unknown errno '", name,
+             "' (expected ENOSPC, EIO, EACCES, EFBIG or a number)"));
   }
 }
 
@@ -96,7 +97,9 @@ CrashPoint parse_crash_point(const std::string& name) {
 }
 
 namespace test_hooks {
-void set_crash_at(CrashPoint p) { g_crash_at = static_cast<int>(p); }
+void set_crash_at(CrashPoint p) {
+  g_crash_at = static_cast<int>(p);
+}
 void set_write_fault(int nth_write, int errno_value) {
   g_write_count = 0;
   g_fault_errno = errno_value;
@@ -180,6 +183,18 @@ void write_file_synced(const fs::path& path, std::string_view bytes, bool may_cr
   if (::close(fd) != 0) fail(str(path.string(), ": close failed: ", std::strerror(errno)));
 }
 
+// fsync of a directory makes the names in it (new files, a rename) durable. Filesystems that cannot
+// sync a directory (some FUSE and network mounts) answer EINVAL; that is not a failed write.
+void fsync_dir(const fs::path& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) fail(str(dir.string(), ": cannot open for fsync: ", std::strerror(errno)));
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0 && err != EINVAL && err != ENOTSUP)
+    fail(str(dir.string(), ": fsync failed: ", std::strerror(err)));
+}
+
 uint64_t directory_bytes(const fs::path& dir) {
   uint64_t total = 0;
   std::error_code ec;
@@ -206,7 +221,8 @@ std::vector<std::pair<int64_t, fs::path>> checkpoint_names(const fs::path& dir) 
   std::vector<std::pair<int64_t, fs::path>> out;
   std::error_code ec;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
-    if (auto step = parse_checkpoint_dir_name(it->path().filename().string())) out.emplace_back(*step, it->path());
+    if (auto step = parse_checkpoint_dir_name(it->path().filename().string()))
+      out.emplace_back(*step, it->path());
   std::sort(out.begin(), out.end());
   return out;
 }
@@ -333,7 +349,7 @@ CommitResult CheckpointStore::commit(int64_t step, const CheckpointContents& con
     }
     crash_if_armed(CrashPoint::kFilesWritten);
     write_file_synced(tmp / kManifestName, manifest.to_json(), false);
-    fsync_path(tmp);  // the directory entries of the files
+    fsync_dir(tmp);  // the directory entries of the files
     crash_if_armed(CrashPoint::kManifestWritten);
     if (exists) {
       const fs::path aside = output_dir_ / temp_name("invalid", step);
@@ -348,7 +364,7 @@ CommitResult CheckpointStore::commit(int64_t step, const CheckpointContents& con
     throw;
   }
   crash_if_armed(CrashPoint::kRenamed);
-  fsync_path(output_dir_);
+  fsync_dir(output_dir_);
   crash_if_armed(CrashPoint::kCommitted);
   if (exists) fs::remove_all(output_dir_ / temp_name("invalid", step), ec);
 
@@ -373,15 +389,15 @@ void CheckpointStore::remove(int64_t step) const {
     fail(str(dir.string(), ": cannot move aside for deletion: ", std::strerror(errno)));
   crash_if_armed(CrashPoint::kPruneRenamed);
   fs::remove_all(aside, ec);
-  if (ec) warn(nullptr, str(aside.string(), ": cannot delete: ", ec.message(), " (removed at the next start)"));
+  if (ec)
+    warn(nullptr, str(aside.string(), ": cannot delete: ", ec.message(), " (removed at the next start)"));
 }
 
 PruneResult CheckpointStore::prune(int limit) {
   PruneResult r;
   if (limit <= 0) return r;
   std::vector<CheckpointInfo> all = list();
-  auto newest_valid =
-      std::find_if(all.rbegin(), all.rend(), [](const CheckpointInfo& c) { return c.valid; });
+  auto newest_valid = std::find_if(all.rbegin(), all.rend(), [](const CheckpointInfo& c) { return c.valid; });
   if (newest_valid == all.rend()) return r;  // nothing proven good: delete nothing
   int kept = 0;
   for (auto it = newest_valid; it != all.rend(); ++it) {
@@ -397,7 +413,8 @@ PruneResult CheckpointStore::prune(int limit) {
       try {
         mirror->remove(c.step);
       } catch (const std::exception& e) {
-        warn(nullptr, str("mirror ", mirror->describe(), ": cannot remove checkpoint ", c.step, ": ", e.what()));
+        warn(nullptr,
+             str("mirror ", mirror->describe(), ": cannot remove checkpoint ", c.step, ": ", e.what()));
       }
     }
   }
@@ -418,6 +435,8 @@ void DirectorySink::publish(const fs::path& committed_dir, const Manifest& manif
   store_.commit(manifest.step, contents);
 }
 
-void DirectorySink::remove(int64_t step) { store_.remove(step); }
+void DirectorySink::remove(int64_t step) {
+  store_.remove(step);
+}
 
 }  // namespace dreamlora::checkpoint

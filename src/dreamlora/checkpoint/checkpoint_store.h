@@ -86,9 +86,10 @@ std::optional<std::string> free_space_warning(const std::filesystem::path& dir, 
 // Test hooks. Each also reads an environment variable at the moment it applies, so a forked child or
 // a `dreamlora train` under a chaos test can set it:
 //   DREAMLORA_TEST_CRASH_AT=<phase name>   _exit(99) at that phase
-//   DREAMLORA_TEST_FAIL_WRITE=<n>:<errno>  the n-th file write of the process (1-based, counting every
-//                                          checkpoint file and manifest) writes half, then fails with
-//                                          errno (ENOSPC, EIO, EACCES, EFBIG or a number)
+//   DREAMLORA_TEST_FAIL_WRITE=<n>:<errno>  the n-th file write since the process started or the last
+//                                          test_hooks::reset() (1-based, counting every checkpoint file
+//                                          and manifest; a forked child inherits the count) writes
+//                                          half, then fails with errno (ENOSPC, EIO, EACCES, EFBIG, a number)
 namespace test_hooks {
 void set_crash_at(CrashPoint p);
 void set_write_fault(int nth_write, int errno_value);  // nth_write <= 0 disables

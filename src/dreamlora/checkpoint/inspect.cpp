@@ -13,7 +13,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string status_text(bool ok, const std::string& reason) { return ok ? "valid" : "INVALID: " + reason; }
+std::string status_text(bool ok, const std::string& reason) {
+  return ok ? "valid" : "INVALID: " + reason;
+}
 
 InspectReport inspect_one(const fs::path& dir) {
   InspectReport r;
@@ -21,9 +23,10 @@ InspectReport inspect_one(const fs::path& dir) {
   r.lines.push_back(str("checkpoint ", dir.string()));
   if (v.manifest) {
     const Manifest& m = *v.manifest;
-    r.lines.push_back(str("  step ", m.step, "  ", human_bytes(m.total_bytes()), "  ", status_text(v.ok, v.reason)));
-    r.lines.push_back(str("  format_version ", m.format_version, "  created_at ", m.created_at, "  dreamlora ",
-                          m.dreamlora_version));
+    r.lines.push_back(
+        str("  step ", m.step, "  ", human_bytes(m.total_bytes()), "  ", status_text(v.ok, v.reason)));
+    r.lines.push_back(str("  format_version ", m.format_version, "  created_at ", m.created_at,
+                          "  dreamlora ", m.dreamlora_version));
     for (const auto& f : m.files)
       r.lines.push_back(str("  file ", f.name, "  ", human_bytes(f.size), "  xxh3_64 ", f.xxh3_64));
   } else {
@@ -41,8 +44,8 @@ InspectReport inspect_output_dir(const fs::path& dir) {
   if (all.empty()) r.lines.push_back("  no checkpoints");
   const CheckpointInfo* latest = nullptr;
   for (const auto& c : all) {
-    r.lines.push_back(str("  ", c.path.filename().string(), "  step ", c.step, "  ", human_bytes(c.bytes), "  ",
-                          status_text(c.valid, c.reason)));
+    r.lines.push_back(str("  ", c.path.filename().string(), "  step ", c.step, "  ", human_bytes(c.bytes),
+                          "  ", status_text(c.valid, c.reason)));
     if (c.valid) latest = &c;
   }
   static const std::regex leftover(R"(^\.checkpoint-[0-9]+\.(tmp|deleting|invalid)-[0-9]+$)");
@@ -50,11 +53,12 @@ InspectReport inspect_output_dir(const fs::path& dir) {
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     const std::string name = it->path().filename().string();
     if (std::regex_match(name, leftover))
-      r.lines.push_back(str("  leftover ", name, " (an interrupted write; removed when training next starts)"));
+      r.lines.push_back(
+          str("  leftover ", name, " (an interrupted write; removed when training next starts)"));
   }
   if (latest)
-    r.lines.push_back(str("  latest valid: ", latest->path.filename().string(), " (a resume continues from step ",
-                          latest->step, ")"));
+    r.lines.push_back(str("  latest valid: ", latest->path.filename().string(),
+                          " (a resume continues from step ", latest->step, ")"));
   else
     r.lines.push_back("  latest valid: none (a resume starts from step 0)");
   return r;
@@ -65,7 +69,8 @@ InspectReport inspect_output_dir(const fs::path& dir) {
 bool looks_like_checkpoint_dir(const fs::path& path) {
   std::error_code ec;
   if (!fs::is_directory(path, ec)) return false;
-  return fs::exists(path / kManifestName, ec) || parse_checkpoint_dir_name(path.filename().string()).has_value();
+  return fs::exists(path / kManifestName, ec) ||
+         parse_checkpoint_dir_name(path.filename().string()).has_value();
 }
 
 InspectReport inspect_checkpoints(const fs::path& path) {

@@ -53,7 +53,9 @@ struct FdCloser {
 
 }  // namespace
 
-std::string xxh3_hex(std::string_view bytes) { return hex64(XXH3_64bits(bytes.data(), bytes.size())); }
+std::string xxh3_hex(std::string_view bytes) {
+  return hex64(XXH3_64bits(bytes.data(), bytes.size()));
+}
 
 std::string xxh3_file_hex(const fs::path& path, uint64_t* size) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -109,13 +111,19 @@ std::optional<int64_t> parse_checkpoint_dir_name(const std::string& name) {
   return std::stoll(digits);
 }
 
-std::string checkpoint_dir_name(int64_t step) { return "checkpoint-" + std::to_string(step); }
+std::string checkpoint_dir_name(int64_t step) {
+  return "checkpoint-" + std::to_string(step);
+}
 
 std::string Manifest::to_json() const {
   Json files_json = Json::array();
-  for (const auto& f : files) files_json.push_back({{"name", f.name}, {"size", f.size}, {"xxh3_64", f.xxh3_64}});
-  Json j = {{"format_version", format_version}, {"step", step},          {"files", files_json},
-            {"created_at", created_at},         {"dreamlora_version", dreamlora_version}};
+  for (const auto& f : files)
+    files_json.push_back({{"name", f.name}, {"size", f.size}, {"xxh3_64", f.xxh3_64}});
+  Json j = {{"format_version", format_version},
+            {"step", step},
+            {"files", files_json},
+            {"created_at", created_at},
+            {"dreamlora_version", dreamlora_version}};
   return j.dump(2) + "\n";
 }
 
@@ -199,8 +207,10 @@ Verification verify_checkpoint(const fs::path& dir) {
     return bad(e.what());
   }
   const Manifest& m = *v.manifest;
-  if (auto named_step = parse_checkpoint_dir_name(dir.filename().string()); named_step && *named_step != m.step)
-    return bad(str(kManifestName, " says step ", m.step, " but the directory is named for step ", *named_step));
+  if (auto named_step = parse_checkpoint_dir_name(dir.filename().string());
+      named_step && *named_step != m.step)
+    return bad(
+        str(kManifestName, " says step ", m.step, " but the directory is named for step ", *named_step));
   for (const auto& f : m.files) {
     const fs::path p = dir / f.name;
     struct stat fst {};

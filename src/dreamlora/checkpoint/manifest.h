@@ -52,9 +52,9 @@ std::string checkpoint_dir_name(int64_t step);
 
 struct Verification {
   bool ok = false;
-  std::string reason;               // empty when ok; else what failed, naming the file
-  std::optional<Manifest> manifest; // set whenever the manifest parsed
-  uint64_t bytes = 0;               // bytes of the listed files found on disk
+  std::string reason;                // empty when ok; else what failed, naming the file
+  std::optional<Manifest> manifest;  // set whenever the manifest parsed
+  uint64_t bytes = 0;                // bytes of the listed files found on disk
 };
 
 // ok when MANIFEST.json parses, its step equals N for a directory named checkpoint-N, and every

@@ -43,9 +43,12 @@ extern "C" void on_stop_signal(int sig) {
     say("\ndreamlora: second SIGINT, exiting now without a checkpoint\n");
     ::_exit(kExitInterrupted);
   }
-  StopReason r = sig == SIGTERM ? StopReason::kSigterm : sig == SIGINT ? StopReason::kSigint : StopReason::kSigusr1;
+  StopReason r = sig == SIGTERM  ? StopReason::kSigterm
+                 : sig == SIGINT ? StopReason::kSigint
+                                 : StopReason::kSigusr1;
   if (set_reason(r))
-    say(sig == SIGINT ? "\ndreamlora: SIGINT, finishing this step and writing a checkpoint (Ctrl-C again exits at once)\n"
+    say(sig == SIGINT ? "\ndreamlora: SIGINT, finishing this step and writing a checkpoint (Ctrl-C again "
+                        "exits at once)\n"
                       : "\ndreamlora: stop signal, finishing this step and writing a checkpoint\n");
   errno = saved_errno;
 }
@@ -54,12 +57,18 @@ extern "C" void on_stop_signal(int sig) {
 
 const char* stop_reason_name(StopReason r) {
   switch (r) {
-    case StopReason::kNone: return "none";
-    case StopReason::kSigterm: return "SIGTERM";
-    case StopReason::kSigint: return "SIGINT";
-    case StopReason::kSigusr1: return "SIGUSR1";
-    case StopReason::kMaxRuntime: return "max-runtime";
-    case StopReason::kRequested: return "requested";
+    case StopReason::kNone:
+      return "none";
+    case StopReason::kSigterm:
+      return "SIGTERM";
+    case StopReason::kSigint:
+      return "SIGINT";
+    case StopReason::kSigusr1:
+      return "SIGUSR1";
+    case StopReason::kMaxRuntime:
+      return "max-runtime";
+    case StopReason::kRequested:
+      return "requested";
   }
   return "?";
 }
@@ -84,8 +93,12 @@ void uninstall_stop_handlers() {
   g_installed = false;
 }
 
-bool stop_requested() { return g_reason.load() != 0; }
-StopReason stop_reason() { return static_cast<StopReason>(g_reason.load()); }
+bool stop_requested() {
+  return g_reason.load() != 0;
+}
+StopReason stop_reason() {
+  return static_cast<StopReason>(g_reason.load());
+}
 
 std::string stop_reason_text() {
   StopReason r = stop_reason();
@@ -140,11 +153,20 @@ std::chrono::seconds parse_duration(const std::string& text, const std::string& 
     }
     double scale;
     switch (text[i]) {
-      case 'd': scale = 86400; break;
-      case 'h': scale = 3600; break;
-      case 'm': scale = 60; break;
-      case 's': scale = 1; break;
-      default: return bad(str("has unknown unit '", text[i], "'"));
+      case 'd':
+        scale = 86400;
+        break;
+      case 'h':
+        scale = 3600;
+        break;
+      case 'm':
+        scale = 60;
+        break;
+      case 's':
+        scale = 1;
+        break;
+      default:
+        return bad(str("has unknown unit '", text[i], "'"));
     }
     ++i;
     any_unit = true;
@@ -154,9 +176,12 @@ std::chrono::seconds parse_duration(const std::string& text, const std::string& 
   return std::chrono::seconds(static_cast<int64_t>(std::llround(total)));
 }
 
-Deadline::Deadline(std::chrono::seconds budget) : enabled_(true), end_(std::chrono::steady_clock::now() + budget) {}
+Deadline::Deadline(std::chrono::seconds budget)
+    : enabled_(true), end_(std::chrono::steady_clock::now() + budget) {}
 
-bool Deadline::expired() const { return enabled_ && std::chrono::steady_clock::now() >= end_; }
+bool Deadline::expired() const {
+  return enabled_ && std::chrono::steady_clock::now() >= end_;
+}
 
 double Deadline::remaining_seconds() const {
   if (!enabled_) return std::numeric_limits<double>::infinity();

@@ -16,5 +16,6 @@ Runner add_run_component(CLI::App& app);
 Runner add_sample(CLI::App& app);
 Runner add_train(CLI::App& app);
 Runner add_make_demo_data(CLI::App& app);
+Runner add_launch(CLI::App& app);
 
 }  // namespace dreamlora::cli

@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   add(dreamlora::cli::add_sample);
   add(dreamlora::cli::add_train);
   add(dreamlora::cli::add_make_demo_data);
+  add(dreamlora::cli::add_launch);
 
   try {
     app.parse(argc, argv);

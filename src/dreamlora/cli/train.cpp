@@ -1,5 +1,6 @@
 // `dreamlora train`: flags generated from the option table (AutoTrain names, diffusers aliases),
 // optional TOML file (--config), flags override the file.
+#include <iostream>
 #include <map>
 #include <memory>
 
@@ -15,6 +16,8 @@ Runner add_train(CLI::App& app) {
   auto options = std::make_shared<std::map<std::string, CLI::Option*>>();
   auto config_file = std::make_shared<std::string>();
   cmd->add_option("--config", *config_file, "TOML file whose keys are the long flag names; flags override it");
+  auto markdown = std::make_shared<bool>(false);
+  cmd->add_flag("--flags-markdown", *markdown, "print the flag table (docs/CLI.md) and exit");
   for (const auto& spec : train_options()) {
     std::string names = "--" + spec.name;
     for (const auto& a : spec.aliases) names += ",--" + a;
@@ -22,7 +25,11 @@ Runner add_train(CLI::App& app) {
     CLI::Option* opt = spec.is_switch ? cmd->add_flag(names, spec.help) : cmd->add_option(names, slot, spec.help);
     (*options)[spec.name] = opt;
   }
-  return [values, options, config_file]() -> int {
+  return [values, options, config_file, markdown]() -> int {
+    if (*markdown) {
+      std::cout << options_markdown();
+      return 0;
+    }
     TrainConfig config;
     if (!config_file->empty()) apply_toml_file(config, *config_file);
     for (const auto& spec : train_options()) {

@@ -22,7 +22,8 @@ const std::vector<std::string> kLeafTargets = {"to_q",     "to_k",          "to_
 
 std::string leaf_of(const std::string& path) {
   for (const auto& t : kLeafTargets)
-    if (path == t || (path.size() > t.size() && path.compare(path.size() - t.size() - 1, t.size() + 1, "." + t) == 0))
+    if (path == t ||
+        (path.size() > t.size() && path.compare(path.size() - t.size() - 1, t.size() + 1, "." + t) == 0))
       return t;
   auto dot = path.rfind('.');
   return dot == std::string::npos ? path : path.substr(dot + 1);
@@ -37,24 +38,29 @@ std::pair<ModelFamily, std::string> guess_family(const ParsedKeys& parsed) {
   for (const auto& [id, e] : parsed.entries) {
     const auto& [component, path] = id;
     if (component == "text_encoder_2") te2 = true;
-    if (component == "unet" && path.find("attn2.to_k") != std::string::npos && e.down.defined() && e.down.dim() >= 2)
+    if (component == "unet" && path.find("attn2.to_k") != std::string::npos && e.down.defined() &&
+        e.down.dim() >= 2)
       context = e.down.size(1);
-    if (component == "text_encoder" && path.find("q_proj") != std::string::npos && e.down.defined() && e.down.dim() >= 2)
+    if (component == "text_encoder" && path.find("q_proj") != std::string::npos && e.down.defined() &&
+        e.down.dim() >= 2)
       text_width = e.down.size(1);
     if (component == "unet" && path.rfind("down_blocks.0.attentions.", 0) == 0) first_block_attends = true;
-    if (component == "unet" && path.rfind("down_blocks.", 0) == 0 && path.find(".attentions.") != std::string::npos &&
-        path.rfind("down_blocks.0.", 0) != 0)
+    if (component == "unet" && path.rfind("down_blocks.", 0) == 0 &&
+        path.find(".attentions.") != std::string::npos && path.rfind("down_blocks.0.", 0) != 0)
       later_block_attends = true;
   }
   if (te2) return {ModelFamily::sdxl, "has a second text encoder (text_encoder_2 / lora_te2_)"};
-  if (parsed.ldm_names) return {ModelFamily::sdxl, "kohya UNet keys use LDM block names, as kohya's SDXL trainer writes"};
+  if (parsed.ldm_names)
+    return {ModelFamily::sdxl, "kohya UNet keys use LDM block names, as kohya's SDXL trainer writes"};
   if (context == 2048) return {ModelFamily::sdxl, "cross-attention context width 2048"};
   if (context == 1024) return {ModelFamily::sd2, "cross-attention context width 1024"};
   if (context == 768) return {ModelFamily::sd1, "cross-attention context width 768"};
   if (text_width == 1024) return {ModelFamily::sd2, "text encoder width 1024"};
   if (text_width == 768) return {ModelFamily::sd1, "text encoder width 768"};
-  if (first_block_attends) return {ModelFamily::sd1, "UNet block 0 has attention (SD1/SD2 layout; SD1 assumed)"};
-  if (later_block_attends) return {ModelFamily::sdxl, "UNet block 0 has no attention but later blocks do (SDXL layout)"};
+  if (first_block_attends)
+    return {ModelFamily::sd1, "UNet block 0 has attention (SD1/SD2 layout; SD1 assumed)"};
+  if (later_block_attends)
+    return {ModelFamily::sdxl, "UNet block 0 has no attention but later blocks do (SDXL layout)"};
   return {ModelFamily::unknown, "no key decides it"};
 }
 

@@ -70,7 +70,9 @@ std::map<std::string, std::string> our_metadata(const LoRAWeights& w, const Save
   return md;
 }
 
-torch::Tensor cpu_contiguous(const torch::Tensor& t) { return t.detach().to(torch::kCPU).contiguous(); }
+torch::Tensor cpu_contiguous(const torch::Tensor& t) {
+  return t.detach().to(torch::kCPU).contiguous();
+}
 
 }  // namespace
 
@@ -89,19 +91,27 @@ int64_t LoRAWeights::num_parameters() const {
 
 std::string to_string(LoRAFormat format) {
   switch (format) {
-    case LoRAFormat::diffusers: return "diffusers";
-    case LoRAFormat::peft: return "peft";
-    case LoRAFormat::kohya: return "kohya";
-    default: return "unknown";
+    case LoRAFormat::diffusers:
+      return "diffusers";
+    case LoRAFormat::peft:
+      return "peft";
+    case LoRAFormat::kohya:
+      return "kohya";
+    default:
+      return "unknown";
   }
 }
 
 std::string to_string(ModelFamily family) {
   switch (family) {
-    case ModelFamily::sd1: return "SD1";
-    case ModelFamily::sd2: return "SD2";
-    case ModelFamily::sdxl: return "SDXL";
-    default: return "unknown";
+    case ModelFamily::sd1:
+      return "SD1";
+    case ModelFamily::sd2:
+      return "SD2";
+    case ModelFamily::sdxl:
+      return "SDXL";
+    default:
+      return "unknown";
   }
 }
 
@@ -168,7 +178,8 @@ void apply_lora(torch::nn::Module& model, const LoRAModules& modules, const std:
   }
 }
 
-std::map<std::string, torch::Tensor> to_diffusers_tensors(const LoRAWeights& weights, bool bake_alpha_into_up) {
+std::map<std::string, torch::Tensor> to_diffusers_tensors(const LoRAWeights& weights,
+                                                          bool bake_alpha_into_up) {
   std::map<std::string, torch::Tensor> out;
   for (const auto& [component, modules] : weights.components) {
     auto sfx = diffusers_suffixes(component);
@@ -183,7 +194,8 @@ std::map<std::string, torch::Tensor> to_diffusers_tensors(const LoRAWeights& wei
   return out;
 }
 
-void save_diffusers(const std::filesystem::path& path, const LoRAWeights& weights, const SaveOptions& options) {
+void save_diffusers(const std::filesystem::path& path, const LoRAWeights& weights,
+                    const SaveOptions& options) {
   auto md = our_metadata(weights, options);
   md["format"] = "pt";
   int64_t rank = 0;
@@ -192,14 +204,16 @@ void save_diffusers(const std::filesystem::path& path, const LoRAWeights& weight
   bool any_scaled = false;
   for (const auto& [c, modules] : weights.components)
     for (const auto& [p, m] : modules) any_scaled |= nn::lora_scale(m.alpha, m.rank()) != 1.0;
-  DL_CHECK(options.bake_alpha_into_up || !any_scaled || same, "writing ", path.string(),
-           ": LoRA modules differ in rank/alpha, which the diffusers format cannot record unless alpha is baked "
-           "into the up weights");
+  DL_CHECK(
+      options.bake_alpha_into_up || !any_scaled || same, "writing ", path.string(),
+      ": LoRA modules differ in rank/alpha, which the diffusers format cannot record unless alpha is baked "
+      "into the up weights");
   md["dreamlora.alpha_in_weights"] = (options.bake_alpha_into_up && any_scaled) ? "true" : "false";
   safetensors::save(path, to_diffusers_tensors(weights, options.bake_alpha_into_up), md);
 }
 
-std::map<std::string, torch::Tensor> to_kohya_tensors(const LoRAWeights& weights, const KohyaOptions& options) {
+std::map<std::string, torch::Tensor> to_kohya_tensors(const LoRAWeights& weights,
+                                                      const KohyaOptions& options) {
   bool sdxl = options.sdxl || weights.components.count("text_encoder_2") > 0;
   std::map<std::string, torch::Tensor> out;
   for (const auto& [component, modules] : weights.components) {
@@ -211,9 +225,11 @@ std::map<std::string, torch::Tensor> to_kohya_tensors(const LoRAWeights& weights
       out[stem + ".lora_down.weight"] = cpu_contiguous(m.down);
       out[stem + ".lora_up.weight"] = cpu_contiguous(m.up);
       bool integral = std::floor(m.alpha) == m.alpha;
-      auto dtype = (options.alpha_dtype == torch::kInt64 && !integral) ? torch::kFloat32 : options.alpha_dtype;
-      out[stem + ".alpha"] = dtype == torch::kInt64 ? torch::scalar_tensor(static_cast<int64_t>(m.alpha), torch::kInt64)
-                                                    : torch::scalar_tensor(m.alpha, dtype);
+      auto dtype =
+          (options.alpha_dtype == torch::kInt64 && !integral) ? torch::kFloat32 : options.alpha_dtype;
+      out[stem + ".alpha"] = dtype == torch::kInt64
+                                 ? torch::scalar_tensor(static_cast<int64_t>(m.alpha), torch::kInt64)
+                                 : torch::scalar_tensor(m.alpha, dtype);
     }
   }
   return out;
@@ -240,8 +256,9 @@ LoRAWeights parse_lora_tensors(const std::map<std::string, torch::Tensor>& tenso
   std::vector<std::string> keys;
   for (const auto& [k, t] : tensors) keys.push_back(k);
   LoRAFormat format = detect_format(keys);
-  DL_CHECK(format != LoRAFormat::unknown, what, ": not a LoRA file in a known format (diffusers, peft or kohya); ",
-           "first key: '", keys.empty() ? std::string("<none>") : keys.front(), "'");
+  DL_CHECK(format != LoRAFormat::unknown, what,
+           ": not a LoRA file in a known format (diffusers, peft or kohya); ", "first key: '",
+           keys.empty() ? std::string("<none>") : keys.front(), "'");
   ParsedKeys parsed = parse_keys(tensors, format, layout.value_or(UNetLayout::sdxl_base()));
   if (!parsed.unknown.empty()) {
     std::string list;

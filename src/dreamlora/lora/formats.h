@@ -45,7 +45,10 @@ struct UNetLayout {
   // From UNet2DConditionConfig values: len(block_out_channels), layers_per_block, up_block_types.
   static UNetLayout from_config(int64_t num_blocks, int64_t layers_per_block,
                                 const std::vector<std::string>& up_block_types = {});
-  static UNetLayout sdxl_base();                         // 3 blocks, 2 layers, up blocks 0 and 1 attend
+  // Same from the per-block layers_per_block list (LDM numbering needs one value for all blocks).
+  static UNetLayout from_config(const std::vector<int64_t>& layers_per_block,
+                                const std::vector<std::string>& up_block_types);
+  static UNetLayout sdxl_base();                               // 3 blocks, 2 layers, up blocks 0 and 1 attend
   static UNetLayout from_unet(const torch::nn::Module& unet);  // counts down_blocks / resnets in the tree
 };
 
@@ -75,19 +78,23 @@ struct SaveOptions {
   bool bake_alpha_into_up = true;
 };
 // pytorch_lora_weights.safetensors as diffusers' DreamBooth scripts write it (metadata format: pt).
-void save_diffusers(const std::filesystem::path& path, const LoRAWeights& weights, const SaveOptions& options = {});
+void save_diffusers(const std::filesystem::path& path, const LoRAWeights& weights,
+                    const SaveOptions& options = {});
 // kohya/A1111/ComfyUI file. SDXL (a text_encoder_2 component or sdxl=true) uses lora_te1_/lora_te2_;
 // ldm_layout set: UNet names in kohya's native LDM numbering (what kohya's SDXL trainer writes).
 struct KohyaOptions {
   bool sdxl = false;
   std::optional<UNetLayout> ldm_layout;
-  torch::ScalarType alpha_dtype = torch::kInt64;  // as diffusers' convert_state_dict_to_kohya; F32 if not integral
+  torch::ScalarType alpha_dtype =
+      torch::kInt64;  // as diffusers' convert_state_dict_to_kohya; F32 if not integral
 };
-void save_kohya(const std::filesystem::path& path, const LoRAWeights& weights, const KohyaOptions& options = {},
-                const SaveOptions& save = {});
+void save_kohya(const std::filesystem::path& path, const LoRAWeights& weights,
+                const KohyaOptions& options = {}, const SaveOptions& save = {});
 // In-memory conversions used by the savers (key -> tensor, sorted like the reference writer).
-std::map<std::string, torch::Tensor> to_diffusers_tensors(const LoRAWeights& weights, bool bake_alpha_into_up);
-std::map<std::string, torch::Tensor> to_kohya_tensors(const LoRAWeights& weights, const KohyaOptions& options);
+std::map<std::string, torch::Tensor> to_diffusers_tensors(const LoRAWeights& weights,
+                                                          bool bake_alpha_into_up);
+std::map<std::string, torch::Tensor> to_kohya_tensors(const LoRAWeights& weights,
+                                                      const KohyaOptions& options);
 
 // Any supported file -> canonical. LDM-named kohya UNet keys need a layout (default: SDXL base).
 // Keys that fit no layout are an error listing the first of them.
@@ -100,20 +107,20 @@ LoRAFormat detect_format(const std::vector<std::string>& keys);
 struct LoRAFileInfo {
   std::string path;
   LoRAFormat format = LoRAFormat::unknown;
-  bool ldm_names = false;                        // kohya UNet keys in LDM numbering
+  bool ldm_names = false;  // kohya UNet keys in LDM numbering
   ModelFamily family = ModelFamily::unknown;
-  std::string family_reason;                     // which key/shape decided the guess
-  std::map<std::string, int64_t> modules;        // component -> adapted modules
-  std::vector<int64_t> ranks;                    // distinct
-  std::vector<double> alphas;                    // distinct
-  std::vector<std::string> targets;              // distinct leaf names (to_q, to_out.0, q_proj, ...)
+  std::string family_reason;               // which key/shape decided the guess
+  std::map<std::string, int64_t> modules;  // component -> adapted modules
+  std::vector<int64_t> ranks;              // distinct
+  std::vector<double> alphas;              // distinct
+  std::vector<std::string> targets;        // distinct leaf names (to_q, to_out.0, q_proj, ...)
   int64_t num_tensors = 0;
-  int64_t num_parameters = 0;                    // elements of down/up weights
-  std::string dtype;                             // of the down/up weights
-  std::vector<std::string> unknown_keys;         // the first keys that fit no known model (max 10)
+  int64_t num_parameters = 0;             // elements of down/up weights
+  std::string dtype;                      // of the down/up weights
+  std::vector<std::string> unknown_keys;  // the first keys that fit no known model (max 10)
   int64_t num_unknown_keys = 0;
   std::map<std::string, std::string> metadata;
-  std::string to_string() const;                 // multi-line, for `dreamlora inspect`
+  std::string to_string() const;  // multi-line, for `dreamlora inspect`
 };
 LoRAFileInfo describe_lora_file(const std::filesystem::path& path);
 

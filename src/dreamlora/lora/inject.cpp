@@ -11,8 +11,8 @@
 namespace dreamlora::lora {
 
 const std::vector<std::string> kUNetDefaultTargets = {"to_q", "to_k", "to_v", "to_out.0"};
-const std::vector<std::string> kUNetWideTargets = {"to_q",     "to_k",          "to_v",      "to_out.0",
-                                                   "proj_in",  "proj_out",      "ff.net.0.proj", "ff.net.2"};
+const std::vector<std::string> kUNetWideTargets = {"to_q",    "to_k",     "to_v",          "to_out.0",
+                                                   "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"};
 const std::vector<std::string> kTextDefaultTargets = {"q_proj", "k_proj", "v_proj", "out_proj"};
 const std::vector<std::string> kTextWideTargets = {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"};
 
@@ -47,8 +47,8 @@ std::string InjectionReport::summary() const {
     os << (first ? "" : ", ") << target << ": " << n;
     first = false;
   }
-  os << "), " << num_parameters << " trainable parameters in " << num_tensors << " tensors, " << base_parameters
-     << " frozen";
+  os << "), " << num_parameters << " trainable parameters in " << num_tensors << " tensors, "
+     << base_parameters << " frozen";
   return os.str();
 }
 
@@ -71,17 +71,19 @@ InjectionReport inject_lora(torch::nn::Module& model, const std::vector<std::str
       std::string kind = module_kind(*item.value());
       fail(str("LoRA target '", hits.front(), "' matches module '", path, "', a ", kind,
                ", but LoRA adapters are supported on linear layers only",
-               kind == "Conv2d" ? " (conv LoRA is not implemented; SD1's proj_in/proj_out are 1x1 convs when "
-                                  "the UNet config has use_linear_projection=false: drop them from the targets)"
-                                : ""));
+               kind == "Conv2d"
+                   ? " (conv LoRA is not implemented; SD1's proj_in/proj_out are 1x1 convs when "
+                     "the UNet config has use_linear_projection=false: drop them from the targets)"
+                   : ""));
     }
     DL_CHECK(!linear->has_lora(), "inject_lora: module '", path, "' already has a LoRA adapter");
     for (const auto& t : hits) report.per_target[t] += 1;
     chosen.emplace_back(path, nn::Linear(linear));
   }
   for (const auto& [t, n] : report.per_target)
-    DL_CHECK(n > 0, "LoRA target '", t, "' matches no module of the model (a target is a module name or dotted "
-                    "suffix such as to_q or to_out.0)");
+    DL_CHECK(n > 0, "LoRA target '", t,
+             "' matches no module of the model (a target is a module name or dotted "
+             "suffix such as to_q or to_out.0)");
   for (auto& [path, linear] : chosen) {
     if (gen.defined())
       linear->enable_lora(options, gen);
@@ -112,7 +114,8 @@ std::vector<std::pair<std::string, torch::Tensor>> lora_parameters(const torch::
   std::vector<std::pair<std::string, torch::Tensor>> out;
   for (const auto& item : model.named_parameters(/*recurse=*/true)) {
     const std::string& name = item.key();
-    if (name.find("lora.") == 0 || name.find(".lora.") != std::string::npos) out.emplace_back(name, item.value());
+    if (name.find("lora.") == 0 || name.find(".lora.") != std::string::npos)
+      out.emplace_back(name, item.value());
   }
   return out;
 }

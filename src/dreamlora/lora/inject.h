@@ -17,18 +17,18 @@
 namespace dreamlora::lora {
 
 // Target sets. The DreamBooth LoRA scripts' defaults, and kohya's wider linear set.
-extern const std::vector<std::string> kUNetDefaultTargets;      // to_q, to_k, to_v, to_out.0
-extern const std::vector<std::string> kUNetWideTargets;         // + proj_in, proj_out, ff.net.0.proj, ff.net.2
-extern const std::vector<std::string> kTextDefaultTargets;      // q_proj, k_proj, v_proj, out_proj
-extern const std::vector<std::string> kTextWideTargets;         // + fc1, fc2
+extern const std::vector<std::string> kUNetDefaultTargets;  // to_q, to_k, to_v, to_out.0
+extern const std::vector<std::string> kUNetWideTargets;     // + proj_in, proj_out, ff.net.0.proj, ff.net.2
+extern const std::vector<std::string> kTextDefaultTargets;  // q_proj, k_proj, v_proj, out_proj
+extern const std::vector<std::string> kTextWideTargets;     // + fc1, fc2
 
 struct InjectionReport {
-  std::vector<std::string> modules;            // dotted paths that received an adapter, in tree order
-  std::map<std::string, int64_t> per_target;   // target name -> modules it matched
-  int64_t num_tensors = 0;                     // adapter parameter tensors (2 per module)
-  int64_t num_parameters = 0;                  // adapter parameter elements
-  int64_t base_parameters = 0;                 // all other parameter elements of the model
-  std::string summary() const;                 // one line for logs
+  std::vector<std::string> modules;           // dotted paths that received an adapter, in tree order
+  std::map<std::string, int64_t> per_target;  // target name -> modules it matched
+  int64_t num_tensors = 0;                    // adapter parameter tensors (2 per module)
+  int64_t num_parameters = 0;                 // adapter parameter elements
+  int64_t base_parameters = 0;                // all other parameter elements of the model
+  std::string summary() const;                // one line for logs
 };
 
 // peft's target_modules rule for a list: the path equals the target or ends with "." + target.

@@ -18,22 +18,28 @@ struct Suffix {
   Role role;
 };
 // diffusers DreamBooth scripts (UNet, text encoders), older diffusers text encoder form, peft.
-const std::vector<Suffix> kDottedSuffixes = {
-    {".lora.down.weight", Role::down},       {".lora.up.weight", Role::up},
-    {".lora_linear_layer.down.weight", Role::down}, {".lora_linear_layer.up.weight", Role::up},
-    {".lora_A.default.weight", Role::down},  {".lora_B.default.weight", Role::up},
-    {".lora_A.weight", Role::down},          {".lora_B.weight", Role::up},
-    {".alpha", Role::alpha}};
+const std::vector<Suffix> kDottedSuffixes = {{".lora.down.weight", Role::down},
+                                             {".lora.up.weight", Role::up},
+                                             {".lora_linear_layer.down.weight", Role::down},
+                                             {".lora_linear_layer.up.weight", Role::up},
+                                             {".lora_A.default.weight", Role::down},
+                                             {".lora_B.default.weight", Role::up},
+                                             {".lora_A.weight", Role::down},
+                                             {".lora_B.weight", Role::up},
+                                             {".alpha", Role::alpha}};
 const std::vector<Suffix> kKohyaSuffixes = {
     {".lora_down.weight", Role::down}, {".lora_up.weight", Role::up}, {".alpha", Role::alpha}};
 // Longest first: "lora_te1_" must win over "lora_te_".
-const std::vector<std::pair<std::string, std::string>> kKohyaPrefixes = {
-    {"lora_unet_", "unet"}, {"lora_te1_", "text_encoder"}, {"lora_te2_", "text_encoder_2"},
-    {"lora_te_", "text_encoder"}};
+const std::vector<std::pair<std::string, std::string>> kKohyaPrefixes = {{"lora_unet_", "unet"},
+                                                                         {"lora_te1_", "text_encoder"},
+                                                                         {"lora_te2_", "text_encoder_2"},
+                                                                         {"lora_te_", "text_encoder"}};
 const std::vector<std::string> kComponents = {"text_encoder_2", "text_encoder", "unet"};
 const std::string kPeftWrapper = "base_model.model.";
 
-bool starts_with(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
+bool starts_with(const std::string& s, const std::string& p) {
+  return s.rfind(p, 0) == 0;
+}
 bool ends_with(const std::string& s, const std::string& x) {
   return s.size() >= x.size() && s.compare(s.size() - x.size(), x.size(), x) == 0;
 }
@@ -125,10 +131,15 @@ ParsedKeys parse_keys(const std::map<std::string, torch::Tensor>& tensors, LoRAF
     out.ldm_names |= ldm;
     auto& entry = out.entries[{parts->component, parts->path}];
     switch (parts->role) {
-      case Role::down: entry.down = tensor; break;
-      case Role::up: entry.up = tensor; break;
+      case Role::down:
+        entry.down = tensor;
+        break;
+      case Role::up:
+        entry.up = tensor;
+        break;
       case Role::alpha:
-        DL_CHECK(tensor.numel() == 1, "LoRA key '", key, "' should hold one alpha value, has ", tensor.numel());
+        DL_CHECK(tensor.numel() == 1, "LoRA key '", key, "' should hold one alpha value, has ",
+                 tensor.numel());
         entry.alpha = tensor.to(torch::kFloat64).item<double>();
         break;
     }
@@ -141,7 +152,8 @@ LoRAWeights assemble(const ParsedKeys& parsed, const std::map<std::string, std::
   std::optional<double> meta_alpha;
   auto a = metadata.find("dreamlora.alpha");
   auto baked = metadata.find("dreamlora.alpha_in_weights");
-  if (a != metadata.end() && baked != metadata.end() && baked->second == "false") meta_alpha = std::stod(a->second);
+  if (a != metadata.end() && baked != metadata.end() && baked->second == "false")
+    meta_alpha = std::stod(a->second);
   auto as_linear = [&](torch::Tensor t, const std::string& name) {
     if (t.dim() == 4 && t.size(2) == 1 && t.size(3) == 1) t = t.flatten(1);
     DL_CHECK(t.dim() == 2, what, ": LoRA weight of '", name, "' has shape ", t.sizes(),
@@ -156,8 +168,8 @@ LoRAWeights assemble(const ParsedKeys& parsed, const std::map<std::string, std::
     LoRAModuleWeights w;
     w.down = as_linear(e.down, name);
     w.up = as_linear(e.up, name);
-    DL_CHECK(w.up.size(1) == w.down.size(0), what, ": LoRA module '", name, "' has down ", w.down.sizes(), " and up ",
-             w.up.sizes(), " of different ranks");
+    DL_CHECK(w.up.size(1) == w.down.size(0), what, ": LoRA module '", name, "' has down ", w.down.sizes(),
+             " and up ", w.up.sizes(), " of different ranks");
     w.alpha = e.alpha ? *e.alpha : (meta_alpha ? *meta_alpha : static_cast<double>(w.rank()));
     out.components[id.first][id.second] = w;
   }

@@ -15,26 +15,29 @@ namespace {
 // Module names that contain "_": kohya joins path parts with "_", so these must be re-joined.
 const std::set<std::string> kCompoundNames = {
     // diffusers UNet
-    "down_blocks", "up_blocks", "mid_block", "transformer_blocks", "to_q", "to_k", "to_v", "to_out", "proj_in",
-    "proj_out", "conv_in", "conv_out", "conv_norm_out", "conv_shortcut", "time_emb_proj", "time_embedding",
-    "linear_1", "linear_2", "add_embedding",
+    "down_blocks", "up_blocks", "mid_block", "transformer_blocks", "to_q", "to_k", "to_v", "to_out",
+    "proj_in", "proj_out", "conv_in", "conv_out", "conv_norm_out", "conv_shortcut", "time_emb_proj",
+    "time_embedding", "linear_1", "linear_2", "add_embedding",
     // transformers CLIP
     "text_model", "self_attn", "q_proj", "k_proj", "v_proj", "out_proj", "final_layer_norm", "layer_norm1",
     "layer_norm2", "text_projection", "token_embedding", "position_embedding",
     // LDM / kohya SDXL UNet
-    "input_blocks", "middle_block", "output_blocks", "in_layers", "out_layers", "emb_layers", "skip_connection",
-    "time_embed", "label_emb"};
+    "input_blocks", "middle_block", "output_blocks", "in_layers", "out_layers", "emb_layers",
+    "skip_connection", "time_embed", "label_emb"};
 
 // diffusers resnet child <-> LDM ResBlock child.
 const std::vector<std::pair<std::string, std::string>> kResnetNames = {
-    {"norm1", "in_layers.0"},       {"conv1", "in_layers.2"},  {"time_emb_proj", "emb_layers.1"},
-    {"norm2", "out_layers.0"},      {"conv2", "out_layers.3"}, {"conv_shortcut", "skip_connection"}};
+    {"norm1", "in_layers.0"},  {"conv1", "in_layers.2"},  {"time_emb_proj", "emb_layers.1"},
+    {"norm2", "out_layers.0"}, {"conv2", "out_layers.3"}, {"conv_shortcut", "skip_connection"}};
 
 // UNet modules outside the down/mid/up blocks.
 const std::vector<std::pair<std::string, std::string>> kTopLevelNames = {
-    {"time_embedding.linear_1", "time_embed.0"}, {"time_embedding.linear_2", "time_embed.2"},
-    {"add_embedding.linear_1", "label_emb.0.0"}, {"add_embedding.linear_2", "label_emb.0.2"},
-    {"conv_in", "input_blocks.0.0"},             {"conv_norm_out", "out.0"},
+    {"time_embedding.linear_1", "time_embed.0"},
+    {"time_embedding.linear_2", "time_embed.2"},
+    {"add_embedding.linear_1", "label_emb.0.0"},
+    {"add_embedding.linear_2", "label_emb.0.2"},
+    {"conv_in", "input_blocks.0.0"},
+    {"conv_norm_out", "out.0"},
     {"conv_out", "out.2"}};
 
 // rest = "" or ".child.path"; maps its first part(s) through the resnet table in the given direction.
@@ -57,7 +60,9 @@ std::string map_top_level(const std::string& path, bool to_ldm) {
   return "";
 }
 
-int64_t to_int(const std::string& s) { return std::stoll(s); }
+int64_t to_int(const std::string& s) {
+  return std::stoll(s);
+}
 
 void check_index(bool ok, const std::string& path, const UNetLayout& layout) {
   DL_CHECK(ok, "UNet module path '", path, "' does not fit a UNet with ", layout.num_blocks, " blocks of ",
@@ -68,13 +73,25 @@ void check_index(bool ok, const std::string& path, const UNetLayout& layout) {
 
 UNetLayout UNetLayout::from_config(int64_t num_blocks, int64_t layers_per_block,
                                    const std::vector<std::string>& up_block_types) {
-  DL_CHECK(num_blocks > 0 && layers_per_block > 0, "UNet layout needs positive block count and layers_per_block, got ",
-           num_blocks, " and ", layers_per_block);
+  DL_CHECK(num_blocks > 0 && layers_per_block > 0,
+           "UNet layout needs positive block count and layers_per_block, got ", num_blocks, " and ",
+           layers_per_block);
   UNetLayout layout;
   layout.num_blocks = num_blocks;
   layout.layers_per_block = layers_per_block;
-  for (const auto& type : up_block_types) layout.up_block_has_attention.push_back(type.find("CrossAttn") != std::string::npos);
+  for (const auto& type : up_block_types)
+    layout.up_block_has_attention.push_back(type.find("CrossAttn") != std::string::npos);
   return layout;
+}
+
+UNetLayout UNetLayout::from_config(const std::vector<int64_t>& layers_per_block,
+                                   const std::vector<std::string>& up_block_types) {
+  DL_CHECK(!layers_per_block.empty(), "UNet layout: layers_per_block is empty");
+  for (auto n : layers_per_block)
+    DL_CHECK(n == layers_per_block.front(),
+             "kohya LDM block names need the same layers_per_block in every block, got ", n, " and ",
+             layers_per_block.front());
+  return from_config(static_cast<int64_t>(layers_per_block.size()), layers_per_block.front(), up_block_types);
 }
 
 UNetLayout UNetLayout::sdxl_base() {
@@ -93,7 +110,8 @@ UNetLayout UNetLayout::from_unet(const torch::nn::Module& unet) {
     if (std::regex_match(key, m, res_re)) layers = std::max(layers, to_int(m[1]) + 1);
     if (std::regex_match(key, m, up_attn_re)) attending.insert(to_int(m[1]));
   }
-  DL_CHECK(blocks > 0 && layers > 0, "UNetLayout::from_unet: the module has no down_blocks.N.resnets.M (not a UNet?)");
+  DL_CHECK(blocks > 0 && layers > 0,
+           "UNetLayout::from_unet: the module has no down_blocks.N.resnets.M (not a UNet?)");
   UNetLayout layout = from_config(blocks, layers);
   for (int64_t i = 0; i < blocks; ++i) layout.up_block_has_attention.push_back(attending.count(i) > 0);
   return layout;
@@ -137,8 +155,8 @@ std::string diffusers_to_ldm(const std::string& path, const UNetLayout& layout) 
     check_index(i < layout.num_blocks, path, layout);
     DL_CHECK(static_cast<size_t>(i) < layout.up_block_has_attention.size(), "LDM name of '", path,
              "' needs to know whether up block ", i, " has attentions (UNetLayout::up_block_has_attention)");
-    return str("output_blocks.", i * per + layout.layers_per_block, layout.up_block_has_attention[i] ? ".2" : ".1",
-               ".conv", std::string(m[2]));
+    return str("output_blocks.", i * per + layout.layers_per_block,
+               layout.up_block_has_attention[i] ? ".2" : ".1", ".conv", std::string(m[2]));
   }
   std::string top = map_top_level(path, true);
   DL_CHECK(!top.empty(), "UNet module path '", path, "' has no LDM (kohya SDXL) name");

@@ -91,7 +91,7 @@ StepOutput EulerDiscreteScheduler::step(const torch::Tensor& model_output, doubl
   auto sample = sample_in.to(torch::kFloat32);
   auto sigma = sigmas_[step_index_];
   // diffusers draws the churn noise even when s_churn = 0 (gamma = 0) and then ignores it.
-  auto noise = torch::randn(model_output.sizes(), generator, model_output.options());
+  auto noise = randn_tensor(model_output.sizes(), generator, model_output.options());
   (void)noise;
   auto sigma_hat = sigma * (0.0 + 1);  // gamma = 0
   torch::Tensor pred_original_sample;
@@ -126,7 +126,7 @@ StepOutput EulerAncestralDiscreteScheduler::step(const torch::Tensor& model_outp
   auto derivative = (sample - pred_original_sample) / sigma;
   auto dt = sigma_down - sigma;
   auto prev_sample = sample + derivative * dt;
-  auto noise = torch::randn(model_output.sizes(), generator, model_output.options());
+  auto noise = randn_tensor(model_output.sizes(), generator, model_output.options());
   prev_sample = (prev_sample + noise * sigma_up).to(model_output.scalar_type());
   ++step_index_;
   return {prev_sample, pred_original_sample};

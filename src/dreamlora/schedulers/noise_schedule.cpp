@@ -72,6 +72,14 @@ torch::Tensor sigmas_from_alphas_cumprod(const torch::Tensor& alphas_cumprod) {
   return ((1 - alphas_cumprod) / alphas_cumprod).pow(0.5);
 }
 
+torch::Tensor randn_tensor(at::IntArrayRef shape, c10::optional<at::Generator> generator,
+                           const torch::TensorOptions& options) {
+  if (generator.has_value() && generator->device().is_cpu() && !options.device().is_cpu()) {
+    return torch::randn(shape, generator, options.device(torch::kCPU)).to(options.device());
+  }
+  return torch::randn(shape, generator, options);
+}
+
 std::vector<double> to_doubles(const torch::Tensor& t) {
   auto d = t.detach().to(torch::kCPU).to(torch::kFloat64).contiguous().reshape({-1});
   return std::vector<double>(d.data_ptr<double>(), d.data_ptr<double>() + d.numel());

@@ -3,6 +3,7 @@
 // float arange, round-half-to-even, interp) reproduced in double so timesteps and sigmas match bit for bit.
 #pragma once
 
+#include <ATen/core/Generator.h>
 #include <torch/types.h>
 
 #include <vector>
@@ -21,6 +22,11 @@ torch::Tensor rescale_zero_terminal_snr(const torch::Tensor& betas);
 torch::Tensor alphas_cumprod_from_betas(const torch::Tensor& betas);
 // ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5, ascending in t. [T] float32
 torch::Tensor sigmas_from_alphas_cumprod(const torch::Tensor& alphas_cumprod);
+
+// diffusers' randn_tensor: standard normal noise of shape/options drawn from generator; a CPU generator
+// feeding a GPU tensor draws on the CPU and copies, so seeds give the same noise on every device.
+torch::Tensor randn_tensor(at::IntArrayRef shape, c10::optional<at::Generator> generator,
+                           const torch::TensorOptions& options);
 
 // A float32 1-d tensor as doubles (exact), and back.
 std::vector<double> to_doubles(const torch::Tensor& t);

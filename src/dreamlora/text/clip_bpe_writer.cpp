@@ -69,7 +69,8 @@ std::pair<std::string, std::string> best_pair(const std::map<Word, int64_t>& wor
   return best;
 }
 
-std::map<Word, int64_t> apply_merge(const std::map<Word, int64_t>& words, const std::string& a, const std::string& b) {
+std::map<Word, int64_t> apply_merge(const std::map<Word, int64_t>& words, const std::string& a,
+                                    const std::string& b) {
   std::map<Word, int64_t> out;
   for (const auto& [w, n] : words) {
     Word merged;
@@ -87,7 +88,10 @@ std::map<Word, int64_t> apply_merge(const std::map<Word, int64_t>& words, const 
 }
 
 Json added_token(const std::string& content, bool normalized) {
-  return Json{{"content", content}, {"lstrip", false}, {"normalized", normalized}, {"rstrip", false},
+  return Json{{"content", content},
+              {"lstrip", false},
+              {"normalized", normalized},
+              {"rstrip", false},
               {"single_word", false}};
 }
 
@@ -100,8 +104,8 @@ void write_file(const std::filesystem::path& path, const std::string& text) {
 
 }  // namespace
 
-int64_t write_tiny_bpe_tokenizer(const std::filesystem::path& dir, const std::string& corpus, int64_t num_merges,
-                                 const std::string& pad_token) {
+int64_t write_tiny_bpe_tokenizer(const std::filesystem::path& dir, const std::string& corpus,
+                                 int64_t num_merges, const std::string& pad_token) {
   DL_CHECK(num_merges >= 0, "write_tiny_bpe_tokenizer: num_merges must be >= 0, got ", num_merges);
   std::filesystem::create_directories(dir);
 
@@ -142,7 +146,8 @@ int64_t write_tiny_bpe_tokenizer(const std::filesystem::path& dir, const std::st
     decoder[std::to_string(vocab_json[pad_token].get<int64_t>())] = added_token(pad_token, false);
     decoder[std::to_string(vocab_json[pad_token].get<int64_t>())]["special"] = true;
   }
-  for (auto [content, id] : {std::pair<const char*, int64_t>{"<|startoftext|>", bos_id}, {"<|endoftext|>", eos_id}}) {
+  for (auto [content, id] :
+       {std::pair<const char*, int64_t>{"<|startoftext|>", bos_id}, {"<|endoftext|>", eos_id}}) {
     decoder[std::to_string(id)] = added_token(content, true);
     decoder[std::to_string(id)]["special"] = true;
   }

@@ -11,12 +11,17 @@ namespace {
 
 constexpr char32_t kReplacement = 0xFFFD;
 
-utf8proc_category_t category(char32_t cp) { return utf8proc_category(static_cast<utf8proc_int32_t>(cp)); }
+utf8proc_category_t category(char32_t cp) {
+  return utf8proc_category(static_cast<utf8proc_int32_t>(cp));
+}
 
 bool is_letter(char32_t cp) {  // \p{L}
   switch (category(cp)) {
-    case UTF8PROC_CATEGORY_LU: case UTF8PROC_CATEGORY_LL: case UTF8PROC_CATEGORY_LT:
-    case UTF8PROC_CATEGORY_LM: case UTF8PROC_CATEGORY_LO:
+    case UTF8PROC_CATEGORY_LU:
+    case UTF8PROC_CATEGORY_LL:
+    case UTF8PROC_CATEGORY_LT:
+    case UTF8PROC_CATEGORY_LM:
+    case UTF8PROC_CATEGORY_LO:
       return true;
     default:
       return false;
@@ -46,8 +51,11 @@ bool is_bert_whitespace(char32_t cp) {
 bool is_bert_control(char32_t cp) {
   if (cp == '\t' || cp == '\n' || cp == '\r') return false;
   switch (category(cp)) {
-    case UTF8PROC_CATEGORY_CC: case UTF8PROC_CATEGORY_CF: case UTF8PROC_CATEGORY_CS:
-    case UTF8PROC_CATEGORY_CO: case UTF8PROC_CATEGORY_CN:
+    case UTF8PROC_CATEGORY_CC:
+    case UTF8PROC_CATEGORY_CF:
+    case UTF8PROC_CATEGORY_CS:
+    case UTF8PROC_CATEGORY_CO:
+    case UTF8PROC_CATEGORY_CN:
       return true;
     default:
       return false;
@@ -56,8 +64,9 @@ bool is_bert_control(char32_t cp) {
 
 // BasicTokenizer._is_chinese_char
 bool is_cjk(char32_t cp) {
-  return (cp >= 0x4E00 && cp <= 0x9FFF) || (cp >= 0x3400 && cp <= 0x4DBF) || (cp >= 0x20000 && cp <= 0x2A6DF) ||
-         (cp >= 0x2A700 && cp <= 0x2B73F) || (cp >= 0x2B740 && cp <= 0x2B81F) || (cp >= 0x2B820 && cp <= 0x2CEAF) ||
+  return (cp >= 0x4E00 && cp <= 0x9FFF) || (cp >= 0x3400 && cp <= 0x4DBF) ||
+         (cp >= 0x20000 && cp <= 0x2A6DF) || (cp >= 0x2A700 && cp <= 0x2B73F) ||
+         (cp >= 0x2B740 && cp <= 0x2B81F) || (cp >= 0x2B820 && cp <= 0x2CEAF) ||
          (cp >= 0xF900 && cp <= 0xFAFF) || (cp >= 0x2F800 && cp <= 0x2FA1F);
 }
 
@@ -72,8 +81,23 @@ bool is_cased(char32_t cp) {
 
 bool is_case_ignorable(char32_t cp) {
   switch (cp) {
-    case 0x27: case 0x2E: case 0x3A: case 0xB7: case 0x387: case 0x55F: case 0x5F4: case 0x2018: case 0x2019:
-    case 0x2024: case 0x2027: case 0xFE13: case 0xFE52: case 0xFE55: case 0xFF07: case 0xFF0E: case 0xFF1A:
+    case 0x27:
+    case 0x2E:
+    case 0x3A:
+    case 0xB7:
+    case 0x387:
+    case 0x55F:
+    case 0x5F4:
+    case 0x2018:
+    case 0x2019:
+    case 0x2024:
+    case 0x2027:
+    case 0xFE13:
+    case 0xFE52:
+    case 0xFE55:
+    case 0xFF07:
+    case 0xFF0E:
+    case 0xFF1A:
       return true;
     default:
       break;
@@ -127,7 +151,8 @@ std::u32string nfc(const std::u32string& text) {
                         static_cast<utf8proc_ssize_t>(utf8.size()), &out,
                         static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
   if (n < 0) return text;  // only on invalid input, which decode_utf8 never produces
-  std::u32string result = decode_utf8(std::string_view(reinterpret_cast<const char*>(out), static_cast<size_t>(n)));
+  std::u32string result =
+      decode_utf8(std::string_view(reinterpret_cast<const char*>(out), static_cast<size_t>(n)));
   std::free(out);
   return result;
 }
@@ -146,8 +171,8 @@ bool literal_at(const std::u32string& s, size_t i, std::u32string_view lit) {
 
 // Length of the match of the alternatives before [\p{L}]+ at i, or 0.
 size_t special_or_contraction(const std::u32string& s, size_t i) {
-  static const std::u32string_view kLiterals[] = {U"<|startoftext|>", U"<|endoftext|>", U"'s", U"'t", U"'re",
-                                                  U"'ve",            U"'m",             U"'ll", U"'d"};
+  static const std::u32string_view kLiterals[] = {
+      U"<|startoftext|>", U"<|endoftext|>", U"'s", U"'t", U"'re", U"'ve", U"'m", U"'ll", U"'d"};
   if (s[i] != '<' && s[i] != '\'') return 0;
   for (auto lit : kLiterals) {
     if (literal_at(s, i, lit)) return lit.size();
@@ -161,7 +186,9 @@ const std::array<unsigned char, 256>& byte_vocab_order() {
   static const std::array<unsigned char, 256> order = [] {
     std::array<unsigned char, 256> o{};
     size_t n = 0;
-    auto printable = [](int b) { return (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF); };
+    auto printable = [](int b) {
+      return (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+    };
     for (int b = 0; b < 256; ++b)
       if (printable(b)) o[n++] = static_cast<unsigned char>(b);
     for (int b = 0; b < 256; ++b)

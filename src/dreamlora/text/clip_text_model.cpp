@@ -35,8 +35,8 @@ CLIPTextConfig CLIPTextConfig::from_json(const Json& json, const std::string& so
   c.pad_token_id = r.get<int64_t>("pad_token_id", c.pad_token_id);
   c.bos_token_id = r.get<int64_t>("bos_token_id", c.bos_token_id);
   c.eos_token_id = r.get<int64_t>("eos_token_id", c.eos_token_id);
-  DL_CHECK(c.hidden_act == "quick_gelu" || c.hidden_act == "gelu", source, ": key 'hidden_act' is '", c.hidden_act,
-           "'; supported: quick_gelu, gelu");
+  DL_CHECK(c.hidden_act == "quick_gelu" || c.hidden_act == "gelu", source, ": key 'hidden_act' is '",
+           c.hidden_act, "'; supported: quick_gelu, gelu");
   // Dropout would change the training forward pass; every SD text encoder has 0.
   r.require_value("attention_dropout", 0.0);
   r.require_value("dropout", 0.0);
@@ -103,7 +103,9 @@ torch::Tensor CLIPMLPImpl::forward(const torch::Tensor& x) {
 }
 
 CLIPEncoderLayerImpl::CLIPEncoderLayerImpl(const CLIPTextConfig& c) {
-  auto ln = [&] { return torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.hidden_size}).eps(c.layer_norm_eps)); };
+  auto ln = [&] {
+    return torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.hidden_size}).eps(c.layer_norm_eps));
+  };
   self_attn = register_module("self_attn", CLIPAttention(c.hidden_size, c.num_attention_heads));
   layer_norm1 = register_module("layer_norm1", ln());
   mlp = register_module("mlp", CLIPMLP(c.hidden_size, c.intermediate_size, c.hidden_act));
@@ -137,12 +139,14 @@ CLIPTextTransformerImpl::CLIPTextTransformerImpl(const CLIPTextConfig& c) : conf
   embeddings = register_module("embeddings", CLIPTextEmbeddings(c));
   encoder = register_module("encoder", CLIPEncoder(c));
   final_layer_norm = register_module(
-      "final_layer_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.hidden_size}).eps(c.layer_norm_eps)));
+      "final_layer_norm",
+      torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.hidden_size}).eps(c.layer_norm_eps)));
 }
 
 CLIPTextOutput CLIPTextTransformerImpl::forward(const torch::Tensor& input_ids, bool output_hidden_states) {
   // input_ids: [B, L] -> last_hidden_state [B, L, D], pooler_output [B, D]
-  DL_CHECK(input_ids.dim() == 2, "CLIP text encoder: input_ids must be [batch, length], got ", input_ids.sizes());
+  DL_CHECK(input_ids.dim() == 2, "CLIP text encoder: input_ids must be [batch, length], got ",
+           input_ids.sizes());
   DL_CHECK(input_ids.size(1) <= config.max_position_embeddings, "CLIP text encoder: ", input_ids.size(1),
            " tokens exceed max_position_embeddings ", config.max_position_embeddings);
   auto ids = input_ids.to(torch::kInt64);
@@ -156,9 +160,11 @@ CLIPTextOutput CLIPTextTransformerImpl::forward(const torch::Tensor& input_ids, 
   out.last_hidden_state = final_layer_norm(h);
   // transformers 4.38: legacy configs (eos_token_id == 2) pool at the highest id, which is the
   // end-of-text token; otherwise at the first eos_token_id. argmax returns the first maximum.
-  auto position = config.eos_token_id == 2 ? ids.argmax(-1) : ids.eq(config.eos_token_id).to(torch::kInt32).argmax(-1);
-  auto index = position.view({-1, 1, 1}).expand({ids.size(0), 1, out.last_hidden_state.size(2)});  // [B, 1, D]
-  out.pooler_output = out.last_hidden_state.gather(1, index).squeeze(1);                          // [B, D]
+  auto position =
+      config.eos_token_id == 2 ? ids.argmax(-1) : ids.eq(config.eos_token_id).to(torch::kInt32).argmax(-1);
+  auto index =
+      position.view({-1, 1, 1}).expand({ids.size(0), 1, out.last_hidden_state.size(2)});  // [B, 1, D]
+  out.pooler_output = out.last_hidden_state.gather(1, index).squeeze(1);                  // [B, D]
   return out;
 }
 
@@ -170,21 +176,29 @@ CLIPTextOutput CLIPTextModelImpl::forward(const torch::Tensor& input_ids, bool o
   return text_model(input_ids, output_hidden_states);
 }
 
-CLIPTextModelWithProjectionImpl::CLIPTextModelWithProjectionImpl(const CLIPTextConfig& c) : CLIPTextModelImpl(c) {
-  text_projection = register_module("text_projection", nn::Linear(c.hidden_size, c.projection_dim, /*bias=*/false));
+CLIPTextModelWithProjectionImpl::CLIPTextModelWithProjectionImpl(const CLIPTextConfig& c)
+    : CLIPTextModelImpl(c) {
+  text_projection =
+      register_module("text_projection", nn::Linear(c.hidden_size, c.projection_dim, /*bias=*/false));
 }
 
-CLIPTextOutput CLIPTextModelWithProjectionImpl::forward(const torch::Tensor& input_ids, bool output_hidden_states) {
+CLIPTextOutput CLIPTextModelWithProjectionImpl::forward(const torch::Tensor& input_ids,
+                                                        bool output_hidden_states) {
   CLIPTextOutput out = text_model(input_ids, output_hidden_states);
   out.text_embeds = text_projection(out.pooler_output);  // [B, projection_dim]
   return out;
 }
 
-CLIPTextModel load_clip_text_model(const std::filesystem::path& dir, const std::string& variant, torch::Dtype dtype) {
+CLIPTextModel load_clip_text_model(const std::filesystem::path& dir, const std::string& variant,
+                                   torch::Dtype dtype) {
   auto config = CLIPTextConfig::from_file(dir / "config.json");
-  CLIPTextModel model = config.with_projection()
-                            ? CLIPTextModel(std::make_shared<CLIPTextModelWithProjectionImpl>(config))
-                            : CLIPTextModel(std::make_shared<CLIPTextModelImpl>(config));
+  std::shared_ptr<CLIPTextModelImpl> impl;
+  if (config.with_projection()) {
+    impl = std::make_shared<CLIPTextModelWithProjectionImpl>(config);
+  } else {
+    impl = std::make_shared<CLIPTextModelImpl>(config);
+  }
+  CLIPTextModel model(impl);
   auto weights = load_component_weights(dir, variant);
   weights.erase("text_model.embeddings.position_ids");
   load_state_dict_strict(*model, weights, str(dir.string(), " (", config.architecture, ")"));

@@ -20,7 +20,8 @@ namespace dreamlora {
 
 // config.json of a CLIP text encoder; fields spelled like its keys, defaults as transformers' CLIPTextConfig.
 struct CLIPTextConfig {
-  std::string architecture = "CLIPTextModel";  // architectures[0]: CLIPTextModel | CLIPTextModelWithProjection
+  std::string architecture =
+      "CLIPTextModel";  // architectures[0]: CLIPTextModel | CLIPTextModelWithProjection
   int64_t vocab_size = 49408;
   int64_t hidden_size = 512;
   int64_t intermediate_size = 2048;
@@ -41,10 +42,11 @@ struct CLIPTextConfig {
 };
 
 struct CLIPTextOutput {
-  torch::Tensor last_hidden_state;           // [B, L, D] after final_layer_norm
-  torch::Tensor pooler_output;               // [B, D] last_hidden_state at the end-of-text position
-  std::vector<torch::Tensor> hidden_states;  // when requested: [0] embeddings, [i] output of layer i (no final LN)
-  torch::Tensor text_embeds;                 // [B, projection_dim], CLIPTextModelWithProjection only
+  torch::Tensor last_hidden_state;  // [B, L, D] after final_layer_norm
+  torch::Tensor pooler_output;      // [B, D] last_hidden_state at the end-of-text position
+  std::vector<torch::Tensor>
+      hidden_states;          // when requested: [0] embeddings, [i] output of layer i (no final LN)
+  torch::Tensor text_embeds;  // [B, projection_dim], CLIPTextModelWithProjection only
 };
 
 class CLIPAttentionImpl : public torch::nn::Module {

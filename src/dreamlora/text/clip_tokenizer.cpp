@@ -136,7 +136,8 @@ void CLIPTokenizer::Impl::bpe_cached(const std::string& word, std::vector<Piece>
 
 // CLIPTokenizer._tokenize on one chunk between added tokens.
 void CLIPTokenizer::Impl::tokenize_chunk(std::string_view chunk, std::vector<Piece>& out) const {
-  for (const std::string& word : clip_text::pre_tokenize(clip_text::basic_clean(chunk))) bpe_cached(word, out);
+  for (const std::string& word : clip_text::pre_tokenize(clip_text::basic_clean(chunk)))
+    bpe_cached(word, out);
 }
 
 // PreTrainedTokenizer.tokenize: added tokens (the special ones included) are cut out of the raw text
@@ -192,7 +193,8 @@ CLIPTokenizer CLIPTokenizer::load(const std::filesystem::path& dir) {
   for (size_t rank = 0; rank < kMaxMerges && std::getline(lines, line); ++rank) {
     std::istringstream parts(line);
     std::string a, b, extra;
-    if (!(parts >> a >> b) || (parts >> extra)) continue;  // such a line never matches a pair in Python either
+    if (!(parts >> a >> b) || (parts >> extra))
+      continue;  // such a line never matches a pair in Python either
     int32_t ia = impl->intern(a), ib = impl->intern(b), im = impl->intern(a + b);
     impl->merges[(uint64_t(uint32_t(ia)) << 32) | uint32_t(ib)] = {static_cast<int32_t>(rank), im};
   }
@@ -203,11 +205,13 @@ CLIPTokenizer CLIPTokenizer::load(const std::filesystem::path& dir) {
   if (std::filesystem::exists(config_path)) config = read_json(config_path);
   auto map_path = dir / "special_tokens_map.json";
   if (std::filesystem::exists(map_path)) {
-    for (auto& [key, value] : read_json(map_path).items()) config[key] = value;
+    Json map = read_json(map_path);  // a named object: items() of a temporary would dangle
+    for (auto& [key, value] : map.items()) config[key] = value;
   }
   auto special = [&](const char* key, const char* fallback) {
-    return config.contains(key) && !config[key].is_null() ? token_content(config[key], key, config_path.string())
-                                                          : std::string(fallback);
+    return config.contains(key) && !config[key].is_null()
+               ? token_content(config[key], key, config_path.string())
+               : std::string(fallback);
   };
   impl->bos = special("bos_token", kStartOfText);
   impl->eos = special("eos_token", kEndOfText);
@@ -223,10 +227,12 @@ CLIPTokenizer CLIPTokenizer::load(const std::filesystem::path& dir) {
 
   if (config.contains("added_tokens_decoder")) {
     for (auto& [id, value] : config["added_tokens_decoder"].items())
-      impl->added_ids[token_content(value, "added_tokens_decoder." + id, config_path.string())] = std::stoll(id);
+      impl->added_ids[token_content(value, "added_tokens_decoder." + id, config_path.string())] =
+          std::stoll(id);
   }
   if (auto added_path = dir / "added_tokens.json"; std::filesystem::exists(added_path)) {
-    for (auto& [token, id] : read_json(added_path).items()) impl->added_ids[token] = id.get<int64_t>();
+    Json added = read_json(added_path);
+    for (auto& [token, id] : added.items()) impl->added_ids[token] = id.get<int64_t>();
   }
   for (const std::string* token : {&impl->bos, &impl->eos, &impl->pad, &impl->unk}) {
     if (impl->added_ids.count(*token)) continue;
@@ -280,16 +286,29 @@ torch::Tensor CLIPTokenizer::encode_batch(const std::vector<std::string>& texts)
   auto acc = ids.accessor<int64_t, 2>();
   for (size_t b = 0; b < texts.size(); ++b) {
     Encoding e = encode(texts[b], true);
-    for (size_t i = 0; i < e.input_ids.size(); ++i) acc[static_cast<int64_t>(b)][static_cast<int64_t>(i)] = e.input_ids[i];
+    for (size_t i = 0; i < e.input_ids.size(); ++i)
+      acc[static_cast<int64_t>(b)][static_cast<int64_t>(i)] = e.input_ids[i];
   }
   return ids;
 }
 
-int64_t CLIPTokenizer::token_to_id(const std::string& token) const { return impl_->id_of(token); }
-int64_t CLIPTokenizer::bos_token_id() const { return impl_->bos_id; }
-int64_t CLIPTokenizer::eos_token_id() const { return impl_->eos_id; }
-int64_t CLIPTokenizer::pad_token_id() const { return impl_->pad_id; }
-int64_t CLIPTokenizer::model_max_length() const { return impl_->model_max_length; }
-int64_t CLIPTokenizer::vocab_size() const { return static_cast<int64_t>(impl_->vocab.size()); }
+int64_t CLIPTokenizer::token_to_id(const std::string& token) const {
+  return impl_->id_of(token);
+}
+int64_t CLIPTokenizer::bos_token_id() const {
+  return impl_->bos_id;
+}
+int64_t CLIPTokenizer::eos_token_id() const {
+  return impl_->eos_id;
+}
+int64_t CLIPTokenizer::pad_token_id() const {
+  return impl_->pad_id;
+}
+int64_t CLIPTokenizer::model_max_length() const {
+  return impl_->model_max_length;
+}
+int64_t CLIPTokenizer::vocab_size() const {
+  return static_cast<int64_t>(impl_->vocab.size());
+}
 
 }  // namespace dreamlora

@@ -20,8 +20,8 @@ CLIPTextOutput run(CLIPTextModel encoder, const torch::Tensor& ids, bool hidden_
 // hidden_states[-k] (Python's negative index)
 torch::Tensor from_end(const CLIPTextOutput& out, int64_t k) {
   auto n = static_cast<int64_t>(out.hidden_states.size());
-  DL_CHECK(k >= 1 && k <= n, "encode_prompt: clip_skip reaches hidden_states[-", k, "] but the encoder has only ", n,
-           " (embeddings + layers)");
+  DL_CHECK(k >= 1 && k <= n, "encode_prompt: clip_skip reaches hidden_states[-", k,
+           "] but the encoder has only ", n, " (embeddings + layers)");
   return out.hidden_states[static_cast<size_t>(n - k)];
 }
 
@@ -52,11 +52,13 @@ PromptEmbeddings encode_prompt_ids(const TextEncoders& e, const torch::Tensor& i
   CLIPTextOutput out2 = run(e.text_encoder_2, input_ids_2, true);
   parts.push_back(from_end(out2, clip_skip + 2).to(dtype));
   result.prompt_embeds = torch::cat(parts, -1);  // [B, L, D1 + D2]
-  result.pooled_prompt_embeds = (out2.text_embeds.defined() ? out2.text_embeds : out2.pooler_output).to(dtype);
+  result.pooled_prompt_embeds =
+      (out2.text_embeds.defined() ? out2.text_embeds : out2.pooler_output).to(dtype);
   return result;
 }
 
-PromptEmbeddings encode_prompt(const TextEncoders& e, const std::vector<std::string>& prompts, int64_t clip_skip) {
+PromptEmbeddings encode_prompt(const TextEncoders& e, const std::vector<std::string>& prompts,
+                               int64_t clip_skip) {
   DL_CHECK(!prompts.empty(), "encode_prompt: no prompts");
   torch::Tensor ids, ids_2;
   if (!e.text_encoder.is_empty()) {

@@ -11,7 +11,7 @@ namespace dreamlora {
 
 namespace fs = std::filesystem;
 
-int64_t ensure_class_images(ModelBundle& model, const TrainConfig& config) {
+int64_t ensure_class_images(ModelBundle& model, const TrainConfig& config, int rank, int world_size) {
   const fs::path dir = config.class_image_path;
   fs::create_directories(dir);
   int64_t generated = 0;
@@ -22,9 +22,15 @@ int64_t ensure_class_images(ModelBundle& model, const TrainConfig& config) {
   std::cerr << "dreamlora: generating " << config.num_class_images - existing << " class images for \""
             << config.class_prompt << "\" in " << dir.string() << std::endl;
   torch::NoGradGuard no_grad;
+  const int64_t missing = config.num_class_images - existing;
   for (int64_t i = 0; i < config.num_class_images; ++i) {
     auto path = dir / ("class-" + std::to_string(i) + ".png");
     if (fs::exists(path)) continue;
+    if (i % world_size != rank) {
+      ++generated;  // another worker's share
+      if (generated >= missing) break;
+      continue;
+    }
     SampleOptions o;
     o.prompt = config.class_prompt;
     o.seed = config.seed + static_cast<uint64_t>(i);
@@ -34,7 +40,7 @@ int64_t ensure_class_images(ModelBundle& model, const TrainConfig& config) {
     auto images = text_to_image(model, o);
     save_png(path, images.at(0), sample_metadata(o, 0, "none (class image)"));
     ++generated;
-    if (existing + generated >= config.num_class_images) break;
+    if (generated >= missing) break;
   }
   return generated;
 }

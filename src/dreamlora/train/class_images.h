@@ -9,7 +9,8 @@
 
 namespace dreamlora {
 
-// Returns how many images were generated.
-int64_t ensure_class_images(ModelBundle& model, const TrainConfig& config);
+// Returns how many images were generated. With several workers, worker `rank` makes the images whose
+// index modulo world_size is its rank.
+int64_t ensure_class_images(ModelBundle& model, const TrainConfig& config, int rank = 0, int world_size = 1);
 
 }  // namespace dreamlora

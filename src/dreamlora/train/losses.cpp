@@ -7,7 +7,7 @@
 namespace dreamlora {
 
 torch::Tensor min_snr_weights(const torch::Tensor& snr, double gamma, const std::string& prediction_type) {
-  auto clipped = torch::stack({snr, torch::full_like(snr, gamma)}, 1).min_values(1);
+  auto clipped = torch::clamp_max(snr, gamma);  // min(snr, gamma)
   if (prediction_type == "epsilon") return clipped / snr;
   if (prediction_type == "v_prediction") return clipped / (snr + 1);
   fail(str("--snr-gamma: Min-SNR weighting needs prediction_type epsilon or v_prediction, the scheduler has '",

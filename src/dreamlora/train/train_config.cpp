@@ -156,6 +156,7 @@ std::vector<OptionSpec> build_table() {
       flag("gradient-checkpointing", {"gradient_checkpointing"}, "recompute activations in backward to save memory",
            &C::gradient_checkpointing),
       text("device", {}, "cpu or cuda[:N]", &C::device),
+      integer("dist-timeout", {}, "seconds before a silent worker fails the job (data-parallel runs)", &C::dist_timeout),
       text("validation-prompt", {"validation_prompt"}, "prompt for validation images", &C::validation_prompt),
       integer("num-validation-images", {"num_validation_images"}, "validation images per run", &C::num_validation_images),
       integer("validation-steps", {"validation_steps"}, "make validation images every N steps (0: at the end)",
@@ -271,6 +272,22 @@ Json config_to_json(const TrainConfig& config) {
   Json out = Json::object();
   for (const auto& o : train_options()) out[o.name] = o.get(config);
   return out;
+}
+
+std::string options_markdown() {
+  const TrainConfig defaults;
+  std::ostringstream md;
+  md << "| flag | diffusers / other aliases | default | fingerprinted | meaning |\n|---|---|---|---|---|\n";
+  for (const auto& o : train_options()) {
+    std::string aliases;
+    for (const auto& a : o.aliases) aliases += (aliases.empty() ? "" : ", ") + std::string("`--") + a + "`";
+    Json d = o.get(defaults);
+    std::string def = o.required ? "required" : d.is_string() ? (d.get<std::string>().empty() ? "" : "`" + d.get<std::string>() + "`")
+                                                            : "`" + d.dump() + "`";
+    md << "| `--" << o.name << "` | " << aliases << " | " << def << " | " << (o.changes_result ? "yes" : "") << " | "
+       << o.help << " |\n";
+  }
+  return md.str();
 }
 
 Json result_settings(const TrainConfig& config) {

@@ -60,6 +60,7 @@ struct TrainConfig {
   std::string mixed_precision = "no";
   bool gradient_checkpointing = false;
   std::string device = "cpu";
+  int64_t dist_timeout = 300;  // seconds a collective may take before a dead worker is assumed
   // validation and logging
   std::string validation_prompt;
   int64_t num_validation_images = 2;
@@ -102,6 +103,8 @@ const OptionSpec* find_train_option(const std::string& name_or_alias);
 void apply_toml_file(TrainConfig& config, const std::string& path);
 // All options with their values (the resolved config written to the output dir).
 Json config_to_json(const TrainConfig& config);
+// The flag table of docs/CLI.md and the README (flag, aliases, default, changes results, help).
+std::string options_markdown();
 // The settings that change results, by option name.
 Json result_settings(const TrainConfig& config);
 

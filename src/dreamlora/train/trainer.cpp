@@ -24,6 +24,7 @@
 #include "dreamlora/train/class_images.h"
 #include "dreamlora/train/data_order.h"
 #include "dreamlora/train/dataset.h"
+#include "dreamlora/train/distributed.h"
 #include "dreamlora/train/losses.h"
 #include "dreamlora/train/lr_schedule.h"
 #include "dreamlora/train/metrics.h"
@@ -50,6 +51,17 @@ torch::Tensor bytes_tensor(const std::string& bytes) {
   return t;
 }
 
+// Sample n of a stream draws all its randomness (flip, crop, posterior sample, noise, timestep) from a
+// generator of its own, seeded from (seed, stream, n): the draws of a sample do not depend on the batch
+// size, the number of workers or on anything drawn before, so resume and data parallelism stay exact.
+at::Generator sample_generator(uint64_t seed, uint64_t stream, int64_t n) {
+  uint64_t z = seed * 0x9E3779B97F4A7C15ull + stream * 0xBF58476D1CE4E5B9ull + static_cast<uint64_t>(n) + 1;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;  // splitmix64 finaliser
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return at::detail::createCPUGenerator(z ^ (z >> 31));
+}
+constexpr uint64_t kInstanceStream = 1, kClassStream = 2;
+
 torch::Dtype weight_dtype(const std::string& mixed_precision) {
   if (mixed_precision == "fp16") return torch::kFloat16;
   if (mixed_precision == "bf16") return torch::kBFloat16;
@@ -66,9 +78,16 @@ class Trainer {
   void inject_lora();
   void build_optimizer();
   bool resume();
+  struct Sample {
+    ExampleTensors example;
+    torch::Tensor eps, noise;  // posterior sample eps, diffusion noise: [C, h, w]
+    int64_t timestep = 0;
+  };
+  Sample draw_sample(ImageSet& set, DataOrder& order, uint64_t stream, int64_t n);
+  std::vector<torch::Tensor> trainable_parameters() const;
   void train_step();
-  lora::LoRAWeights current_lora(bool copy) const;
-  checkpoint::CheckpointContents snapshot() const;
+  lora::LoRAWeights current_lora(bool copy);
+  checkpoint::CheckpointContents snapshot();
   void save_checkpoint();
   void run_validation();
   void finalize();
@@ -83,7 +102,7 @@ class Trainer {
   std::unique_ptr<CaptionEmbedder> embedder_;
   std::unique_ptr<AdamW> optimizer_;
   LRScheduleOptions schedule_;
-  at::Generator gen_;
+  std::unique_ptr<Distributed> dist_;
   std::unique_ptr<checkpoint::CheckpointStore> store_;
   std::unique_ptr<checkpoint::CheckpointWriter> writer_;
   std::unique_ptr<MetricsLog> metrics_;
@@ -127,7 +146,9 @@ void Trainer::load_everything() {
   ddpm_ = std::make_unique<schedulers::DDPMScheduler>(schedulers::DDPMScheduler::from_file(model_.scheduler_config_path));
   if (cfg_.snr_gamma > 0) min_snr_weights(torch::ones({1}), cfg_.snr_gamma, ddpm_->prediction_type());
   if (cfg_.prior_preservation) {
-    ensure_class_images(model_, cfg_);
+    // Each worker generates its share of the missing class images, then all wait for the full set.
+    ensure_class_images(model_, cfg_, dist_->rank(), dist_->world_size());
+    dist_->barrier();
     auto class_images = list_training_images(cfg_.class_image_path, cfg_.class_prompt, "--class-image-path");
     class_images.resize(std::min<size_t>(class_images.size(), static_cast<size_t>(cfg_.num_class_images)));
     for (const auto& i : class_images) data_files.push_back(i.path);
@@ -135,7 +156,7 @@ void Trainer::load_everything() {
     class_order_ = std::make_unique<DataOrder>(cfg_.seed + 1, classes_->size());
   }
   embedder_ = std::make_unique<CaptionEmbedder>(dopt.cache_text);
-  fingerprint_ = make_fingerprint(cfg_, data_files);
+  fingerprint_ = make_fingerprint(cfg_, data_files, dist_->world_size());
 }
 
 void Trainer::inject_lora() {
@@ -192,7 +213,8 @@ void Trainer::build_optimizer() {
 
 bool Trainer::resume() {
   store_ = std::make_unique<checkpoint::CheckpointStore>(out_);
-  for (const auto& p : store_->cleanup_temporaries()) log("removed the leftover of an interrupted write: " + p.string());
+  if (dist_->is_main())
+    for (const auto& p : store_->cleanup_temporaries()) log("removed the leftover of an interrupted write: " + p.string());
   const std::string& how = cfg_.resume_from_checkpoint;
   if (how == "none" || how.empty()) return false;
   fs::path dir;
@@ -226,53 +248,83 @@ bool Trainer::resume() {
   }
   auto opt = safetensors::File::open(dir / "optimizer.safetensors");
   optimizer_->load_state(opt.load_all(), std::stoll(opt.metadata().at("step")), (dir / "optimizer.safetensors").string());
-  gen_.set_state(bytes_tensor(base64_decode(state.rng_state, "rng_state")));
-  at::detail::getDefaultCPUGenerator().set_state(bytes_tensor(base64_decode(state.default_rng_state, "default_rng_state")));
+  at::Generator default_gen = at::detail::getDefaultCPUGenerator();  // a handle sharing the default generator
+  default_gen.set_state(bytes_tensor(base64_decode(state.default_rng_state, "default_rng_state")));
   state_ = state;
   state_.fingerprint = fingerprint_;
   last_checkpoint_step_ = state_.global_step;
+  if (state.world_size != dist_->world_size())
+    log(str("the checkpoint was written by ", state.world_size, " worker(s), this run has ", dist_->world_size(),
+            ": the global batch and the data order stay the same"));
   log(str("resumed from ", dir.string(), " at step ", state_.global_step, " of ", cfg_.num_steps));
   return true;
 }
 
-// One optimizer step: gradient_accumulation micro-batches, then clip, AdamW, LR schedule.
+Trainer::Sample Trainer::draw_sample(ImageSet& set, DataOrder& order, uint64_t stream, int64_t n) {
+  auto gen = sample_generator(cfg_.seed, stream, n);
+  Sample s;
+  s.example = set.example(order.item(n), model_, gen);
+  s.eps = torch::randn(s.example.latent_mean.sizes(), gen);
+  s.noise = torch::randn(s.example.latent_mean.sizes(), gen);
+  if (cfg_.noise_offset > 0)
+    s.noise = s.noise + cfg_.noise_offset * torch::randn({s.noise.size(0), 1, 1}, gen);
+  s.timestep = torch::randint(0, ddpm_->num_train_timesteps(), {1}, gen).item<int64_t>();
+  return s;
+}
+
+std::vector<torch::Tensor> Trainer::trainable_parameters() const {
+  std::vector<torch::Tensor> out;
+  for (const auto& g : optimizer_->groups())
+    for (const auto& [name, p] : g.params) out.push_back(p);
+  return out;
+}
+
+// One optimizer step: gradient_accumulation micro-batches (this worker's share of each global batch),
+// gradients averaged over workers, then clip, AdamW, LR schedule.
 void Trainer::train_step() {
   const double lr_mult = lr_multiplier(schedule_, cfg_.lr, state_.global_step);
   const double scaling = model_.vae->config().scaling_factor;
   const double shift = model_.vae->config().shift_factor.value_or(0.0);
   const auto dtype = weight_dtype(cfg_.mixed_precision);
+  const int64_t per_rank = cfg_.batch_size, global = per_rank * dist_->world_size();
   float loss_sum = 0;
   for (int64_t micro = 0; micro < cfg_.gradient_accumulation; ++micro) {
-    // Batch: instance examples, then as many class examples (prior preservation).
-    std::vector<ExampleTensors> ex;
-    for (int64_t b = 0; b < cfg_.batch_size; ++b)
-      ex.push_back(instances_->example(instance_order_->item(state_.instance_samples++), model_, gen_));
-    if (classes_)
-      for (int64_t b = 0; b < cfg_.batch_size; ++b)
-        ex.push_back(classes_->example(class_order_->item(state_.class_samples++), model_, gen_));
-    std::vector<torch::Tensor> means, stds, time_ids;
-    std::vector<std::string> captions;
-    for (auto& e : ex) {
-      means.push_back(e.latent_mean);
-      stds.push_back(e.latent_std);
-      time_ids.push_back(e.time_ids);
-      captions.push_back(e.caption);
+    // Batch: this worker's instance samples, then as many class samples (prior preservation).
+    std::vector<Sample> batch;
+    for (int64_t b = 0; b < per_rank; ++b)
+      batch.push_back(draw_sample(*instances_, *instance_order_, kInstanceStream,
+                                  state_.instance_samples + dist_->rank() * per_rank + b));
+    state_.instance_samples += global;
+    if (classes_) {
+      for (int64_t b = 0; b < per_rank; ++b)
+        batch.push_back(draw_sample(*classes_, *class_order_, kClassStream,
+                                    state_.class_samples + dist_->rank() * per_rank + b));
+      state_.class_samples += global;
     }
-    // latents ~ VAE posterior, scaled like the pipeline's latents
-    auto mean = torch::stack(means), std_ = torch::stack(stds);
-    auto latents = ((mean + std_ * torch::randn(mean.sizes(), gen_)) - shift) * scaling;  // [B, C, h, w]
+    std::vector<torch::Tensor> means, stds, eps, noises, time_ids;
+    std::vector<int64_t> ts;
+    std::vector<std::string> captions;
+    for (auto& s : batch) {
+      means.push_back(s.example.latent_mean);
+      stds.push_back(s.example.latent_std);
+      eps.push_back(s.eps);
+      noises.push_back(s.noise);
+      ts.push_back(s.timestep);
+      time_ids.push_back(s.example.time_ids);
+      captions.push_back(s.example.caption);
+    }
+    // latents ~ VAE posterior, scaled like the pipeline's latents: [B, C, h, w]
+    auto latents = ((torch::stack(means) + torch::stack(stds) * torch::stack(eps)) - shift) * scaling;
     // noise + timesteps -> noisy latents
-    auto noise = torch::randn(latents.sizes(), gen_);
-    if (cfg_.noise_offset > 0)
-      noise = noise + cfg_.noise_offset * torch::randn({latents.size(0), latents.size(1), 1, 1}, gen_);
-    auto timesteps = torch::randint(0, ddpm_->num_train_timesteps(), {latents.size(0)}, gen_, torch::kInt64);
+    auto noise = torch::stack(noises);
+    auto timesteps = torch::tensor(ts, torch::kInt64);
     auto noisy = ddpm_->add_noise(latents, noise, timesteps);
     // predict
     auto emb = embedder_->embed(model_, captions);
     torch::Tensor pooled, tids;
     if (model_.sdxl) {
-      pooled = emb.pooled_prompt_embeds.to(device_);
-      tids = torch::stack(time_ids).to(device_);
+      pooled = emb.pooled_prompt_embeds.to(device_, dtype);
+      tids = torch::stack(time_ids).to(device_, dtype);
     }
     auto pred = model_.unet->forward(noisy.to(device_, dtype), timesteps.to(device_), emb.prompt_embeds.to(device_, dtype),
                                      pooled, tids);
@@ -280,24 +332,25 @@ void Trainer::train_step() {
     auto target = ddpm_->training_target(latents, noise, timesteps).to(device_);
     torch::Tensor snr_weights;
     if (cfg_.snr_gamma > 0) {
-      auto t_instance = timesteps.slice(0, 0, cfg_.batch_size);
+      auto t_instance = timesteps.slice(0, 0, per_rank);
       snr_weights = min_snr_weights(ddpm_->snr(t_instance), cfg_.snr_gamma, ddpm_->prediction_type()).to(device_);
     }
     auto loss = dreambooth_loss(pred, target, classes_ != nullptr, cfg_.prior_loss_weight, snr_weights);
     (loss.total / static_cast<double>(cfg_.gradient_accumulation)).backward();
     loss_sum += loss.total.item<float>();
   }
+  dist_->average_gradients(trainable_parameters());
   if (cfg_.max_grad_norm > 0) optimizer_->clip_grad_norm(cfg_.max_grad_norm);
   optimizer_->step(lr_mult);
   optimizer_->zero_grad();
   ++state_.global_step;
   state_.epoch = instance_order_->epoch_of(state_.instance_samples);
   state_.lr_multiplier = lr_mult;
-  last_loss_ = loss_sum / static_cast<float>(cfg_.gradient_accumulation);
-  metrics_->record(state_.global_step, last_loss_, cfg_.lr * lr_mult);
+  last_loss_ = static_cast<float>(dist_->mean(loss_sum / static_cast<double>(cfg_.gradient_accumulation)));
+  if (dist_->is_main()) metrics_->record(state_.global_step, last_loss_, cfg_.lr * lr_mult);
 }
 
-lora::LoRAWeights Trainer::current_lora(bool copy) const {
+lora::LoRAWeights Trainer::current_lora(bool copy) {
   lora::LoRAWeights w;
   w.components["unet"] = lora::collect_lora(*model_.unet);
   if (cfg_.train_text_encoder) {
@@ -314,7 +367,7 @@ lora::LoRAWeights Trainer::current_lora(bool copy) const {
 }
 
 // The step loop's whole share of a checkpoint: copying tensors into memory.
-checkpoint::CheckpointContents Trainer::snapshot() const {
+checkpoint::CheckpointContents Trainer::snapshot() {
   checkpoint::CheckpointContents c;
   auto lora_tensors = lora::to_diffusers_tensors(current_lora(true), /*bake_alpha_into_up=*/false);
   c.add_tensors("pytorch_lora_weights.safetensors", {lora_tensors.begin(), lora_tensors.end()},
@@ -323,15 +376,26 @@ checkpoint::CheckpointContents Trainer::snapshot() const {
   for (auto& [name, t] : optimizer_->state_tensors()) opt.emplace_back(name, t.detach().to(torch::kCPU, false, true));
   c.add_tensors("optimizer.safetensors", std::move(opt), {{"step", std::to_string(optimizer_->step_count())}});
   TrainerState s = state_;
-  s.rng_state = base64_encode(tensor_bytes(gen_.get_state()));
+  s.world_size = dist_->world_size();
   s.default_rng_state = base64_encode(tensor_bytes(at::detail::getDefaultCPUGenerator().get_state()));
   s.fingerprint = fingerprint_;
   c.add_bytes("trainer_state.json", s.to_json().dump(2) + "\n");
   return c;
 }
 
+// Every worker holds the same LoRA weights; a cheap checksum compared across workers catches divergence
+// before a checkpoint records it. Only the main worker writes.
 void Trainer::save_checkpoint() {
   if (last_checkpoint_step_ == state_.global_step) return;
+  if (dist_->enabled()) {
+    double checksum = 0;
+    for (const auto& p : trainable_parameters()) checksum += p.detach().to(torch::kFloat64).sum().item<double>();
+    dist_->check_equal(checksum, "the LoRA weight checksum at step " + std::to_string(state_.global_step));
+  }
+  if (!dist_->is_main()) {
+    last_checkpoint_step_ = state_.global_step;
+    return;
+  }
   auto t0 = Clock::now();
   auto snap = snapshot();
   double snapshot_s = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -343,7 +407,7 @@ void Trainer::save_checkpoint() {
 }
 
 void Trainer::run_validation() {
-  if (cfg_.validation_prompt.empty()) return;
+  if (cfg_.validation_prompt.empty() || !dist_->is_main()) return;
   torch::NoGradGuard no_grad;
   model_.unet->eval();
   SampleOptions o;
@@ -370,18 +434,20 @@ void Trainer::finalize() {
 }
 
 int Trainer::run() {
+  dist_ = std::make_unique<Distributed>(DistributedEnv::from_environment(), torch::Device(cfg_.device),
+                                        std::chrono::seconds(cfg_.dist_timeout));
+  if (dist_->enabled()) log(str("worker ", dist_->rank(), " of ", dist_->world_size()));
   load_everything();
-  gen_ = at::detail::createCPUGenerator(cfg_.seed);
   inject_lora();
   build_optimizer();
   const bool resumed = resume();
-  metrics_ = std::make_unique<MetricsLog>(out_, resumed ? state_.global_step : 0);
+  if (dist_->is_main()) metrics_ = std::make_unique<MetricsLog>(out_, resumed ? state_.global_step : 0);
   checkpoint::WriterOptions wopt;
   wopt.total_limit = static_cast<int>(cfg_.checkpoints_total_limit);
   wopt.on_error = checkpoint::parse_error_policy(cfg_.on_checkpoint_error);
   wopt.synchronous = cfg_.sync_checkpoints;
   writer_ = std::make_unique<checkpoint::CheckpointWriter>(*store_, wopt);
-  write_file_durably(out_ / "training_config.json", config_to_json(cfg_).dump(2) + "\n");
+  if (dist_->is_main()) write_file_durably(out_ / "training_config.json", config_to_json(cfg_).dump(2) + "\n");
 
   checkpoint::install_stop_handlers();
   checkpoint::Deadline deadline;
@@ -392,10 +458,11 @@ int Trainer::run() {
   const char* stop_at = std::getenv("DREAMLORA_TEST_STOP_AT_STEP");
   const int64_t test_stop_step = stop_at ? std::atoll(stop_at) : -1;
   while (state_.global_step < cfg_.num_steps) {
-    if (checkpoint::stop_requested() || deadline.check()) break;
+    // All workers stop at the same step boundary when any of them is told to.
+    if (dist_->any(checkpoint::stop_requested() || deadline.check())) break;
     train_step();
     if (state_.global_step == test_stop_step) checkpoint::request_stop("DREAMLORA_TEST_STOP_AT_STEP");
-    progress.update(state_.global_step, last_loss_, cfg_.lr * state_.lr_multiplier);
+    if (dist_->is_main()) progress.update(state_.global_step, last_loss_, cfg_.lr * state_.lr_multiplier);
     const bool due = cfg_.checkpointing_steps > 0 && state_.global_step % cfg_.checkpointing_steps == 0;
     if (due) save_checkpoint();
     if (cfg_.validation_steps > 0 && state_.global_step % cfg_.validation_steps == 0) run_validation();
@@ -403,18 +470,21 @@ int Trainer::run() {
   progress.finish();
   if (state_.global_step < cfg_.num_steps) {
     // Stopped early: the step in flight is finished; checkpoint it and tell the restart loop to go on.
-    log(str("stop requested (", checkpoint::stop_reason_text(), "): writing a checkpoint at step ", state_.global_step));
+    log(str("stop requested (", checkpoint::stop_requested() ? checkpoint::stop_reason_text() : "by another worker",
+            "): writing a checkpoint at step ", state_.global_step));
     save_checkpoint();
     writer_->shutdown();
+    dist_->barrier();
     log(str("checkpoint at step ", state_.global_step, " written; exiting with status ", checkpoint::kExitStoppedEarly,
             " (run the same command to resume)"));
     return checkpoint::kExitStoppedEarly;
   }
   if (cfg_.checkpointing_steps > 0) save_checkpoint();  // a re-run finds the run complete
   if (cfg_.validation_steps == 0 || state_.global_step % cfg_.validation_steps != 0) run_validation();
-  finalize();
+  if (dist_->is_main()) finalize();
   writer_->shutdown();
-  metrics_->print_summary(writer_->history());
+  dist_->barrier();
+  if (dist_->is_main()) metrics_->print_summary(writer_->history());
   return checkpoint::kExitFinished;
 }
 

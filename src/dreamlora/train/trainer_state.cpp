@@ -57,7 +57,7 @@ Json TrainerState::to_json() const {
           {"instance_samples", instance_samples},
           {"class_samples", class_samples},
           {"epoch", epoch},
-          {"rng_state", rng_state},
+          {"world_size", world_size},
           {"default_rng_state", default_rng_state},
           {"lr_multiplier", lr_multiplier},
           {"fingerprint", fingerprint},
@@ -72,7 +72,7 @@ TrainerState TrainerState::from_json(const Json& j, const std::string& what) {
     s.instance_samples = j.at("instance_samples").get<int64_t>();
     s.class_samples = j.at("class_samples").get<int64_t>();
     s.epoch = j.at("epoch").get<int64_t>();
-    s.rng_state = j.at("rng_state").get<std::string>();
+    s.world_size = j.value("world_size", int64_t{1});
     s.default_rng_state = j.at("default_rng_state").get<std::string>();
     s.lr_multiplier = j.value("lr_multiplier", 1.0);
     s.fingerprint = j.at("fingerprint");
@@ -82,8 +82,10 @@ TrainerState TrainerState::from_json(const Json& j, const std::string& what) {
   return s;
 }
 
-Json make_fingerprint(const TrainConfig& config, const std::vector<fs::path>& data_files) {
+Json make_fingerprint(const TrainConfig& config, const std::vector<fs::path>& data_files, int world_size) {
   Json fp = result_settings(config);
+  fp.erase("batch-size");
+  fp["global-batch-size"] = config.batch_size * world_size;
   // The model by content, not path: a resume on a fresh machine may mount it elsewhere.
   Json model = Json::object();
   for (const char* rel : {"unet/config.json", "vae/config.json", "text_encoder/config.json",

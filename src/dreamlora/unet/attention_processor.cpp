@@ -33,7 +33,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   auto h = x;
   if (spatial) {
     channels = x.size(1), height = x.size(2), width = x.size(3);
-    h = x.view({x.size(0), channels, height * width}).transpose(1, 2);  // [B, HW, C]
+    h = x.reshape({x.size(0), channels, height * width}).transpose(1, 2);  // [B, HW, C]
   }
   if (group_norm) h = group_norm(h.transpose(1, 2)).transpose(1, 2);  // normalises channels: [B, C, L] view
 

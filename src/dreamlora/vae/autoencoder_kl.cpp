@@ -108,7 +108,10 @@ DiagonalGaussianDistribution::DiagonalGaussianDistribution(const torch::Tensor& 
 }
 
 torch::Tensor DiagonalGaussianDistribution::sample(c10::optional<at::Generator> generator) const {
-  auto eps = torch::randn(mean.sizes(), generator, mean.options());
+  // Drawn on the generator's device then moved, as diffusers' randn_tensor (same noise on CPU and GPU).
+  const bool cpu_gen_for_gpu = generator.has_value() && generator->device().is_cpu() && !mean.is_cpu();
+  auto eps = cpu_gen_for_gpu ? torch::randn(mean.sizes(), generator, mean.options().device(torch::kCPU))
+                             : torch::randn(mean.sizes(), generator, mean.options());
   return sample_with(eps);
 }
 

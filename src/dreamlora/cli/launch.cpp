@@ -1,0 +1,27 @@
+// `dreamlora launch --nproc-per-node N -- train ...`: local data-parallel workers (torchrun-compatible env).
+#include <unistd.h>
+
+#include <climits>
+
+#include "dreamlora/cli/commands.h"
+#include "dreamlora/train/launcher.h"
+
+namespace dreamlora::cli {
+
+Runner add_launch(CLI::App& app) {
+  auto* cmd = app.add_subcommand("launch", "Start N local data-parallel workers: dreamlora launch --nproc-per-node 2 -- train ...");
+  auto opts = std::make_shared<LaunchOptions>();
+  auto worker_args = std::make_shared<std::vector<std::string>>();
+  cmd->add_option("--nproc-per-node", opts->nproc_per_node, "workers to start")->required();
+  cmd->add_option("--master-port", opts->master_port, "rendezvous port (default: a free one)");
+  cmd->add_option("--grace", opts->grace_seconds, "seconds the other workers get after a failure")->capture_default_str();
+  cmd->add_option("command", *worker_args, "the worker's dreamlora arguments, after --")->required();
+  return [opts, worker_args]() -> int {
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    std::string exe = n > 0 ? std::string(self, static_cast<size_t>(n)) : "dreamlora";
+    return launch_workers(exe, *worker_args, *opts);
+  };
+}
+
+}  // namespace dreamlora::cli
