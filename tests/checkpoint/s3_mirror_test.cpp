@@ -232,11 +232,26 @@ TEST_F(S3MirrorTest, UnknownAccessKeyGivesAClearErrorBeforeTraining) {
 }
 
 TEST_F(S3MirrorTest, MakeMirrorBuildsS3SinkFromUrlAndEnvironment) {
+  std::vector<std::pair<std::string, std::optional<std::string>>> saved;
+  for (const char* name : {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}) {
+    const char* old = std::getenv(name);
+    saved.emplace_back(name, old ? std::optional<std::string>(old) : std::nullopt);
+  }
   ::setenv("AWS_ACCESS_KEY_ID", "S3RVER", 1);
   ::setenv("AWS_SECRET_ACCESS_KEY", "S3RVER", 1);
-  auto sink = make_mirror("s3://test-bucket/env", server_->endpoint());
-  ::unsetenv("AWS_ACCESS_KEY_ID");
-  ::unsetenv("AWS_SECRET_ACCESS_KEY");
+  ::unsetenv("AWS_SESSION_TOKEN");
+  std::shared_ptr<CheckpointSink> sink;
+  try {
+    sink = make_mirror("s3://test-bucket/env", server_->endpoint());
+  } catch (...) {
+  }
+  for (const auto& [name, value] : saved) {
+    if (value)
+      ::setenv(name.c_str(), value->c_str(), 1);
+    else
+      ::unsetenv(name.c_str());
+  }
+  ASSERT_NE(sink, nullptr);
   ASSERT_NE(dynamic_cast<S3Sink*>(sink.get()), nullptr);
   EXPECT_NE(sink->describe().find(server_->endpoint()), std::string::npos) << sink->describe();
   EXPECT_NO_THROW(check_mirror_access(*sink));

@@ -21,7 +21,7 @@ const uint8_t* pixel(const Image& img, int x, int y) { return &img.rgb[(static_c
 }  // namespace
 
 TEST(Image, PngRoundTripsPixelsAndTextChunks) {
-  auto dir = testing::make_temp_dir("img");
+  auto dir = dreamlora::testing::make_temp_dir("img");
   auto img = gradient(5, 3);
   save_png(dir / "a.png", img, {{"prompt", "a photo of sks dog"}, {"seed", "42"}});
   auto back = load_image(dir / "a.png");
@@ -53,7 +53,7 @@ TEST(Image, ExifOrientationsMapPixelsLikeTheSpec) {
 }
 
 TEST(Image, UnreadableAndEmptyFilesAreNamed) {
-  auto dir = testing::make_temp_dir("img-bad");
+  auto dir = dreamlora::testing::make_temp_dir("img-bad");
   { std::ofstream(dir / "broken.jpg") << "not a jpeg at all"; }
   { std::ofstream(dir / "empty.png"); }
   for (const char* name : {"broken.jpg", "empty.png", "missing.png"}) {

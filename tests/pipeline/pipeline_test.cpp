@@ -17,7 +17,7 @@ ModelBundle& tiny(bool sdxl) {
   static std::map<bool, ModelBundle> bundles;
   auto it = bundles.find(sdxl);
   if (it != bundles.end()) return it->second;
-  auto dir = testing::make_temp_dir(sdxl ? "tiny-xl" : "tiny-sd");
+  auto dir = dreamlora::testing::make_temp_dir(sdxl ? "tiny-xl" : "tiny-sd");
   TinyModelOptions o;
   o.sdxl = sdxl;
   write_tiny_model(dir, o);

@@ -57,7 +57,7 @@ TEST(TrainConfig, BadValuesNameTheFlag) {
 }
 
 TEST(TrainConfig, TomlKeysAreLongFlagNames) {
-  auto dir = testing::make_temp_dir("toml");
+  auto dir = dreamlora::testing::make_temp_dir("toml");
   std::ofstream(dir / "run.toml") << "model = \"/m\"\nnum-steps = 123\nlr = 0.0005\nrandom_flip = true\n";
   TrainConfig c;
   apply_toml_file(c, (dir / "run.toml").string());
@@ -77,7 +77,7 @@ TEST(TrainConfig, TomlKeysAreLongFlagNames) {
 TEST(TrainConfig, FingerprintIgnoresStepsButNotLearningRate) {
   auto a = valid(), b = valid();
   b.num_steps = 9999;
-  b.checkpointing_steps = 7;
+  b.checkpointing_steps = "7";
   EXPECT_TRUE(fingerprint_differences(result_settings(a), result_settings(b)).empty());
   b.lr = 3e-4;
   auto diffs = fingerprint_differences(result_settings(a), result_settings(b));

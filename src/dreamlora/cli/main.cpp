@@ -9,6 +9,7 @@
 #include "dreamlora/common/threads.h"
 
 int main(int argc, char** argv) {
+  dreamlora::tune_allocator();
   CLI::App app{"dreamlora: DreamBooth LoRA trainer for Stable Diffusion (SD1.x, SD2.x, SDXL) that survives interruption"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "dreamlora 0.1.0");

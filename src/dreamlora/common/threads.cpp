@@ -1,6 +1,7 @@
 #include "dreamlora/common/threads.h"
 
 #include <dlfcn.h>
+#include <malloc.h>
 #include <sched.h>
 #include <torch/torch.h>
 
@@ -24,6 +25,12 @@ int available_cores() {
 static void set_blas_threads(int n) {
   using SetFn = void (*)(int);
   if (auto fn = reinterpret_cast<SetFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) fn(n);
+}
+
+void tune_allocator() {
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  mallopt(M_ARENA_MAX, 4);
 }
 
 int configure_threads(const ThreadSettings& settings) {

@@ -1,5 +1,7 @@
 #include "dreamlora/nn/attention.h"
 
+#include "dreamlora/nn/fused_attention.h"
+
 #include <torch/torch.h>
 
 #include <torch/version.h>
@@ -60,6 +62,9 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
 #if defined(TORCH_VERSION_MAJOR) && TORCH_VERSION_MAJOR >= 2
   if (!upcast || q.scalar_type() == torch::kFloat32)
     return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/causal);
+#else
+  // fp32 on CPU: blockwise kernel that keeps no [L, L] probabilities for backward (upcast is a no-op).
+  if (fused_attention_supports(q, k, v)) return fused_attention(q, k, v, causal);
 #endif
   return attention_sliced(q, k, v, causal, upcast);
 }

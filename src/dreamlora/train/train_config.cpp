@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <sstream>
 
+#include "dreamlora/checkpoint/checkpoint_schedule.h"
+#include "dreamlora/checkpoint/preemption_watcher.h"
 #include "dreamlora/common/error.h"
 #include "dreamlora/train/lr_schedule.h"
 
@@ -166,8 +168,17 @@ std::vector<OptionSpec> build_table() {
       integer("log-every", {"logging_steps"}, "log a line every N steps when not on a terminal", &C::log_every),
       text("output-dir", {"output_dir", "project-name", "project_name"}, "where checkpoints and the final LoRA go",
            &C::output_dir),
-      integer("checkpointing-steps", {"checkpointing_steps"}, "write a checkpoint every N optimizer steps (0: off)",
-              &C::checkpointing_steps),
+      text("checkpointing-steps", {"checkpointing_steps"},
+           "write a checkpoint every N optimizer steps (0: off; auto: Young/Daly interval from the measured cost)",
+           &C::checkpointing_steps),
+      number("checkpointing-minutes", {}, "also write a checkpoint every M minutes of wall time (0: off)",
+             &C::checkpointing_minutes),
+      text("expected-uptime", {}, "mean time between preemptions for --checkpointing-steps auto (default 2h)",
+           &C::expected_uptime),
+      text("watch-preemption", {}, "poll the cloud's preemption notice: aws, gcp, azure or a URL", &C::watch_preemption),
+      text("checkpoint-mirror", {"mirror"}, "also keep checkpoints in s3://bucket/prefix or a directory (resume on a fresh machine)",
+           &C::checkpoint_mirror),
+      text("s3-endpoint", {}, "S3-compatible endpoint URL (default: AWS_ENDPOINT_URL or AWS)", &C::s3_endpoint),
       text("resume-from-checkpoint", {"resume_from_checkpoint"},
            "latest (newest valid checkpoint in --output-dir, or start fresh), a checkpoint path, or none",
            &C::resume_from_checkpoint),
@@ -233,7 +244,8 @@ void TrainConfig::validate() const {
            "--save-format must be diffusers, kohya or both, got '", save_format, "'");
   DL_CHECK(on_checkpoint_error == "stop" || on_checkpoint_error == "continue",
            "--on-checkpoint-error must be stop or continue, got '", on_checkpoint_error, "'");
-  DL_CHECK(checkpointing_steps >= 0, "--checkpointing-steps must not be negative");
+  checkpoint::CheckpointScheduleOptions::parse(checkpointing_steps, checkpointing_minutes, expected_uptime);
+  if (!watch_preemption.empty()) checkpoint::PreemptionWatcherOptions::parse(watch_preemption);
   DL_CHECK(checkpoints_total_limit >= 0, "--checkpoints-total-limit must not be negative");
   DL_CHECK(snr_gamma >= 0, "--snr-gamma must not be negative");
   DL_CHECK(!lora_target_list().empty(), "--lora-targets is empty");

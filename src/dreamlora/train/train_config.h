@@ -70,7 +70,12 @@ struct TrainConfig {
   int64_t log_every = 10;
   // checkpoints
   std::string output_dir = "output";
-  int64_t checkpointing_steps = 500;
+  std::string checkpointing_steps = "500";  // N, 0 (off) or auto
+  double checkpointing_minutes = 0;          // also checkpoint every M minutes of wall time
+  std::string expected_uptime;               // MTBF for --checkpointing-steps auto ("" = 2h)
+  std::string watch_preemption;              // aws | gcp | azure | URL
+  std::string checkpoint_mirror;             // s3://bucket/prefix or a directory that outlives the machine
+  std::string s3_endpoint;                   // S3-compatible endpoint (R2, B2, MinIO); else AWS_ENDPOINT_URL
   std::string resume_from_checkpoint = "latest";
   int64_t checkpoints_total_limit = 0;
   std::string on_checkpoint_error = "stop";

@@ -10,6 +10,9 @@
 #include <iostream>
 
 #include "dreamlora/checkpoint/background_writer.h"
+#include "dreamlora/checkpoint/checkpoint_schedule.h"
+#include "dreamlora/checkpoint/preemption_watcher.h"
+#include "dreamlora/checkpoint/s3_sink.h"
 #include "dreamlora/checkpoint/manifest.h"
 #include "dreamlora/checkpoint/signals.h"
 #include "dreamlora/common/error.h"
@@ -104,8 +107,10 @@ class Trainer {
   LRScheduleOptions schedule_;
   std::unique_ptr<Distributed> dist_;
   std::unique_ptr<checkpoint::CheckpointStore> store_;
+  std::shared_ptr<checkpoint::CheckpointSink> mirror_;
   std::unique_ptr<checkpoint::CheckpointWriter> writer_;
   std::unique_ptr<MetricsLog> metrics_;
+  std::unique_ptr<checkpoint::CheckpointSchedule> schedule_due_;
   TrainerState state_;
   Json fingerprint_;
   int64_t last_checkpoint_step_ = -1;
@@ -216,9 +221,37 @@ bool Trainer::resume() {
   if (dist_->is_main())
     for (const auto& p : store_->cleanup_temporaries()) log("removed the leftover of an interrupted write: " + p.string());
   const std::string& how = cfg_.resume_from_checkpoint;
+  if (!cfg_.checkpoint_mirror.empty() && dist_->is_main()) {
+    // Bad credentials or a missing bucket stop the run now, not at the first upload.
+    mirror_ = checkpoint::make_mirror(cfg_.checkpoint_mirror, cfg_.s3_endpoint);
+    checkpoint::check_mirror_access(*mirror_);
+    store_->add_mirror(mirror_);
+    log("mirroring checkpoints to " + mirror_->describe());
+  }
   if (how == "none" || how.empty()) return false;
   fs::path dir;
-  if (how == "latest") {
+  if (how.rfind("s3://", 0) == 0) {
+    // One remote checkpoint: s3://bucket/prefix/checkpoint-N
+    auto slash = how.find_last_of('/');
+    auto step = checkpoint::parse_checkpoint_dir_name(how.substr(slash + 1));
+    DL_CHECK(step.has_value(), "--resume-from-checkpoint ", how, ": expected s3://bucket/prefix/checkpoint-<step>");
+    if (dist_->is_main()) {
+      auto sink = checkpoint::make_mirror(how.substr(0, slash), cfg_.s3_endpoint);
+      auto* s3 = dynamic_cast<checkpoint::S3Sink*>(sink.get());
+      auto got = checkpoint::download_checkpoint(s3->client(), s3->location(), *step, out_);
+      DL_CHECK(got.ok, "--resume-from-checkpoint ", how, ": ", got.reason);
+    }
+    dist_->barrier();
+    dir = store_->path_for(*step);
+  } else if (how == "latest") {
+    if (auto* s3 = dynamic_cast<checkpoint::S3Sink*>(mirror_.get())) {
+      // A fresh machine: the newest remote checkpoint that verifies comes down into the output dir.
+      auto local = store_->latest_valid();
+      const int64_t local_step = local.latest ? local.latest->step : -1;
+      checkpoint::latest_remote_valid(s3->client(), s3->location(), out_, local_step,
+                                      [](const std::string& line) { log(line); });
+    }
+    dist_->barrier();
     auto latest = store_->latest_valid();
     for (const auto& s : latest.skipped)
       log(str("skipping ", s.path.string(), ": ", s.reason));
@@ -402,6 +435,8 @@ void Trainer::save_checkpoint() {
   double waited = writer_->submit(state_.global_step, std::move(snap));
   if (waited > 0.01) log(str("waited ", waited, " s for the previous checkpoint write to finish"));
   last_checkpoint_step_ = state_.global_step;
+  auto previous = writer_->last();
+  schedule_due_->on_checkpoint(state_.global_step, snapshot_s + waited, previous ? previous->write_seconds : 0.0);
   metrics_->record_checkpoint(state_.global_step, snapshot_s + waited);
   metrics_->write_svg(out_ / "loss.svg");
 }
@@ -449,7 +484,16 @@ int Trainer::run() {
   writer_ = std::make_unique<checkpoint::CheckpointWriter>(*store_, wopt);
   if (dist_->is_main()) write_file_durably(out_ / "training_config.json", config_to_json(cfg_).dump(2) + "\n");
 
+  auto schedule_options =
+      checkpoint::CheckpointScheduleOptions::parse(cfg_.checkpointing_steps, cfg_.checkpointing_minutes, cfg_.expected_uptime);
+  schedule_options.num_steps = cfg_.num_steps;
+  schedule_due_ = std::make_unique<checkpoint::CheckpointSchedule>(schedule_options);
+
   checkpoint::install_stop_handlers();
+  // A cloud's preemption notice behaves exactly like SIGTERM (request_stop), so a preemption costs no steps.
+  std::unique_ptr<checkpoint::PreemptionWatcher> watcher;
+  if (!cfg_.watch_preemption.empty())
+    watcher = std::make_unique<checkpoint::PreemptionWatcher>(checkpoint::PreemptionWatcherOptions::parse(cfg_.watch_preemption));
   checkpoint::Deadline deadline;
   if (!cfg_.max_runtime.empty()) deadline = checkpoint::Deadline(checkpoint::parse_duration(cfg_.max_runtime));
 
@@ -460,11 +504,13 @@ int Trainer::run() {
   while (state_.global_step < cfg_.num_steps) {
     // All workers stop at the same step boundary when any of them is told to.
     if (dist_->any(checkpoint::stop_requested() || deadline.check())) break;
+    const auto step_start = Clock::now();
     train_step();
+    schedule_due_->on_step(state_.global_step, std::chrono::duration<double>(Clock::now() - step_start).count());
     if (state_.global_step == test_stop_step) checkpoint::request_stop("DREAMLORA_TEST_STOP_AT_STEP");
     if (dist_->is_main()) progress.update(state_.global_step, last_loss_, cfg_.lr * state_.lr_multiplier);
-    const bool due = cfg_.checkpointing_steps > 0 && state_.global_step % cfg_.checkpointing_steps == 0;
-    if (due) save_checkpoint();
+    // Every worker must agree (the time trigger could fire on one worker only).
+    if (dist_->any(schedule_due_->due(state_.global_step))) save_checkpoint();
     if (cfg_.validation_steps > 0 && state_.global_step % cfg_.validation_steps == 0) run_validation();
   }
   progress.finish();
@@ -479,12 +525,16 @@ int Trainer::run() {
             " (run the same command to resume)"));
     return checkpoint::kExitStoppedEarly;
   }
-  if (cfg_.checkpointing_steps > 0) save_checkpoint();  // a re-run finds the run complete
+  if (schedule_options.any_trigger()) save_checkpoint();  // a re-run finds the run complete
   if (cfg_.validation_steps == 0 || state_.global_step % cfg_.validation_steps != 0) run_validation();
   if (dist_->is_main()) finalize();
   writer_->shutdown();
   dist_->barrier();
   if (dist_->is_main()) metrics_->print_summary(writer_->history());
+  if (auto* s3 = dynamic_cast<checkpoint::S3Sink*>(mirror_.get())) {
+    s3->retry_failed_upload();
+    log(s3->summary());
+  }
   return checkpoint::kExitFinished;
 }
 
