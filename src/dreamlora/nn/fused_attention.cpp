@@ -48,9 +48,53 @@ void mask_causal(Tensor& s, int64_t r0) {
     for (int64_t j = r0 + i + 1; j < kc; ++j) data[i * kc + j] = neg_inf;
 }
 
+// Hand-written products: OpenBLAS sgemm is ~80x slower on these thin blocks when called from
+// at::parallel_for workers with openblas_set_num_threads(1) (what dreamlora::configure_threads sets).
+
+// s[rows, kc] = a[rows, d] bT[d, ldb][:, :kc] (rows of a contiguous); vectorises over keys.
+void mm_rows_by_transposed(const float* a, int64_t rows, int64_t d, const float* bT, int64_t ldb, int64_t kc, float* s) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float* si = s + i * kc;
+    std::fill(si, si + kc, 0.0f);
+    for (int64_t c = 0; c < d; ++c) {
+      const float x = a[i * d + c];
+      const float* br = bT + c * ldb;
+      for (int64_t j = 0; j < kc; ++j) si[j] += x * br[j];
+    }
+  }
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int u = 0; u < 8; ++u) acc[u] += a[j + u] * b[j + u];
+  float r = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; j < n; ++j) r += a[j] * b[j];
+  return r;
+}
+
+// out[rows, d] = p[rows, kc] bT[d, ldb][:, :kc]^T
+void mm_rows_dot_transposed(const float* p, int64_t rows, int64_t kc, const float* bT, int64_t ldb, int64_t d, float* out) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t c = 0; c < d; ++c) out[i * d + c] = dot(p + i * kc, bT + c * ldb, kc);
+}
+
+// accT[d, lda][:, :kc] += (p[rows, kc]^T x[rows, d])^T
+void accumulate_transposed(const float* p, int64_t rows, int64_t kc, const float* x, int64_t d, float* accT, int64_t lda) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t c = 0; c < d; ++c) {
+      const float w = x[i * d + c];
+      float* dst = accT + c * lda;
+      const float* pi = p + i * kc;
+      for (int64_t j = 0; j < kc; ++j) dst[j] += pi[j] * w;
+    }
+}
+
 // p: [rows, kc] <- softmax(qs_blk k^T) for query rows [r0, r0+rows) of one head; s is scratch.
-void block_probs(const Tensor& qs_blk, const Tensor& k_vis, int64_t r0, bool causal, Tensor& s, Tensor& p) {
-  at::mm_out(s, qs_blk, k_vis.t());
+void block_probs(const float* q_blk, int64_t d, const float* kT, int64_t lk, int64_t r0, bool causal, Tensor& s,
+                 Tensor& p) {
+  mm_rows_by_transposed(q_blk, s.size(0), d, kT, lk, s.size(1), s.data_ptr<float>());
   if (causal) mask_causal(s, r0);
   at::_softmax_out(p, s, 1, /*half_to_float=*/false);
 }
@@ -60,11 +104,13 @@ Tensor scratch(const Tensor& flat, int64_t rows, int64_t cols) {
   return flat.narrow(0, 0, rows * cols).view({rows, cols});
 }
 
-// qs: [N, Lq, D] (pre-scaled), k: [N, Lk, D], v: [N, Lk, Dv] -> out [N, Lq, Dv]. Parallel over (head, block).
-void forward_blocks(const Tensor& qs, const Tensor& k, const Tensor& v, bool causal, Tensor& out) {
-  const int64_t n_heads = qs.size(0), lq = qs.size(1), lk = k.size(1);
+// qs: [N, Lq, D] (pre-scaled), kT: [N, D, Lk], vT: [N, Dv, Lk] -> out [N, Lq, Dv]. Parallel over (head, block).
+void forward_blocks(const Tensor& qs, const Tensor& kT, const Tensor& vT, bool causal, Tensor& out) {
+  const int64_t n_heads = qs.size(0), lq = qs.size(1), d = qs.size(2), lk = kT.size(2), dv = vT.size(1);
   const int64_t bq = block_rows(lk);
   const int64_t n_blocks = (lq + bq - 1) / bq;
+  const float *q_ptr = qs.data_ptr<float>(), *k_ptr = kT.data_ptr<float>(), *v_ptr = vT.data_ptr<float>();
+  float* o_ptr = out.data_ptr<float>();
   at::parallel_for(0, n_heads * n_blocks, 1, [&](int64_t begin, int64_t end) {
     auto s_buf = at::empty({bq * lk}, qs.options());
     auto p_buf = at::empty({bq * lk}, qs.options());
@@ -72,9 +118,8 @@ void forward_blocks(const Tensor& qs, const Tensor& k, const Tensor& v, bool cau
       const int64_t n = t / n_blocks, r0 = (t % n_blocks) * bq, rows = std::min(bq, lq - r0);
       const int64_t kc = visible_keys(lk, r0, rows, causal);
       auto s = scratch(s_buf, rows, kc), p = scratch(p_buf, rows, kc);
-      block_probs(qs[n].narrow(0, r0, rows), k[n].narrow(0, 0, kc), r0, causal, s, p);
-      auto o = out[n].narrow(0, r0, rows);  // [rows, Dv]
-      at::mm_out(o, p, v[n].narrow(0, 0, kc));
+      block_probs(q_ptr + (n * lq + r0) * d, d, k_ptr + n * d * lk, lk, r0, causal, s, p);
+      mm_rows_dot_transposed(p.data_ptr<float>(), rows, kc, v_ptr + n * dv * lk, lk, dv, o_ptr + (n * lq + r0) * dv);
     }
   });
 }
@@ -85,10 +130,14 @@ struct Grads {
 
 // Gradients of out = softmax(qs k^T) v given dout [N, Lq, Dv]. Parallel over heads: each head's dk/dv
 // accumulate over its query blocks. dq is returned w.r.t. qs (the caller applies the scale).
-Grads backward_blocks(const Tensor& qs, const Tensor& k, const Tensor& v, const Tensor& dout, bool causal) {
-  const int64_t n_heads = qs.size(0), lq = qs.size(1), lk = k.size(1);
+Grads backward_blocks(const Tensor& qs, const Tensor& kT, const Tensor& vT, const Tensor& dout, bool causal) {
+  const int64_t n_heads = qs.size(0), lq = qs.size(1), d = qs.size(2), lk = kT.size(2), dv = vT.size(1);
   const int64_t bq = block_rows(lk);
-  Grads g{at::empty_like(qs), at::zeros_like(k), at::zeros_like(v)};
+  auto dq = at::empty_like(qs);
+  auto dkT = at::zeros_like(kT), dvT = at::zeros_like(vT);  // [N, D, Lk], [N, Dv, Lk]
+  const float *q_ptr = qs.data_ptr<float>(), *k_ptr = kT.data_ptr<float>(), *v_ptr = vT.data_ptr<float>();
+  const float* do_ptr = dout.data_ptr<float>();
+  float *dq_ptr = dq.data_ptr<float>(), *dk_ptr = dkT.data_ptr<float>(), *dv_ptr = dvT.data_ptr<float>();
   at::parallel_for(0, n_heads, 1, [&](int64_t begin, int64_t end) {
     auto s_buf = at::empty({bq * lk}, qs.options());
     auto p_buf = at::empty({bq * lk}, qs.options());
@@ -97,20 +146,20 @@ Grads backward_blocks(const Tensor& qs, const Tensor& k, const Tensor& v, const 
       for (int64_t r0 = 0; r0 < lq; r0 += bq) {
         const int64_t rows = std::min(bq, lq - r0), kc = visible_keys(lk, r0, rows, causal);
         auto s = scratch(s_buf, rows, kc), p = scratch(p_buf, rows, kc), dp = scratch(dp_buf, rows, kc);
-        auto q_blk = qs[n].narrow(0, r0, rows), do_blk = dout[n].narrow(0, r0, rows);
-        auto k_vis = k[n].narrow(0, 0, kc), v_vis = v[n].narrow(0, 0, kc);
-        block_probs(q_blk, k_vis, r0, causal, s, p);
-        g.dv[n].narrow(0, 0, kc).addmm_(p.t(), do_blk);  // dV += P^T dO
-        at::mm_out(dp, do_blk, v_vis.t());                // dP = dO V^T
+        const float* q_blk = q_ptr + (n * lq + r0) * d;
+        const float* do_blk = do_ptr + (n * lq + r0) * dv;
+        block_probs(q_blk, d, k_ptr + n * d * lk, lk, r0, causal, s, p);
+        accumulate_transposed(p.data_ptr<float>(), rows, kc, do_blk, dv, dv_ptr + n * dv * lk, lk);  // dV += P^T dO
+        mm_rows_by_transposed(do_blk, rows, dv, v_ptr + n * dv * lk, lk, kc, dp.data_ptr<float>());   // dP = dO V^T
         // dS = P * (dP - rowsum(dP * P)); rowsum(dP * P) == rowsum(dO * O). Written over s.
         at::_softmax_backward_data_out(s, dp, p, 1, at::kFloat);
-        auto dq_blk = g.dq[n].narrow(0, r0, rows);
-        at::mm_out(dq_blk, s, k_vis);                     // dQs = dS K
-        g.dk[n].narrow(0, 0, kc).addmm_(s.t(), q_blk);    // dK = dS^T Qs
+        const float* ds = s.data_ptr<float>();
+        mm_rows_dot_transposed(ds, rows, kc, k_ptr + n * d * lk, lk, d, dq_ptr + (n * lq + r0) * d);  // dQs = dS K
+        accumulate_transposed(ds, rows, kc, q_blk, d, dk_ptr + n * d * lk, lk);                         // dK += dS^T Qs
       }
     }
   });
-  return g;
+  return {dq, dkT.transpose(1, 2).contiguous(), dvT.transpose(1, 2).contiguous()};
 }
 
 struct FusedAttentionFunction : public torch::autograd::Function<FusedAttentionFunction> {
@@ -120,8 +169,8 @@ struct FusedAttentionFunction : public torch::autograd::Function<FusedAttentionF
     const double scale = 1.0 / std::sqrt(static_cast<double>(d));
     // Detached so ops on worker threads never record autograd history whatever their grad mode.
     auto qs = (q.detach() * scale).reshape({b * h, lq, d}).contiguous();  // [N, Lq, D]
-    auto k3 = k.detach().reshape({b * h, lk, d}).contiguous();            // [N, Lk, D]
-    auto v3 = v.detach().reshape({b * h, lk, dv}).contiguous();           // [N, Lk, Dv]
+    auto k3 = k.detach().reshape({b * h, lk, d}).transpose(1, 2).contiguous();   // [N, D, Lk]
+    auto v3 = v.detach().reshape({b * h, lk, dv}).transpose(1, 2).contiguous();  // [N, Dv, Lk]
     auto out = at::empty({b * h, lq, dv}, qs.options());
     forward_blocks(qs, k3, v3, causal, out);
     ctx->save_for_backward({qs, k3, v3});
@@ -137,13 +186,13 @@ struct FusedAttentionFunction : public torch::autograd::Function<FusedAttentionF
     const auto& v3 = saved[2];
     const bool causal = ctx->saved_data["causal"].toBool();
     const double scale = ctx->saved_data["scale"].toDouble();
-    const int64_t n = qs.size(0), lq = qs.size(1), lk = k3.size(1), dv = v3.size(2);
+    const int64_t n = qs.size(0), lq = qs.size(1), lk = k3.size(2), dv = v3.size(1);
     auto dout = grads[0].detach().reshape({n, lq, dv}).contiguous();  // [N, Lq, Dv]
     auto g = backward_blocks(qs, k3, v3, dout, causal);
     g.dq.mul_(scale);
     const auto& go = grads[0];
     const int64_t b = go.size(0), h = go.size(1);
-    return {g.dq.view({b, h, lq, qs.size(2)}), g.dk.view({b, h, lk, k3.size(2)}), g.dv.view({b, h, lk, dv}),
+    return {g.dq.view({b, h, lq, qs.size(2)}), g.dk.view({b, h, lk, qs.size(2)}), g.dv.view({b, h, lk, dv}),
             Tensor()};
   }
 };

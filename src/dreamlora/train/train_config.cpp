@@ -267,13 +267,13 @@ void apply_toml_file(TrainConfig& config, const std::string& path) {
     const OptionSpec* spec = find_train_option(name);
     DL_CHECK(spec != nullptr, path, ": unknown key '", name, "' (keys are the long flag names of `dreamlora train`)");
     std::string value;
-    if (auto s = node.value<std::string>()) value = *s;
-    else if (auto b = node.value<bool>()) value = *b ? "true" : "false";
-    else if (auto i = node.value<int64_t>()) value = std::to_string(*i);
-    else if (auto d = node.value<double>()) {
+    if (node.is_string()) value = *node.value<std::string>();
+    else if (node.is_boolean()) value = *node.value<bool>() ? "true" : "false";
+    else if (node.is_integer()) value = std::to_string(*node.value<int64_t>());
+    else if (node.is_floating_point()) {
       std::ostringstream os;
       os.precision(17);
-      os << *d;
+      os << *node.value<double>();
       value = os.str();
     } else fail(str(path, ": key '", name, "' must be a string, number or boolean"));
     spec->set(config, value);
