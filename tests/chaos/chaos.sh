@@ -33,7 +33,7 @@ while :; do
   pid=$!
   if [ "$kill_count" -lt "$kills" ]; then
     # a random moment within the expected remaining run time (at least 0.3 s: model load)
-    delay=$(awk -v r="$RANDOM" -v t="$run_s" 'BEGIN { srand(r); printf "%.2f", 0.3 + rand() * t * 0.6 }')
+    delay=$(awk -v r="$RANDOM" -v t="$run_s" -v k="$kills" 'BEGIN { srand(r); printf "%.2f", 0.3 + rand() * t / k * 1.5 }')
     sleep "$delay"
     if kill -0 "$pid" 2>/dev/null; then
       kill -KILL "$pid" 2>/dev/null || true

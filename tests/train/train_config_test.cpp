@@ -90,3 +90,11 @@ TEST(TrainerState, Base64RoundTripsAnyBytes) {
                         std::string("\0\xff\x10zz", 5)})
     EXPECT_EQ(base64_decode(base64_encode(s), "test"), s);
 }
+
+TEST(TrainConfig, DocsCliMdListsEveryFlagOfTheTable) {
+  auto doc = dreamlora::testing::read_text(std::filesystem::path(DREAMLORA_SOURCE_DIR) / "docs" / "CLI.md");
+  EXPECT_NE(doc.find(options_markdown()), std::string::npos)
+      << "docs/CLI.md is out of date: regenerate it with `dreamlora train --flags-markdown`";
+  auto readme = dreamlora::testing::read_text(std::filesystem::path(DREAMLORA_SOURCE_DIR) / "README.md");
+  EXPECT_NE(readme.find(options_markdown()), std::string::npos) << "README.md's flag table is out of date";
+}
