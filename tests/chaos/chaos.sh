@@ -39,7 +39,7 @@ while :; do
       kill -KILL "$pid" 2>/dev/null || true
       wait "$pid" 2>/dev/null || true
       kill_count=$((kill_count + 1))
-      newest=$(ls -d "$out"/checkpoint-* 2>/dev/null | sed 's/.*checkpoint-//' | sort -n | tail -1)
+      newest=$( (ls -d "$out"/checkpoint-* 2>/dev/null || true) | sed 's/.*checkpoint-//' | sort -n | tail -1)
       echo "chaos: kill $kill_count after ${delay}s (newest checkpoint: ${newest:-none})"
       continue
     fi

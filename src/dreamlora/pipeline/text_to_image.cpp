@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "dreamlora/common/error.h"
+#include "dreamlora/io/image_tensor.h"
 #include "dreamlora/schedulers/sampler.h"
 
 namespace dreamlora {
@@ -13,22 +14,6 @@ namespace dreamlora {
 namespace {
 
 int64_t default_size(const ModelBundle& model) { return model.unet->config.sample_size.value_or(64) * model.vae_scale_factor(); }
-
-// [B, 3, H, W] in [0, 1] -> images
-std::vector<Image> to_images(const torch::Tensor& batch) {
-  auto hwc = (batch.detach().to(torch::kCPU, torch::kFloat32).clamp(0, 1) * 255.0).round().to(torch::kUInt8)
-                 .permute({0, 2, 3, 1}).contiguous();
-  std::vector<Image> out;
-  for (int64_t i = 0; i < hwc.size(0); ++i) {
-    Image img;
-    img.height = static_cast<int>(hwc.size(1));
-    img.width = static_cast<int>(hwc.size(2));
-    auto* p = hwc[i].data_ptr<uint8_t>();
-    img.rgb.assign(p, p + hwc[i].numel());
-    out.push_back(std::move(img));
-  }
-  return out;
-}
 
 }  // namespace
 
@@ -111,7 +96,7 @@ std::vector<Image> text_to_image(ModelBundle& model, const SampleOptions& o,
   // VAE decode -> [0, 1]
   auto vae_dtype = model.vae->dtype();
   auto image = model.vae->decode(model.vae->unscale_latents(latents).to(device, vae_dtype));
-  return to_images((image.to(torch::kFloat32) / 2 + 0.5).clamp(0, 1));
+  return tensor_to_images((image.to(torch::kFloat32) / 2 + 0.5).clamp(0, 1));
 }
 
 TextChunks sample_metadata(const SampleOptions& o, int64_t image_index, const std::string& lora_description) {

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "dreamlora/common/error.h"
+#include "dreamlora/io/image_tensor.h"
 
 namespace dreamlora {
 
@@ -41,21 +42,6 @@ std::vector<TrainingImage> list_training_images(const fs::path& dir, const std::
     out.push_back({f, caption});
   }
   return out;
-}
-
-torch::Tensor image_to_tensor(const Image& image) {
-  auto hwc = torch::from_blob(const_cast<uint8_t*>(image.rgb.data()), {image.height, image.width, 3}, torch::kUInt8);
-  return hwc.permute({2, 0, 1}).to(torch::kFloat32).div_(255.0).contiguous();
-}
-
-Image tensor_to_image(const torch::Tensor& chw) {
-  auto hwc = (chw.detach().to(torch::kCPU, torch::kFloat32).clamp(0, 1) * 255.0).round().to(torch::kUInt8)
-                 .permute({1, 2, 0}).contiguous();
-  Image img;
-  img.height = static_cast<int>(hwc.size(0));
-  img.width = static_cast<int>(hwc.size(1));
-  img.rgb.assign(hwc.data_ptr<uint8_t>(), hwc.data_ptr<uint8_t>() + hwc.numel());
-  return img;
 }
 
 torch::Tensor resize_shorter_side(const torch::Tensor& chw, int64_t size) {

@@ -27,10 +27,6 @@ struct TrainingImage {
 std::vector<TrainingImage> list_training_images(const std::filesystem::path& dir, const std::string& default_caption,
                                                 const std::string& flag);
 
-// [3, H, W] float in [0, 1]
-torch::Tensor image_to_tensor(const Image& image);
-// [3, H, W] in [0, 1] -> 8-bit RGB
-Image tensor_to_image(const torch::Tensor& chw);
 // Resize so the shorter side equals size (bilinear with antialiasing, as torchvision's Resize on PIL).
 torch::Tensor resize_shorter_side(const torch::Tensor& chw, int64_t size);
 
