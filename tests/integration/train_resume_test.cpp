@@ -12,6 +12,8 @@
 #include <thread>
 
 #include "dreamlora/checkpoint/manifest.h"
+#include "dreamlora/io/safetensors.h"
+#include <nlohmann/json.hpp>
 #include "dreamlora/pipeline/demo_data.h"
 #include "dreamlora/pipeline/tiny_model.h"
 #include "../checkpoint/s3_test_support.h"
@@ -240,4 +242,63 @@ TEST(TrainMirror, WrongCredentialsFailBeforeTraining) {
   EXPECT_EQ(r.exit_status, 1);
   EXPECT_NE(r.output.find("no-such-bucket"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(out / "checkpoint-2"));
+}
+
+TEST(TrainQuality, LossFallsOverAShortRunOnTheFixtureModel) {
+  REQUIRE_FIXTURES();
+  auto images = make_temp_dir("loss-images");
+  dreamlora::write_demo_subject_images(images, 1, 32, 3);
+  auto out = make_temp_dir("loss-falls");
+  auto r = run_dreamlora({"--threads", "1", "train", "--model", (fixtures_dir() / "tiny-sd").string(), "--image-path",
+                          images.string(), "--prompt", "a photo of sks toy", "--resolution", "32", "--num-steps", "60",
+                          "--checkpointing-steps", "0", "--lr", "1e-2", "--output-dir", out.string()});
+  ASSERT_EQ(r.exit_status, 0) << r.output;
+  std::vector<double> losses;
+  std::ifstream in(out / "metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) losses.push_back(j["loss"].get<double>());
+  }
+  ASSERT_EQ(losses.size(), 60u);
+  double first = 0, last = 0;
+  for (int i = 0; i < 15; ++i) first += losses[i] / 15, last += losses[45 + i] / 15;
+  std::cout << "[ loss ] mean of steps 1-15 " << first << ", steps 46-60 " << last << std::endl;
+  EXPECT_LT(last, 0.9 * first);
+}
+
+TEST(TrainOutputs, TheTrainedLoRALoadsInSampleInBothFormats) {
+  auto out = make_temp_dir("train-sample");
+  ASSERT_EQ(run_dreamlora(train_args(out, 2)).exit_status, 0);
+  for (const char* file : {"pytorch_lora_weights.safetensors", "pytorch_lora_weights_kohya.safetensors"}) {
+    auto samples = make_temp_dir("samples");
+    auto r = run_dreamlora({"sample", "--model", world().model.string(), "--lora", (out / file).string(), "--prompt",
+                            "a photo of sks toy", "--steps", "2", "--width", "32", "--height", "32", "--out",
+                            samples.string()});
+    ASSERT_EQ(r.exit_status, 0) << r.output;
+    EXPECT_TRUE(fs::exists(samples / "sample-0-0.png")) << r.output;
+    EXPECT_NE(read_text(samples / "sample-0-0.png").find(file), std::string::npos);  // recorded in a text chunk
+  }
+  EXPECT_NE(read_text(out / "README.md").find("a photo of sks toy"), std::string::npos);
+}
+
+TEST(RunComponent, UnetOnFixtureInputsMatchesTheReference) {
+  REQUIRE_FIXTURES();
+  auto ref = dreamlora::safetensors::File::open(fixtures_dir() / "tiny-sd/reference.safetensors");
+  auto dir = make_temp_dir("run-component");
+  dreamlora::safetensors::save(dir / "in.safetensors",
+                               dreamlora::safetensors::NamedTensors{{"sample", ref.get("unet.sample")},
+                                                                    {"timestep", ref.get("unet.timesteps")},
+                                                                    {"encoder_hidden_states", ref.get("unet.encoder_hidden_states")}});
+  auto r = run_dreamlora({"run-component", "--model", (fixtures_dir() / "tiny-sd").string(), "--component", "unet",
+                          "--inputs", (dir / "in.safetensors").string(), "--out", (dir / "out.safetensors").string()});
+  ASSERT_EQ(r.exit_status, 0) << r.output;
+  auto out = dreamlora::safetensors::File::open(dir / "out.safetensors");
+  EXPECT_TENSOR_NEAR(out.get("sample"), ref.get("unet.out"), 1e-5);
+
+  auto missing = run_dreamlora({"run-component", "--model", (fixtures_dir() / "tiny-sd").string(), "--component",
+                                "vae_decoder", "--inputs", (dir / "in.safetensors").string(), "--out",
+                                (dir / "x.safetensors").string()});
+  EXPECT_EQ(missing.exit_status, 1);
+  EXPECT_NE(missing.output.find("missing tensor 'latents'"), std::string::npos) << missing.output;
 }

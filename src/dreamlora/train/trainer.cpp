@@ -132,6 +132,13 @@ void Trainer::load_everything() {
            " (x", cfg_.repeats, " repeats)");
   std::vector<TrainingImage> repeated;
   for (int64_t r = 0; r < cfg_.repeats; ++r) repeated.insert(repeated.end(), instance_images.begin(), instance_images.end());
+  if (cfg_.epochs > 0) {
+    // --epochs instead of --num-steps: enough optimizer steps to visit every (repeated) image that often.
+    const int64_t per_step = cfg_.batch_size * cfg_.gradient_accumulation * dist_->world_size();
+    const int64_t images = static_cast<int64_t>(repeated.size());
+    cfg_.num_steps = (cfg_.epochs * images + per_step - 1) / per_step;
+    log(str("--epochs ", cfg_.epochs, " over ", images, " images: ", cfg_.num_steps, " optimizer steps"));
+  }
 
   DatasetOptions dopt;
   dopt.resolution = cfg_.resolution;
