@@ -17,14 +17,14 @@ $bin make-demo-data "$demo/subject" --count 6 --size 64
 
 train=($bin train --model "$demo/tiny-sd" --image-path "$demo/subject" --prompt "a photo of sks toy"
   --identifier sks --prior-preservation --class-prompt "a photo of a toy" --class-image-path "$demo/class"
-  --num-class-images 4 --resolution 64 --num-steps 40 --checkpointing-steps 5 --checkpoints-total-limit 3
+  --num-class-images 2 --resolution 64 --num-steps 24 --checkpointing-steps 4 --checkpoints-total-limit 3
   --lr 1e-3 --validation-prompt "a photo of sks toy" --num-validation-images 1 --validation-inference-steps 10
   --output-dir "$demo/output")
 
-echo "== training (will be interrupted with SIGTERM once checkpoint-10 exists)"
+echo "== training (will be interrupted with SIGTERM once checkpoint-8 exists)"
 "${train[@]}" &
 pid=$!
-while kill -0 $pid 2>/dev/null && [ ! -d "$demo/output/checkpoint-10" ]; do sleep 0.2; done
+while kill -0 $pid 2>/dev/null && [ ! -d "$demo/output/checkpoint-8" ]; do sleep 0.2; done
 kill -TERM $pid 2>/dev/null || true
 set +e
 wait $pid
