@@ -11,4 +11,4 @@ corpus=build-fuzz/corpus
 mkdir -p "$corpus"
 # Seed the corpus with real files when the fixtures are present.
 for f in ../shared/fixtures/tiny-sd/lora/*.safetensors; do [ -f "$f" ] && cp -f "$f" "$corpus/" || true; done
-build-fuzz/safetensors_fuzz "$corpus" -max_total_time="$secs" -max_len=65536 -rss_limit_mb=4096
+build-fuzz/fuzz/safetensors_fuzz "$corpus" -max_total_time="$secs" -max_len=65536 -rss_limit_mb=4096
