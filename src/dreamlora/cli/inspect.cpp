@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "dreamlora/checkpoint/inspect.h"
+#include "dreamlora/checkpoint/manifest.h"
 #include "dreamlora/cli/commands.h"
 #include "dreamlora/common/error.h"
 #include "dreamlora/io/model_dir.h"
@@ -16,15 +17,6 @@ namespace dreamlora::cli {
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string human_bytes(double bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (bytes >= 1024 && u < 4) bytes /= 1024, ++u;
-  std::ostringstream os;
-  os << std::fixed << std::setprecision(u == 0 ? 0 : 1) << bytes << " " << units[u];
-  return os.str();
-}
 
 int inspect_model_dir(const fs::path& path) {
   auto dir = ModelDir::open(path);
@@ -48,7 +40,7 @@ int inspect_model_dir(const fs::path& path) {
         dtypes[st.info(name).dtype] += n;
       }
     }
-    std::cout << std::right << std::setw(12) << params << " params  " << human_bytes(static_cast<double>(bytes));
+    std::cout << std::right << std::setw(12) << params << " params  " << checkpoint::human_bytes(bytes);
     for (const auto& [dt, n] : dtypes) std::cout << "  " << dt;
     std::cout << "\n";
   }
@@ -63,7 +55,7 @@ int inspect_safetensors(const fs::path& path) {
     return 0;
   }
   std::cout << path.string() << ": safetensors, " << file.names().size() << " tensors, "
-            << human_bytes(static_cast<double>(file.data_bytes())) << "\n";
+            << checkpoint::human_bytes(file.data_bytes()) << "\n";
   for (const auto& [k, v] : file.metadata()) std::cout << "  metadata " << k << " = " << v << "\n";
   for (const auto& name : file.names()) {
     const auto& info = file.info(name);
