@@ -308,12 +308,68 @@ TEST_F(StoreTest, FailingMirrorIsAWarningAndTheLocalCheckpointStands) {
     std::string describe() const override { return "broken"; }
     void publish(const fs::path&, const Manifest&) override { fail("network unreachable"); }
     void remove(int64_t) override {}
+    void publish_outputs(const fs::path&, const std::vector<std::string>&) override {}
   };
   store->add_mirror(std::make_shared<Broken>());
   CommitResult r = store->commit(5, sample_contents(5, 1024));
   EXPECT_TRUE(verify_checkpoint(r.path).ok);
   ASSERT_EQ(r.warnings.size(), 1u);
   EXPECT_NE(r.warnings[0].find("network unreachable"), std::string::npos);
+}
+
+TEST_F(StoreTest, AFreshMachineRestoresTheNewestValidCheckpointFromADirectoryMirror) {
+  auto mirror_dir = dreamlora::testing::make_temp_dir("ckpt-mirror");
+  store->add_mirror(std::make_shared<DirectorySink>(mirror_dir));
+  for (int64_t s : {1, 2, 3}) store->commit(s, sample_contents(s, 1024));
+  write_text(mirror_dir / "checkpoint-3" / "optimizer.safetensors", "damaged");  // newest is unusable
+
+  auto fresh_dir = dreamlora::testing::make_temp_dir("ckpt-fresh");
+  CheckpointStore fresh(fresh_dir);
+  DirectorySink mirror(mirror_dir);
+  std::vector<std::string> reports;
+  auto step = mirror.restore_latest(fresh, -1, [&](const std::string& r) { reports.push_back(r); });
+  ASSERT_EQ(step, std::optional<int64_t>(2));
+  ASSERT_FALSE(reports.empty());
+  EXPECT_NE(reports[0].find("checkpoint 3"), std::string::npos) << reports[0];
+  EXPECT_EQ(entry_names(fresh_dir), (std::set<std::string>{"checkpoint-2"}));  // no temporaries left
+  for (const auto& name : entry_names(dir / "checkpoint-2"))  // the manifest too: byte for byte
+    EXPECT_EQ(read_file(fresh_dir / "checkpoint-2" / name), read_file(dir / "checkpoint-2" / name)) << name;
+  EXPECT_EQ(mirror.restore_latest(fresh, 2, nullptr), std::nullopt);  // nothing newer than the local one
+  fs::remove_all(mirror_dir);
+  fs::remove_all(fresh_dir);
+}
+
+TEST_F(StoreTest, RepublishCompletesAMirrorCopyThatWasCutShort) {
+  store->commit(4, sample_contents(4, 1024));
+  auto mirror_dir = dreamlora::testing::make_temp_dir("ckpt-mirror");
+  fs::create_directories(mirror_dir / "checkpoint-4");  // a copy that died before its manifest
+  write_text(mirror_dir / "checkpoint-4" / "optimizer.safetensors", "half");
+  store->add_mirror(std::make_shared<DirectorySink>(mirror_dir));
+  EXPECT_TRUE(store->republish(4).empty());
+  EXPECT_TRUE(verify_checkpoint(mirror_dir / "checkpoint-4").ok);
+  fs::remove_all(mirror_dir);
+}
+
+TEST_F(StoreTest, DirectoryMirrorReceivesTheFinalOutputs) {
+  auto mirror_dir = dreamlora::testing::make_temp_dir("ckpt-mirror");
+  write_text(dir / "pytorch_lora_weights.safetensors", "lora bytes");
+  fs::create_directories(dir / "validation");
+  write_text(dir / "validation" / "step-4-0.png", "png bytes");
+  DirectorySink mirror(mirror_dir);
+  mirror.publish_outputs(dir, {"pytorch_lora_weights.safetensors", "validation/step-4-0.png"});
+  EXPECT_EQ(read_file(mirror_dir / "pytorch_lora_weights.safetensors"), "lora bytes");
+  EXPECT_EQ(read_file(mirror_dir / "validation" / "step-4-0.png"), "png bytes");
+  fs::remove_all(mirror_dir);
+}
+
+TEST_F(StoreTest, ImportRefusesASourceThatDoesNotVerify) {
+  store->commit(2, sample_contents(2, 1024));
+  write_text(dir / "checkpoint-2" / "trainer_state.json", "changed");
+  auto other = dreamlora::testing::make_temp_dir("ckpt-other");
+  CheckpointStore target(other);
+  EXPECT_THROW(target.import_checkpoint(2, dir / "checkpoint-2"), Error);
+  EXPECT_TRUE(entry_names(other).empty());
+  fs::remove_all(other);
 }
 
 }  // namespace

@@ -261,5 +261,61 @@ TEST_F(S3MirrorTest, MakeMirrorBuildsS3SinkFromUrlAndEnvironment) {
   EXPECT_TRUE(fs::is_directory(root_ / "nfs"));
 }
 
+TEST_F(S3MirrorTest, RepublishAfterAKilledUploadCompletesTheRemoteCheckpoint) {
+  auto sink = make_sink();
+  CheckpointStore store(root_ / "a");
+  store.add_mirror(sink);
+  // The first process died after its first object: files without a manifest are left remotely.
+  sink->set_after_upload_hook([](const std::string& key) {
+    if (key.find("MANIFEST") == std::string::npos) throw std::runtime_error("killed");
+  });
+  store.commit(6, sample_contents(6, 4096));
+  auto remote = list_remote_checkpoints(sink->client(), sink->location());
+  ASSERT_EQ(remote.size(), 1u);
+  EXPECT_FALSE(remote[0].has_manifest);
+
+  auto restarted = make_sink();  // the next process, resuming from the local checkpoint-6
+  CheckpointStore again(root_ / "a");
+  again.add_mirror(restarted);
+  EXPECT_TRUE(again.republish(6).empty());
+  remote = list_remote_checkpoints(sink->client(), sink->location());
+  ASSERT_EQ(remote.size(), 1u);
+  EXPECT_TRUE(remote[0].has_manifest);
+  EXPECT_EQ(restarted->uploaded_checkpoints(), 1);
+  S3Client fresh(server_->config());
+  EXPECT_TRUE(download_checkpoint(fresh, sink->location(), 6, root_ / "b").ok);
+}
+
+TEST_F(S3MirrorTest, FinalOutputsLandBesideTheCheckpointsAndRestoreLatestDownloads) {
+  auto sink = make_sink();
+  const fs::path out = root_ / "out";
+  CheckpointStore store(out);
+  store.add_mirror(sink);
+  store.commit(8, sample_contents(8, 2048));
+  write_file_durably(out / "pytorch_lora_weights.safetensors", "final lora");
+  fs::create_directories(out / "validation");
+  write_file_durably(out / "validation" / "step-8-0.png", "png");
+  sink->publish_outputs(out, {"pytorch_lora_weights.safetensors", "validation/step-8-0.png"});
+  EXPECT_EQ(sink->client().get_bytes_if_exists("test-bucket", "runs/dog/pytorch_lora_weights.safetensors"),
+            std::optional<std::string>("final lora"));
+  EXPECT_EQ(sink->client().get_bytes_if_exists("test-bucket", "runs/dog/validation/step-8-0.png"),
+            std::optional<std::string>("png"));
+  EXPECT_NE(sink->summary().find("2 output files"), std::string::npos) << sink->summary();
+  // The outputs are not checkpoints: the listing still sees one.
+  EXPECT_EQ(list_remote_checkpoints(sink->client(), sink->location()).size(), 1u);
+
+  CheckpointStore fresh(root_ / "fresh");
+  EXPECT_EQ(sink->restore_latest(fresh, -1, nullptr), std::optional<int64_t>(8));
+  expect_same_files(out / "checkpoint-8", root_ / "fresh" / "checkpoint-8");
+}
+
+TEST_F(S3MirrorTest, FailedOutputUploadIsReportedInTheSummary) {
+  auto sink = make_sink();
+  write_file_durably(root_ / "README.md", "card");
+  server_->stop();
+  EXPECT_THROW(sink->publish_outputs(root_, {"README.md"}), std::exception);
+  EXPECT_NE(sink->summary().find("upload of the final outputs"), std::string::npos) << sink->summary();
+}
+
 }  // namespace
 }  // namespace dreamlora::checkpoint

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "dreamlora/checkpoint/manifest.h"
+#include "dreamlora/checkpoint/s3_sink.h"
 #include "dreamlora/io/safetensors.h"
 #include <nlohmann/json.hpp>
 #include "dreamlora/pipeline/demo_data.h"
@@ -226,6 +227,60 @@ TEST(TrainMirror, AFreshMachineResumesFromTheS3MirrorWithTheSameFinalBytes) {
   ASSERT_EQ(second.exit_status, 0) << second.output;
   EXPECT_NE(second.output.find("resumed from"), std::string::npos) << second.output;
   EXPECT_EQ(final_lora(reference), final_lora(machine2));
+}
+
+TEST(TrainMirror, AnUploadCutShortByAKilledTrainerIsFinishedByTheNextRunAndOutputsAreUploaded) {
+  REQUIRE_S3RVER(s3rver_binary);
+  dreamlora::checkpoint::testing::S3rver server(s3rver_binary);
+  auto data = make_temp_dir("s3-data3");
+  ASSERT_TRUE(server.start(data)) << server.error();
+  std::vector<std::string> env = {std::string("AWS_ACCESS_KEY_ID=") + server.kAccessKey,
+                                  std::string("AWS_SECRET_ACCESS_KEY=") + server.kSecretKey, "AWS_REGION=us-east-1"};
+  auto out = make_temp_dir("mirror-killed");
+  auto a = train_args(out, 6);
+  a.insert(a.end(), {"--checkpoint-mirror", std::string("s3://") + server.kBucket + "/run2", "--s3-endpoint",
+                     server.endpoint()});
+  // checkpoint-2 is 4 objects (3 files, then the manifest); the process dies after checkpoint-4's first file.
+  auto killed_env = env;
+  killed_env.push_back("DREAMLORA_TEST_CRASH_AFTER_UPLOADS=5");
+  auto first = run_dreamlora(a, killed_env);
+  ASSERT_EQ(first.exit_status, 99) << first.output;
+  dreamlora::checkpoint::S3Client client(server.config());
+  const auto location = dreamlora::checkpoint::S3Location::parse(std::string("s3://") + server.kBucket + "/run2");
+  auto remote = dreamlora::checkpoint::list_remote_checkpoints(client, location);
+  ASSERT_EQ(remote.size(), 2u);
+  ASSERT_EQ(remote[1].step, 4);
+  EXPECT_FALSE(remote[1].has_manifest);
+
+  auto second = run_dreamlora(a, env);
+  ASSERT_EQ(second.exit_status, 0) << second.output;
+  remote = dreamlora::checkpoint::list_remote_checkpoints(client, location);
+  ASSERT_EQ(remote.size(), 3u);
+  for (const auto& r : remote) EXPECT_TRUE(r.has_manifest) << "checkpoint-" << r.step;
+  auto fresh = make_temp_dir("mirror-killed-check");
+  EXPECT_TRUE(dreamlora::checkpoint::download_checkpoint(client, location, 4, fresh).ok);
+  EXPECT_EQ(client.get_bytes_if_exists(server.kBucket, "run2/pytorch_lora_weights.safetensors"),
+            std::optional<std::string>(final_lora(out)));
+  EXPECT_TRUE(client.get_bytes_if_exists(server.kBucket, "run2/README.md").has_value());
+  EXPECT_NE(second.output.find("no failures"), std::string::npos) << second.output;
+}
+
+TEST(TrainMirror, AFreshMachineResumesFromADirectoryMirrorWithTheSameFinalBytes) {
+  auto reference = make_temp_dir("dirmirror-ref");
+  ASSERT_EQ(run_dreamlora(train_args(reference, 6)).exit_status, 0);
+  auto mirror = make_temp_dir("dirmirror");
+  auto machine1 = make_temp_dir("dirmirror-m1"), machine2 = make_temp_dir("dirmirror-m2");
+  auto with_mirror = [&](const fs::path& out) {
+    auto a = train_args(out, 6);
+    a.insert(a.end(), {"--checkpoint-mirror", mirror.string()});
+    return a;
+  };
+  ASSERT_EQ(run_dreamlora(with_mirror(machine1), {"DREAMLORA_TEST_STOP_AT_STEP=3"}).exit_status, 75);
+  auto second = run_dreamlora(with_mirror(machine2));
+  ASSERT_EQ(second.exit_status, 0) << second.output;
+  EXPECT_NE(second.output.find("resumed from"), std::string::npos) << second.output;
+  EXPECT_EQ(final_lora(reference), final_lora(machine2));
+  EXPECT_EQ(final_lora(mirror), final_lora(machine2));  // the final outputs are mirrored too
 }
 
 TEST(TrainMirror, WrongCredentialsFailBeforeTraining) {

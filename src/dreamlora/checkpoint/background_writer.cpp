@@ -35,6 +35,10 @@ CheckpointWriter::~CheckpointWriter() {
 }
 
 WriteStats CheckpointWriter::execute(Job& job) {
+  if (job.republish_only) {
+    store_.republish(job.step);  // failures are the store's warnings, never an error of the run
+    return WriteStats{};
+  }
   WriteStats s;
   s.step = job.step;
   s.stall_seconds = job.stall_seconds;
@@ -83,7 +87,7 @@ void CheckpointWriter::run() {
     lock.unlock();
     WriteStats stats = execute(job);
     lock.lock();
-    record(std::move(stats));
+    if (!job.republish_only) record(std::move(stats));
     in_flight_ = false;
     cv_.notify_all();
   }
@@ -110,6 +114,20 @@ double CheckpointWriter::submit(int64_t step, CheckpointContents snapshot) {
   pending_ = Job{step, std::move(snapshot), stall};
   cv_.notify_all();
   return stall;
+}
+
+void CheckpointWriter::republish(int64_t step) {
+  std::unique_lock<std::mutex> lock(mu_);
+  DL_CHECK(!stopped_ && !stopping_, "checkpoint writer: republish(", step, ") after shutdown");
+  Job job{step, CheckpointContents{}, 0, true};
+  if (options_.synchronous) {
+    lock.unlock();
+    execute(job);
+    return;
+  }
+  cv_.wait(lock, [&] { return !pending_ && !in_flight_; });
+  pending_ = std::move(job);
+  cv_.notify_all();
 }
 
 void CheckpointWriter::wait_idle() {

@@ -49,6 +49,10 @@ class CheckpointWriter {
   // Takes ownership of the snapshot and returns once it is queued (sync mode: once it is written).
   // Returns the seconds the caller was blocked. Throws a pending error under ErrorPolicy::kStop.
   double submit(int64_t step, CheckpointContents snapshot);
+  // Queues store.republish(step) like a write (after the one in flight): a resumed run re-publishes its
+  // starting checkpoint so an upload its killed predecessor left unfinished is completed, off the
+  // training thread. Not counted in history(). Sync mode: runs now.
+  void republish(int64_t step);
   // Blocks until no write is in flight; throws a pending error under kStop.
   void wait_idle();
   // wait_idle() then stops the thread; further submits are an error.
@@ -64,6 +68,7 @@ class CheckpointWriter {
     int64_t step;
     CheckpointContents contents;
     double stall_seconds;
+    bool republish_only = false;
   };
   void run();
   WriteStats execute(Job& job);

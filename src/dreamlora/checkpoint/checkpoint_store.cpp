@@ -421,6 +421,67 @@ PruneResult CheckpointStore::prune(int limit) {
   return r;
 }
 
+CommitResult CheckpointStore::import_checkpoint(int64_t step, const fs::path& source) const {
+  Verification source_ok = verify_checkpoint(source);
+  DL_CHECK(source_ok.ok && source_ok.manifest && source_ok.manifest->step == step, source.string(),
+           ": cannot import as checkpoint ", step, ": ", source_ok.ok ? "wrong step" : source_ok.reason);
+  CommitResult r;
+  const fs::path final_dir = path_for(step);
+  r.path = final_dir;
+  std::error_code ec;
+  if (verify_checkpoint(final_dir).ok) {
+    r.skipped_existing = true;
+    return r;
+  }
+  fs::create_directories(output_dir_, ec);
+  DL_CHECK(!ec, output_dir_.string(), ": cannot create the output directory: ", ec.message());
+  const fs::path tmp = output_dir_ / temp_name("tmp", step);
+  fs::remove_all(tmp, ec);
+  if (::mkdir(tmp.c_str(), 0755) != 0) fail(str(tmp.string(), ": cannot create: ", std::strerror(errno)));
+  try {
+    for (const auto& f : source_ok.manifest->files) {
+      write_file_synced(tmp / f.name, read_file(source / f.name), false);
+      r.bytes += f.size;
+    }
+    write_file_synced(tmp / kManifestName, read_file(source / kManifestName), false);
+    fsync_dir(tmp);
+    Verification copied = verify_checkpoint(tmp);
+    DL_CHECK(copied.ok, source.string(), ": the copy in ", tmp.string(), " does not verify: ", copied.reason);
+    const fs::path aside = output_dir_ / temp_name("invalid", step);
+    if (fs::exists(fs::symlink_status(final_dir, ec))) {
+      fs::remove_all(aside, ec);
+      if (::rename(final_dir.c_str(), aside.c_str()) != 0)
+        fail(str(final_dir.string(), ": cannot move the invalid checkpoint aside: ", std::strerror(errno)));
+    }
+    if (::rename(tmp.c_str(), final_dir.c_str()) != 0)
+      fail(str(tmp.string(), ": rename to ", final_dir.string(), " failed: ", std::strerror(errno)));
+    fs::remove_all(aside, ec);
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+  fsync_dir(output_dir_);
+  return r;
+}
+
+std::vector<std::string> CheckpointStore::republish(int64_t step) const {
+  std::vector<std::string> warnings;
+  if (mirrors_.empty()) return warnings;
+  Verification v = verify_checkpoint(path_for(step));
+  if (!v.ok || !v.manifest) {
+    warn(&warnings, str(path_for(step).string(), ": not published again: ", v.reason));
+    return warnings;
+  }
+  for (const auto& mirror : mirrors_) {
+    try {
+      mirror->publish(path_for(step), *v.manifest);
+    } catch (const std::exception& e) {
+      warn(&warnings, str("mirror ", mirror->describe(), ": checkpoint ", step, " not copied: ", e.what()));
+    }
+  }
+  return warnings;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // DirectorySink
 
@@ -437,6 +498,31 @@ void DirectorySink::publish(const fs::path& committed_dir, const Manifest& manif
 
 void DirectorySink::remove(int64_t step) {
   store_.remove(step);
+}
+
+void DirectorySink::publish_outputs(const fs::path& output_dir, const std::vector<std::string>& files) {
+  for (const auto& name : files) {
+    const fs::path target = store_.output_dir() / name;
+    std::error_code ec;
+    fs::create_directories(target.parent_path(), ec);
+    DL_CHECK(!ec, target.parent_path().string(), ": cannot create: ", ec.message());
+    write_file_durably(target, read_file(output_dir / name));
+  }
+}
+
+std::optional<int64_t> DirectorySink::restore_latest(CheckpointStore& local, int64_t after_step,
+                                                     const std::function<void(const std::string&)>& report) {
+  auto all = store_.list();
+  for (auto it = all.rbegin(); it != all.rend() && it->step > after_step; ++it) {
+    if (!it->valid) {
+      if (report) report(str("mirror ", describe(), ": skipping checkpoint ", it->step, ": ", it->reason));
+      continue;
+    }
+    local.import_checkpoint(it->step, it->path);
+    if (report) report(str("copied checkpoint ", it->step, " from mirror ", describe(), " to ", local.path_for(it->step).string()));
+    return it->step;
+  }
+  return std::nullopt;
 }
 
 }  // namespace dreamlora::checkpoint

@@ -99,12 +99,27 @@ void reset();
 // Somewhere a committed checkpoint is copied to once it is durable locally. Implementations copy every
 // file the manifest lists first and MANIFEST.json last, so a reader of the sink never meets a manifest
 // whose files are not all there (an S3 sink: PUT the files, then the manifest).
+class CheckpointStore;
 class CheckpointSink {
  public:
   virtual ~CheckpointSink() = default;
   virtual std::string describe() const = 0;
+  // Copies a committed checkpoint; a step whose copy in the sink is already complete and identical is
+  // left alone, so publishing the same checkpoint again (a resumed run catching up on an upload its
+  // killed predecessor never finished) costs one check.
   virtual void publish(const std::filesystem::path& committed_dir, const Manifest& manifest) = 0;
   virtual void remove(int64_t step) = 0;  // mirrors local pruning
+  // Copies the finished run's files (paths relative to `output_dir`, e.g. "pytorch_lora_weights.safetensors",
+  // "validation/step-100-0.png") to the sink's top level, beside its checkpoint-<N> entries. Throws on failure.
+  virtual void publish_outputs(const std::filesystem::path& output_dir, const std::vector<std::string>& files) = 0;
+  // Brings the sink's newest checkpoint with step > `after_step` that verifies into `local` (verified,
+  // then renamed into place). Returns its step, or nullopt when there is none; each newer checkpoint
+  // that was unusable is reported through `report` with the reason.
+  virtual std::optional<int64_t> restore_latest(CheckpointStore& local, int64_t after_step,
+                                                const std::function<void(const std::string&)>& report) {
+    (void)local, (void)after_step, (void)report;
+    return std::nullopt;
+  }
 };
 
 class CheckpointStore {
@@ -134,6 +149,14 @@ class CheckpointStore {
   // Moves checkpoint-<step> aside (.checkpoint-<N>.deleting-<pid>), then deletes it, so a crash
   // midway never leaves a half-deleted directory under a checkpoint name. No-op when absent.
   void remove(int64_t step) const;
+  // Copies checkpoint directory `source` (which must verify) in as checkpoint-<step> with the same
+  // protocol as commit() — temp sibling, files, its MANIFEST.json unchanged, fsync, verify, rename —
+  // without publishing to mirrors. A valid local checkpoint-<step> is kept. Throws naming the path.
+  CommitResult import_checkpoint(int64_t step, const std::filesystem::path& source) const;
+  // Publishes the valid checkpoint-<step> to every mirror again (see CheckpointSink::publish); a
+  // mirror's failure becomes a warning. No-op without mirrors.
+  std::vector<std::string> republish(int64_t step) const;
+  bool has_mirrors() const { return !mirrors_.empty(); }
 
   void add_mirror(std::shared_ptr<CheckpointSink> sink) { mirrors_.push_back(std::move(sink)); }
   // Where warnings go (default: stderr with a "dreamlora: warning:" prefix).
@@ -155,6 +178,10 @@ class DirectorySink : public CheckpointSink {
   std::string describe() const override { return "directory " + store_.output_dir().string(); }
   void publish(const std::filesystem::path& committed_dir, const Manifest& manifest) override;
   void remove(int64_t step) override;
+  void publish_outputs(const std::filesystem::path& output_dir, const std::vector<std::string>& files) override;
+  std::optional<int64_t> restore_latest(CheckpointStore& local, int64_t after_step,
+                                        const std::function<void(const std::string&)>& report) override;
+  const std::filesystem::path& dir() const { return store_.output_dir(); }
 
  private:
   CheckpointStore store_;

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 
@@ -65,6 +66,16 @@ void S3Sink::set_after_upload_hook(std::function<void(const std::string&)> hook)
   after_upload_ = std::move(hook);
 }
 
+void S3Sink::after_upload(const std::string& key) {
+  if (after_upload_) after_upload_(key);
+  static int uploads = 0;
+  static const char* crash_after = std::getenv("DREAMLORA_TEST_CRASH_AFTER_UPLOADS");
+  if (crash_after && ++uploads == std::atoi(crash_after)) {
+    std::cerr << "dreamlora: DREAMLORA_TEST_CRASH_AFTER_UPLOADS: exiting after uploading " << key << std::endl;
+    ::_exit(99);
+  }
+}
+
 void S3Sink::warn(const std::string& message) const {
   if (warn_) warn_(message);
 }
@@ -79,6 +90,10 @@ void S3Sink::record_failure(int64_t step, const std::string& operation, const st
     f.s3_code = s3->s3_code;
   }
   failures_.push_back(f);
+  if (operation == "upload of the final outputs") {
+    warn(str("mirror ", location_.url(), ": ", operation, " failed: ", f.message));
+    return;
+  }
   warn(str("mirror ", location_.url(), ": ", operation, " of checkpoint ", step, " failed: ", f.message,
            operation == "upload" ? " (the local checkpoint is committed; the next checkpoint is uploaded as usual)" : ""));
 }
@@ -124,10 +139,10 @@ void S3Sink::upload(const fs::path& dir, const Manifest& manifest) {
              ", xxh3 ", hash, "; MANIFEST.json says ", f.size, ", ", f.xxh3_64, "); not mirrored");
     client_->put_file(location_.bucket, location_.key(step, f.name), path);
     bytes += size;
-    if (after_upload_) after_upload_(location_.key(step, f.name));
+    after_upload(location_.key(step, f.name));
   }
   client_->put_bytes(location_.bucket, manifest_key, manifest_bytes);
-  if (after_upload_) after_upload_(manifest_key);
+  after_upload(manifest_key);
   uploaded_bytes_ += bytes + manifest_bytes.size();
 }
 
@@ -142,6 +157,30 @@ void S3Sink::remove(int64_t step) {
   }
   pending_.erase(std::remove_if(pending_.begin(), pending_.end(), [&](const auto& p) { return p.first == step; }),
                  pending_.end());
+}
+
+void S3Sink::publish_outputs(const fs::path& output_dir, const std::vector<std::string>& files) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  try {
+    for (const auto& name : files) {
+      const std::string key = (location_.prefix.empty() ? "" : location_.prefix + "/") + name;
+      client_->put_file(location_.bucket, key, output_dir / name);
+      uploaded_bytes_ += fs::file_size(output_dir / name);
+      ++uploaded_output_files_;
+      after_upload(key);
+    }
+  } catch (const std::exception& e) {
+    record_failure(-1, "upload of the final outputs", e);
+    throw;
+  }
+}
+
+std::optional<int64_t> S3Sink::restore_latest(CheckpointStore& local, int64_t after_step,
+                                              const std::function<void(const std::string&)>& report) {
+  auto got = latest_remote_valid(*client_, location_, local.output_dir(), after_step, report);
+  if (!got.latest) return std::nullopt;
+  const auto step = parse_checkpoint_dir_name(got.latest->path.filename().string());
+  return step;
 }
 
 bool S3Sink::retry_failed_upload() {
@@ -209,10 +248,14 @@ uint64_t S3Sink::uploaded_bytes() const {
 std::string S3Sink::summary() const {
   std::lock_guard<std::mutex> lock(mutex_);
   std::string s = str("mirror ", location_.url(), ": ", uploaded_checkpoints_, " checkpoint",
-                      uploaded_checkpoints_ == 1 ? "" : "s", " uploaded (", human_bytes(uploaded_bytes_), ")");
+                      uploaded_checkpoints_ == 1 ? "" : "s",
+                      uploaded_output_files_ > 0 ? str(" and ", uploaded_output_files_, " output files") : "",
+                      " uploaded (", human_bytes(uploaded_bytes_), ")");
   if (failures_.empty()) return s + ", no failures";
   s += str(", ", failures_.size(), failures_.size() == 1 ? " failure:" : " failures:");
-  for (const auto& f : failures_) s += str("\n  ", f.operation, " of checkpoint ", f.step, ": ", f.message);
+  for (const auto& f : failures_)
+    s += f.step < 0 ? str("\n  ", f.operation, ": ", f.message)
+                    : str("\n  ", f.operation, " of checkpoint ", f.step, ": ", f.message);
   if (!pending_.empty())
     s += str("\n  the newest checkpoint (", pending_.back().first, ") is NOT in ", location_.url(),
              "; copy it by hand or resume here");

@@ -51,6 +51,11 @@ class S3Sink : public CheckpointSink {
   void publish(const std::filesystem::path& committed_dir, const Manifest& manifest) override;
   // Deletes checkpoint-<N>/ remotely: MANIFEST.json first, so a half-deleted checkpoint is never valid.
   void remove(int64_t step) override;
+  // PUTs each file to <prefix>/<relative path>; throws after recording the failure for summary().
+  void publish_outputs(const std::filesystem::path& output_dir, const std::vector<std::string>& files) override;
+  // latest_remote_valid() into local.output_dir().
+  std::optional<int64_t> restore_latest(CheckpointStore& local, int64_t after_step,
+                                        const std::function<void(const std::string&)>& report) override;
 
   // Run once before training. Lists the prefix (s3:ListBucket), writes and deletes a probe object
   // (s3:PutObject, s3:DeleteObject) unless `write_probe` is false. Throws dreamlora::Error
@@ -75,9 +80,12 @@ class S3Sink : public CheckpointSink {
 
   void set_warning_handler(std::function<void(const std::string&)> handler);
   // Test hook: called after each object is uploaded, with its key (a test stops the server here).
+  // A process-wide one for tests of `dreamlora train`: DREAMLORA_TEST_CRASH_AFTER_UPLOADS=<n> makes the
+  // process _exit(99) right after its n-th uploaded object (a trainer killed mid-upload).
   void set_after_upload_hook(std::function<void(const std::string& key)> hook);
 
  private:
+  void after_upload(const std::string& key);
   void upload(const std::filesystem::path& committed_dir, const Manifest& manifest);
   void record_failure(int64_t step, const std::string& operation, const std::exception& e);
   void warn(const std::string& message) const;
@@ -91,6 +99,7 @@ class S3Sink : public CheckpointSink {
   std::vector<std::pair<int64_t, std::filesystem::path>> pending_;  // failed uploads to try again
   int64_t uploaded_checkpoints_ = 0;
   uint64_t uploaded_bytes_ = 0;
+  size_t uploaded_output_files_ = 0;
 };
 
 // --mirror URL → sink: s3://bucket[/prefix] → S3Sink (S3Config::from_environment(s3_endpoint));

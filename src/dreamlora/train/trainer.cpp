@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -94,6 +95,7 @@ class Trainer {
   void save_checkpoint();
   void run_validation();
   void finalize();
+  void publish_outputs();
 
   TrainConfig cfg_;
   fs::path out_;
@@ -251,12 +253,11 @@ bool Trainer::resume() {
     dist_->barrier();
     dir = store_->path_for(*step);
   } else if (how == "latest") {
-    if (auto* s3 = dynamic_cast<checkpoint::S3Sink*>(mirror_.get())) {
-      // A fresh machine: the newest remote checkpoint that verifies comes down into the output dir.
+    if (mirror_) {
+      // A fresh machine: the mirror's newest checkpoint that verifies comes into the output dir.
       auto local = store_->latest_valid();
       const int64_t local_step = local.latest ? local.latest->step : -1;
-      checkpoint::latest_remote_valid(s3->client(), s3->location(), out_, local_step,
-                                      [](const std::string& line) { log(line); });
+      mirror_->restore_latest(*store_, local_step, [](const std::string& line) { log(line); });
     }
     dist_->barrier();
     auto latest = store_->latest_valid();
@@ -469,6 +470,32 @@ void Trainer::run_validation() {
   log(str("validation images for step ", state_.global_step, " in ", (out_ / "validation").string()));
 }
 
+// The files a finished run leaves beside its checkpoints, as paths relative to the output dir.
+std::vector<std::string> final_output_files(const fs::path& out) {
+  std::vector<std::string> files;
+  for (const char* name : {"pytorch_lora_weights.safetensors", "pytorch_lora_weights_kohya.safetensors", "README.md",
+                           "loss.svg", "metrics.jsonl", "training_config.json"})
+    if (fs::is_regular_file(out / name)) files.emplace_back(name);
+  std::vector<std::string> images;
+  std::error_code ec;
+  for (fs::directory_iterator it(out / "validation", ec), end; !ec && it != end; it.increment(ec))
+    if (it->is_regular_file()) images.push_back("validation/" + it->path().filename().string());
+  std::sort(images.begin(), images.end());
+  files.insert(files.end(), images.begin(), images.end());
+  return files;
+}
+
+void Trainer::publish_outputs() {
+  const auto files = final_output_files(out_);
+  try {
+    mirror_->publish_outputs(out_, files);
+    log(str("copied the final outputs (", files.size(), " files) to ", mirror_->describe()));
+  } catch (const std::exception& e) {
+    log(str("warning: the final outputs were not copied to ", mirror_->describe(), ": ", e.what(),
+            " (they are complete in ", out_.string(), ")"));
+  }
+}
+
 void Trainer::finalize() {
   auto weights = current_lora(true);
   write_final_outputs(out_, cfg_, model_, weights);
@@ -490,6 +517,8 @@ int Trainer::run() {
   wopt.synchronous = cfg_.sync_checkpoints;
   writer_ = std::make_unique<checkpoint::CheckpointWriter>(*store_, wopt);
   if (dist_->is_main()) write_file_durably(out_ / "training_config.json", config_to_json(cfg_).dump(2) + "\n");
+  // The run that was killed may have died mid-upload: finish that upload (a no-op when it is complete).
+  if (resumed && mirror_) writer_->republish(last_checkpoint_step_);
 
   auto schedule_options =
       checkpoint::CheckpointScheduleOptions::parse(cfg_.checkpointing_steps, cfg_.checkpointing_minutes, cfg_.expected_uptime);
@@ -538,6 +567,7 @@ int Trainer::run() {
   writer_->shutdown();
   dist_->barrier();
   if (dist_->is_main()) metrics_->print_summary(writer_->history());
+  if (mirror_) publish_outputs();
   if (auto* s3 = dynamic_cast<checkpoint::S3Sink*>(mirror_.get())) {
     s3->retry_failed_upload();
     log(s3->summary());
