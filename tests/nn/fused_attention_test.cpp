@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "dreamlora/common/error.h"
+#include "dreamlora/nn/attention_kernels.h"
 #include "dreamlora/nn/fused_attention.h"
 
 namespace {
@@ -106,6 +107,34 @@ TEST(FusedAttention, RejectsNonFloat32Inputs) {
   auto q = torch::randn({1, 2, 8, 4}).to(torch::kFloat64);
   EXPECT_FALSE(dreamlora::nn::fused_attention_supports(q, q, q));
   EXPECT_THROW(dreamlora::nn::fused_attention(q, q, q), dreamlora::Error);
+}
+
+// The baseline (SSE2) and AVX2 builds of the row kernels give the same attention to float precision,
+// including rows whose key count is not a multiple of the vector width (the scalar tails).
+TEST(AttentionKernels, BaselineAndAvx2BuildsAgree) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) GTEST_SKIP() << "CPU without AVX2+FMA";
+  namespace k = dreamlora::nn::kernels;
+  const int64_t lq = 37, lk = 45, d = 6, ld = k::padded_stride(lk);
+  torch::manual_seed(3);
+  auto q = torch::randn({lq, d}) * 0.5, kT = torch::randn({d, ld}), vT = torch::randn({d, ld}), dout = torch::randn({lq, d});
+  for (bool causal : {false, true}) {
+    const k::AttentionHead h{q.data_ptr<float>(), kT.data_ptr<float>(), vT.data_ptr<float>(), lq, lk, d, d, ld, causal};
+    std::vector<Tensor> results;
+    for (const k::RowKernels* impl : {&k::generic::kKernels, &k::avx2::kKernels}) {
+      auto out = torch::zeros({lq, d}), lse = torch::zeros({lq}), dq = torch::zeros({lq, d});
+      auto dkT = torch::zeros({d, ld}), dvT = torch::zeros({d, ld}), scratch = torch::zeros({2 * lk});
+      impl->forward_rows(h, 0, lq, out.data_ptr<float>(), lse.data_ptr<float>(), scratch.data_ptr<float>());
+      impl->backward_head(h, out.data_ptr<float>(), lse.data_ptr<float>(), dout.data_ptr<float>(), dq.data_ptr<float>(),
+                          dkT.data_ptr<float>(), dvT.data_ptr<float>(), scratch.data_ptr<float>());
+      results.insert(results.end(), {out, lse, dq, dkT, dvT});
+    }
+    for (size_t i = 0; i < 5; ++i)
+      EXPECT_LE(relative_error(results[i], results[i + 5]), 1e-6) << "output " << i << (causal ? " causal" : "");
+  }
+#else
+  GTEST_SKIP() << "not x86-64";
+#endif
 }
 
 }  // namespace
