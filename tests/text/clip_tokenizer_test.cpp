@@ -216,6 +216,29 @@ TEST(CLIPTokenizer, ConcurrentEncodingAgreesWithSerial) {
   EXPECT_EQ(a, b);
 }
 
+TEST(CLIPTokenizer, MalformedVocabIsReportedWithTheFileAndTheToken) {
+  auto dir = testing::make_temp_dir("clip_tok_vocab");
+  write_tiny_bpe_tokenizer(dir, "", 10);
+  const std::pair<const char*, const char*> cases[] = {
+      {R"({"a</w>": 1, "b</w>": "two"})", "'b</w>'"},
+      {R"(["a", "b"])", "expected an object"},
+      {R"({"a</w>": {"nested": 1}})", "expected an object"},
+      {R"({"a</w>": 1,)", "invalid JSON"},
+  };
+  for (const auto& [text, expected] : cases) {
+    std::ofstream(dir / "vocab.json", std::ios::trunc) << text;
+    try {
+      CLIPTokenizer::load(dir);
+      ADD_FAILURE() << "expected an error for " << text;
+    } catch (const std::exception& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("vocab.json"), std::string::npos) << what;
+      EXPECT_NE(what.find(expected), std::string::npos) << what;
+    }
+  }
+  std::filesystem::remove_all(dir);
+}
+
 TEST(CLIPTokenizer, MissingFilesAndBadConfigAreReportedByPath) {
   auto dir = testing::make_temp_dir("clip_tok_bad");
   try {

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <set>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -95,6 +96,7 @@ class Trainer {
   void save_checkpoint();
   void run_validation();
   void finalize();
+  void release_text_encoders();
   void publish_outputs();
 
   TrainConfig cfg_;
@@ -171,6 +173,20 @@ void Trainer::load_everything() {
   }
   embedder_ = std::make_unique<CaptionEmbedder>(dopt.cache_text);
   fingerprint_ = make_fingerprint(cfg_, data_files, dist_->world_size());
+  if (dopt.cache_text && cfg_.validation_prompt.empty()) release_text_encoders();
+}
+
+// Frozen text encoders and no validation prompt: every caption the run will see is known now, so
+// embed them all and free the tokenizers and encoders (as diffusers' scripts do): on SD 1.5 that is
+// 470 MB of fp32 weights, on SDXL 2.8 GB, kept for nothing during the whole run.
+void Trainer::release_text_encoders() {
+  std::set<std::string> captions;
+  for (const auto* set : {instances_.get(), classes_.get()})
+    if (set)
+      for (const auto& image : set->images()) captions.insert(image.caption);
+  for (const auto& caption : captions) embedder_->embed(model_, {caption});
+  model_.text = TextEncoders{};
+  log(str("text encoders released after embedding ", captions.size(), " caption", captions.size() == 1 ? "" : "s"));
 }
 
 void Trainer::inject_lora() {
