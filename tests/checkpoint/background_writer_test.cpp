@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <thread>
+
 #include "checkpoint/checkpoint_test_helpers.h"
 #include "dreamlora/common/error.h"
 #include "test_util.h"
@@ -147,6 +149,41 @@ TEST(ErrorPolicy, ParsesTheFlagValues) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("--on-checkpoint-error"), std::string::npos);
   }
+}
+
+TEST_F(WriterTest, PrepareRunsOnTheWriterThreadBeforeTheFilesAreWritten) {
+  for (bool synchronous : {false, true}) {
+    WriterOptions o;
+    o.synchronous = synchronous;
+    CheckpointWriter writer(*store, o);
+    const int64_t step = synchronous ? 2 : 1;
+    std::thread::id prepared_on;
+    CheckpointContents c;
+    c.prepare = [&prepared_on, step](CheckpointContents& contents) {
+      prepared_on = std::this_thread::get_id();
+      contents = sample_contents(step, 1024);
+    };
+    writer.submit(step, std::move(c));
+    writer.wait_idle();
+    EXPECT_EQ(prepared_on == std::this_thread::get_id(), synchronous);
+    auto v = verify_checkpoint(dir / ("checkpoint-" + std::to_string(step)));
+    ASSERT_TRUE(v.ok) << v.reason;
+    EXPECT_EQ(v.manifest->files.size(), sample_contents(step, 1024).files.size());
+  }
+}
+
+TEST_F(WriterTest, AFailingPrepareIsACheckpointErrorAndWritesNothing) {
+  CheckpointWriter writer(*store, WriterOptions{});
+  CheckpointContents c;
+  c.prepare = [](CheckpointContents&) { fail("snapshot could not be serialised"); };
+  writer.submit(3, std::move(c));
+  try {
+    writer.wait_idle();
+    FAIL() << "expected the prepare error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("snapshot could not be serialised"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(entry_names(dir).empty());
 }
 
 }  // namespace

@@ -34,6 +34,9 @@ struct CheckpointFile {
 
 struct CheckpointContents {
   std::vector<CheckpointFile> files;  // written in this order, MANIFEST.json after all of them
+  // Run by the CheckpointWriter on its thread before anything is written: lets the training thread
+  // hand over one flat copy of its state and leave splitting, naming and serialising to the writer.
+  std::function<void(CheckpointContents&)> prepare;
 
   void add_bytes(const std::string& name, std::string bytes);
   void add_tensors(const std::string& name, std::vector<std::pair<std::string, torch::Tensor>> tensors,

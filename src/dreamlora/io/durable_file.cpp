@@ -33,14 +33,16 @@ void fsync_path(const std::filesystem::path& path) {
   DL_CHECK(rc == 0, path.string(), ": fsync failed: ", std::strerror(err));
 }
 
-void write_file_durably(const std::filesystem::path& path, std::string_view bytes) {
+namespace {
+
+void write_via_temp(const std::filesystem::path& path, std::string_view bytes, bool durable) {
   auto parent = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
   auto tmp = parent / ("." + path.filename().string() + ".tmp-" + std::to_string(::getpid()));
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   DL_CHECK(fd >= 0, tmp.string(), ": cannot create: ", std::strerror(errno));
   try {
     write_all(fd, bytes, tmp);
-    DL_CHECK(::fsync(fd) == 0, tmp.string(), ": fsync failed: ", std::strerror(errno));
+    if (durable) DL_CHECK(::fsync(fd) == 0, tmp.string(), ": fsync failed: ", std::strerror(errno));
   } catch (...) {
     ::close(fd);
     ::unlink(tmp.c_str());
@@ -52,7 +54,17 @@ void write_file_durably(const std::filesystem::path& path, std::string_view byte
     ::unlink(tmp.c_str());
     fail(str(path.string(), ": rename from temp file failed: ", std::strerror(err)));
   }
-  fsync_path(parent);
+  if (durable) fsync_path(parent);
+}
+
+}  // namespace
+
+void write_file_durably(const std::filesystem::path& path, std::string_view bytes) {
+  write_via_temp(path, bytes, true);
+}
+
+void write_file_atomically(const std::filesystem::path& path, std::string_view bytes) {
+  write_via_temp(path, bytes, false);
 }
 
 std::string read_file(const std::filesystem::path& path) {

@@ -102,7 +102,7 @@ std::string render_loss_svg(const std::vector<MetricsLog::Point>& points) {
   return svg.str();
 }
 
-void MetricsLog::write_svg(const std::filesystem::path& path) const { write_file_durably(path, render_loss_svg(points_)); }
+void MetricsLog::write_svg(const std::filesystem::path& path) const { write_file_atomically(path, render_loss_svg(points_)); }
 
 void MetricsLog::print_summary(const std::vector<checkpoint::WriteStats>& writes) const {
   if (points_.empty()) return;

@@ -45,6 +45,7 @@ namespace {
 
 void log(const std::string& line) { std::cerr << "dreamlora: " << line << std::endl; }
 
+
 std::string tensor_bytes(const torch::Tensor& t) {
   auto c = t.contiguous();
   return std::string(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
@@ -92,6 +93,8 @@ class Trainer {
   std::vector<torch::Tensor> trainable_parameters() const;
   void train_step();
   lora::LoRAWeights current_lora(bool copy);
+  using LayerList = std::vector<std::pair<std::string, nn::Linear>>;
+  const std::map<std::string, LayerList>& lora_layers();
   checkpoint::CheckpointContents snapshot();
   void save_checkpoint();
   void run_validation();
@@ -112,6 +115,19 @@ class Trainer {
   std::unique_ptr<Distributed> dist_;
   std::unique_ptr<checkpoint::CheckpointStore> store_;
   std::shared_ptr<checkpoint::CheckpointSink> mirror_;
+  std::map<std::string, LayerList> lora_layers_;  // by component
+  // Views of the trainable tensors in checkpoint order, made once (see snapshot()).
+  struct FlatLayout {
+    struct Module {
+      std::string component, path;
+      double alpha;
+    };
+    std::vector<Module> lora_modules;
+    std::vector<torch::Tensor> lora_views, moment_views;
+    std::vector<std::vector<int64_t>> lora_shapes, moment_shapes;
+    std::vector<std::string> moment_names;
+  };
+  std::shared_ptr<const FlatLayout> flat_;
   std::unique_ptr<checkpoint::CheckpointWriter> writer_;
   std::unique_ptr<MetricsLog> metrics_;
   std::unique_ptr<checkpoint::CheckpointSchedule> schedule_due_;
@@ -408,35 +424,86 @@ void Trainer::train_step() {
 }
 
 lora::LoRAWeights Trainer::current_lora(bool copy) {
+  const auto& layers = lora_layers();
   lora::LoRAWeights w;
-  w.components["unet"] = lora::collect_lora(*model_.unet);
-  if (cfg_.train_text_encoder) {
-    w.components["text_encoder"] = lora::collect_lora(*model_.text.text_encoder);
-    if (model_.sdxl) w.components["text_encoder_2"] = lora::collect_lora(*model_.text.text_encoder_2);
-  }
+  for (const auto& [component, list] : layers) w.components[component] = lora::collect_lora(list, true);
   if (copy)
     for (auto& [component, modules] : w.components)
       for (auto& [path, m] : modules) {
-        m.down = m.down.detach().to(torch::kCPU, torch::kFloat32, false, true);
-        m.up = m.up.detach().to(torch::kCPU, torch::kFloat32, false, true);
+        m.down = m.down.to(torch::kCPU, torch::kFloat32);
+        m.up = m.up.to(torch::kCPU, torch::kFloat32);
       }
   return w;
 }
 
+const std::map<std::string, Trainer::LayerList>& Trainer::lora_layers() {
+  if (lora_layers_.empty()) {  // found once: walking the module tree costs ~1 ms
+    lora_layers_["unet"] = lora::lora_layers(*model_.unet);
+    if (cfg_.train_text_encoder) {
+      lora_layers_["text_encoder"] = lora::lora_layers(*model_.text.text_encoder);
+      if (model_.sdxl) lora_layers_["text_encoder_2"] = lora::lora_layers(*model_.text.text_encoder_2);
+    }
+  }
+  return lora_layers_;
+}
+
 // The step loop's whole share of a checkpoint: copying tensors into memory.
+// What a checkpoint holds, captured in two copies on the training thread: every LoRA weight and every
+// optimizer moment each in one concatenated tensor. Views of the live tensors are made once (they are
+// updated in place), so capturing costs two ops whatever the number of layers; naming, splitting and
+// serialising happen in `prepare` on the writer thread.
 checkpoint::CheckpointContents Trainer::snapshot() {
-  checkpoint::CheckpointContents c;
-  auto lora_tensors = lora::to_diffusers_tensors(current_lora(true), /*bake_alpha_into_up=*/false);
-  c.add_tensors("pytorch_lora_weights.safetensors", {lora_tensors.begin(), lora_tensors.end()},
-                lora_metadata(cfg_, /*baked=*/false));
-  std::vector<std::pair<std::string, torch::Tensor>> opt;
-  for (auto& [name, t] : optimizer_->state_tensors()) opt.emplace_back(name, t.detach().to(torch::kCPU, false, true));
-  c.add_tensors("optimizer.safetensors", std::move(opt), {{"step", std::to_string(optimizer_->step_count())}});
+  if (!flat_) {
+    auto layout = std::make_shared<FlatLayout>();
+    for (const auto& [component, list] : lora_layers())
+      for (const auto& [path, linear] : list) {
+        for (const auto* w : {&linear->lora->down->weight, &linear->lora->up->weight}) {
+          layout->lora_views.push_back(w->detach().view({-1}));  // a view: it follows in-place updates
+          layout->lora_shapes.push_back(w->sizes().vec());
+        }
+        layout->lora_modules.push_back({component, path, linear->lora->options.alpha});
+      }
+    for (auto& [name, t] : optimizer_->state_tensors()) {
+      layout->moment_views.push_back(t.detach().view({-1}));
+      layout->moment_names.push_back(name);
+      layout->moment_shapes.push_back(t.sizes().vec());
+    }
+    flat_ = layout;
+  }
+  auto lora_flat = torch::cat(flat_->lora_views).to(torch::kCPU, torch::kFloat32);
+  auto moments_flat = torch::cat(flat_->moment_views).to(torch::kCPU);
   TrainerState s = state_;
   s.world_size = dist_->world_size();
   s.default_rng_state = base64_encode(tensor_bytes(at::detail::getDefaultCPUGenerator().get_state()));
   s.fingerprint = fingerprint_;
-  c.add_bytes("trainer_state.json", s.to_json().dump(2) + "\n");
+  checkpoint::CheckpointContents c;
+  c.prepare = [layout = flat_, lora_flat, moments_flat, s, step = optimizer_->step_count(),
+               metadata = lora_metadata(cfg_, /*baked=*/false)](checkpoint::CheckpointContents& c) {
+    lora::LoRAWeights weights;
+    int64_t offset = 0;
+    auto next = [&offset](const torch::Tensor& flat, const std::vector<int64_t>& shape) {
+      const int64_t n = c10::multiply_integers(shape);
+      auto t = flat.narrow(0, offset, n).view(shape);
+      offset += n;
+      return t;
+    };
+    for (size_t i = 0; i < layout->lora_modules.size(); ++i) {
+      const auto& m = layout->lora_modules[i];
+      lora::LoRAModuleWeights w;
+      w.down = next(lora_flat, layout->lora_shapes[2 * i]);
+      w.up = next(lora_flat, layout->lora_shapes[2 * i + 1]);
+      w.alpha = m.alpha;
+      weights.components[m.component][m.path] = w;
+    }
+    auto lora_tensors = lora::to_diffusers_tensors(weights, /*bake_alpha_into_up=*/false);
+    c.add_tensors("pytorch_lora_weights.safetensors", {lora_tensors.begin(), lora_tensors.end()}, metadata);
+    offset = 0;
+    std::vector<std::pair<std::string, torch::Tensor>> opt;
+    for (size_t i = 0; i < layout->moment_names.size(); ++i)
+      opt.emplace_back(layout->moment_names[i], next(moments_flat, layout->moment_shapes[i]));
+    c.add_tensors("optimizer.safetensors", std::move(opt), {{"step", std::to_string(step)}});
+    c.add_bytes("trainer_state.json", s.to_json().dump(2) + "\n");
+  };
   return c;
 }
 
@@ -453,16 +520,26 @@ void Trainer::save_checkpoint() {
     last_checkpoint_step_ = state_.global_step;
     return;
   }
+  // Everything the step loop spends on a checkpoint counts as its stall, the loss curve included.
   auto t0 = Clock::now();
   auto snap = snapshot();
-  double snapshot_s = std::chrono::duration<double>(Clock::now() - t0).count();
-  double waited = writer_->submit(state_.global_step, std::move(snap));
+  // The loss curve is redrawn beside each checkpoint, on the writer thread too.
+  snap.prepare = [prepare = std::move(snap.prepare), points = metrics_->points(),
+                  svg = out_ / "loss.svg"](checkpoint::CheckpointContents& c) {
+    prepare(c);
+    try {
+      write_file_atomically(svg, render_loss_svg(points));
+    } catch (const std::exception& e) {
+      log(str("warning: ", svg.string(), " not updated: ", e.what()));
+    }
+  };
+  const double waited = writer_->submit(state_.global_step, std::move(snap));
   if (waited > 0.01) log(str("waited ", waited, " s for the previous checkpoint write to finish"));
   last_checkpoint_step_ = state_.global_step;
+  const double stall = std::chrono::duration<double>(Clock::now() - t0).count();
   auto previous = writer_->last();
-  schedule_due_->on_checkpoint(state_.global_step, snapshot_s + waited, previous ? previous->write_seconds : 0.0);
-  metrics_->record_checkpoint(state_.global_step, snapshot_s + waited);
-  metrics_->write_svg(out_ / "loss.svg");
+  schedule_due_->on_checkpoint(state_.global_step, stall, previous ? previous->write_seconds : 0.0);
+  metrics_->record_checkpoint(state_.global_step, stall);
 }
 
 void Trainer::run_validation() {
