@@ -6,13 +6,13 @@
 #include <torch/nn/module.h>
 #include <torch/types.h>
 
-#include "dreamlora/nn/linear.h"
-
 #include <filesystem>
 #include <map>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "dreamlora/nn/linear.h"
 
 namespace dreamlora::lora {
 

@@ -5,11 +5,11 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <set>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <set>
 
 #include "dreamlora/checkpoint/background_writer.h"
 #include "dreamlora/checkpoint/checkpoint_schedule.h"
@@ -44,7 +44,6 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 void log(const std::string& line) { std::cerr << "dreamlora: " << line << std::endl; }
-
 
 std::string tensor_bytes(const torch::Tensor& t) {
   auto c = t.contiguous();
@@ -447,7 +446,6 @@ const std::map<std::string, Trainer::LayerList>& Trainer::lora_layers() {
   return lora_layers_;
 }
 
-// The step loop's whole share of a checkpoint: copying tensors into memory.
 // What a checkpoint holds, captured in two copies on the training thread: every LoRA weight and every
 // optimizer moment each in one concatenated tensor. Views of the live tensors are made once (they are
 // updated in place), so capturing costs two ops whatever the number of layers; naming, splitting and
