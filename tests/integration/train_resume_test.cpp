@@ -100,6 +100,22 @@ TEST(TrainResume, AFinishedRunOnlyRewritesItsOutputs) {
   EXPECT_EQ(final_lora(out), before);
 }
 
+// Without a validation prompt the trainer embeds every caption up front and frees the text encoders;
+// with one it keeps them for the validation images. The trained LoRA is the same either way.
+TEST(TrainResume, FreeingTheTextEncodersUpFrontLeavesTheResultUnchanged) {
+  auto freed = make_temp_dir("train-te-freed"), kept = make_temp_dir("train-te-kept");
+  auto a = run_dreamlora(train_args(freed, 3));
+  ASSERT_EQ(a.exit_status, 0) << a.output;
+  EXPECT_NE(a.output.find("text encoders released after embedding 1 caption"), std::string::npos) << a.output;
+  auto args = train_args(kept, 3);
+  args.insert(args.end(), {"--validation-prompt", "a photo of sks toy", "--validation-inference-steps", "2"});
+  auto b = run_dreamlora(args);
+  ASSERT_EQ(b.exit_status, 0) << b.output;
+  EXPECT_EQ(b.output.find("text encoders released"), std::string::npos) << b.output;
+  EXPECT_TRUE(fs::exists(kept / "validation"));
+  EXPECT_EQ(final_lora(freed), final_lora(kept));
+}
+
 TEST(TrainResume, ChangedResultSettingIsRefusedWithTheDifference) {
   auto out = make_temp_dir("train-changed");
   ASSERT_EQ(run_dreamlora(train_args(out, 2)).exit_status, 0);
