@@ -307,7 +307,7 @@ TEST_F(StoreTest, FailingMirrorIsAWarningAndTheLocalCheckpointStands) {
   struct Broken : CheckpointSink {
     std::string describe() const override { return "broken"; }
     void publish(const fs::path&, const Manifest&) override { fail("network unreachable"); }
-    void remove(int64_t) override {}
+    void remove_now(int64_t) override {}
     void publish_outputs(const fs::path&, const std::vector<std::string>&) override {}
   };
   store->add_mirror(std::make_shared<Broken>());
@@ -370,6 +370,33 @@ TEST_F(StoreTest, ImportRefusesASourceThatDoesNotVerify) {
   EXPECT_THROW(target.import_checkpoint(2, dir / "checkpoint-2"), Error);
   EXPECT_TRUE(entry_names(other).empty());
   fs::remove_all(other);
+}
+
+TEST_F(StoreTest, AMirrorKeepsItsNewestCompleteCheckpointWhenTheNewerCopyFailed) {
+  auto mirror_dir = dreamlora::testing::make_temp_dir("ckpt-mirror");
+  // The mirror's disk fills up at checkpoint 3: its checkpoint-2 must survive local pruning.
+  struct FlakyDirectory : DirectorySink {
+    using DirectorySink::DirectorySink;
+    bool fail = false;
+    void publish(const fs::path& dir, const Manifest& m) override {
+      if (fail) dreamlora::fail("No space left on device");
+      DirectorySink::publish(dir, m);
+    }
+  };
+  auto mirror = std::make_shared<FlakyDirectory>(mirror_dir);
+  store->add_mirror(mirror);
+  for (int64_t s : {1, 2}) store->commit(s, sample_contents(s, 1024));
+  store->prune(1);
+  EXPECT_EQ(entry_names(mirror_dir), (std::set<std::string>{"checkpoint-2"}));
+  mirror->fail = true;
+  store->commit(3, sample_contents(3, 1024));
+  store->prune(1);  // local: checkpoint-3 only
+  EXPECT_EQ(entry_names(mirror_dir), (std::set<std::string>{"checkpoint-2"}));
+  mirror->fail = false;
+  store->commit(4, sample_contents(4, 1024));
+  store->prune(1);
+  EXPECT_EQ(entry_names(mirror_dir), (std::set<std::string>{"checkpoint-4"}));  // 2 went once 4 was in
+  fs::remove_all(mirror_dir);
 }
 
 }  // namespace

@@ -317,5 +317,28 @@ TEST_F(S3MirrorTest, FailedOutputUploadIsReportedInTheSummary) {
   EXPECT_NE(sink->summary().find("upload of the final outputs"), std::string::npos) << sink->summary();
 }
 
+TEST_F(S3MirrorTest, PruningNeverRemovesTheNewestRemoteCheckpointBeforeANewerOneIsUp) {
+  auto sink = make_sink();
+  CheckpointStore store(root_ / "a");
+  store.add_mirror(sink);
+  store.commit(1, sample_contents(1, 1024));
+  sink->set_after_upload_hook([](const std::string& key) {
+    if (key.find("checkpoint-2/") != std::string::npos) throw std::runtime_error("HTTP 503 SlowDown");
+  });
+  store.commit(2, sample_contents(2, 1024));
+  store.prune(1);  // local keeps checkpoint-2 only; the bucket must keep checkpoint-1, its newest complete one
+  auto remote = list_remote_checkpoints(sink->client(), sink->location());
+  ASSERT_FALSE(remote.empty());
+  EXPECT_EQ(remote[0].step, 1);
+  EXPECT_TRUE(remote[0].has_manifest);
+  sink->set_after_upload_hook(nullptr);
+  store.commit(3, sample_contents(3, 1024));
+  store.prune(1);
+  remote = list_remote_checkpoints(sink->client(), sink->location());
+  ASSERT_EQ(remote.size(), 1u);  // 1 went once 3 was up; 2's partial objects went with local pruning
+  EXPECT_EQ(remote[0].step, 3);
+  EXPECT_TRUE(remote[0].has_manifest);
+}
+
 }  // namespace
 }  // namespace dreamlora::checkpoint

@@ -485,6 +485,30 @@ std::vector<std::string> CheckpointStore::republish(int64_t step) const {
 // ---------------------------------------------------------------------------------------------------
 // DirectorySink
 
+void CheckpointSink::remove(int64_t step) {
+  {
+    std::lock_guard<std::mutex> lock(gate_mutex_);
+    if (newest_published_ <= step) {
+      waiting_removals_.push_back(step);
+      return;
+    }
+  }
+  remove_now(step);
+}
+
+void CheckpointSink::published(int64_t step) {
+  std::vector<int64_t> now;
+  {
+    std::lock_guard<std::mutex> lock(gate_mutex_);
+    newest_published_ = std::max(newest_published_, step);
+    auto waits = std::stable_partition(waiting_removals_.begin(), waiting_removals_.end(),
+                                       [&](int64_t s) { return s >= newest_published_; });
+    now.assign(waits, waiting_removals_.end());
+    waiting_removals_.erase(waits, waiting_removals_.end());
+  }
+  for (int64_t s : now) remove_now(s);
+}
+
 void DirectorySink::publish(const fs::path& committed_dir, const Manifest& manifest) {
   CheckpointContents contents;
   for (const auto& f : manifest.files) {
@@ -494,9 +518,10 @@ void DirectorySink::publish(const fs::path& committed_dir, const Manifest& manif
     contents.add_bytes(f.name, std::move(bytes));
   }
   store_.commit(manifest.step, contents);
+  published(manifest.step);
 }
 
-void DirectorySink::remove(int64_t step) {
+void DirectorySink::remove_now(int64_t step) {
   store_.remove(step);
 }
 

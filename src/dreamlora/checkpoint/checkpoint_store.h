@@ -11,6 +11,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
@@ -109,9 +110,14 @@ class CheckpointSink {
   virtual std::string describe() const = 0;
   // Copies a committed checkpoint; a step whose copy in the sink is already complete and identical is
   // left alone, so publishing the same checkpoint again (a resumed run catching up on an upload its
-  // killed predecessor never finished) costs one check.
+  // killed predecessor never finished) costs one check. Implementations call published() once the
+  // copy is complete.
   virtual void publish(const std::filesystem::path& committed_dir, const Manifest& manifest) = 0;
-  virtual void remove(int64_t step) = 0;  // mirrors local pruning
+  // Mirrors local pruning, but never leaves the sink without its newest complete checkpoint: the
+  // removal of `step` waits until a newer checkpoint has been published here (when the newer upload
+  // failed, the older remote checkpoint is what a fresh machine resumes from), and is done after the
+  // next complete publish. Removals still waiting when the process ends are not done.
+  void remove(int64_t step);
   // Copies the finished run's files (paths relative to `output_dir`, e.g. "pytorch_lora_weights.safetensors",
   // "validation/step-100-0.png") to the sink's top level, beside its checkpoint-<N> entries. Throws on failure.
   virtual void publish_outputs(const std::filesystem::path& output_dir, const std::vector<std::string>& files) = 0;
@@ -123,6 +129,17 @@ class CheckpointSink {
     (void)local, (void)after_step, (void)report;
     return std::nullopt;
   }
+
+ protected:
+  virtual void remove_now(int64_t step) = 0;
+  // Records that checkpoint `step` is complete in the sink and carries out the removals that waited for
+  // it. Call without holding a lock that remove_now() takes.
+  void published(int64_t step);
+
+ private:
+  std::mutex gate_mutex_;
+  int64_t newest_published_ = -1;
+  std::vector<int64_t> waiting_removals_;
 };
 
 class CheckpointStore {
@@ -180,11 +197,13 @@ class DirectorySink : public CheckpointSink {
   explicit DirectorySink(std::filesystem::path dir) : store_(std::move(dir)) {}
   std::string describe() const override { return "directory " + store_.output_dir().string(); }
   void publish(const std::filesystem::path& committed_dir, const Manifest& manifest) override;
-  void remove(int64_t step) override;
   void publish_outputs(const std::filesystem::path& output_dir, const std::vector<std::string>& files) override;
   std::optional<int64_t> restore_latest(CheckpointStore& local, int64_t after_step,
                                         const std::function<void(const std::string&)>& report) override;
   const std::filesystem::path& dir() const { return store_.output_dir(); }
+
+ protected:
+  void remove_now(int64_t step) override;
 
  private:
   CheckpointStore store_;

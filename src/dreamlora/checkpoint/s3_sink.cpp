@@ -99,16 +99,20 @@ void S3Sink::record_failure(int64_t step, const std::string& operation, const st
 }
 
 void S3Sink::publish(const fs::path& committed_dir, const Manifest& manifest) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  try {
-    upload(committed_dir, manifest);
-    ++uploaded_checkpoints_;
-    // An older failed upload is superseded by this newer remote checkpoint.
-    pending_.clear();
-  } catch (const std::exception& e) {
-    record_failure(manifest.step, "upload", e);
-    pending_.assign(1, {manifest.step, committed_dir});
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    try {
+      upload(committed_dir, manifest);
+      ++uploaded_checkpoints_;
+      // An older failed upload is superseded by this newer remote checkpoint.
+      pending_.clear();
+    } catch (const std::exception& e) {
+      record_failure(manifest.step, "upload", e);
+      pending_.assign(1, {manifest.step, committed_dir});
+      return;
+    }
   }
+  published(manifest.step);
 }
 
 void S3Sink::upload(const fs::path& dir, const Manifest& manifest) {
@@ -146,7 +150,7 @@ void S3Sink::upload(const fs::path& dir, const Manifest& manifest) {
   uploaded_bytes_ += bytes + manifest_bytes.size();
 }
 
-void S3Sink::remove(int64_t step) {
+void S3Sink::remove_now(int64_t step) {
   std::lock_guard<std::mutex> lock(mutex_);
   try {
     client_->remove(location_.bucket, location_.key(step, kManifestName));
@@ -184,7 +188,7 @@ std::optional<int64_t> S3Sink::restore_latest(CheckpointStore& local, int64_t af
 }
 
 bool S3Sink::retry_failed_upload() {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::unique_lock<std::mutex> lock(mutex_);
   if (pending_.empty()) return true;
   const auto [step, dir] = pending_.back();
   Verification v = verify_checkpoint(dir);
@@ -198,11 +202,13 @@ bool S3Sink::retry_failed_upload() {
     upload(dir, *v.manifest);
     ++uploaded_checkpoints_;
     pending_.clear();
-    return true;
   } catch (const std::exception& e) {
     record_failure(step, "upload", e);
     return false;
   }
+  lock.unlock();
+  published(step);
+  return true;
 }
 
 void S3Sink::check_access(bool write_probe) const {

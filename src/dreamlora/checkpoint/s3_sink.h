@@ -49,8 +49,7 @@ class S3Sink : public CheckpointSink {
 
   std::string describe() const override;
   void publish(const std::filesystem::path& committed_dir, const Manifest& manifest) override;
-  // Deletes checkpoint-<N>/ remotely: MANIFEST.json first, so a half-deleted checkpoint is never valid.
-  void remove(int64_t step) override;
+
   // PUTs each file to <prefix>/<relative path>; throws after recording the failure for summary().
   void publish_outputs(const std::filesystem::path& output_dir, const std::vector<std::string>& files) override;
   // latest_remote_valid() into local.output_dir().
@@ -83,6 +82,10 @@ class S3Sink : public CheckpointSink {
   // A process-wide one for tests of `dreamlora train`: DREAMLORA_TEST_CRASH_AFTER_UPLOADS=<n> makes the
   // process _exit(99) right after its n-th uploaded object (a trainer killed mid-upload).
   void set_after_upload_hook(std::function<void(const std::string& key)> hook);
+
+ protected:
+  // Deletes checkpoint-<N>/ remotely: MANIFEST.json first, so a half-deleted checkpoint is never valid.
+  void remove_now(int64_t step) override;
 
  private:
   void after_upload(const std::string& key);
