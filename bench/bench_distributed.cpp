@@ -19,6 +19,8 @@
 #include <thread>
 #include <vector>
 
+#include "child_process.h"
+
 namespace fs = std::filesystem;
 using Json = nlohmann::json;
 
@@ -26,20 +28,7 @@ namespace {
 
 std::string g_bin;
 
-pid_t start(const std::vector<std::string>& args, const fs::path& log) {
-  pid_t pid = fork();
-  if (pid == 0) {
-    FILE* f = std::fopen(log.c_str(), "w");
-    dup2(fileno(f), 1);
-    dup2(fileno(f), 2);
-    std::vector<char*> argv{const_cast<char*>(g_bin.c_str())};
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv(g_bin.c_str(), argv.data());
-    _exit(127);
-  }
-  return pid;
-}
+pid_t start(const std::vector<std::string>& args, const fs::path& log) { return bench::spawn(g_bin, args, log); }
 
 int finish(pid_t pid) {
   int status = 0;

@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "child_process.h"
+
 namespace fs = std::filesystem;
 using Json = nlohmann::json;
 
@@ -39,17 +41,7 @@ struct Run {
 Run run(const std::vector<std::string>& args, const fs::path& log) {
   Run r;
   r.start = unix_now();
-  pid_t pid = fork();
-  if (pid == 0) {
-    FILE* f = std::fopen(log.c_str(), "w");
-    dup2(fileno(f), 1);
-    dup2(fileno(f), 2);
-    std::vector<char*> argv{const_cast<char*>(g_bin.c_str())};
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv(g_bin.c_str(), argv.data());
-    _exit(127);
-  }
+  pid_t pid = bench::spawn(g_bin, args, log);
   int status = 0;
   struct rusage ru {};
   wait4(pid, &status, 0, &ru);

@@ -421,10 +421,21 @@ PruneResult CheckpointStore::prune(int limit) {
   return r;
 }
 
+namespace {
+
+// The manifest of checkpoint directory `dir`, checked to be for `step`; throws naming the file.
+Manifest read_manifest(const fs::path& dir, int64_t step) {
+  const fs::path path = dir / kManifestName;
+  Manifest m = Manifest::parse(read_file(path), path.string());
+  DL_CHECK(m.step == step, path.string(), ": is for step ", m.step, ", expected ", step);
+  return m;
+}
+
+}  // namespace
+
 CommitResult CheckpointStore::import_checkpoint(int64_t step, const fs::path& source) const {
-  Verification source_ok = verify_checkpoint(source);
-  DL_CHECK(source_ok.ok && source_ok.manifest && source_ok.manifest->step == step, source.string(),
-           ": cannot import as checkpoint ", step, ": ", source_ok.ok ? "wrong step" : source_ok.reason);
+  // The copy is verified against the source's manifest before it takes the name: one read of the source.
+  const Manifest manifest = read_manifest(source, step);
   CommitResult r;
   const fs::path final_dir = path_for(step);
   r.path = final_dir;
@@ -439,7 +450,7 @@ CommitResult CheckpointStore::import_checkpoint(int64_t step, const fs::path& so
   fs::remove_all(tmp, ec);
   if (::mkdir(tmp.c_str(), 0755) != 0) fail(str(tmp.string(), ": cannot create: ", std::strerror(errno)));
   try {
-    for (const auto& f : source_ok.manifest->files) {
+    for (const auto& f : manifest.files) {
       write_file_synced(tmp / f.name, read_file(source / f.name), false);
       r.bytes += f.size;
     }
@@ -467,14 +478,17 @@ CommitResult CheckpointStore::import_checkpoint(int64_t step, const fs::path& so
 std::vector<std::string> CheckpointStore::republish(int64_t step) const {
   std::vector<std::string> warnings;
   if (mirrors_.empty()) return warnings;
-  Verification v = verify_checkpoint(path_for(step));
-  if (!v.ok || !v.manifest) {
-    warn(&warnings, str(path_for(step).string(), ": not published again: ", v.reason));
+  // Each sink checks every file against the manifest as it copies it: no need to read them twice.
+  Manifest manifest;
+  try {
+    manifest = read_manifest(path_for(step), step);
+  } catch (const std::exception& e) {
+    warn(&warnings, str(path_for(step).string(), ": not published again: ", e.what()));
     return warnings;
   }
   for (const auto& mirror : mirrors_) {
     try {
-      mirror->publish(path_for(step), *v.manifest);
+      mirror->publish(path_for(step), manifest);
     } catch (const std::exception& e) {
       warn(&warnings, str("mirror ", mirror->describe(), ": checkpoint ", step, " not copied: ", e.what()));
     }
@@ -537,17 +551,15 @@ void DirectorySink::publish_outputs(const fs::path& output_dir, const std::vecto
 
 std::optional<int64_t> DirectorySink::restore_latest(CheckpointStore& local, int64_t after_step,
                                                      const std::function<void(const std::string&)>& report) {
-  auto all = store_.list();
-  for (auto it = all.rbegin(); it != all.rend() && it->step > after_step; ++it) {
-    if (!it->valid) {
-      if (report) report(str("mirror ", describe(), ": skipping checkpoint ", it->step, ": ", it->reason));
-      continue;
-    }
-    local.import_checkpoint(it->step, it->path);
-    if (report) report(str("copied checkpoint ", it->step, " from mirror ", describe(), " to ", local.path_for(it->step).string()));
-    return it->step;
-  }
-  return std::nullopt;
+  LatestResult latest = store_.latest_valid();
+  for (const auto& skipped : latest.skipped)
+    if (report && skipped.step > after_step)
+      report(str("mirror ", describe(), ": skipping checkpoint ", skipped.step, ": ", skipped.reason));
+  if (!latest.latest || latest.latest->step <= after_step) return std::nullopt;
+  const int64_t step = latest.latest->step;
+  local.import_checkpoint(step, latest.latest->path);
+  if (report) report(str("copied checkpoint ", step, " from mirror ", describe(), " to ", local.path_for(step).string()));
+  return step;
 }
 
 }  // namespace dreamlora::checkpoint

@@ -90,7 +90,7 @@ void S3Sink::record_failure(int64_t step, const std::string& operation, const st
     f.s3_code = s3->s3_code;
   }
   failures_.push_back(f);
-  if (operation == "upload of the final outputs") {
+  if (step < 0) {  // not a checkpoint: the final outputs
     warn(str("mirror ", location_.url(), ": ", operation, " failed: ", f.message));
     return;
   }

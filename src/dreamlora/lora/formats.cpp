@@ -115,15 +115,14 @@ std::string to_string(ModelFamily family) {
   }
 }
 
-LoRAModules collect_lora(torch::nn::Module& model) { return collect_lora(lora_layers(model), true); }
+LoRAModules collect_lora(torch::nn::Module& model) { return collect_lora(lora_layers(model)); }
 
-LoRAModules collect_lora(const std::vector<std::pair<std::string, nn::Linear>>& layers, bool clone) {
+LoRAModules collect_lora(const std::vector<std::pair<std::string, nn::Linear>>& layers) {
   LoRAModules out;
   for (const auto& [path, linear] : layers) {
     LoRAModuleWeights w;
-    w.down = linear->lora->down->weight.detach();
-    w.up = linear->lora->up->weight.detach();
-    if (clone) w.down = w.down.clone(), w.up = w.up.clone();
+    w.down = linear->lora->down->weight.detach().clone();
+    w.up = linear->lora->up->weight.detach().clone();
     w.alpha = linear->lora->options.alpha;
     out[path] = w;
   }

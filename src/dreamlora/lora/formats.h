@@ -65,9 +65,8 @@ std::string path_to_kohya_stem(const std::string& path);
 
 // Model -> canonical: every adapted nn::Linear of model under component.
 LoRAModules collect_lora(torch::nn::Module& model);
-// The same from layers already found with lora_layers(); `clone` false gives the live parameters
-// (detached), for a caller that copies them itself.
-LoRAModules collect_lora(const std::vector<std::pair<std::string, nn::Linear>>& layers, bool clone);
+// The same from layers already found with lora_layers().
+LoRAModules collect_lora(const std::vector<std::pair<std::string, nn::Linear>>& layers);
 // Canonical -> model: enables an adapter of the file's rank/alpha where none exists and copies the
 // weights (cast to the adapter dtype). Modules absent from the model, or a rank that disagrees with an
 // existing adapter, are an error listing them, prefixed with `what`.

@@ -1,5 +1,6 @@
 #include "dreamlora/train/outputs.h"
 
+#include <algorithm>
 #include <sstream>
 
 #include "dreamlora/checkpoint/manifest.h"
@@ -46,6 +47,20 @@ std::string model_card(const TrainConfig& c, bool sdxl, const std::string& sampl
   md << "dreamlora: `dreamlora sample --model " << c.model << " --lora " << c.output_dir
      << "/pytorch_lora_weights.safetensors --prompt \"" << c.prompt << "\"`\n";
   return md.str();
+}
+
+std::vector<std::string> final_output_files(const fs::path& out) {
+  std::vector<std::string> files;
+  for (const char* name : {"pytorch_lora_weights.safetensors", "pytorch_lora_weights_kohya.safetensors", "README.md",
+                           "loss.svg", "metrics.jsonl", "training_config.json"})
+    if (fs::is_regular_file(out / name)) files.emplace_back(name);
+  std::vector<std::string> images;
+  std::error_code ec;
+  for (fs::directory_iterator it(out / "validation", ec), end; !ec && it != end; it.increment(ec))
+    if (it->is_regular_file()) images.push_back("validation/" + it->path().filename().string());
+  std::sort(images.begin(), images.end());
+  files.insert(files.end(), images.begin(), images.end());
+  return files;
 }
 
 void write_final_outputs(const fs::path& out, const TrainConfig& c, const ModelBundle& model,

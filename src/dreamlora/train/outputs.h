@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "dreamlora/lora/formats.h"
 #include "dreamlora/pipeline/model_bundle.h"
@@ -17,6 +18,10 @@ std::map<std::string, std::string> lora_metadata(const TrainConfig& config, bool
 
 void write_final_outputs(const std::filesystem::path& out, const TrainConfig& config, const ModelBundle& model,
                          const lora::LoRAWeights& weights);
+
+// The files a finished run leaves beside its checkpoints that exist in `out`, as paths relative to it:
+// the LoRA files, model card, loss curve, metrics, training config, then validation/*.png by name.
+std::vector<std::string> final_output_files(const std::filesystem::path& out);
 
 std::string model_card(const TrainConfig& config, bool sdxl, const std::string& sample_image);
 

@@ -45,6 +45,18 @@ namespace {
 
 void log(const std::string& line) { std::cerr << "dreamlora: " << line << std::endl; }
 
+// Views of consecutive pieces of a flat tensor, one per shape.
+std::vector<torch::Tensor> split_flat(const torch::Tensor& flat, const std::vector<std::vector<int64_t>>& shapes) {
+  std::vector<torch::Tensor> out;
+  int64_t offset = 0;
+  for (const auto& shape : shapes) {
+    const int64_t n = c10::multiply_integers(shape);
+    out.push_back(flat.narrow(0, offset, n).view(shape));
+    offset += n;
+  }
+  return out;
+}
+
 std::string tensor_bytes(const torch::Tensor& t) {
   auto c = t.contiguous();
   return std::string(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
@@ -425,7 +437,7 @@ void Trainer::train_step() {
 lora::LoRAWeights Trainer::current_lora(bool copy) {
   const auto& layers = lora_layers();
   lora::LoRAWeights w;
-  for (const auto& [component, list] : layers) w.components[component] = lora::collect_lora(list, true);
+  for (const auto& [component, list] : layers) w.components[component] = lora::collect_lora(list);
   if (copy)
     for (auto& [component, modules] : w.components)
       for (auto& [path, m] : modules) {
@@ -478,27 +490,16 @@ checkpoint::CheckpointContents Trainer::snapshot() {
   c.prepare = [layout = flat_, lora_flat, moments_flat, s, step = optimizer_->step_count(),
                metadata = lora_metadata(cfg_, /*baked=*/false)](checkpoint::CheckpointContents& c) {
     lora::LoRAWeights weights;
-    int64_t offset = 0;
-    auto next = [&offset](const torch::Tensor& flat, const std::vector<int64_t>& shape) {
-      const int64_t n = c10::multiply_integers(shape);
-      auto t = flat.narrow(0, offset, n).view(shape);
-      offset += n;
-      return t;
-    };
+    const auto lora = split_flat(lora_flat, layout->lora_shapes);  // down, up of each module in turn
     for (size_t i = 0; i < layout->lora_modules.size(); ++i) {
       const auto& m = layout->lora_modules[i];
-      lora::LoRAModuleWeights w;
-      w.down = next(lora_flat, layout->lora_shapes[2 * i]);
-      w.up = next(lora_flat, layout->lora_shapes[2 * i + 1]);
-      w.alpha = m.alpha;
-      weights.components[m.component][m.path] = w;
+      weights.components[m.component][m.path] = {lora[2 * i], lora[2 * i + 1], m.alpha};
     }
     auto lora_tensors = lora::to_diffusers_tensors(weights, /*bake_alpha_into_up=*/false);
     c.add_tensors("pytorch_lora_weights.safetensors", {lora_tensors.begin(), lora_tensors.end()}, metadata);
-    offset = 0;
+    const auto moments = split_flat(moments_flat, layout->moment_shapes);
     std::vector<std::pair<std::string, torch::Tensor>> opt;
-    for (size_t i = 0; i < layout->moment_names.size(); ++i)
-      opt.emplace_back(layout->moment_names[i], next(moments_flat, layout->moment_shapes[i]));
+    for (size_t i = 0; i < moments.size(); ++i) opt.emplace_back(layout->moment_names[i], moments[i]);
     c.add_tensors("optimizer.safetensors", std::move(opt), {{"step", std::to_string(step)}});
     c.add_bytes("trainer_state.json", s.to_json().dump(2) + "\n");
   };
@@ -518,7 +519,7 @@ void Trainer::save_checkpoint() {
     last_checkpoint_step_ = state_.global_step;
     return;
   }
-  // Everything the step loop spends on a checkpoint counts as its stall, the loss curve included.
+  // Everything the step loop spends on a checkpoint counts as its stall.
   auto t0 = Clock::now();
   auto snap = snapshot();
   // The loss curve is redrawn beside each checkpoint, on the writer thread too.
@@ -559,21 +560,6 @@ void Trainer::run_validation() {
              sample_metadata(o, static_cast<int64_t>(i), "training LoRA at step " + std::to_string(state_.global_step)));
   model_.unet->train();
   log(str("validation images for step ", state_.global_step, " in ", (out_ / "validation").string()));
-}
-
-// The files a finished run leaves beside its checkpoints, as paths relative to the output dir.
-std::vector<std::string> final_output_files(const fs::path& out) {
-  std::vector<std::string> files;
-  for (const char* name : {"pytorch_lora_weights.safetensors", "pytorch_lora_weights_kohya.safetensors", "README.md",
-                           "loss.svg", "metrics.jsonl", "training_config.json"})
-    if (fs::is_regular_file(out / name)) files.emplace_back(name);
-  std::vector<std::string> images;
-  std::error_code ec;
-  for (fs::directory_iterator it(out / "validation", ec), end; !ec && it != end; it.increment(ec))
-    if (it->is_regular_file()) images.push_back("validation/" + it->path().filename().string());
-  std::sort(images.begin(), images.end());
-  files.insert(files.end(), images.begin(), images.end());
-  return files;
 }
 
 void Trainer::publish_outputs() {
