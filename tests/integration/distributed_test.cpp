@@ -18,13 +18,13 @@ using namespace dreamlora::testing;
 
 namespace {
 
-struct World {
+struct DistWorld {
   fs::path model, images;
 };
-const World& world() {
-  static World w = [] {
+const DistWorld& dist_world() {
+  static DistWorld w = [] {
     auto root = make_temp_dir("dist-world");
-    World w{root / "tiny-sd", root / "subject"};
+    DistWorld w{root / "tiny-sd", root / "subject"};
     dreamlora::write_tiny_model(w.model, {});
     dreamlora::write_demo_subject_images(w.images, 4, 40, 2);
     return w;
@@ -33,7 +33,7 @@ const World& world() {
 }
 
 std::vector<std::string> train(const fs::path& out, int batch, int steps) {
-  return {"--threads", "1", "train", "--model", world().model.string(), "--image-path", world().images.string(),
+  return {"--threads", "1", "train", "--model", dist_world().model.string(), "--image-path", dist_world().images.string(),
           "--prompt", "a photo of sks toy", "--resolution", "32", "--num-steps", std::to_string(steps),
           "--batch-size", std::to_string(batch), "--checkpointing-steps", "2", "--lr", "1e-3",
           "--output-dir", out.string(), "--dist-timeout", "20"};

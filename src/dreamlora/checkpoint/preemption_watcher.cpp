@@ -14,6 +14,7 @@
 
 #include "dreamlora/checkpoint/signals.h"
 #include "dreamlora/common/error.h"
+#include "dreamlora/common/strings.h"
 
 namespace dreamlora::checkpoint {
 
@@ -25,13 +26,6 @@ constexpr int kAwsTokenTtlSeconds = 21600;
 
 double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-std::string trim(const std::string& s) {
-  size_t b = 0, e = s.size();
-  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
-  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
-  return s.substr(b, e - b);
 }
 
 // One line for the log and the stop reason: whitespace runs collapsed, long texts cut.

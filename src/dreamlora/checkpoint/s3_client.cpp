@@ -16,6 +16,8 @@
 #include <sstream>
 #include <thread>
 
+#include "dreamlora/common/strings.h"
+
 namespace dreamlora::checkpoint {
 
 namespace fs = std::filesystem;
@@ -28,13 +30,6 @@ constexpr size_t kMaxErrorBody = 64 * 1024;
 std::string env_or(const char* name, const std::string& fallback = "") {
   const char* v = std::getenv(name);
   return v && *v ? std::string(v) : fallback;
-}
-
-std::string trim(const std::string& s) {
-  const auto b = s.find_first_not_of(" \t\r\n");
-  if (b == std::string::npos) return "";
-  const auto e = s.find_last_not_of(" \t\r\n");
-  return s.substr(b, e - b + 1);
 }
 
 // The [profile] section of an AWS shared credentials file as key → value.

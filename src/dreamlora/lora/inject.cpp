@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "dreamlora/common/error.h"
+#include "dreamlora/common/strings.h"
 
 namespace dreamlora::lora {
 
@@ -17,10 +18,6 @@ const std::vector<std::string> kTextDefaultTargets = {"q_proj", "k_proj", "v_pro
 const std::vector<std::string> kTextWideTargets = {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"};
 
 namespace {
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 // Paths inside an adapter ("x.lora", "x.lora.down") are never targets themselves.
 bool inside_adapter(const std::string& path) {

@@ -6,6 +6,7 @@
 #include <regex>
 
 #include "dreamlora/common/error.h"
+#include "dreamlora/common/strings.h"
 
 namespace dreamlora::lora {
 
@@ -37,12 +38,6 @@ const std::vector<std::pair<std::string, std::string>> kKohyaPrefixes = {{"lora_
 const std::vector<std::string> kComponents = {"text_encoder_2", "text_encoder", "unet"};
 const std::string kPeftWrapper = "base_model.model.";
 
-bool starts_with(const std::string& s, const std::string& p) {
-  return s.rfind(p, 0) == 0;
-}
-bool ends_with(const std::string& s, const std::string& x) {
-  return s.size() >= x.size() && s.compare(s.size() - x.size(), x.size(), x) == 0;
-}
 
 struct KeyParts {
   std::string component, path;
