@@ -1,5 +1,5 @@
 // One self-attention forward+backward at the tiny-sd 32x32 latent shape [1, 8, 1024, 4]: the old
-// bmm -> softmax -> bmm path vs nn::fused_attention. Each variant runs in its own forked process so
+// bmm -> softmax -> bmm path vs nn::fused_attention vs at::scaled_dot_product_attention (libtorch >= 2). Each variant runs in its own forked process so
 // peak RSS is its own; prints median wall and CPU time per iteration, peak RSS and the load average.
 // Usage: bench_attention [iterations] [threads]   (defaults 20, 2; shape via $ATTN_SHAPE="B,H,L,D")
 #include <sys/resource.h>
@@ -15,6 +15,8 @@
 #include <fstream>
 #include <string>
 #include <vector>
+
+#include <torch/version.h>
 
 #include "dreamlora/nn/fused_attention.h"
 
@@ -47,6 +49,14 @@ torch::Tensor reference_attention(const torch::Tensor& q, const torch::Tensor& k
   return torch::bmm(torch::softmax(scores, -1), v3).view({b, h, l, d});
 }
 
+torch::Tensor sdpa(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+#if TORCH_VERSION_MAJOR >= 2
+  return at::scaled_dot_product_attention(q, k, v);
+#else
+  return reference_attention(q, k, v);  // not reached: the variant is skipped before 2.0
+#endif
+}
+
 void run_variant(const std::string& name, int iterations, const std::vector<int64_t>& shape) {
   torch::manual_seed(0);
   auto q = torch::randn(shape).requires_grad_(true);
@@ -55,7 +65,8 @@ void run_variant(const std::string& name, int iterations, const std::vector<int6
   auto grad = torch::randn(shape);
   const double rss_before = peak_rss_mib();
   auto step = [&] {
-    auto out = name == "old" ? reference_attention(q, k, v) : dreamlora::nn::fused_attention(q, k, v, false);
+    auto out = name == "old" ? reference_attention(q, k, v) : name == "sdpa" ? sdpa(q, k, v)
+                                                                             : dreamlora::nn::fused_attention(q, k, v, false);
     out.backward(grad);
     q.mutable_grad().reset();
     k.mutable_grad().reset();
@@ -89,7 +100,9 @@ int main(int argc, char** argv) {
   if (const char* env = std::getenv("ATTN_SHAPE"))
     std::sscanf(env, "%ld,%ld,%ld,%ld", &shape[0], &shape[1], &shape[2], &shape[3]);
   // Fork before any torch work so each child starts with a fresh thread pool and its own peak RSS.
-  for (const std::string name : {"old", "new"}) {
+  std::vector<std::string> variants{"old", "new"};
+  if (TORCH_VERSION_MAJOR >= 2) variants.push_back("sdpa");
+  for (const std::string& name : variants) {
     const pid_t pid = fork();
     if (pid == 0) {
       at::set_num_threads(threads);

@@ -42,8 +42,11 @@ void LinearImpl::enable_lora(const LoRAOptions& options, c10::optional<at::Gener
   lora = register_module("lora", LoRAAdapter(in_features, out_features, options));
   lora->to(weight.device(), torch::kFloat32);
   torch::NoGradGuard no_grad;
-  // peft init_lora_weights="gaussian": A ~ N(0, 1/r), B = 0, so the adapter starts as a no-op.
-  lora->down->weight.normal_(0.0, 1.0 / static_cast<double>(options.rank), gen);
+  // peft init_lora_weights="gaussian": A ~ N(0, 1/r), B = 0, so the adapter starts as a no-op. Drawn on
+  // the CPU generator and then moved, so a CUDA run starts from the same weights as a CPU run.
+  auto a = torch::empty(lora->down->weight.sizes(), torch::kFloat32);
+  a.normal_(0.0, 1.0 / static_cast<double>(options.rank), gen);
+  lora->down->weight.copy_(a);
   lora->up->weight.zero_();
 }
 

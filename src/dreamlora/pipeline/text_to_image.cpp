@@ -42,7 +42,7 @@ std::vector<Image> text_to_image(ModelBundle& model, const SampleOptions& o,
   const int64_t f = model.vae_scale_factor();
   const int64_t width = o.width > 0 ? o.width : default_size(model);
   const int64_t height = o.height > 0 ? o.height : default_size(model);
-  const int64_t n = o.num_images;
+  const int64_t n = o.seeds.empty() ? o.num_images : static_cast<int64_t>(o.seeds.size());
   const bool cfg = o.guidance > 1.0;
   auto device = model.unet->parameters().front().device();
   auto dtype = model.unet->parameters().front().scalar_type();
@@ -73,11 +73,22 @@ std::vector<Image> text_to_image(ModelBundle& model, const SampleOptions& o,
   embeds = embeds.to(device, dtype);
 
   // initial noise, scheduler loop with classifier-free guidance
-  auto gen = at::detail::createCPUGenerator(o.seed);
+  auto gen = at::detail::createCPUGenerator(o.seeds.empty() ? o.seed : o.seeds.front());
   auto sampler = schedulers::make_sampler(o.sampler, model.scheduler_config);
   sampler->set_timesteps(o.steps);
   const int64_t channels = model.unet->config.in_channels;
-  auto latents = torch::randn({n, channels, height / f, width / f}, gen) * sampler->init_noise_sigma();
+  torch::Tensor latents;
+  if (o.seeds.empty()) {
+    latents = torch::randn({n, channels, height / f, width / f}, gen);
+  } else {
+    std::vector<torch::Tensor> noise;
+    for (uint64_t seed : o.seeds) {
+      auto image_gen = at::detail::createCPUGenerator(seed);
+      noise.push_back(torch::randn({1, channels, height / f, width / f}, image_gen));
+    }
+    latents = torch::cat(noise);
+  }
+  latents = latents * sampler->init_noise_sigma();
   const auto timesteps = sampler->timesteps().to(torch::kDouble);
   const int64_t total = timesteps.size(0);
   for (int64_t i = 0; i < total; ++i) {

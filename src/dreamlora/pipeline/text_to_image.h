@@ -22,6 +22,10 @@ struct SampleOptions {
   uint64_t seed = 0;
   int64_t width = 0, height = 0;    // 0: the UNet's sample_size * vae scale factor; multiples of 8 (of the VAE scale factor)
   int64_t num_images = 1;           // images per call, drawn with one generator seeded by seed
+  // When set: one image per seed in one batch, each image's initial noise from a generator of its own,
+  // so a batch gives the images that one call per seed gives (up to batched-kernel rounding) for the
+  // deterministic samplers; num_images and seed are then ignored.
+  std::vector<uint64_t> seeds;
   // SDXL micro-conditioning; 0 = (height, width)
   int64_t original_width = 0, original_height = 0, crop_top = 0, crop_left = 0;
 };

@@ -2,7 +2,9 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <iostream>
+#include <vector>
 
 #include "dreamlora/io/image.h"
 #include "dreamlora/pipeline/text_to_image.h"
@@ -10,6 +12,10 @@
 namespace dreamlora {
 
 namespace fs = std::filesystem;
+
+namespace {
+fs::path class_image_path(const fs::path& dir, int64_t i) { return dir / ("class-" + std::to_string(i) + ".png"); }
+}  // namespace
 
 int64_t ensure_class_images(ModelBundle& model, const TrainConfig& config, int rank, int world_size) {
   const fs::path dir = config.class_image_path;
@@ -22,25 +28,29 @@ int64_t ensure_class_images(ModelBundle& model, const TrainConfig& config, int r
   std::cerr << "dreamlora: generating " << config.num_class_images - existing << " class images for \""
             << config.class_prompt << "\" in " << dir.string() << std::endl;
   torch::NoGradGuard no_grad;
-  const int64_t missing = config.num_class_images - existing;
-  for (int64_t i = 0; i < config.num_class_images; ++i) {
-    auto path = dir / ("class-" + std::to_string(i) + ".png");
-    if (fs::exists(path)) continue;
-    if (i % world_size != rank) {
-      ++generated;  // another worker's share
-      if (generated >= missing) break;
-      continue;
-    }
+  // This worker's share of the missing images (image i belongs to worker i % world_size), generated in
+  // --sample-batch-size batches; image i always has seed + i, whatever the batch or worker count.
+  std::vector<int64_t> mine;
+  for (int64_t i = 0, missing = config.num_class_images - existing; i < config.num_class_images && missing > 0; ++i) {
+    if (fs::exists(class_image_path(dir, i))) continue;
+    --missing;
+    if (i % world_size == rank) mine.push_back(i);
+  }
+  const auto batch = static_cast<size_t>(std::max<int64_t>(1, config.sample_batch_size));
+  for (size_t first = 0; first < mine.size(); first += batch) {
+    const std::vector<int64_t> part(mine.begin() + first, mine.begin() + std::min(mine.size(), first + batch));
     SampleOptions o;
     o.prompt = config.class_prompt;
-    o.seed = config.seed + static_cast<uint64_t>(i);
     o.steps = config.validation_inference_steps;
     o.sampler = config.validation_sampler;
     o.width = o.height = config.resolution;
+    for (int64_t i : part) o.seeds.push_back(config.seed + static_cast<uint64_t>(i));
     auto images = text_to_image(model, o);
-    save_png(path, images.at(0), sample_metadata(o, 0, "none (class image)"));
-    ++generated;
-    if (generated >= missing) break;
+    for (size_t j = 0; j < part.size(); ++j) {
+      o.seed = o.seeds[j];
+      save_png(class_image_path(dir, part[j]), images.at(j), sample_metadata(o, 0, "none (class image)"));
+    }
+    generated += static_cast<int64_t>(part.size());
   }
   return generated;
 }
