@@ -23,6 +23,7 @@ torch::Tensor merge_heads(const torch::Tensor& x) {
   return x.transpose(1, 2).reshape({b, l, h * d});
 }
 
+#if TORCH_VERSION_MAJOR < 2
 namespace {
 
 // Largest score block materialised at once by the fallback path (bytes).
@@ -56,17 +57,22 @@ torch::Tensor attention_sliced(const torch::Tensor& q, const torch::Tensor& k, c
 }
 
 }  // namespace
+#endif
 
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, bool causal,
                         bool upcast) {
-#if defined(TORCH_VERSION_MAJOR) && TORCH_VERSION_MAJOR >= 2
-  if (!upcast || q.scalar_type() == torch::kFloat32)
-    return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/causal);
+#if TORCH_VERSION_MAJOR >= 2
+  // SDPA (flash / memory-efficient kernels on CUDA, which accumulate in fp32, so `upcast` needs no copy:
+  // diffusers' AttnProcessor2_0 ignores it too). On the CPU the fused row kernel still wins for tiny
+  // heads (bench_attention, docs/PERFORMANCE.md: head_dim 4 and 8 faster, 16 and up slower).
+  constexpr int64_t kFusedBeatsSdpaUpToHeadDim = 8;
+  if (q.size(-1) <= kFusedBeatsSdpaUpToHeadDim && fused_attention_supports(q, k, v)) return fused_attention(q, k, v, causal);
+  return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/causal);
 #else
   // fp32 on CPU: blockwise kernel that keeps no [L, L] probabilities for backward (upcast is a no-op).
   if (fused_attention_supports(q, k, v)) return fused_attention(q, k, v, causal);
-#endif
   return attention_sliced(q, k, v, causal, upcast);
+#endif
 }
 
 }  // namespace dreamlora::nn

@@ -1,0 +1,25 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "dreamlora/train/host_copy.h"
+
+using dreamlora::train::copy_to_host_async;
+
+TEST(HostCopy, CpuCopyIsASnapshotThatLaterInPlaceUpdatesDoNotChange) {
+  auto live = torch::arange(6, torch::kFloat32);
+  auto copy = copy_to_host_async(live);
+  live.add_(1);  // the next optimizer step updates the weights in place
+  copy.wait();
+  EXPECT_TRUE(copy.host.equal(torch::arange(6, torch::kFloat32)));
+}
+
+TEST(HostCopy, CudaCopyLandsInPinnedMemoryBeforeLaterKernels) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  auto live = torch::arange(1 << 20, torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCUDA));
+  auto expected = live.cpu();
+  auto copy = copy_to_host_async(live);
+  live.add_(1);
+  copy.wait();
+  EXPECT_TRUE(copy.host.is_pinned());
+  EXPECT_TRUE(copy.host.equal(expected));
+}
