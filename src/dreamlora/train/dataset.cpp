@@ -77,41 +77,74 @@ const ImageSet::Decoded& ImageSet::decoded(int64_t index) {
   return decoded_.emplace(index, std::move(d)).first->second;
 }
 
-ExampleTensors ImageSet::example(int64_t index, ModelBundle& model, at::Generator& gen) {
+ImageSet::Crop ImageSet::draw_crop(int64_t index, at::Generator& gen) {
   const Decoded& d = decoded(index);
   const int64_t r = options_.resolution;
   const int64_t h = d.resized.size(1), w = d.resized.size(2);
-  bool flip = false;
-  if (options_.random_flip) flip = torch::rand({1}, gen).item<float>() < 0.5f;
-  int64_t top = 0, left = 0;
-  const bool random_crop = !options_.center_crop && (h > r || w > r);
+  Crop c;
+  if (options_.random_flip) c.flip = torch::rand({1}, gen).item<float>() < 0.5f;
+  c.random = !options_.center_crop && (h > r || w > r);
   if (options_.center_crop) {
-    top = static_cast<int64_t>(std::lround((h - r) / 2.0));
-    left = static_cast<int64_t>(std::lround((w - r) / 2.0));
-  } else if (random_crop) {
-    top = torch::randint(0, h - r + 1, {1}, gen).item<int64_t>();
-    left = torch::randint(0, w - r + 1, {1}, gen).item<int64_t>();
+    c.top = static_cast<int64_t>(std::lround((h - r) / 2.0));
+    c.left = static_cast<int64_t>(std::lround((w - r) / 2.0));
+  } else if (c.random) {
+    c.top = torch::randint(0, h - r + 1, {1}, gen).item<int64_t>();
+    c.left = torch::randint(0, w - r + 1, {1}, gen).item<int64_t>();
   }
-  ExampleTensors ex;
-  ex.caption = images_[index].caption;
-  ex.time_ids = torch::tensor({static_cast<float>(d.orig_h), static_cast<float>(d.orig_w), static_cast<float>(top),
-                               static_cast<float>(left), static_cast<float>(r), static_cast<float>(r)});
-  auto key = std::make_pair(index, flip);
-  auto cached = latent_cache_.find(key);
-  if (!random_crop && cached != latent_cache_.end()) {
+  return c;
+}
+
+torch::Tensor ImageSet::cropped_pixels(int64_t index, const Crop& crop) {
+  const int64_t r = options_.resolution;
+  auto pixels = decoded(index).resized.slice(1, crop.top, crop.top + r).slice(2, crop.left, crop.left + r);
+  if (crop.flip) pixels = pixels.flip({2});
+  return pixels * 2.0 - 1.0;  // [3, r, r] in [-1, 1]
+}
+
+std::vector<ExampleTensors> ImageSet::examples(const std::vector<int64_t>& indices, ModelBundle& model,
+                                               std::vector<at::Generator>& gens) {
+  DL_CHECK(indices.size() == gens.size(), "ImageSet::examples: one generator per example");
+  const auto device = model.vae->parameters().front().device();
+  const float r = static_cast<float>(options_.resolution);
+  std::vector<ExampleTensors> out(indices.size());
+  std::vector<size_t> to_encode;
+  std::vector<torch::Tensor> pixels;
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < indices.size(); ++i) {
+    const int64_t index = indices[i];
+    const Crop crop = draw_crop(index, gens[i]);
+    const Decoded& d = decoded(index);
+    auto& ex = out[i];
+    ex.caption = images_[index].caption;
+    ex.time_ids = torch::tensor({static_cast<float>(d.orig_h), static_cast<float>(d.orig_w),
+                                 static_cast<float>(crop.top), static_cast<float>(crop.left), r, r});
+    if (crop.random) {
+      to_encode.push_back(i);
+      pixels.push_back(cropped_pixels(index, crop));
+      continue;
+    }
+    const auto key = std::make_pair(index, crop.flip);
+    auto cached = latent_cache_.find(key);
+    if (cached == latent_cache_.end()) {
+      auto dist = model.vae->encode(cropped_pixels(index, crop).unsqueeze(0).to(device));
+      cached = latent_cache_.emplace(key, std::make_pair(dist.mean.squeeze(0), dist.std.squeeze(0))).first;
+    }
     ex.latent_mean = cached->second.first;
     ex.latent_std = cached->second.second;
-    return ex;
   }
-  auto pixels = d.resized.slice(1, top, top + r).slice(2, left, left + r);
-  if (flip) pixels = pixels.flip({2});
-  torch::NoGradGuard no_grad;
-  auto input = (pixels * 2.0 - 1.0).unsqueeze(0).to(model.vae->parameters().front().device());
-  auto dist = model.vae->encode(input);
-  ex.latent_mean = dist.mean.squeeze(0).to(torch::kCPU);
-  ex.latent_std = dist.std.squeeze(0).to(torch::kCPU);
-  if (!random_crop) latent_cache_[key] = {ex.latent_mean, ex.latent_std};
-  return ex;
+  if (!to_encode.empty()) {
+    auto dist = model.vae->encode(torch::stack(pixels).to(device));
+    for (size_t j = 0; j < to_encode.size(); ++j) {
+      out[to_encode[j]].latent_mean = dist.mean[static_cast<int64_t>(j)];
+      out[to_encode[j]].latent_std = dist.std[static_cast<int64_t>(j)];
+    }
+  }
+  return out;
+}
+
+ExampleTensors ImageSet::example(int64_t index, ModelBundle& model, at::Generator& gen) {
+  std::vector<at::Generator> gens{gen};
+  return examples({index}, model, gens).front();
 }
 
 PromptEmbeddings CaptionEmbedder::embed(ModelBundle& model, const std::vector<std::string>& captions) {

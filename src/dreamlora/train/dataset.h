@@ -49,7 +49,12 @@ class ImageSet {
   ImageSet(std::vector<TrainingImage> images, const DatasetOptions& options);
   int64_t size() const { return static_cast<int64_t>(images_.size()); }
   const std::vector<TrainingImage>& images() const { return images_; }
-  // Draws flip / crop from gen when they are random, then returns the (possibly cached) latent dist.
+  // Draws flip / crop from gens[i] when they are random, then returns the latent distributions on the
+  // VAE's device: cached ones as they are, the others from one VAE pass over all of them. Images with a
+  // deterministic crop are encoded alone on first use, so the cache never depends on batch composition
+  // (a resumed run sees the same latents as an uninterrupted one).
+  std::vector<ExampleTensors> examples(const std::vector<int64_t>& indices, ModelBundle& model,
+                                       std::vector<at::Generator>& gens);
   ExampleTensors example(int64_t index, ModelBundle& model, at::Generator& gen);
 
  private:
@@ -58,6 +63,12 @@ class ImageSet {
     int64_t orig_h = 0, orig_w = 0;
   };
   const Decoded& decoded(int64_t index);
+  struct Crop {
+    int64_t top = 0, left = 0;
+    bool flip = false, random = false;
+  };
+  Crop draw_crop(int64_t index, at::Generator& gen);
+  torch::Tensor cropped_pixels(int64_t index, const Crop& crop);
   std::vector<TrainingImage> images_;
   DatasetOptions options_;
   std::map<int64_t, Decoded> decoded_;
