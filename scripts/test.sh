@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 read -r -a flavours <<<"${DREAMLORA_FLAVOURS:-debian torch2-cpu torch2-cuda}"
 jobs=$(nproc)
+export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-15G}  # three libtorch flavours, each with a large precompiled header
 
 bash scripts/install-deps.sh "${flavours[@]}"
 bash scripts/install-s3rver.sh   # S3-compatible server for the checkpoint-mirror tests
