@@ -198,16 +198,16 @@ TEST(Distributed, CtrlCOnTheLaunchersTerminalWritesOneCheckpointAndResumes) {
 
 TEST(Distributed, WorkersWaitForAValidationLongerThanTheTimeout) {
   auto out = make_temp_dir("dist-slow-validation");
-  auto worker = with_flags(with_flag(train(out, 1, 4), "--dist-timeout", "4"),
+  auto worker = with_flags(with_flag(train(out, 1, 4), "--dist-timeout", "5"),
                            {"--validation-prompt", "a photo of sks toy", "--validation-steps", "4",
                             "--num-validation-images", "1", "--validation-inference-steps", "2"});
   auto t0 = std::chrono::steady_clock::now();
-  auto run = run_dreamlora(launch(2, worker), {"DREAMLORA_TEST_VALIDATION_DELAY_S=9"});
+  auto run = run_dreamlora(launch(2, worker), {"DREAMLORA_TEST_VALIDATION_DELAY_S=10"});
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   ASSERT_EQ(run.exit_status, 0) << run.output;
   EXPECT_TRUE(fs::exists(out / "validation" / "step-4-0.png")) << run.output;
   EXPECT_TRUE(fs::exists(out / "pytorch_lora_weights.safetensors"));
-  std::cout << "[ timing ] a 9 s validation under --dist-timeout 4: job finished in " << seconds << " s" << std::endl;
+  std::cout << "[ timing ] a 10 s validation under --dist-timeout 5: job finished in " << seconds << " s" << std::endl;
 }
 
 TEST(Distributed, WorkersThatResumedFromDifferentStepsRefuseToTrain) {
