@@ -105,17 +105,18 @@ const NetnsWorld& netns_world() {
 
 std::vector<std::string> netns_train(const fs::path& out, int batch, int64_t steps) {
   return {"--threads", "1", "train", "--model", netns_world().model.string(), "--image-path",
-          netns_world().images.string(), "--prompt", "a photo of sks toy", "--resolution", "32", "--num-steps",
-          std::to_string(steps), "--batch-size", std::to_string(batch), "--checkpointing-steps", "2", "--lr", "1e-3",
-          "--output-dir", out.string(), "--dist-timeout", "20"};
+          netns_world().images.string(), "--prompt", "a photo of sks toy", "--resolution", "32",
+          "--num-steps", std::to_string(steps), "--batch-size", std::to_string(batch),
+          "--checkpointing-steps", "2", "--lr", "1e-3", "--output-dir", out.string(), "--dist-timeout", "20"};
 }
 
 // One node's launcher inside its namespace (`ip netns exec` execs it: the pid is the launcher's).
 int spawn_node(const std::string& netns, int node_rank, const std::string& master_addr, const fs::path& out,
                int64_t steps, const fs::path& log) {
   std::vector<std::string> args = {"ip", "netns", "exec", netns, dreamlora_binary().string(), "launch",
-                                   "--nproc-per-node", "1", "--nnodes", "2", "--node-rank", std::to_string(node_rank),
-                                   "--master-addr", master_addr, "--master-port", "29500", "--grace", "5", "--"};
+                                   "--nproc-per-node", "1", "--nnodes", "2",
+                                   "--node-rank", std::to_string(node_rank), "--master-addr", master_addr,
+                                   "--master-port", "29500", "--grace", "5", "--"};
   for (const auto& a : netns_train(out, 1, steps)) args.push_back(a);
   std::vector<char*> argv;
   for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
@@ -150,7 +151,8 @@ struct TwoNodeRun {
   std::string logs() const { return "node 0:\n" + read_text(log_a) + "\nnode 1:\n" + read_text(log_b); }
 };
 
-TwoNodeRun start_two_nodes(const TwoHosts& hosts, const fs::path& out, int64_t steps, const std::string& round) {
+TwoNodeRun start_two_nodes(const TwoHosts& hosts, const fs::path& out, int64_t steps,
+                           const std::string& round) {
   TwoNodeRun run;
   run.log_a = out.parent_path() / (out.filename().string() + "-" + round + "-node0.log");
   run.log_b = out.parent_path() / (out.filename().string() + "-" + round + "-node1.log");

@@ -74,7 +74,8 @@ int spawn_as_terminal_job(const std::vector<std::string>& args, const fs::path& 
 std::vector<int64_t> checkpoint_steps(const fs::path& out) {
   std::vector<int64_t> steps;
   for (const auto& e : fs::directory_iterator(out))
-    if (auto step = dreamlora::checkpoint::parse_checkpoint_dir_name(e.path().filename().string())) steps.push_back(*step);
+    if (auto step = dreamlora::checkpoint::parse_checkpoint_dir_name(e.path().filename().string()))
+      steps.push_back(*step);
   std::sort(steps.begin(), steps.end());
   return steps;
 }
@@ -91,7 +92,8 @@ std::vector<std::string> with_flags(std::vector<std::string> args, const std::ve
 }
 
 // args with `flag value` set: replaced where present, appended otherwise.
-std::vector<std::string> with_flag(std::vector<std::string> args, const std::string& flag, const std::string& value) {
+std::vector<std::string> with_flag(std::vector<std::string> args, const std::string& flag,
+                                   const std::string& value) {
   for (size_t i = 0; i + 1 < args.size(); ++i)
     if (args[i] == flag) {
       args[i + 1] = value;
@@ -188,7 +190,8 @@ TEST(Distributed, CtrlCOnTheLaunchersTerminalWritesOneCheckpointAndResumes) {
   auto steps = checkpoint_steps(out);
   ASSERT_EQ(steps.size(), 1u) << text;
   EXPECT_TRUE(dreamlora::checkpoint::verify_checkpoint(out / ("checkpoint-" + std::to_string(steps[0]))).ok);
-  std::cout << "[ signal ] one Ctrl-C: launcher status " << status << ", one checkpoint at step " << steps[0] << std::endl;
+  std::cout << "[ signal ] one Ctrl-C: launcher status " << status << ", one checkpoint at step " << steps[0]
+            << std::endl;
 
   auto again = run_dreamlora(launch(2, with_flag(worker, "--num-steps", std::to_string(steps[0] + 2))));
   ASSERT_EQ(again.exit_status, 0) << again.output;
@@ -207,7 +210,8 @@ TEST(Distributed, WorkersWaitForAValidationLongerThanTheTimeout) {
   ASSERT_EQ(run.exit_status, 0) << run.output;
   EXPECT_TRUE(fs::exists(out / "validation" / "step-4-0.png")) << run.output;
   EXPECT_TRUE(fs::exists(out / "pytorch_lora_weights.safetensors"));
-  std::cout << "[ timing ] a 10 s validation under --dist-timeout 5: job finished in " << seconds << " s" << std::endl;
+  std::cout << "[ timing ] a 10 s validation under --dist-timeout 5: job finished in " << seconds << " s"
+            << std::endl;
 }
 
 TEST(Distributed, WorkersThatResumedFromDifferentStepsRefuseToTrain) {
@@ -218,11 +222,13 @@ TEST(Distributed, WorkersThatResumedFromDifferentStepsRefuseToTrain) {
   std::vector<std::string> common = {"WORLD_SIZE=2", "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + port};
   auto log0 = with_checkpoint.parent_path() / (with_checkpoint.filename().string() + ".log");
   auto log1 = empty.parent_path() / (empty.filename().string() + ".log");
-  int pid0 = spawn_dreamlora(train(with_checkpoint, 1, 4), log0, with_flags(common, {"RANK=0", "LOCAL_RANK=0"}));
+  int pid0 =
+      spawn_dreamlora(train(with_checkpoint, 1, 4), log0, with_flags(common, {"RANK=0", "LOCAL_RANK=0"}));
   int pid1 = spawn_dreamlora(train(empty, 1, 4), log1, with_flags(common, {"RANK=1", "LOCAL_RANK=1"}));
   EXPECT_EQ(wait_process(pid0), 1) << read_text(log0);
   EXPECT_EQ(wait_process(pid1), 1) << read_text(log1);
   for (const auto& log : {log0, log1})
-    EXPECT_NE(read_text(log).find("the step resumed from differs between ranks"), std::string::npos) << read_text(log);
+    EXPECT_NE(read_text(log).find("the step resumed from differs between ranks"), std::string::npos)
+        << read_text(log);
   EXPECT_FALSE(fs::exists(with_checkpoint / "checkpoint-4"));  // no step was trained
 }

@@ -10,12 +10,15 @@
 namespace dreamlora::cli {
 
 Runner add_launch(CLI::App& app) {
-  auto* cmd = app.add_subcommand("launch", "Start this machine's data-parallel workers: dreamlora launch --nproc-per-node 2 -- train ...");
+  auto* cmd = app.add_subcommand(
+      "launch", "Start this machine's data-parallel workers: dreamlora launch --nproc-per-node 2 -- train ...");
   auto opts = std::make_shared<LaunchOptions>();
   auto worker_args = std::make_shared<std::vector<std::string>>();
   cmd->add_option("--nproc-per-node", opts->nproc_per_node, "workers to start")->required();
-  cmd->add_option("--nnodes", opts->nnodes, "machines in the job, each running one launcher")->capture_default_str();
-  cmd->add_option("--node-rank", opts->node_rank, "this machine's number, 0 .. nnodes-1 (0 hosts the rendezvous)")
+  cmd->add_option("--nnodes", opts->nnodes, "machines in the job, each running one launcher")
+      ->capture_default_str();
+  cmd->add_option("--node-rank", opts->node_rank,
+                  "this machine's number, 0 .. nnodes-1 (0 hosts the rendezvous)")
       ->capture_default_str();
   cmd->add_option("--master-addr", opts->master_addr, "address of node 0, reachable from every machine")
       ->capture_default_str();

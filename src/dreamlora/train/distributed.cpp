@@ -115,7 +115,8 @@ std::string local_address_towards(const std::string& peer) {
     // connect() on a UDP socket only picks the route and the source address.
     sockaddr_storage local{};
     socklen_t len = sizeof(local);
-    if (connect(fd, a->ai_addr, a->ai_addrlen) == 0 && getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0) {
+    if (connect(fd, a->ai_addr, a->ai_addrlen) == 0 &&
+        getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0) {
       char text[INET6_ADDRSTRLEN] = {};
       const void* raw = local.ss_family == AF_INET6
                             ? static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(&local)->sin6_addr)
@@ -202,7 +203,8 @@ Distributed::Distributed(const DistributedEnv& env, torch::Device device, std::c
     fail(str("distributed: rendezvous at ", env.master_addr, ":", env.master_port, " failed for rank ", env.rank, ": ",
              e.what()));
   }
-  DL_CHECK(device.is_cpu() || device.is_cuda(), "distributed: --device ", device.str(), " is not supported (cpu or cuda)");
+  DL_CHECK(device.is_cpu() || device.is_cuda(), "distributed: --device ", device.str(),
+           " is not supported (cpu or cuda)");
   if (device.is_cuda())
     impl_->create_nccl_group(env);
   else
@@ -261,8 +263,8 @@ void Distributed::check_equal(double value, const std::string& what, const std::
   auto lo = hi.clone();
   impl_->allreduce(hi, c10d::ReduceOp::MAX);
   impl_->allreduce(lo, c10d::ReduceOp::MIN);
-  DL_CHECK(hi.item<double>() == lo.item<double>(), "distributed: ", what, " differs between ranks (this rank ", env_.rank,
-           ": ", value, "; min ", lo.item<double>(), ", max ", hi.item<double>(), "): ", hint);
+  DL_CHECK(hi.item<double>() == lo.item<double>(), "distributed: ", what, " differs between ranks (this rank ",
+           env_.rank, ": ", value, "; min ", lo.item<double>(), ", max ", hi.item<double>(), "): ", hint);
 }
 
 void Distributed::barrier() {

@@ -91,8 +91,8 @@ std::vector<char*> c_strings(const std::vector<std::string>& strings) {
 int launch_workers(const std::string& executable, const std::vector<std::string>& args, const LaunchOptions& o) {
   DL_CHECK(o.nproc_per_node >= 1, "--nproc-per-node must be at least 1, got ", o.nproc_per_node);
   DL_CHECK(o.nnodes >= 1, "--nnodes must be at least 1, got ", o.nnodes);
-  DL_CHECK(o.node_rank >= 0 && o.node_rank < o.nnodes, "--node-rank ", o.node_rank, " must be in [0, --nnodes ",
-           o.nnodes, ")");
+  DL_CHECK(o.node_rank >= 0 && o.node_rank < o.nnodes, "--node-rank ", o.node_rank,
+           " must be in [0, --nnodes ", o.nnodes, ")");
   DL_CHECK(!args.empty(), "launch: give the worker command after --, e.g. `dreamlora launch --nproc-per-node 2 -- train ...`");
   const int port = o.master_port > 0 ? o.master_port : o.nnodes > 1 ? 29500 : free_loopback_port();
   const int world_size = o.nnodes * o.nproc_per_node;
@@ -144,7 +144,8 @@ int launch_workers(const std::string& executable, const std::vector<std::string>
         // 0 (finished) and 75 (stopped with a checkpoint) are orderly; anything else fails the job.
         if (status[i] != 0 && status[i] != 75 && first_failure == 0) {
           first_failure = status[i];
-          std::cerr << "dreamlora launch: worker " << o.node_rank * o.nproc_per_node + static_cast<int>(i) << " exited with status " << status[i]
+          std::cerr << "dreamlora launch: worker " << o.node_rank * o.nproc_per_node + static_cast<int>(i)
+                    << " exited with status " << status[i]
                     << "; stopping the others" << std::endl;
           kill_all(SIGTERM);
           kill_deadline = std::chrono::steady_clock::now() +
