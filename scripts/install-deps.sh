@@ -35,6 +35,7 @@ PACKAGES=(
   libtinyxml2-dev         # S3 XML responses (ListObjectsV2, errors)
   libutf8proc-dev         # Unicode categories and NFC for the CLIP tokenizer
   libtomlplusplus-dev     # --config TOML files
+  iproute2                # `ip netns`: the two-host data-parallel test (tests/integration/distributed_netns_test.cpp)
   libgtest-dev libgmock-dev libbenchmark-dev
   iproute2                # ip netns: the two-host data-parallel test
 )

@@ -1,20 +1,41 @@
 #include "dreamlora/train/distributed.h"
 
+#include <arpa/inet.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <netdb.h>
+#include <sys/socket.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/cuda.h>
 #include <torch/torch.h>
+#include <torch/version.h>
+#include <unistd.h>
 
 #include <cstdlib>
+#include <optional>
+#include <thread>
 
 #include "dreamlora/common/error.h"
 
-#ifdef USE_C10D_NCCL
+#ifdef USE_C10D_NCCL  // defined by CMakeLists.txt for CUDA builds of libtorch
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
 namespace dreamlora {
 
 namespace {
+
+// libtorch 2.x split the process group: Gloo and NCCL became c10d::Backend implementations that a
+// c10d::ProcessGroup dispatches to. We call the backend directly; on 1.x it is the ProcessGroup itself.
+#if TORCH_VERSION_MAJOR >= 2
+using CollectiveBackend = c10d::Backend;
+#else
+using CollectiveBackend = c10d::ProcessGroup;
+#endif
+
+using Millis = std::chrono::milliseconds;
+constexpr Millis kStorePollInterval{100};
+
 int env_int(const char* name, int fallback) {
   const char* v = std::getenv(name);
   if (v == nullptr || *v == '\0') return fallback;
@@ -23,6 +44,45 @@ int env_int(const char* name, int fallback) {
   DL_CHECK(end != v && *end == '\0' && n >= 0, "environment variable ", name, "='", v, "' is not a non-negative integer");
   return static_cast<int>(n);
 }
+
+std::vector<std::string> split_commas(const std::string& text) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t comma = text.find(',', start);
+    if (comma == std::string::npos) comma = text.size();
+    if (comma > start) parts.push_back(text.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return parts;
+}
+
+// Gloo listens on this host's own address. GLOO_SOCKET_IFNAME (torch's variable) names interfaces;
+// otherwise the address that routes to MASTER_ADDR, which on every other machine differs from
+// MASTER_ADDR itself (binding to it fails there) and, unlike the hostname, cannot resolve to loopback.
+std::vector<std::shared_ptr<::gloo::transport::Device>> gloo_devices(const DistributedEnv& env) {
+  std::vector<std::shared_ptr<::gloo::transport::Device>> devices;
+  const char* ifnames = std::getenv("GLOO_SOCKET_IFNAME");
+  if (ifnames != nullptr && *ifnames != '\0') {
+    for (const auto& name : split_commas(ifnames))
+      devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(name));
+    return devices;
+  }
+  const std::string local = local_address_towards(env.master_addr);
+  devices.push_back(local.empty() ? c10d::ProcessGroupGloo::createDefaultDevice()
+                                  : c10d::ProcessGroupGloo::createDeviceForHostname(local));
+  return devices;
+}
+
+void select_cuda_device(const torch::Device& device) {
+  if (!device.is_cuda() || !device.has_index()) return;
+  const auto count = torch::cuda::device_count();
+  DL_CHECK(device.index() < static_cast<int>(count), "--device ", device.str(), ": this machine has ", count,
+           " CUDA device(s) (LOCAL_RANK picks the device of a worker: start at most that many per machine)");
+  // NCCL creates its communicator on the current device, and "cuda" tensors land there too.
+  c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->setDevice(device);
+}
+
 }  // namespace
 
 DistributedEnv DistributedEnv::from_environment() {
@@ -37,21 +97,90 @@ DistributedEnv DistributedEnv::from_environment() {
   return e;
 }
 
+std::string worker_device(const std::string& device, const DistributedEnv& env) {
+  if (device == "cuda" && env.world_size > 1) return "cuda:" + std::to_string(env.local_rank);
+  return device;
+}
+
+std::string local_address_towards(const std::string& peer) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(peer.c_str(), "9", &hints, &found) != 0) return "";
+  std::string address;
+  for (addrinfo* a = found; a != nullptr && address.empty(); a = a->ai_next) {
+    int fd = socket(a->ai_family, a->ai_socktype, 0);
+    if (fd < 0) continue;
+    // connect() on a UDP socket only picks the route and the source address.
+    sockaddr_storage local{};
+    socklen_t len = sizeof(local);
+    if (connect(fd, a->ai_addr, a->ai_addrlen) == 0 &&
+        getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0) {
+      char text[INET6_ADDRSTRLEN] = {};
+      const void* raw = local.ss_family == AF_INET6
+                            ? static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(&local)->sin6_addr)
+                            : static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(&local)->sin_addr);
+      if (inet_ntop(local.ss_family, raw, text, sizeof(text)) != nullptr) address = text;
+    }
+    close(fd);
+  }
+  freeaddrinfo(found);
+  return address;
+}
+
 struct Distributed::Impl {
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroup> group;
+  c10::intrusive_ptr<CollectiveBackend> group;
   torch::Device device = torch::kCPU;
   std::chrono::seconds timeout{};
+  int64_t main_waits = 0;  // wait_for_main calls so far: names its store key, the same on every rank
 
   void allreduce(torch::Tensor& t, c10d::ReduceOp op) {
     std::vector<torch::Tensor> ts{t};
     c10d::AllreduceOptions o;
     o.reduceOp = op;
     try {
-      group->allreduce(ts, o)->wait(std::chrono::duration_cast<std::chrono::milliseconds>(timeout));
+      group->allreduce(ts, o)->wait(std::chrono::duration_cast<Millis>(timeout));
     } catch (const std::exception& e) {
       fail(str("distributed: a collective did not complete within ", timeout.count(),
                " s (a rank died or hangs; --dist-timeout sets the limit): ", e.what()));
+    }
+  }
+
+  void create_nccl_group(const DistributedEnv& env) {
+#ifdef USE_C10D_NCCL
+    // Without blocking wait, wait() only orders the CUDA stream: a dead peer leaves the all-reduce pending
+    // on the GPU and the next .item() blocks forever. With it, wait(timeout) throws after the timeout.
+    // libtorch >= 2.2 reads TORCH_NCCL_BLOCKING_WAIT, older ones NCCL_BLOCKING_WAIT; a user's choice stays.
+    if (std::getenv("TORCH_NCCL_BLOCKING_WAIT") == nullptr && std::getenv("NCCL_BLOCKING_WAIT") == nullptr) {
+      setenv("TORCH_NCCL_BLOCKING_WAIT", "1", 0);
+      setenv("NCCL_BLOCKING_WAIT", "1", 0);
+    }
+    auto opts = c10d::ProcessGroupNCCL::Options::create();
+    opts->timeout = std::chrono::duration_cast<Millis>(timeout);
+    group = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, env.rank, env.world_size, opts);
+#else
+    fail("distributed: CUDA training needs a CUDA build of libtorch (with NCCL); this one has none");
+#endif
+  }
+
+  void create_gloo_group(const DistributedEnv& env) {
+    auto opts = c10d::ProcessGroupGloo::Options::create(std::chrono::duration_cast<Millis>(timeout));
+    opts->devices = gloo_devices(env);
+    opts->threads = 2;
+    group = c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank, env.world_size, opts);
+  }
+
+  // Polls rather than Store::wait: a timed-out TCPStore wait leaves the connection out of step on
+  // libtorch 1.x, and a poll notices at once when the store (worker 0) is gone. No limit: wait for ever.
+  template <class Ready>
+  void poll_store(Ready ready, std::optional<Millis> limit) {
+    const auto start = std::chrono::steady_clock::now();
+    while (!ready()) {
+      DL_CHECK(!limit || std::chrono::steady_clock::now() - start < *limit, "timed out after ",
+               limit->count() / 1000, " s");
+      std::this_thread::sleep_for(kStorePollInterval);
     }
   }
 };
@@ -60,32 +189,26 @@ Distributed::Distributed(const DistributedEnv& env, torch::Device device, std::c
     : env_(env), impl_(std::make_unique<Impl>()) {
   impl_->device = device;
   impl_->timeout = timeout;
+  select_cuda_device(device);
   if (env.world_size <= 1) return;
   c10d::TCPStoreOptions so;
   so.port = static_cast<uint16_t>(env.master_port);
   so.isServer = env.rank == 0;
   so.numWorkers = env.world_size;
   so.waitWorkers = true;
-  so.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(timeout);
+  so.timeout = std::chrono::duration_cast<Millis>(timeout);
   try {
     impl_->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
   } catch (const std::exception& e) {
     fail(str("distributed: rendezvous at ", env.master_addr, ":", env.master_port, " failed for rank ", env.rank, ": ",
              e.what()));
   }
-#ifdef USE_C10D_NCCL
-  if (device.is_cuda()) {
-    auto opts = c10d::ProcessGroupNCCL::Options::create();
-    opts->timeout = std::chrono::duration_cast<std::chrono::milliseconds>(timeout);
-    impl_->group = c10::make_intrusive<c10d::ProcessGroupNCCL>(impl_->store, env.rank, env.world_size, opts);
-    return;
-  }
-#endif
-  DL_CHECK(device.is_cpu(), "distributed: CUDA training needs a libtorch built with NCCL");
-  auto opts = c10d::ProcessGroupGloo::Options::create(std::chrono::duration_cast<std::chrono::milliseconds>(timeout));
-  opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(env.master_addr));
-  opts->threads = 2;
-  impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, env.rank, env.world_size, opts);
+  DL_CHECK(device.is_cpu() || device.is_cuda(), "distributed: --device ", device.str(),
+           " is not supported (cpu or cuda)");
+  if (device.is_cuda())
+    impl_->create_nccl_group(env);
+  else
+    impl_->create_gloo_group(env);
 }
 
 Distributed::~Distributed() = default;
@@ -134,19 +257,46 @@ bool Distributed::any(bool value) {
   return t.item<double>() > 0.5;
 }
 
-void Distributed::check_equal(double value, const std::string& what) {
+void Distributed::check_equal(double value, const std::string& what, const std::string& hint) {
   if (!enabled()) return;
   auto hi = torch::tensor({value}, torch::TensorOptions().dtype(torch::kFloat64).device(impl_->device));
   auto lo = hi.clone();
   impl_->allreduce(hi, c10d::ReduceOp::MAX);
   impl_->allreduce(lo, c10d::ReduceOp::MIN);
-  DL_CHECK(hi.item<double>() == lo.item<double>(), "distributed: ", what, " differs between ranks (min ",
-           lo.item<double>(), ", max ", hi.item<double>(), "): the replicas diverged");
+  DL_CHECK(hi.item<double>() == lo.item<double>(), "distributed: ", what, " differs between ranks (this rank ",
+           env_.rank, ": ", value, "; min ", lo.item<double>(), ", max ", hi.item<double>(), "): ", hint);
 }
 
 void Distributed::barrier() {
   if (!enabled()) return;
   any(false);
+}
+
+void Distributed::wait_for_main(const std::string& what) {
+  if (!enabled()) return;
+  const std::string key = "dreamlora/main-reached/" + std::to_string(impl_->main_waits++);
+  const std::string seen = key + "/seen";
+  auto& store = *impl_->store;
+  if (is_main()) {
+    store.set(key, std::vector<uint8_t>{1});
+    // Worker 0 hosts the store: it stays until every worker has seen the key (they are polling, so this
+    // takes one poll interval), else, exiting next, it would take the store away from a slower poller.
+    try {
+      impl_->poll_store([&] { return store.add(seen, 0) >= world_size() - 1; },
+                        std::chrono::duration_cast<Millis>(impl_->timeout));
+    } catch (const std::exception& e) {
+      fail(str("distributed: after ", what, ", not every worker answered (one died?; --dist-timeout ",
+               impl_->timeout.count(), " s): ", e.what()));
+    }
+    return;
+  }
+  try {
+    impl_->poll_store([&] { return store.check({key}); }, std::nullopt);
+    store.add(seen, 1);
+  } catch (const std::exception& e) {
+    fail(str("distributed: worker ", env_.rank, " waited for worker 0 (", what,
+             ") and worker 0 ended or became unreachable: ", e.what()));
+  }
 }
 
 }  // namespace dreamlora

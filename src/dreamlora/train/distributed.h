@@ -22,10 +22,19 @@ struct DistributedEnv {
   static DistributedEnv from_environment();
 };
 
+// The device a worker trains on: plain "cuda" becomes "cuda:LOCAL_RANK" in a data-parallel run, so the
+// workers of one machine use one GPU each; anything else (cpu, an explicit cuda:N) is kept.
+std::string worker_device(const std::string& device, const DistributedEnv& env);
+
+// The address this host uses to reach `peer` (the source address of the route to it), e.g. 10.0.0.2 on
+// the second machine when MASTER_ADDR is 10.0.0.1; empty when there is no route. Sends nothing.
+std::string local_address_towards(const std::string& peer);
+
 class Distributed {
  public:
-  // Rendezvous (TCPStore on master_addr:master_port) and process group creation; timeout bounds every
-  // collective, so a dead rank makes the others fail with a clear error instead of hanging.
+  // Selects the worker's CUDA device, then rendezvous (TCPStore on master_addr:master_port) and process
+  // group creation. timeout bounds every collective (NCCL runs in blocking-wait mode for that), so a
+  // dead rank makes the others fail with a clear error instead of hanging.
   Distributed(const DistributedEnv& env, torch::Device device, std::chrono::seconds timeout);
   ~Distributed();
 
@@ -40,9 +49,13 @@ class Distributed {
   double mean(double value);
   // True on every rank when any rank passes true (stop at the same step boundary).
   bool any(bool value);
-  // Throws when the ranks' values differ (cheap weight-checksum comparison).
-  void check_equal(double value, const std::string& what);
+  // Throws when the ranks' values differ, naming `what` and ending with `hint`.
+  void check_equal(double value, const std::string& what, const std::string& hint = "the replicas diverged");
   void barrier();
+  // A barrier after work that worker 0 does alone (validation images, final outputs, a checkpoint write
+  // or download): the other workers wait here without a time limit, since that work may outlast the
+  // collective timeout, and fail only when worker 0 is gone (its rendezvous store stops answering).
+  void wait_for_main(const std::string& what);
 
  private:
   struct Impl;

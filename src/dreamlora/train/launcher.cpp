@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -47,36 +48,81 @@ int free_loopback_port() {
   return ntohs(addr.sin_port);
 }
 
+namespace {
+
+// The worker's side of fork(): its own process group, so that a terminal's Ctrl-C (sent to the
+// foreground group) reaches only the launcher, which forwards it once; a worker that also got it from the
+// terminal would count the forwarded copy as a second SIGINT and exit 130 without a checkpoint. Being out
+// of the launcher's group, it is told by the kernel when the launcher dies.
+// Only async-signal-safe calls here: argv and envp are built before fork().
+[[noreturn]] void exec_worker(const char* executable, char* const* argv, char* const* envp, pid_t launcher) {
+  setpgid(0, 0);
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  if (getppid() != launcher) _exit(143);  // the launcher died before prctl took effect
+  execve(executable, argv, envp);
+  static const char message[] = "dreamlora launch: exec of the worker failed\n";
+  (void)!write(2, message, sizeof(message) - 1);
+  _exit(127);
+}
+
+// This process's environment with the torchrun variables of one worker set.
+std::vector<std::string> worker_environment(const std::vector<std::pair<std::string, std::string>>& vars) {
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string entry = *e;
+    const std::string name = entry.substr(0, entry.find('='));
+    bool replaced = false;
+    for (const auto& v : vars) replaced = replaced || v.first == name;
+    if (!replaced) env.push_back(entry);
+  }
+  for (const auto& [name, value] : vars) env.push_back(name + "=" + value);
+  return env;
+}
+
+std::vector<char*> c_strings(const std::vector<std::string>& strings) {
+  std::vector<char*> out;
+  for (const auto& s : strings) out.push_back(const_cast<char*>(s.c_str()));
+  out.push_back(nullptr);
+  return out;
+}
+
+}  // namespace
+
 int launch_workers(const std::string& executable, const std::vector<std::string>& args, const LaunchOptions& o) {
   DL_CHECK(o.nproc_per_node >= 1, "--nproc-per-node must be at least 1, got ", o.nproc_per_node);
+  DL_CHECK(o.nnodes >= 1, "--nnodes must be at least 1, got ", o.nnodes);
+  DL_CHECK(o.node_rank >= 0 && o.node_rank < o.nnodes, "--node-rank ", o.node_rank,
+           " must be in [0, --nnodes ", o.nnodes, ")");
   DL_CHECK(!args.empty(), "launch: give the worker command after --, e.g. `dreamlora launch --nproc-per-node 2 -- train ...`");
-  const int port = o.master_port > 0 ? o.master_port : free_loopback_port();
-  std::vector<pid_t> pids;
-  for (int rank = 0; rank < o.nproc_per_node; ++rank) {
-    pid_t pid = fork();
-    DL_CHECK(pid >= 0, "launch: fork failed: ", std::strerror(errno));
-    if (pid == 0) {
-      setenv("RANK", std::to_string(rank).c_str(), 1);
-      setenv("LOCAL_RANK", std::to_string(rank).c_str(), 1);
-      setenv("WORLD_SIZE", std::to_string(o.nproc_per_node).c_str(), 1);
-      setenv("LOCAL_WORLD_SIZE", std::to_string(o.nproc_per_node).c_str(), 1);
-      setenv("MASTER_ADDR", o.master_addr.c_str(), 1);
-      setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
-      std::vector<char*> argv{const_cast<char*>(executable.c_str())};
-      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-      argv.push_back(nullptr);
-      execv(executable.c_str(), argv.data());
-      std::perror("launch: exec");
-      _exit(127);
-    }
-    pids.push_back(pid);
-    std::cerr << "dreamlora launch: worker " << rank << " pid " << pid << std::endl;
-  }
+  const int port = o.master_port > 0 ? o.master_port : o.nnodes > 1 ? 29500 : free_loopback_port();
+  const int world_size = o.nnodes * o.nproc_per_node;
+  // Handlers before the first fork: a signal during start-up is forwarded, not fatal to the launcher.
   struct sigaction sa {};
   sa.sa_handler = remember_signal;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
+  const pid_t launcher = getpid();
+  std::vector<pid_t> pids;
+  for (int local_rank = 0; local_rank < o.nproc_per_node; ++local_rank) {
+    const int rank = o.node_rank * o.nproc_per_node + local_rank;
+    const auto env = worker_environment({{"RANK", std::to_string(rank)},
+                                         {"LOCAL_RANK", std::to_string(local_rank)},
+                                         {"WORLD_SIZE", std::to_string(world_size)},
+                                         {"LOCAL_WORLD_SIZE", std::to_string(o.nproc_per_node)},
+                                         {"GROUP_RANK", std::to_string(o.node_rank)},
+                                         {"MASTER_ADDR", o.master_addr},
+                                         {"MASTER_PORT", std::to_string(port)}});
+    std::vector<std::string> argv_strings{executable};
+    argv_strings.insert(argv_strings.end(), args.begin(), args.end());
+    auto argv = c_strings(argv_strings), envp = c_strings(env);
+    pid_t pid = fork();
+    DL_CHECK(pid >= 0, "launch: fork failed: ", std::strerror(errno));
+    if (pid == 0) exec_worker(executable.c_str(), argv.data(), envp.data(), launcher);
+    setpgid(pid, pid);  // also here, so that no signal can reach the child before it has its own group
+    pids.push_back(pid);
+    std::cerr << "dreamlora launch: worker " << rank << " pid " << pid << std::endl;
+  }
 
   std::vector<int> status(pids.size(), -1);
   size_t running = pids.size();
@@ -98,7 +144,8 @@ int launch_workers(const std::string& executable, const std::vector<std::string>
         // 0 (finished) and 75 (stopped with a checkpoint) are orderly; anything else fails the job.
         if (status[i] != 0 && status[i] != 75 && first_failure == 0) {
           first_failure = status[i];
-          std::cerr << "dreamlora launch: worker " << i << " exited with status " << status[i]
+          std::cerr << "dreamlora launch: worker " << o.node_rank * o.nproc_per_node + static_cast<int>(i)
+                    << " exited with status " << status[i]
                     << "; stopping the others" << std::endl;
           kill_all(SIGTERM);
           kill_deadline = std::chrono::steady_clock::now() +

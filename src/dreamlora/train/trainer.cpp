@@ -10,6 +10,7 @@
 #include <fstream>
 #include <iostream>
 #include <set>
+#include <thread>
 
 #include "dreamlora/checkpoint/background_writer.h"
 #include "dreamlora/checkpoint/checkpoint_schedule.h"
@@ -293,7 +294,7 @@ bool Trainer::resume() {
       auto got = checkpoint::download_checkpoint(s3->client(), s3->location(), *step, out_);
       DL_CHECK(got.ok, "--resume-from-checkpoint ", how, ": ", got.reason);
     }
-    dist_->barrier();
+    dist_->wait_for_main("the checkpoint download");
     dir = store_->path_for(*step);
   } else if (how == "latest") {
     if (mirror_) {
@@ -302,7 +303,7 @@ bool Trainer::resume() {
       const int64_t local_step = local.latest ? local.latest->step : -1;
       mirror_->restore_latest(*store_, local_step, [](const std::string& line) { log(line); });
     }
-    dist_->barrier();
+    dist_->wait_for_main("the checkpoint download");
     auto latest = store_->latest_valid();
     for (const auto& s : latest.skipped)
       log(str("skipping ", s.path.string(), ": ", s.reason));
@@ -542,7 +543,11 @@ void Trainer::save_checkpoint() {
 }
 
 void Trainer::run_validation() {
-  if (cfg_.validation_prompt.empty() || !dist_->is_main()) return;
+  if (cfg_.validation_prompt.empty()) return;
+  // The other workers wait without a time limit: sampling may outlast --dist-timeout.
+  if (!dist_->is_main()) return dist_->wait_for_main("validation images");
+  if (const char* delay = std::getenv("DREAMLORA_TEST_VALIDATION_DELAY_S"))  // test hook: a slow validation
+    std::this_thread::sleep_for(std::chrono::duration<double>(std::atof(delay)));
   torch::NoGradGuard no_grad;
   model_.unet->eval();
   SampleOptions o;
@@ -560,6 +565,7 @@ void Trainer::run_validation() {
              sample_metadata(o, static_cast<int64_t>(i), "training LoRA at step " + std::to_string(state_.global_step)));
   model_.unet->train();
   log(str("validation images for step ", state_.global_step, " in ", (out_ / "validation").string()));
+  dist_->wait_for_main("validation images");
 }
 
 void Trainer::publish_outputs() {
@@ -580,13 +586,16 @@ void Trainer::finalize() {
 }
 
 int Trainer::run() {
-  dist_ = std::make_unique<Distributed>(DistributedEnv::from_environment(), torch::Device(cfg_.device),
-                                        std::chrono::seconds(cfg_.dist_timeout));
+  const auto env = DistributedEnv::from_environment();
+  cfg_.device = worker_device(cfg_.device, env);  // "cuda" -> cuda:LOCAL_RANK
+  dist_ = std::make_unique<Distributed>(env, torch::Device(cfg_.device), std::chrono::seconds(cfg_.dist_timeout));
   if (dist_->enabled()) log(str("worker ", dist_->rank(), " of ", dist_->world_size()));
   load_everything();
   inject_lora();
   build_optimizer();
   const bool resumed = resume();
+  dist_->check_equal(static_cast<double>(state_.global_step), "the step resumed from",
+                     "every worker must read the same --output-dir (on several machines: shared storage)");
   if (dist_->is_main()) metrics_ = std::make_unique<MetricsLog>(out_, resumed ? state_.global_step : 0);
   checkpoint::WriterOptions wopt;
   wopt.total_limit = static_cast<int>(cfg_.checkpoints_total_limit);
@@ -633,7 +642,7 @@ int Trainer::run() {
             "): writing a checkpoint at step ", state_.global_step));
     save_checkpoint();
     writer_->shutdown();
-    dist_->barrier();
+    dist_->wait_for_main("the checkpoint write");
     log(str("checkpoint at step ", state_.global_step, " written; exiting with status ", checkpoint::kExitStoppedEarly,
             " (run the same command to resume)"));
     return checkpoint::kExitStoppedEarly;
@@ -642,7 +651,7 @@ int Trainer::run() {
   if (cfg_.validation_steps == 0 || state_.global_step % cfg_.validation_steps != 0) run_validation();
   if (dist_->is_main()) finalize();
   writer_->shutdown();
-  dist_->barrier();
+  dist_->wait_for_main("the final outputs");
   if (dist_->is_main()) metrics_->print_summary(writer_->history());
   if (mirror_) publish_outputs();
   if (auto* s3 = dynamic_cast<checkpoint::S3Sink*>(mirror_.get())) {
