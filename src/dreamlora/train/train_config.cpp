@@ -155,7 +155,7 @@ std::vector<OptionSpec> build_table() {
       text("text-encoder-targets", {}, "text-encoder modules to adapt (comma list; add fc1,fc2 for the MLP)",
            &C::text_encoder_targets, R),
       text("mixed-precision", {"mixed_precision"},
-           "no | fp16 | bf16: frozen weights in that dtype, LoRA and optimizer in fp32, norms/softmax/loss in fp32; "
+           "no, fp16 or bf16: frozen weights in that dtype; LoRA, optimizer, norms, softmax and loss in fp32; "
            "fp16 adds dynamic loss scaling and needs --device cuda", &C::mixed_precision, R),
       flag("allow-tf32", {"allow_tf32"}, "allow TF32 tensor cores for fp32 matmuls on Ampere+ GPUs (faster, ~1e-3 "
            "relative precision)", &C::allow_tf32),
