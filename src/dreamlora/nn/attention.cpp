@@ -49,7 +49,8 @@ torch::Tensor attention_sliced(const torch::Tensor& q, const torch::Tensor& k, c
     auto ks = k3.slice(0, start, end).to(compute_type);
     auto scores = torch::bmm(qs * scale, ks.transpose(1, 2));  // [n, Lq, Lk]
     if (causal) scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
-    auto probs = torch::softmax(scores, -1).to(v.scalar_type());
+    // softmax in fp32 for fp16/bf16 scores, as torch.autocast runs it (exp of half scores loses the tail).
+    auto probs = torch::softmax(scores, -1, torch::kFloat32).to(v.scalar_type());
     outs.push_back(torch::bmm(probs, v3.slice(0, start, end)));  // [n, Lq, Dv]
   }
   auto out = outs.size() == 1 ? outs[0] : torch::cat(outs, 0);

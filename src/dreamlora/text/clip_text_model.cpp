@@ -7,6 +7,7 @@
 #include "dreamlora/io/model_dir.h"
 #include "dreamlora/nn/attention.h"
 #include "dreamlora/nn/state_dict.h"
+#include "dreamlora/nn/norms.h"
 
 namespace dreamlora {
 
@@ -114,8 +115,8 @@ CLIPEncoderLayerImpl::CLIPEncoderLayerImpl(const CLIPTextConfig& c) {
 
 torch::Tensor CLIPEncoderLayerImpl::forward(const torch::Tensor& x) {
   // [B, L, D] -> [B, L, D], pre-LN residual blocks
-  auto h = x + self_attn(layer_norm1(x));
-  return h + mlp(layer_norm2(h));
+  auto h = x + self_attn(nn::layer_norm_fp32(layer_norm1, x));
+  return h + mlp(nn::layer_norm_fp32(layer_norm2, h));
 }
 
 CLIPTextEmbeddingsImpl::CLIPTextEmbeddingsImpl(const CLIPTextConfig& c) {
@@ -157,7 +158,7 @@ CLIPTextOutput CLIPTextTransformerImpl::forward(const torch::Tensor& input_ids, 
     h = layer->as<CLIPEncoderLayer>()->forward(h);
     if (output_hidden_states) out.hidden_states.push_back(h);
   }
-  out.last_hidden_state = final_layer_norm(h);
+  out.last_hidden_state = nn::layer_norm_fp32(final_layer_norm, h);
   // transformers 4.38: legacy configs (eos_token_id == 2) pool at the highest id, which is the
   // end-of-text token; otherwise at the first eos_token_id. argmax returns the first maximum.
   auto position =

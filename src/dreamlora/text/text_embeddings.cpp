@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "dreamlora/common/error.h"
+#include "dreamlora/nn/norms.h"
 
 namespace dreamlora {
 namespace {
@@ -38,7 +39,7 @@ PromptEmbeddings encode_prompt_ids(const TextEncoders& e, const torch::Tensor& i
     } else {
       auto h = from_end(run(e.text_encoder, input_ids, true), clip_skip + 1);
       CLIPTextModel encoder = e.text_encoder;
-      result.prompt_embeds = encoder->text_model->final_layer_norm(h);
+      result.prompt_embeds = nn::layer_norm_fp32(encoder->text_model->final_layer_norm, h);
     }
     return result;
   }

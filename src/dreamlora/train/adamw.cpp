@@ -1,12 +1,26 @@
 #include "dreamlora/train/adamw.h"
 
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include <cmath>
 
 #include "dreamlora/common/error.h"
 
 namespace dreamlora {
+
+namespace {
+
+// tensors[i] *= factor (a 0-dim tensor on their device), without reading factor on the host.
+void foreach_mul_by_tensor(const std::vector<torch::Tensor>& tensors, const torch::Tensor& factor) {
+#if TORCH_VERSION_MAJOR >= 3 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+  at::_foreach_mul_(tensors, factor);
+#else
+  for (const auto& t : tensors) t.mul_(factor);  // _foreach_mul_(TensorList, Tensor) arrived in 2.1
+#endif
+}
+
+}  // namespace
 
 AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions options) : groups_(std::move(groups)), options_(options) {
   for (const auto& g : groups_)
@@ -26,18 +40,46 @@ void AdamW::step(double lr_multiplier) {
   for (const auto& group : groups_) {
     const double lr = group.lr * lr_multiplier;
     const double step_size = lr / bias_correction1;
-    for (const auto& [name, p] : group.params) {
-      if (!p.grad().defined()) continue;
-      auto& m = state_.at(name);
-      const auto& grad = p.grad();
-      // Same operation order as torch.optim.AdamW (_single_tensor_adamw).
-      p.mul_(1.0 - lr * options_.weight_decay);
-      m.exp_avg.mul_(options_.beta1).add_(grad, 1.0 - options_.beta1);
-      m.exp_avg_sq.mul_(options_.beta2).addcmul_(grad, grad, 1.0 - options_.beta2);
-      auto denom = (m.exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(options_.eps);
-      p.addcdiv_(m.exp_avg, denom, -step_size);
-    }
+    if (options_.foreach) step_foreach(group, lr, bias_correction2_sqrt, step_size);
+    else step_single_tensor(group, lr, bias_correction2_sqrt, step_size);
   }
+}
+
+void AdamW::step_single_tensor(const ParamGroup& group, double lr, double bias_correction2_sqrt, double step_size) {
+  for (const auto& [name, p] : group.params) {
+    if (!p.grad().defined()) continue;
+    auto& m = state_.at(name);
+    const auto& grad = p.grad();
+    // Same operation order as torch.optim.AdamW (_single_tensor_adamw).
+    p.mul_(1.0 - lr * options_.weight_decay);
+    m.exp_avg.mul_(options_.beta1).add_(grad, 1.0 - options_.beta1);
+    m.exp_avg_sq.mul_(options_.beta2).addcmul_(grad, grad, 1.0 - options_.beta2);
+    auto denom = (m.exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(options_.eps);
+    p.addcdiv_(m.exp_avg, denom, -step_size);
+  }
+}
+
+void AdamW::step_foreach(const ParamGroup& group, double lr, double bias_correction2_sqrt, double step_size) {
+  std::vector<torch::Tensor> params, grads, exp_avgs, exp_avg_sqs;
+  for (const auto& [name, p] : group.params) {
+    if (!p.grad().defined()) continue;
+    auto& m = state_.at(name);
+    params.push_back(p);
+    grads.push_back(p.grad());
+    exp_avgs.push_back(m.exp_avg);
+    exp_avg_sqs.push_back(m.exp_avg_sq);
+  }
+  if (params.empty()) return;
+  // The single-tensor arithmetic above, op by op over the whole list (_multi_tensor_adamw).
+  at::_foreach_mul_(params, 1.0 - lr * options_.weight_decay);
+  at::_foreach_mul_(exp_avgs, options_.beta1);
+  at::_foreach_add_(exp_avgs, grads, 1.0 - options_.beta1);
+  at::_foreach_mul_(exp_avg_sqs, options_.beta2);
+  at::_foreach_addcmul_(exp_avg_sqs, grads, grads, 1.0 - options_.beta2);
+  auto denoms = at::_foreach_sqrt(exp_avg_sqs);
+  at::_foreach_div_(denoms, bias_correction2_sqrt);
+  at::_foreach_add_(denoms, options_.eps);
+  at::_foreach_addcdiv_(params, exp_avgs, denoms, -step_size);
 }
 
 void AdamW::zero_grad() {
@@ -46,20 +88,34 @@ void AdamW::zero_grad() {
       if (p.grad().defined()) p.mutable_grad() = torch::Tensor();
 }
 
-double AdamW::clip_grad_norm(double max_norm) {
+std::vector<torch::Tensor> AdamW::gradients() const {
+  std::vector<torch::Tensor> grads;
+  for (const auto& g : groups_)
+    for (const auto& [name, p] : g.params)
+      if (p.grad().defined()) grads.push_back(p.grad());
+  return grads;
+}
+
+torch::Tensor AdamW::clip_grad_norm(double max_norm) {
   torch::NoGradGuard no_grad;
+  const auto grads = gradients();
+  if (grads.empty()) return torch::zeros({});
   std::vector<torch::Tensor> norms;
-  for (auto& g : groups_)
-    for (auto& [name, p] : g.params)
-      if (p.grad().defined()) norms.push_back(p.grad().norm(2));
-  if (norms.empty()) return 0.0;
+  if (options_.foreach) {
+    norms = at::_foreach_norm(grads, 2);
+  } else {
+    for (const auto& g : grads) norms.push_back(g.norm(2));
+  }
   auto total = torch::stack(norms).norm(2);
-  // clip_grad_norm_: clip_coef = max_norm / (total + 1e-6), clamped to 1, multiplied in unconditionally.
+  // clip_grad_norm_: clip_coef = max_norm / (total + 1e-6), clamped to 1, multiplied in unconditionally
+  // (no host-side branch on the norm, so no sync).
   auto coef = torch::clamp_max(max_norm / (total + 1e-6), 1.0);
-  for (auto& g : groups_)
-    for (auto& [name, p] : g.params)
-      if (p.grad().defined()) p.grad().mul_(coef);
-  return total.item<double>();
+  if (options_.foreach) {
+    foreach_mul_by_tensor(grads, coef);
+  } else {
+    for (const auto& g : grads) g.mul_(coef);
+  }
+  return total;
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> AdamW::state_tensors() const {

@@ -1,5 +1,7 @@
-// AdamW with torch.optim.AdamW's single-tensor update, written out so its whole state (moments and step
-// count per parameter) is plain named tensors that checkpoints save and restore bit-exactly.
+// AdamW with torch.optim.AdamW's update arithmetic, written out so its whole state (moments and step
+// count) is plain named tensors that checkpoints save and restore bit-exactly. The update runs as
+// foreach ops over all parameters at once (torch's _multi_tensor_adamw: one launch per op on CUDA); on
+// CPU libtorch runs those per tensor, so the result equals the single-tensor update bit for bit.
 #pragma once
 
 #include <torch/types.h>
@@ -16,6 +18,7 @@ struct AdamWOptions {
   double beta2 = 0.999;
   double eps = 1e-8;
   double weight_decay = 1e-2;
+  bool foreach = true;  // false: one tensor at a time (_single_tensor_adamw), the reference
 };
 
 struct ParamGroup {
@@ -30,8 +33,11 @@ class AdamW {
   // One update of every parameter that has a gradient, at lr = group.lr * lr_multiplier.
   void step(double lr_multiplier);
   void zero_grad();
-  // Clips the global L2 norm of all gradients to max_norm (torch.nn.utils.clip_grad_norm_); returns the norm.
-  double clip_grad_norm(double max_norm);
+  // Clips the global L2 norm of all gradients to max_norm (torch.nn.utils.clip_grad_norm_). Returns the
+  // norm as a tensor on the parameters' device: reading it is the caller's choice (a host sync).
+  torch::Tensor clip_grad_norm(double max_norm);
+  // The gradients that exist, in parameter order.
+  std::vector<torch::Tensor> gradients() const;
 
   // "<param>.exp_avg", "<param>.exp_avg_sq" tensors and the step count, for checkpoints.
   std::vector<std::pair<std::string, torch::Tensor>> state_tensors() const;
@@ -45,6 +51,9 @@ class AdamW {
   struct Moments {
     torch::Tensor exp_avg, exp_avg_sq;
   };
+  void step_single_tensor(const ParamGroup& group, double lr, double bias_correction2_sqrt, double step_size);
+  void step_foreach(const ParamGroup& group, double lr, double bias_correction2_sqrt, double step_size);
+
   std::vector<ParamGroup> groups_;
   AdamWOptions options_;
   std::map<std::string, Moments> state_;

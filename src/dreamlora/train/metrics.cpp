@@ -46,11 +46,12 @@ MetricsLog::MetricsLog(const std::filesystem::path& dir, int64_t resume_step) : 
   out_.open(path_, std::ios::app);
 }
 
-void MetricsLog::record(int64_t step, double loss, double lr) {
-  Json j = {{"step", step}, {"loss", loss}, {"lr", lr}, {"time", unix_seconds()}};
+void MetricsLog::record(int64_t step, double loss, double lr, double unix_time) {
+  const double time = unix_time < 0 ? unix_seconds() : unix_time;
+  Json j = {{"step", step}, {"loss", loss}, {"lr", lr}, {"time", time}};
   out_ << j.dump() << "\n";
   out_.flush();
-  points_.push_back({step, loss, lr, unix_seconds()});
+  points_.push_back({step, loss, lr, time});
 }
 
 void MetricsLog::record_checkpoint(int64_t step, double stall_seconds) {

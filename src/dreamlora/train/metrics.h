@@ -17,7 +17,8 @@ class MetricsLog {
   // Opens <dir>/metrics.jsonl; lines for steps after resume_step (done after the last checkpoint by a run
   // that then died) are dropped, so the log always matches the weights.
   MetricsLog(const std::filesystem::path& dir, int64_t resume_step);
-  void record(int64_t step, double loss, double lr);
+  // unix_time: when the step ended (a loss read later is recorded with its own step's time); < 0: now.
+  void record(int64_t step, double loss, double lr, double unix_time = -1);
   void record_checkpoint(int64_t step, double stall_seconds);
   void write_svg(const std::filesystem::path& path) const;
   void print_summary(const std::vector<checkpoint::WriteStats>& writes) const;

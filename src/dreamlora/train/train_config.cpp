@@ -154,7 +154,13 @@ std::vector<OptionSpec> build_table() {
       number("text-encoder-lr", {"text_encoder_lr"}, "learning rate of the text-encoder LoRA", &C::text_encoder_lr, R),
       text("text-encoder-targets", {}, "text-encoder modules to adapt (comma list; add fc1,fc2 for the MLP)",
            &C::text_encoder_targets, R),
-      text("mixed-precision", {"mixed_precision"}, "no | fp16 | bf16: dtype of the frozen weights", &C::mixed_precision, R),
+      text("mixed-precision", {"mixed_precision"},
+           "no, fp16 or bf16: frozen weights in that dtype; LoRA, optimizer, norms, softmax and loss in fp32; "
+           "fp16 adds dynamic loss scaling and needs --device cuda", &C::mixed_precision, R),
+      flag("allow-tf32", {"allow_tf32"}, "allow TF32 tensor cores for fp32 matmuls on Ampere+ GPUs (faster, ~1e-3 "
+           "relative precision)", &C::allow_tf32),
+      flag("deterministic", {}, "deterministic GPU kernels and cuDNN, so a resumed GPU run ends byte-identical to an "
+           "uninterrupted one on the same GPU (slower); without it, speed-first kernels", &C::deterministic),
       flag("gradient-checkpointing", {"gradient_checkpointing"}, "recompute activations in backward to save memory",
            &C::gradient_checkpointing),
       text("device", {}, "cpu or cuda[:N]", &C::device),
@@ -240,6 +246,9 @@ void TrainConfig::validate() const {
   DL_CHECK(warmup_steps >= 0, "--warmup-steps must not be negative");
   DL_CHECK(mixed_precision == "no" || mixed_precision == "fp16" || mixed_precision == "bf16",
            "--mixed-precision must be no, fp16 or bf16, got '", mixed_precision, "'");
+  DL_CHECK(mixed_precision != "fp16" || device.rfind("cuda", 0) == 0,
+           "--mixed-precision fp16 needs --device cuda: fp16 training (with its loss scaling) runs on GPUs only; "
+           "on --device ", device, " use --mixed-precision bf16 or no");
   DL_CHECK(save_format == "diffusers" || save_format == "kohya" || save_format == "both",
            "--save-format must be diffusers, kohya or both, got '", save_format, "'");
   DL_CHECK(on_checkpoint_error == "stop" || on_checkpoint_error == "continue",

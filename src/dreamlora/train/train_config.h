@@ -59,6 +59,8 @@ struct TrainConfig {
   // compute
   std::string mixed_precision = "no";
   bool gradient_checkpointing = false;
+  bool allow_tf32 = false;     // TF32 matmuls on Ampere+ GPUs
+  bool deterministic = false;  // deterministic kernels (byte-identical resume on the same GPU)
   std::string device = "cpu";
   int64_t dist_timeout = 300;  // seconds a collective may take before a dead worker is assumed
   // validation and logging

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <iostream>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "dreamlora/checkpoint/background_writer.h"
@@ -31,8 +32,10 @@
 #include "dreamlora/train/data_order.h"
 #include "dreamlora/train/dataset.h"
 #include "dreamlora/train/distributed.h"
+#include "dreamlora/train/loss_scaler.h"
 #include "dreamlora/train/losses.h"
 #include "dreamlora/train/lr_schedule.h"
+#include "dreamlora/train/compute_settings.h"
 #include "dreamlora/train/metrics.h"
 #include "dreamlora/train/outputs.h"
 #include "dreamlora/train/trainer_state.h"
@@ -104,6 +107,7 @@ class Trainer {
   Sample draw_sample(ImageSet& set, DataOrder& order, uint64_t stream, int64_t n);
   std::vector<torch::Tensor> trainable_parameters() const;
   void train_step();
+  void record_losses();
   lora::LoRAWeights current_lora(bool copy);
   using LayerList = std::vector<std::pair<std::string, nn::Linear>>;
   const std::map<std::string, LayerList>& lora_layers();
@@ -123,6 +127,8 @@ class Trainer {
   std::unique_ptr<DataOrder> instance_order_, class_order_;
   std::unique_ptr<CaptionEmbedder> embedder_;
   std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<LossScaler> scaler_;
+  std::set<int64_t> test_nan_steps_;  // DREAMLORA_TEST_LOSS_SCALER: steps whose gradients are poisoned
   LRScheduleOptions schedule_;
   std::unique_ptr<Distributed> dist_;
   std::unique_ptr<checkpoint::CheckpointStore> store_;
@@ -147,6 +153,14 @@ class Trainer {
   Json fingerprint_;
   int64_t last_checkpoint_step_ = -1;
   float last_loss_ = 0;
+  // Losses of the steps since the last read, kept on the device: read (one host copy) every --log-every
+  // steps, at checkpoints and at the end, then written to metrics.jsonl one line per step.
+  struct PendingLoss {
+    int64_t step;
+    torch::Tensor loss;  // 0-dim fp32, on the device
+    double lr, unix_time;
+  };
+  std::vector<PendingLoss> pending_losses_;
 };
 
 void Trainer::load_everything() {
@@ -154,6 +168,8 @@ void Trainer::load_everything() {
   device_ = torch::Device(cfg_.device);
   DL_CHECK(device_.is_cpu() || torch::cuda::is_available(), "--device ", cfg_.device,
            ": CUDA is not available in this build of libtorch");
+  const auto compute = apply_compute_settings({cfg_.deterministic, cfg_.allow_tf32});
+  if (device_.is_cuda() || cfg_.deterministic) log(compute);
   out_ = cfg_.output_dir;
   fs::create_directories(out_);
 
@@ -267,6 +283,16 @@ void Trainer::build_optimizer() {
   schedule_.total_steps = cfg_.num_steps;
   schedule_.num_cycles = static_cast<int>(cfg_.num_cycles);
   schedule_.power = cfg_.lr_power;
+  // fp16 gradients underflow without a loss scale; bf16 has fp32's exponent range and needs none.
+  const char* test_scaler = std::getenv("DREAMLORA_TEST_LOSS_SCALER");
+  scaler_ = std::make_unique<LossScaler>(cfg_.mixed_precision == "fp16" || test_scaler != nullptr);
+  if (test_scaler) {
+    // Test hook: the scaler in any precision, and NaN gradients at the listed (1-based) steps.
+    std::stringstream list(test_scaler);
+    std::string item;
+    while (std::getline(list, item, ','))
+      if (!item.empty()) test_nan_steps_.insert(std::stoll(item));
+  }
 }
 
 bool Trainer::resume() {
@@ -333,6 +359,7 @@ bool Trainer::resume() {
   }
   auto opt = safetensors::File::open(dir / "optimizer.safetensors");
   optimizer_->load_state(opt.load_all(), std::stoll(opt.metadata().at("step")), (dir / "optimizer.safetensors").string());
+  scaler_->load_metadata(opt.metadata(), (dir / "optimizer.safetensors").string());
   at::Generator default_gen = at::detail::getDefaultCPUGenerator();  // a handle sharing the default generator
   default_gen.set_state(bytes_tensor(base64_decode(state.default_rng_state, "default_rng_state")));
   state_ = state;
@@ -365,14 +392,17 @@ std::vector<torch::Tensor> Trainer::trainable_parameters() const {
 }
 
 // One optimizer step: gradient_accumulation micro-batches (this worker's share of each global batch),
-// gradients averaged over workers, then clip, AdamW, LR schedule.
+// gradients averaged over workers, then (fp16) unscale and overflow check, clip, AdamW, LR schedule.
+// Nothing here reads the device except the fp16 overflow flag and, every --log-every steps, the loss.
 void Trainer::train_step() {
-  const double lr_mult = lr_multiplier(schedule_, cfg_.lr, state_.global_step);
+  // The schedule counts optimizer steps taken: a step the loss scaler skips does not advance it (as
+  // accelerate's scheduler after a skipped GradScaler step). Without fp16 this is the global step.
+  const double lr_mult = lr_multiplier(schedule_, cfg_.lr, optimizer_->step_count());
   const double scaling = model_.vae->config().scaling_factor;
   const double shift = model_.vae->config().shift_factor.value_or(0.0);
   const auto dtype = weight_dtype(cfg_.mixed_precision);
   const int64_t per_rank = cfg_.batch_size, global = per_rank * dist_->world_size();
-  float loss_sum = 0;
+  torch::Tensor loss_sum;  // fp32, on the device
   for (int64_t micro = 0; micro < cfg_.gradient_accumulation; ++micro) {
     // Batch: this worker's instance samples, then as many class samples (prior preservation).
     std::vector<Sample> batch;
@@ -421,18 +451,47 @@ void Trainer::train_step() {
       snr_weights = min_snr_weights(ddpm_->snr(t_instance), cfg_.snr_gamma, ddpm_->prediction_type()).to(device_);
     }
     auto loss = dreambooth_loss(pred, target, classes_ != nullptr, cfg_.prior_loss_weight, snr_weights);
-    (loss.total / static_cast<double>(cfg_.gradient_accumulation)).backward();
-    loss_sum += loss.total.item<float>();
+    scaler_->scale(loss.total / static_cast<double>(cfg_.gradient_accumulation)).backward();
+    loss_sum = loss_sum.defined() ? loss_sum + loss.total.detach() : loss.total.detach();
   }
   dist_->average_gradients(trainable_parameters());
-  if (cfg_.max_grad_norm > 0) optimizer_->clip_grad_norm(cfg_.max_grad_norm);
-  optimizer_->step(lr_mult);
+  if (test_nan_steps_.count(state_.global_step + 1)) optimizer_->gradients().front().fill_(NAN);
+  // unscale (fp16) -> skip on inf/nan, else clip -> AdamW; gradients are the same on every worker here,
+  // so every worker makes the same decision.
+  const bool overflow = scaler_->unscale_and_check(optimizer_->gradients());
+  if (!overflow) {
+    if (cfg_.max_grad_norm > 0) optimizer_->clip_grad_norm(cfg_.max_grad_norm);
+    optimizer_->step(lr_mult);
+  }
+  scaler_->update(overflow);
   optimizer_->zero_grad();
   ++state_.global_step;
   state_.epoch = instance_order_->epoch_of(state_.instance_samples);
   state_.lr_multiplier = lr_mult;
-  last_loss_ = static_cast<float>(dist_->mean(loss_sum / static_cast<double>(cfg_.gradient_accumulation)));
-  if (dist_->is_main()) metrics_->record(state_.global_step, last_loss_, cfg_.lr * lr_mult);
+  if (overflow && dist_->is_main())
+    log(str("step ", state_.global_step, ": inf/nan in the fp16 gradients; optimizer step skipped, loss scale now ",
+            scaler_->scale_value()));
+  const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  pending_losses_.push_back(
+      {state_.global_step, loss_sum / static_cast<double>(cfg_.gradient_accumulation), cfg_.lr * lr_mult, now});
+  if (state_.global_step % std::max<int64_t>(1, cfg_.log_every) == 0 || state_.global_step == cfg_.num_steps)
+    record_losses();
+}
+
+// Reads the pending losses in one copy and writes them to metrics.jsonl, one line per step. Called at
+// the same steps on every worker (a collective averages each loss over workers).
+void Trainer::record_losses() {
+  if (pending_losses_.empty()) return;
+  std::vector<torch::Tensor> losses;
+  for (const auto& p : pending_losses_) losses.push_back(p.loss);
+  const auto host = torch::stack(losses).to(torch::kCPU, torch::kFloat64);
+  const double* values = host.data_ptr<double>();
+  for (size_t i = 0; i < pending_losses_.size(); ++i) {
+    const auto& p = pending_losses_[i];
+    last_loss_ = static_cast<float>(dist_->mean(values[i]));
+    if (dist_->is_main()) metrics_->record(p.step, last_loss_, p.lr, p.unix_time);
+  }
+  pending_losses_.clear();
 }
 
 lora::LoRAWeights Trainer::current_lora(bool copy) {
@@ -488,7 +547,9 @@ checkpoint::CheckpointContents Trainer::snapshot() {
   s.default_rng_state = base64_encode(tensor_bytes(at::detail::getDefaultCPUGenerator().get_state()));
   s.fingerprint = fingerprint_;
   checkpoint::CheckpointContents c;
-  c.prepare = [layout = flat_, lora_flat, moments_flat, s, step = optimizer_->step_count(),
+  auto optimizer_metadata = scaler_->to_metadata();
+  optimizer_metadata["step"] = std::to_string(optimizer_->step_count());
+  c.prepare = [layout = flat_, lora_flat, moments_flat, s, optimizer_metadata,
                metadata = lora_metadata(cfg_, /*baked=*/false)](checkpoint::CheckpointContents& c) {
     lora::LoRAWeights weights;
     const auto lora = split_flat(lora_flat, layout->lora_shapes);  // down, up of each module in turn
@@ -501,7 +562,7 @@ checkpoint::CheckpointContents Trainer::snapshot() {
     const auto moments = split_flat(moments_flat, layout->moment_shapes);
     std::vector<std::pair<std::string, torch::Tensor>> opt;
     for (size_t i = 0; i < moments.size(); ++i) opt.emplace_back(layout->moment_names[i], moments[i]);
-    c.add_tensors("optimizer.safetensors", std::move(opt), {{"step", std::to_string(step)}});
+    c.add_tensors("optimizer.safetensors", std::move(opt), optimizer_metadata);
     c.add_bytes("trainer_state.json", s.to_json().dump(2) + "\n");
   };
   return c;
@@ -511,6 +572,7 @@ checkpoint::CheckpointContents Trainer::snapshot() {
 // before a checkpoint records it. Only the main worker writes.
 void Trainer::save_checkpoint() {
   if (last_checkpoint_step_ == state_.global_step) return;
+  record_losses();  // metrics.jsonl holds every step up to the checkpoint before it is written
   if (dist_->enabled()) {
     double checksum = 0;
     for (const auto& p : trainable_parameters()) checksum += p.detach().to(torch::kFloat64).sum().item<double>();

@@ -5,6 +5,7 @@
 
 #include "dreamlora/common/error.h"
 #include "dreamlora/nn/attention.h"
+#include "dreamlora/nn/norms.h"
 
 namespace dreamlora::unet {
 
@@ -35,7 +36,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     channels = x.size(1), height = x.size(2), width = x.size(3);
     h = x.reshape({x.size(0), channels, height * width}).transpose(1, 2);  // [B, HW, C]
   }
-  if (group_norm) h = group_norm(h.transpose(1, 2)).transpose(1, 2);  // normalises channels: [B, C, L] view
+  if (group_norm) h = nn::group_norm_fp32(group_norm, h.transpose(1, 2)).transpose(1, 2);  // normalises channels: [B, C, L] view
 
   const auto& kv_input = context.defined() ? context : h;
   auto q = nn::split_heads(to_q(h), options.heads);         // [B, heads, L, dim_head]

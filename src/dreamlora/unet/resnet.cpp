@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "dreamlora/common/error.h"
+#include "dreamlora/nn/norms.h"
 
 namespace dreamlora::unet {
 
@@ -44,14 +45,14 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& opts) : options
 
 torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Tensor& temb) {
   // x: [B, in, H, W], temb: [B, temb_channels]
-  auto h = torch::silu(norm1(x));
+  auto h = torch::silu(nn::group_norm_fp32(norm1, x));
   h = conv1(h);  // [B, out, H, W]
   if (time_emb_proj && temb.defined()) {
     auto t = options.skip_time_act ? temb : torch::silu(temb);
     t = time_emb_proj(t);        // [B, out]
     h = h + t.unsqueeze(-1).unsqueeze(-1);  // broadcast over [H, W]
   }
-  h = torch::silu(norm2(h));
+  h = torch::silu(nn::group_norm_fp32(norm2, h));
   if (options.dropout > 0.0) h = dropout(h);
   h = conv2(h);
   auto residual = conv_shortcut ? conv_shortcut(x) : x;
@@ -101,7 +102,12 @@ torch::Tensor Upsample2DImpl::forward(const torch::Tensor& x, const std::vector<
   const auto dtype = x.scalar_type();
   // upsample_nearest2d has no bf16 kernel before PyTorch 2.1 (diffusers does the same round trip).
   auto h = dtype == torch::kBFloat16 ? x.to(torch::kFloat32) : x;
-  if (output_size.empty()) {
+  if (output_size.empty() && h.is_cuda() && at::globalContext().deterministicAlgorithms()) {
+    // The same copy as a broadcast: its backward is a sum, where upsample_nearest2d's CUDA backward is
+    // nondeterministic (atomic adds).  [B, C, H, W] -> [B, C, H, 2, W, 2] -> [B, C, 2H, 2W]
+    const auto b = h.size(0), c = h.size(1), hh = h.size(2), w = h.size(3);
+    h = h.reshape({b, c, hh, 1, w, 1}).expand({b, c, hh, 2, w, 2}).reshape({b, c, 2 * hh, 2 * w});
+  } else if (output_size.empty()) {
     const std::vector<int64_t> size{2 * x.size(2), 2 * x.size(3)};
     h = torch::upsample_nearest2d(h, at::IntArrayRef(size), c10::nullopt, c10::nullopt);
   } else {

@@ -5,6 +5,7 @@
 
 #include "dreamlora/common/error.h"
 #include "dreamlora/unet/gradient_checkpointing.h"
+#include "dreamlora/nn/norms.h"
 
 namespace dreamlora::unet {
 
@@ -57,9 +58,9 @@ BasicTransformerBlockImpl::BasicTransformerBlockImpl(const BasicTransformerBlock
 
 torch::Tensor BasicTransformerBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& context) {
   // x: [B, L, dim]
-  auto h = x + attn1(norm1(x), options.only_cross_attention ? context : torch::Tensor());
-  if (attn2) h = h + attn2(norm2(h), context);
-  return h + ff(norm3(h));
+  auto h = x + attn1(nn::layer_norm_fp32(norm1, x), options.only_cross_attention ? context : torch::Tensor());
+  if (attn2) h = h + attn2(nn::layer_norm_fp32(norm2, h), context);
+  return h + ff(nn::layer_norm_fp32(norm3, h));
 }
 
 Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DModelOptions& opts) : options(opts) {
@@ -98,7 +99,7 @@ Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DModelOptions& 
 torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& x, const torch::Tensor& context) {
   // x: [B, C, H, W]
   const int64_t batch = x.size(0), height = x.size(2), width = x.size(3);
-  auto h = norm(x);
+  auto h = nn::group_norm_fp32(norm, x);
   int64_t inner = 0;
   if (proj_in_conv) {
     h = proj_in_conv(h);  // [B, inner, H, W]

@@ -9,6 +9,7 @@
 #include "dreamlora/common/error.h"
 #include "dreamlora/io/model_dir.h"
 #include "dreamlora/nn/state_dict.h"
+#include "dreamlora/nn/norms.h"
 
 namespace dreamlora::unet {
 
@@ -371,7 +372,7 @@ torch::Tensor UNet2DConditionModelImpl::forward(const torch::Tensor& sample, con
     if (i + 1 < up.size() && forward_upsample_size) upsample_size = skips.back().sizes().slice(2).vec();
     h = up[i]->forward(h, res, emb, context, upsample_size);
   }
-  h = torch::silu(conv_norm_out(h));
+  h = torch::silu(nn::group_norm_fp32(conv_norm_out, h));
   return conv_out(h);  // [B, out, H, W]
 }
 
