@@ -39,8 +39,8 @@ Json make_fingerprint(const TrainConfig& config, const std::vector<TrainingImage
 
 // Bytes of each tensor hashed from its start, middle and end (the whole tensor when it is smaller).
 constexpr size_t kWeightSampleBytes = 4096;
-// XXH3 over every tensor's name, dtype, shape and sampled bytes of a safetensors file (mmapped: only the
-// sampled pages are read). Two fine-tunes of one architecture differ in every trained tensor's bytes.
+// XXH3 over every tensor's name, dtype, shape and sampled bytes of a safetensors file (only the sampled
+// bytes are read). Two fine-tunes of one architecture differ in every trained tensor's bytes.
 std::string weights_sample_hash(const std::filesystem::path& safetensors_file);
 // linear, cosine, cosine_with_restarts, polynomial: the LR at step s depends on --num-steps.
 bool schedule_depends_on_total_steps(const std::string& scheduler);
