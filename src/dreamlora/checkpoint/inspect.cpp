@@ -5,6 +5,7 @@
 
 #include "dreamlora/checkpoint/checkpoint_store.h"
 #include "dreamlora/checkpoint/manifest.h"
+#include "dreamlora/checkpoint/output_lock.h"
 #include "dreamlora/common/error.h"
 
 namespace dreamlora::checkpoint {
@@ -40,6 +41,9 @@ InspectReport inspect_output_dir(const fs::path& dir) {
   InspectReport r;
   CheckpointStore store(dir);
   r.lines.push_back(str("output directory ", dir.string()));
+  const auto holder = lock_holder(dir);
+  r.lines.push_back(holder ? str("  locked by a running trainer: ", holder->describe())
+                           : std::string("  not locked (no trainer is using it)"));
   auto all = store.list();
   if (all.empty()) r.lines.push_back("  no checkpoints");
   const CheckpointInfo* latest = nullptr;

@@ -1,4 +1,4 @@
-// The checkpoint part of `dreamlora inspect`: an output directory (every checkpoint-<N>, leftovers,
+// The checkpoint part of `dreamlora inspect`: an output directory (its lock, every checkpoint-<N>, leftovers,
 // which one a resume would pick) or one checkpoint directory (its files and whether it verifies).
 #pragma once
 

@@ -8,10 +8,30 @@
 #include "dreamlora/common/error.h"
 #include "dreamlora/common/threads.h"
 
+namespace {
+
+constexpr int kExitUsage = 2;  // as argparse and most Unix tools: the command line itself is wrong
+
+// Points at the --help of the subcommand being parsed (or of the program).
+std::string usage_hint(CLI::App& app) {
+  std::string command = "dreamlora";
+  for (CLI::App* sub = &app; !sub->get_subcommands().empty();) {
+    sub = sub->get_subcommands().front();
+    command += " " + sub->get_name();
+  }
+  return "`" + command + " --help` lists the flags";
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   dreamlora::tune_allocator();
   CLI::App app{"dreamlora: DreamBooth LoRA trainer for Stable Diffusion (SD1.x, SD2.x, SDXL) that survives interruption"};
   app.require_subcommand(1);
+  // As users type it: global flags may come after the subcommand too (`train ... --threads 2`), and a flag
+  // given twice takes its last value, as argparse does (scripts append overrides to a base command line).
+  app.fallthrough();
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.set_version_flag("--version", "dreamlora 0.1.0");
   dreamlora::ThreadSettings threads;
   app.add_option("--threads", threads.torch_threads, "CPU threads for libtorch (default: one per core)")
@@ -38,7 +58,9 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    std::cerr << "error: " << e.what() << "\nhint: " << usage_hint(app) << "\n";
+    return kExitUsage;
   }
   try {
     dreamlora::configure_threads(threads);

@@ -63,8 +63,8 @@ std::vector<std::string> final_output_files(const fs::path& out) {
   return files;
 }
 
-void write_final_outputs(const fs::path& out, const TrainConfig& c, const ModelBundle& model,
-                         const lora::LoRAWeights& weights) {
+void write_final_lora(const fs::path& out, const TrainConfig& c, const ModelBundle& model,
+                      const lora::LoRAWeights& weights) {
   lora::SaveOptions save;
   save.rank = c.rank;
   save.alpha = c.effective_lora_alpha();
@@ -78,13 +78,16 @@ void write_final_outputs(const fs::path& out, const TrainConfig& c, const ModelB
     if (model.sdxl) k.ldm_layout = lora::UNetLayout::from_unet(*model.unet);
     lora::save_kohya(out / "pytorch_lora_weights_kohya.safetensors", weights, k, save);
   }
+}
+
+void write_model_card(const fs::path& out, const TrainConfig& c, bool sdxl) {
   std::string sample;
-  if (fs::exists(out / "validation")) {
+  if (fs::is_directory(out / "validation")) {
     for (const auto& e : fs::directory_iterator(out / "validation"))
       if (e.path().extension() == ".png" && (sample.empty() || e.path().filename().string() > sample))
         sample = "validation/" + e.path().filename().string();
   }
-  write_file_durably(out / "README.md", model_card(c, model.sdxl, sample));
+  write_file_durably(out / "README.md", model_card(c, sdxl, sample));
 }
 
 }  // namespace dreamlora

@@ -16,8 +16,11 @@ namespace dreamlora {
 // safetensors metadata of our LoRA files: format pt (diffusers reads it) plus rank, alpha, targets, base.
 std::map<std::string, std::string> lora_metadata(const TrainConfig& config, bool alpha_baked);
 
-void write_final_outputs(const std::filesystem::path& out, const TrainConfig& config, const ModelBundle& model,
-                         const lora::LoRAWeights& weights);
+// The result of the run: the LoRA files of --save-format. Written before anything optional.
+void write_final_lora(const std::filesystem::path& out, const TrainConfig& config, const ModelBundle& model,
+                      const lora::LoRAWeights& weights);
+// README.md, showing the newest validation image when there is one.
+void write_model_card(const std::filesystem::path& out, const TrainConfig& config, bool sdxl);
 
 // The files a finished run leaves beside its checkpoints that exist in `out`, as paths relative to it:
 // the LoRA files, model card, loss curve, metrics, training config, then validation/*.png by name.

@@ -7,7 +7,9 @@
 
 #include "dreamlora/checkpoint/checkpoint_schedule.h"
 #include "dreamlora/checkpoint/preemption_watcher.h"
+#include "dreamlora/checkpoint/signals.h"
 #include "dreamlora/common/error.h"
+#include "dreamlora/schedulers/sampler.h"
 #include "dreamlora/train/lr_schedule.h"
 
 namespace dreamlora {
@@ -194,6 +196,9 @@ std::vector<OptionSpec> build_table() {
       text("max-runtime", {}, "stop cleanly (with a checkpoint) after this long, e.g. 90m, 2h", &C::max_runtime),
       flag("sync-checkpoints", {}, "write checkpoints on the training thread (for comparison)", &C::sync_checkpoints),
       text("save-format", {"save_format"}, "diffusers | kohya | both", &C::save_format),
+      flag("allow-schedule-change", {},
+           "resume with another --num-steps although the LR schedule (linear, cosine, ...) depends on it",
+           &C::allow_schedule_change),
   };
 }
 
@@ -259,6 +264,41 @@ void TrainConfig::validate() const {
   DL_CHECK(snr_gamma >= 0, "--snr-gamma must not be negative");
   DL_CHECK(!lora_target_list().empty(), "--lora-targets is empty");
   DL_CHECK(device == "cpu" || device.rfind("cuda", 0) == 0, "--device must be cpu or cuda[:N], got '", device, "'");
+  validate_late_settings();
+}
+
+// Settings first used after training (validation images) or deep inside it: a bad value must stop the
+// run before the first step, not after the last one.
+void TrainConfig::validate_late_settings() const {
+  DL_CHECK(!(gradient_checkpointing && lora_dropout > 0), "--gradient-checkpointing with --lora-dropout ", lora_dropout,
+           " gives wrong gradients (the recomputed forward draws another dropout mask): use one or the other");
+  DL_CHECK(epochs >= 0, "--epochs must not be negative, got ", epochs);
+  DL_CHECK(num_cycles >= 1, "--num-cycles must be at least 1, got ", num_cycles);
+  DL_CHECK(prior_loss_weight >= 0, "--prior-loss-weight must not be negative, got ", prior_loss_weight);
+  DL_CHECK(sample_batch_size >= 1, "--sample-batch-size must be at least 1, got ", sample_batch_size);
+  DL_CHECK(adam_beta1 >= 0 && adam_beta1 < 1, "--adam-beta1 must be in [0, 1), got ", adam_beta1);
+  DL_CHECK(adam_beta2 >= 0 && adam_beta2 < 1, "--adam-beta2 must be in [0, 1), got ", adam_beta2);
+  DL_CHECK(adam_epsilon > 0, "--adam-epsilon must be positive, got ", adam_epsilon);
+  DL_CHECK(adam_weight_decay >= 0, "--adam-weight-decay must not be negative, got ", adam_weight_decay);
+  DL_CHECK(max_grad_norm >= 0, "--max-grad-norm must not be negative, got ", max_grad_norm);
+  DL_CHECK(noise_offset >= 0, "--noise-offset must not be negative, got ", noise_offset);
+  DL_CHECK(!train_text_encoder || text_encoder_lr > 0, "--text-encoder-lr must be positive, got ", text_encoder_lr);
+  DL_CHECK(!train_text_encoder || !text_encoder_target_list().empty(), "--text-encoder-targets is empty");
+  DL_CHECK(dist_timeout >= 1, "--dist-timeout must be at least 1 second, got ", dist_timeout);
+  DL_CHECK(log_every >= 1, "--log-every must be at least 1, got ", log_every);
+  DL_CHECK(!output_dir.empty(), "--output-dir must not be empty");
+  if (!max_runtime.empty()) checkpoint::parse_duration(max_runtime);
+  DL_CHECK(validation_steps >= 0, "--validation-steps must not be negative (0: at the end), got ", validation_steps);
+  // Checked whether or not a validation prompt is given: a TOML file may add the prompt later.
+  const auto samplers = schedulers::sampler_names();
+  if (std::find(samplers.begin(), samplers.end(), validation_sampler) == samplers.end()) {
+    std::string list;
+    for (const auto& n : samplers) list += (list.empty() ? "" : ", ") + n;
+    fail(str("--validation-sampler: unknown sampler '", validation_sampler, "' (expected one of ", list, ")"));
+  }
+  DL_CHECK(num_validation_images >= 1, "--num-validation-images must be at least 1, got ", num_validation_images);
+  DL_CHECK(validation_inference_steps >= 1, "--validation-inference-steps must be at least 1, got ",
+           validation_inference_steps);
 }
 
 std::vector<std::string> TrainConfig::lora_target_list() const { return split_list(lora_targets); }

@@ -84,9 +84,11 @@ struct TrainConfig {
   std::string max_runtime;
   bool sync_checkpoints = false;
   std::string save_format = "both";
+  bool allow_schedule_change = false;  // resume with another --num-steps under a step-dependent LR schedule
 
   // Every check that can be made before loading anything; the message names the flag.
   void validate() const;
+  void validate_late_settings() const;
   double effective_lora_alpha() const { return lora_alpha > 0 ? lora_alpha : static_cast<double>(rank); }
   std::vector<std::string> lora_target_list() const;
   std::vector<std::string> text_encoder_target_list() const;

@@ -8,6 +8,8 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
+#include <optional>
 #include <iostream>
 #include <set>
 #include <sstream>
@@ -18,6 +20,7 @@
 #include "dreamlora/checkpoint/preemption_watcher.h"
 #include "dreamlora/checkpoint/s3_sink.h"
 #include "dreamlora/checkpoint/manifest.h"
+#include "dreamlora/checkpoint/output_lock.h"
 #include "dreamlora/checkpoint/signals.h"
 #include "dreamlora/common/error.h"
 #include "dreamlora/io/durable_file.h"
@@ -117,6 +120,8 @@ class Trainer {
   void finalize();
   void release_text_encoders();
   void publish_outputs();
+  // Runs a step the result does not depend on; its failure becomes a warning in the end summary.
+  void optional_step(const std::string& what, const std::function<void()>& step);
 
   TrainConfig cfg_;
   fs::path out_;
@@ -161,10 +166,11 @@ class Trainer {
     double lr, unix_time;
   };
   std::vector<PendingLoss> pending_losses_;
+  std::optional<checkpoint::OutputLock> lock_;  // held by the main worker for the trainer's whole life
+  std::vector<std::string> warnings_;           // optional steps that failed, repeated at the end
 };
 
 void Trainer::load_everything() {
-  cfg_.validate();
   device_ = torch::Device(cfg_.device);
   DL_CHECK(device_.is_cpu() || torch::cuda::is_available(), "--device ", cfg_.device,
            ": CUDA is not available in this build of libtorch");
@@ -193,8 +199,6 @@ void Trainer::load_everything() {
   dopt.center_crop = cfg_.center_crop;
   dopt.random_flip = cfg_.random_flip;
   dopt.cache_text = !cfg_.train_text_encoder;
-  std::vector<fs::path> data_files;
-  for (const auto& i : instance_images) data_files.push_back(i.path);
   instances_ = std::make_unique<ImageSet>(repeated, dopt);
   instance_order_ = std::make_unique<DataOrder>(cfg_.seed, instances_->size());
 
@@ -205,18 +209,21 @@ void Trainer::load_everything() {
   model_ = ModelBundle::load(cfg_.model, load);
   ddpm_ = std::make_unique<schedulers::DDPMScheduler>(schedulers::DDPMScheduler::from_file(model_.scheduler_config_path));
   if (cfg_.snr_gamma > 0) min_snr_weights(torch::ones({1}), cfg_.snr_gamma, ddpm_->prediction_type());
+  std::vector<TrainingImage> class_images;
   if (cfg_.prior_preservation) {
     // Each worker generates its share of the missing class images, then all wait for the full set.
     ensure_class_images(model_, cfg_, dist_->rank(), dist_->world_size());
     dist_->barrier();
-    auto class_images = list_training_images(cfg_.class_image_path, cfg_.class_prompt, "--class-image-path");
+    class_images = list_training_images(cfg_.class_image_path, cfg_.class_prompt, "--class-image-path");
     class_images.resize(std::min<size_t>(class_images.size(), static_cast<size_t>(cfg_.num_class_images)));
-    for (const auto& i : class_images) data_files.push_back(i.path);
     classes_ = std::make_unique<ImageSet>(class_images, dopt);
     class_order_ = std::make_unique<DataOrder>(cfg_.seed + 1, classes_->size());
   }
   embedder_ = std::make_unique<CaptionEmbedder>(dopt.cache_text);
-  fingerprint_ = make_fingerprint(cfg_, data_files, dist_->world_size());
+  const auto t0 = Clock::now();
+  fingerprint_ = make_fingerprint(cfg_, instance_images, class_images, dist_->world_size());
+  log(str("fingerprint (settings, sampled model weights, images, captions) in ",
+          std::chrono::duration<double>(Clock::now() - t0).count(), " s"));
   if (dopt.cache_text && cfg_.validation_prompt.empty()) release_text_encoders();
 }
 
@@ -344,7 +351,9 @@ bool Trainer::resume() {
     DL_CHECK(v.ok, "--resume-from-checkpoint ", dir.string(), ": does not verify: ", v.reason);
   }
   auto state = TrainerState::from_json(read_json(dir / "trainer_state.json"), dir.string());
-  auto diffs = fingerprint_differences(state.fingerprint, fingerprint_);
+  auto check = compare_fingerprints(state.fingerprint, fingerprint_, cfg_.allow_schedule_change);
+  for (const auto& note : check.notes) log(note);
+  const auto& diffs = check.differences;
   if (!diffs.empty()) {
     std::string msg = str(dir.string(), ": settings that change the result differ from the checkpoint's:");
     for (const auto& d : diffs) msg += "\n  " + d;
@@ -619,13 +628,17 @@ void Trainer::run_validation() {
   o.seed = cfg_.seed;
   o.num_images = cfg_.num_validation_images;
   o.width = o.height = cfg_.resolution;
+  // Training mode comes back however validation ends: a failed validation is only a warning.
+  struct TrainModeAgain {
+    unet::UNet2DConditionModel unet;
+    ~TrainModeAgain() { unet->train(); }
+  } train_mode_again{model_.unet};
   // The validation images must not disturb the training stream: their generator is their own.
   auto images = text_to_image(model_, o);
   fs::create_directories(out_ / "validation");
   for (size_t i = 0; i < images.size(); ++i)
     save_png(out_ / "validation" / str("step-", state_.global_step, "-", i, ".png"), images[i],
              sample_metadata(o, static_cast<int64_t>(i), "training LoRA at step " + std::to_string(state_.global_step)));
-  model_.unet->train();
   log(str("validation images for step ", state_.global_step, " in ", (out_ / "validation").string()));
   dist_->wait_for_main("validation images");
 }
@@ -636,15 +649,33 @@ void Trainer::publish_outputs() {
     mirror_->publish_outputs(out_, files);
     log(str("copied the final outputs (", files.size(), " files) to ", mirror_->describe()));
   } catch (const std::exception& e) {
-    log(str("warning: the final outputs were not copied to ", mirror_->describe(), ": ", e.what(),
-            " (they are complete in ", out_.string(), ")"));
+    warnings_.push_back(str("the final outputs were not copied to ", mirror_->describe(), ": ", e.what(),
+                            " (they are complete in ", out_.string(), ")"));
+    log("warning: " + warnings_.back());
   }
 }
 
+void Trainer::optional_step(const std::string& what, const std::function<void()>& step) {
+  try {
+    step();
+  } catch (const c10::Error& e) {
+    warnings_.push_back(str(what, " failed: ", e.what_without_backtrace()));
+    log("warning: " + warnings_.back());
+  } catch (const std::exception& e) {
+    warnings_.push_back(str(what, " failed: ", e.what()));
+    log("warning: " + warnings_.back());
+  }
+}
+
+// The final LoRA files come first: everything after them (validation images, model card, loss curve,
+// uploads) is optional and cannot cost the result.
 void Trainer::finalize() {
-  auto weights = current_lora(true);
-  write_final_outputs(out_, cfg_, model_, weights);
-  metrics_->write_svg(out_ / "loss.svg");
+  if (dist_->is_main()) write_final_lora(out_, cfg_, model_, current_lora(true));
+  if (cfg_.validation_steps == 0 || state_.global_step % cfg_.validation_steps != 0)
+    optional_step("validation images", [&] { run_validation(); });
+  if (!dist_->is_main()) return;
+  optional_step("model card (README.md)", [&] { write_model_card(out_, cfg_, model_.sdxl); });
+  optional_step("loss curve (loss.svg)", [&] { metrics_->write_svg(out_ / "loss.svg"); });
 }
 
 int Trainer::run() {
@@ -652,6 +683,9 @@ int Trainer::run() {
   cfg_.device = worker_device(cfg_.device, env);  // "cuda" -> cuda:LOCAL_RANK
   dist_ = std::make_unique<Distributed>(env, torch::Device(cfg_.device), std::chrono::seconds(cfg_.dist_timeout));
   if (dist_->enabled()) log(str("worker ", dist_->rank(), " of ", dist_->world_size()));
+  cfg_.validate();
+  // The lock is the job's: the main worker takes it before anything is written to the output folder.
+  if (dist_->is_main()) lock_.emplace(checkpoint::OutputLock::acquire(cfg_.output_dir));
   load_everything();
   inject_lora();
   build_optimizer();
@@ -695,7 +729,8 @@ int Trainer::run() {
     if (dist_->is_main()) progress.update(state_.global_step, last_loss_, cfg_.lr * state_.lr_multiplier);
     // Every worker must agree (the time trigger could fire on one worker only).
     if (dist_->any(schedule_due_->due(state_.global_step))) save_checkpoint();
-    if (cfg_.validation_steps > 0 && state_.global_step % cfg_.validation_steps == 0) run_validation();
+    if (cfg_.validation_steps > 0 && state_.global_step % cfg_.validation_steps == 0)
+      optional_step(str("validation images at step ", state_.global_step), [&] { run_validation(); });
   }
   progress.finish();
   if (state_.global_step < cfg_.num_steps) {
@@ -710,8 +745,7 @@ int Trainer::run() {
     return checkpoint::kExitStoppedEarly;
   }
   if (schedule_options.any_trigger()) save_checkpoint();  // a re-run finds the run complete
-  if (cfg_.validation_steps == 0 || state_.global_step % cfg_.validation_steps != 0) run_validation();
-  if (dist_->is_main()) finalize();
+  finalize();
   writer_->shutdown();
   dist_->wait_for_main("the final outputs");
   if (dist_->is_main()) metrics_->print_summary(writer_->history());
@@ -719,6 +753,11 @@ int Trainer::run() {
   if (auto* s3 = dynamic_cast<checkpoint::S3Sink*>(mirror_.get())) {
     s3->retry_failed_upload();
     log(s3->summary());
+  }
+  if (dist_->is_main() && !warnings_.empty()) {
+    log(str("finished with ", warnings_.size(), " warning", warnings_.size() == 1 ? "" : "s",
+            " (the final LoRA files are complete in ", out_.string(), "):"));
+    for (const auto& w : warnings_) log("  warning: " + w);
   }
   return checkpoint::kExitFinished;
 }

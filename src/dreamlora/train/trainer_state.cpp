@@ -1,10 +1,20 @@
 #include "dreamlora/train/trainer_state.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+#include <xxhash.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <cstdio>
+#include <memory>
 
 #include "dreamlora/checkpoint/manifest.h"
 #include "dreamlora/common/error.h"
 #include "dreamlora/io/durable_file.h"
+#include "dreamlora/io/model_dir.h"
+#include "dreamlora/io/safetensors.h"
 
 namespace dreamlora {
 
@@ -82,10 +92,78 @@ TrainerState TrainerState::from_json(const Json& j, const std::string& what) {
   return s;
 }
 
-Json make_fingerprint(const TrainConfig& config, const std::vector<fs::path>& data_files, int world_size) {
+// The samples are read with pread and POSIX_FADV_RANDOM, not through the mapping: page faults read ahead,
+// which on a cold page cache made a 2 GiB file's hash take 3.2 s instead of 0.7 s.
+std::string weights_sample_hash(const fs::path& file) {
+  auto st = safetensors::File::open(file);  // validated header: names, dtypes, shapes, offsets
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  DL_CHECK(fd >= 0, file.string(), ": cannot open: ", std::strerror(errno));
+  std::unique_ptr<int, void (*)(int*)> closer(new int(fd), [](int* f) {
+    ::close(*f);
+    delete f;
+  });
+  posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
+  uint8_t length_bytes[8];
+  DL_CHECK(pread(fd, length_bytes, 8, 0) == 8, file.string(), ": cannot read the header length");
+  uint64_t header_length = 0;
+  for (int i = 7; i >= 0; --i) header_length = (header_length << 8) | length_bytes[i];
+  const uint64_t data_start = 8 + header_length;
+
+  std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(XXH3_createState(), &XXH3_freeState);
+  DL_CHECK(state && XXH3_64bits_reset(state.get()) == XXH_OK, "XXH3 state allocation failed");
+  std::vector<uint8_t> buffer(3 * kWeightSampleBytes);
+  auto update_from_file = [&](uint64_t offset, size_t n) {
+    DL_CHECK(pread(fd, buffer.data(), n, static_cast<off_t>(data_start + offset)) == static_cast<ssize_t>(n),
+             file.string(), ": short read at byte ", data_start + offset);
+    XXH3_64bits_update(state.get(), buffer.data(), n);
+  };
+  for (const auto& name : st.names()) {
+    const auto& info = st.info(name);
+    std::string header = name + "|" + info.dtype + "|";
+    for (auto d : info.shape) header += std::to_string(d) + ",";
+    XXH3_64bits_update(state.get(), header.data(), header.size());
+    const uint64_t bytes = info.end - info.begin;
+    if (bytes == 0) continue;
+    if (bytes <= 3 * kWeightSampleBytes) {
+      update_from_file(info.begin, bytes);
+    } else {
+      update_from_file(info.begin, kWeightSampleBytes);
+      update_from_file(info.begin + ((bytes / 2) & ~uint64_t{63}), kWeightSampleBytes);
+      update_from_file(info.end - kWeightSampleBytes, kWeightSampleBytes);
+    }
+  }
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(XXH3_64bits_digest(state.get())));
+  return hex;
+}
+
+bool schedule_depends_on_total_steps(const std::string& scheduler) {
+  return scheduler != "constant" && scheduler != "constant_with_warmup";
+}
+
+namespace {
+
+// Image bytes and caption of each file, by name; instance and class sets go to keys of their own, so a
+// class image named like an instance image cannot hide it.
+void add_image_set(Json& fp, const std::string& kind, const std::vector<TrainingImage>& images) {
+  Json data = Json::object(), captions = Json::object();
+  for (const auto& image : images) {
+    const std::string name = image.path.filename().string();
+    data[name] = checkpoint::xxh3_file_hex(image.path);
+    captions[name] = checkpoint::xxh3_hex(image.caption);
+  }
+  fp[kind + "-data"] = data;
+  fp[kind + "-captions"] = captions;
+}
+
+}  // namespace
+
+Json make_fingerprint(const TrainConfig& config, const std::vector<TrainingImage>& instance_images,
+                      const std::vector<TrainingImage>& class_images, int world_size) {
   Json fp = result_settings(config);
   fp.erase("batch-size");
   fp["global-batch-size"] = config.batch_size * world_size;
+  if (schedule_depends_on_total_steps(config.scheduler)) fp["num-steps"] = config.num_steps;
   // The model by content, not path: a resume on a fresh machine may mount it elsewhere.
   Json model = Json::object();
   for (const char* rel : {"unet/config.json", "vae/config.json", "text_encoder/config.json",
@@ -94,10 +172,53 @@ Json make_fingerprint(const TrainConfig& config, const std::vector<fs::path>& da
     if (fs::exists(p)) model[rel] = checkpoint::xxh3_hex(read_file(p));
   }
   fp["model"] = model;
-  Json data = Json::object();
-  for (const auto& f : data_files) data[f.filename().string()] = checkpoint::xxh3_file_hex(f);
-  fp["data"] = data;
+  // The weights by sampled content: another fine-tune of the same architecture has the same configs,
+  // keys, shapes and sizes.
+  Json weights = Json::object();
+  for (const char* component : {"unet", "vae", "text_encoder", "text_encoder_2"}) {
+    const fs::path dir = fs::path(config.model) / component;
+    if (!fs::is_directory(dir)) continue;
+    for (const auto& file : find_weight_files(dir, config.variant))
+      weights[std::string(component) + "/" + file.filename().string()] = weights_sample_hash(file);
+  }
+  fp["model-weights"] = weights;
+  add_image_set(fp, "instance", instance_images);
+  if (config.prior_preservation) add_image_set(fp, "class", class_images);
   return fp;
+}
+
+FingerprintCheck compare_fingerprints(const Json& saved, const Json& current, bool allow_schedule_change) {
+  FingerprintCheck check;
+  Json now = current;
+  // Fields an older dreamlora did not record cannot be compared: resume, and say so.
+  for (auto it = current.begin(); it != current.end(); ++it)
+    if (!saved.contains(it.key())) {
+      check.notes.push_back(str("fingerprint: '", it.key(),
+                                "' is not recorded in this checkpoint (an older dreamlora wrote it): not checked"));
+      now.erase(it.key());
+    }
+  Json old = saved;
+  if (old.contains("data") && !now.contains("data")) {
+    // Older checkpoints kept instance and class images in one map by file name, class images last.
+    Json merged = Json::object();
+    for (const char* key : {"instance-data", "class-data"})
+      if (current.contains(key))
+        for (auto it = current[key].begin(); it != current[key].end(); ++it) merged[it.key()] = it.value();
+    now["data"] = merged;
+  }
+  if (old.contains("num-steps") && now.contains("num-steps") && old["num-steps"] != now["num-steps"]) {
+    const std::string change = str("--num-steps: checkpoint ", old["num-steps"].dump(), ", now ", now["num-steps"].dump());
+    if (allow_schedule_change) {
+      check.notes.push_back(change + " (--allow-schedule-change): the LR schedule follows the new total");
+    } else {
+      check.differences.push_back(change + " (the " + current.value("scheduler", std::string("LR")) +
+                                  " schedule depends on it; --allow-schedule-change accepts the change)");
+    }
+    old.erase("num-steps");
+    now.erase("num-steps");
+  }
+  for (auto& d : fingerprint_differences(old, now)) check.differences.push_back(std::move(d));
+  return check;
 }
 
 std::vector<std::string> fingerprint_differences(const Json& saved, const Json& current) {

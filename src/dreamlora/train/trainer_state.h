@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "dreamlora/io/json.h"
+#include "dreamlora/train/dataset.h"
 #include "dreamlora/train/train_config.h"
 
 namespace dreamlora {
@@ -29,11 +30,29 @@ struct TrainerState {
   static TrainerState from_json(const Json& json, const std::string& what);
 };
 
-// The settings that decide the result, plus content hashes of the model configs and training data.
-// The per-worker batch size is replaced by the global batch (batch x workers), so a run may resume on
-// another number of workers with the same global batch.
-Json make_fingerprint(const TrainConfig& config, const std::vector<std::filesystem::path>& data_files,
-                      int world_size = 1);
+// The settings that decide the result, plus content hashes of the model configs, the model weights
+// (sampled: weights_sample_hash), the instance and class images and their captions, and --num-steps when
+// the LR schedule depends on it. The per-worker batch size is replaced by the global batch (batch x
+// workers), so a run may resume on another number of workers with the same global batch.
+Json make_fingerprint(const TrainConfig& config, const std::vector<TrainingImage>& instance_images,
+                      const std::vector<TrainingImage>& class_images, int world_size = 1);
+
+// Bytes of each tensor hashed from its start, middle and end (the whole tensor when it is smaller).
+constexpr size_t kWeightSampleBytes = 4096;
+// XXH3 over every tensor's name, dtype, shape and sampled bytes of a safetensors file (only the sampled
+// bytes are read). Two fine-tunes of one architecture differ in every trained tensor's bytes.
+std::string weights_sample_hash(const std::filesystem::path& safetensors_file);
+// linear, cosine, cosine_with_restarts, polynomial: the LR at step s depends on --num-steps.
+bool schedule_depends_on_total_steps(const std::string& scheduler);
+
+struct FingerprintCheck {
+  std::vector<std::string> differences;  // refuse the resume when not empty
+  std::vector<std::string> notes;        // log lines: unrecorded fields, an accepted schedule change
+};
+// A checkpoint's fingerprint against this run's: fields the checkpoint lacks (older versions) are
+// unknown, not different; an older checkpoint's merged "data" map is compared with this run's images;
+// a changed --num-steps under a step-dependent schedule is refused unless allow_schedule_change.
+FingerprintCheck compare_fingerprints(const Json& saved, const Json& current, bool allow_schedule_change);
 // Human-readable differences ("lr: checkpoint 0.0001, now 0.0002"); empty when they match.
 std::vector<std::string> fingerprint_differences(const Json& saved, const Json& current);
 
