@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 bash scripts/install-s3rver.sh   # S3-compatible server for the checkpoint-mirror tests
+bash scripts/install-python-clients.sh   # moto: an S3 server that verifies SigV4 signatures (build/pyenv)
 jobs=$(nproc)
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j"$jobs"
