@@ -20,6 +20,7 @@ PACKAGES=(
   libutf8proc-dev         # Unicode categories and NFC for the CLIP tokenizer
   libtomlplusplus-dev     # --config TOML files
   libgtest-dev libgmock-dev libbenchmark-dev
+  clang libclang-rt-14-dev  # libFuzzer + ASan/UBSan runtimes for the fuzz targets (scripts/fuzz.sh)
 )
 
 SUDO=""

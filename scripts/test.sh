@@ -9,3 +9,5 @@ jobs=$(nproc)
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j"$jobs"
 ctest --test-dir build --output-on-failure -j"$jobs" --timeout 900
+# Each libFuzzer target briefly on its committed seed corpus (docs/FUZZING.md); a crash fails the run.
+bash scripts/fuzz.sh 10 2000
