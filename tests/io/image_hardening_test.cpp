@@ -91,10 +91,21 @@ TEST(ImageHardening, EverySeedImageOfTheFuzzCorpusDecodes) {
   EXPECT_GE(decoded, 10);
 }
 
-// Every file in fuzz/regressions/image/ (inputs that once crashed or hung a decoder) gives an Image or
+// Found by image_fuzz: a DHT segment whose code counts add up to more than 256 made Debian's stb_image
+// write past its Huffman size table (UBSan: index 257 out of bounds for 'stbi_uc[257]').
+// A second input had the table run past the end of its DHT segment, where stb keeps reading.
+TEST(ImageHardening, JpegHuffmanTablesStbWouldOverflowOnAreRefusedBeforeStbSeesThem) {
+  const auto dir = std::filesystem::path(DREAMLORA_SOURCE_DIR) / "fuzz" / "regressions" / "image_fuzz";
+  for (const char* name : {"jpeg-dht-counts-over-256.jpg", "jpeg-dht-table-past-segment-end.jpg"}) {
+    const std::string m = message_of(file_bytes(dir / name));
+    EXPECT_NE(m.find("bad Huffman table"), std::string::npos) << name << ": " << m;
+  }
+}
+
+// Every file in fuzz/regressions/image_fuzz/ (inputs that once crashed or hung a decoder) gives an Image or
 // a dreamlora::Error.
 TEST(ImageHardening, FuzzRegressionInputsDecodeOrFailCleanly) {
-  const auto dir = std::filesystem::path(DREAMLORA_SOURCE_DIR) / "fuzz" / "regressions" / "image";
+  const auto dir = std::filesystem::path(DREAMLORA_SOURCE_DIR) / "fuzz" / "regressions" / "image_fuzz";
   if (!std::filesystem::exists(dir)) GTEST_SKIP() << "no regression inputs in " << dir;
   for (const auto& e : std::filesystem::directory_iterator(dir)) {
     try {

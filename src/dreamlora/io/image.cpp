@@ -95,6 +95,46 @@ Image decode_webp(std::string_view bytes, const std::string& name) {
 #endif
 }
 
+// Debian's stb_image (2022-09) writes past its 257-entry size table when a DHT segment's 16 code counts
+// add up to more than 256 (found by fuzz/image_fuzz.cpp; fixed upstream in 2.28). Such a table is
+// invalid JPEG, so every DHT segment, before and between scans, is checked first.
+bool jpeg_huffman_tables_valid(std::string_view b) {
+  auto at = [&](size_t i) { return static_cast<uint8_t>(b[i]); };
+  size_t i = 2;  // after SOI
+  while (i + 4 <= b.size()) {
+    if (at(i) != 0xff) {  // entropy-coded data
+      ++i;
+      continue;
+    }
+    const uint8_t marker = at(i + 1);
+    if (marker == 0xff) {  // fill byte
+      ++i;
+      continue;
+    }
+    if (marker == 0x00 || marker == 0x01 || (marker >= 0xd0 && marker <= 0xd7)) {  // stuffing, TEM, RSTn
+      i += 2;
+      continue;
+    }
+    if (marker == 0xd9) break;  // EOI
+    const size_t length = (size_t{at(i + 2)} << 8) | at(i + 3);
+    if (length < 2) return false;
+    if (marker == 0xc4) {  // read as stb does: table after table until the segment length is used up
+      long left = static_cast<long>(length) - 2;
+      for (size_t p = i + 4; left > 0;) {
+        if (p + 17 > b.size()) return false;
+        size_t codes = 0;
+        for (size_t k = 0; k < 16; ++k) codes += at(p + 1 + k);
+        if (codes > 256) return false;
+        p += 17 + codes;
+        left -= static_cast<long>(17 + codes);
+      }
+      if (left != 0) return false;
+    }
+    i += 2 + length;
+  }
+  return true;
+}
+
 Image decode_stb(std::string_view bytes, const std::string& name) {
   DL_CHECK(bytes.size() <= static_cast<size_t>(INT32_MAX), name, ": image file is over 2 GiB");
   const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
@@ -177,6 +217,7 @@ Image decode_image(std::string_view bytes, const std::string& name) {
       img = decode_stb(bytes, name);
       break;
     case ImageFormat::kJpeg:
+      DL_CHECK(jpeg_huffman_tables_valid(bytes), name, ": cannot decode image (bad Huffman table: corrupt JPEG)");
       img = apply_orientation(decode_stb(bytes, name), exif_orientation(bytes));
       break;
     case ImageFormat::kUnknown:
