@@ -37,7 +37,7 @@ PACKAGES=(
   libtomlplusplus-dev     # --config TOML files
   iproute2                # `ip netns`: the two-host data-parallel test (tests/integration/distributed_netns_test.cpp)
   libgtest-dev libgmock-dev libbenchmark-dev
-  iproute2                # ip netns: the two-host data-parallel test
+  clang libclang-rt-dev   # libFuzzer + ASan/UBSan runtimes for the fuzz targets (scripts/fuzz.sh)
 )
 for f in "${flavours[@]}"; do
   case "$f" in

@@ -14,7 +14,7 @@ export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-15G}  # three libtorch flavours, each wi
 
 bash scripts/install-deps.sh "${flavours[@]}"
 bash scripts/install-s3rver.sh   # S3-compatible server for the checkpoint-mirror tests
-[ -x scripts/install-python-clients.sh ] && bash scripts/install-python-clients.sh
+bash scripts/install-python-clients.sh   # moto: an S3 server that verifies SigV4 signatures (build/pyenv)
 
 timed() { local t0=$SECONDS; "$@"; echo "test.sh: '$*' took $((SECONDS - t0)) s"; }
 status=0
@@ -36,4 +36,6 @@ done
 if [[ " ${flavours[*]} " == *" debian "* && " ${flavours[*]} " == *" torch2-cpu "* ]]; then
   timed bash tests/cross_build/resume_across_builds.sh build build-torch2-cpu || status=1
 fi
+# Each libFuzzer target briefly on its committed seed corpus (docs/FUZZING.md); a crash fails the run.
+timed bash scripts/fuzz.sh 10 2000 || status=1
 exit $status

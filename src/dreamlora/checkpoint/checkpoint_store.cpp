@@ -166,7 +166,7 @@ void write_file_synced(const fs::path& path, std::string_view bytes, bool may_cr
   size_t done = 0;
   auto write_until = [&](size_t limit) {
     while (done < limit) {
-      ssize_t n = ::write(fd, bytes.data() + done, limit - done);
+      ssize_t n = sys::write(fd, bytes.data() + done, limit - done);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) close_and_fail("write failed", n < 0 ? errno : EIO);
       done += static_cast<size_t>(n);
@@ -179,7 +179,7 @@ void write_file_synced(const fs::path& path, std::string_view bytes, bool may_cr
     close_and_fail("write failed (injected by test hook)", injected);
   }
   write_until(bytes.size());
-  if (::fsync(fd) != 0) close_and_fail("fsync failed", errno);
+  if (sys::fsync(fd) != 0) close_and_fail("fsync failed", errno);
   if (::close(fd) != 0) fail(str(path.string(), ": close failed: ", std::strerror(errno)));
 }
 
@@ -188,7 +188,7 @@ void write_file_synced(const fs::path& path, std::string_view bytes, bool may_cr
 void fsync_dir(const fs::path& dir) {
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) fail(str(dir.string(), ": cannot open for fsync: ", std::strerror(errno)));
-  int rc = ::fsync(fd);
+  int rc = sys::fsync(fd);
   int err = errno;
   ::close(fd);
   if (rc != 0 && err != EINVAL && err != ENOTSUP)
@@ -354,10 +354,10 @@ CommitResult CheckpointStore::commit(int64_t step, const CheckpointContents& con
     if (exists) {
       const fs::path aside = output_dir_ / temp_name("invalid", step);
       fs::remove_all(aside, ec);
-      if (::rename(final_dir.c_str(), aside.c_str()) != 0)
+      if (sys::rename(final_dir.c_str(), aside.c_str()) != 0)
         fail(str(final_dir.string(), ": cannot move the invalid checkpoint aside: ", std::strerror(errno)));
     }
-    if (::rename(tmp.c_str(), final_dir.c_str()) != 0)
+    if (sys::rename(tmp.c_str(), final_dir.c_str()) != 0)
       fail(str(tmp.string(), ": rename to ", final_dir.string(), " failed: ", std::strerror(errno)));
   } catch (...) {
     fs::remove_all(tmp, ec);
@@ -385,7 +385,7 @@ void CheckpointStore::remove(int64_t step) const {
   if (!fs::exists(fs::symlink_status(dir, ec))) return;
   const fs::path aside = output_dir_ / temp_name("deleting", step);
   fs::remove_all(aside, ec);
-  if (::rename(dir.c_str(), aside.c_str()) != 0)
+  if (sys::rename(dir.c_str(), aside.c_str()) != 0)
     fail(str(dir.string(), ": cannot move aside for deletion: ", std::strerror(errno)));
   crash_if_armed(CrashPoint::kPruneRenamed);
   fs::remove_all(aside, ec);
@@ -461,10 +461,10 @@ CommitResult CheckpointStore::import_checkpoint(int64_t step, const fs::path& so
     const fs::path aside = output_dir_ / temp_name("invalid", step);
     if (fs::exists(fs::symlink_status(final_dir, ec))) {
       fs::remove_all(aside, ec);
-      if (::rename(final_dir.c_str(), aside.c_str()) != 0)
+      if (sys::rename(final_dir.c_str(), aside.c_str()) != 0)
         fail(str(final_dir.string(), ": cannot move the invalid checkpoint aside: ", std::strerror(errno)));
     }
-    if (::rename(tmp.c_str(), final_dir.c_str()) != 0)
+    if (sys::rename(tmp.c_str(), final_dir.c_str()) != 0)
       fail(str(tmp.string(), ": rename to ", final_dir.string(), " failed: ", std::strerror(errno)));
     fs::remove_all(aside, ec);
   } catch (...) {

@@ -103,14 +103,15 @@ bool retryable_curl(CURLcode rc) {
 }
 
 // What to do about a status + S3 code, for the message.
-std::string hint_for(long status, const std::string& code) {
+std::string hint_for(long status, const std::string& code, const std::string& key_id) {
+  const std::string key = " (access key id " + key_id + ")";
   if (code == "InvalidAccessKeyId" || code == "SignatureDoesNotMatch" || code == "InvalidToken" ||
       code == "ExpiredToken" || code == "TokenRefreshRequired")
-    return " — the credentials are wrong or expired: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / "
-           "AWS_SESSION_TOKEN or the AWS_PROFILE section of ~/.aws/credentials";
+    return " — the credentials" + key + " are wrong or expired: check AWS_ACCESS_KEY_ID / "
+           "AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN or the AWS_PROFILE section of ~/.aws/credentials";
   if (code == "AccessDenied" || (status == 403 && code.empty()))
-    return " — the credentials are not allowed to do this: see docs/MIRROR.md for the bucket policy "
-           "(s3:ListBucket, s3:GetObject, s3:PutObject, s3:DeleteObject, s3:AbortMultipartUpload)";
+    return " — the credentials" + key + " are wrong, or not allowed to do this: see docs/MIRROR.md for the "
+           "bucket policy (s3:ListBucket, s3:GetObject, s3:PutObject, s3:DeleteObject, s3:AbortMultipartUpload)";
   if (code == "RequestTimeTooSkewed") return " — this machine's clock is off: synchronise it (NTP)";
   if (code == "NoSuchBucket") return " — the bucket does not exist: create it, or fix the bucket name in --mirror";
   if (code == "PermanentRedirect" || code == "AuthorizationHeaderMalformed" || status == 301)
@@ -429,7 +430,7 @@ S3Client::Response S3Client::perform(const Request& rq) const {
       std::string code = pe.code;
       if (code.empty() && r.status == 404 && rq.method == "HEAD") code = "NotFound";
       throw S3Error(str("S3 ", rq.what(), ": HTTP ", r.status, code.empty() ? "" : " ", code,
-                        pe.message.empty() ? "" : ": ", pe.message, hint_for(r.status, code),
+                        pe.message.empty() ? "" : ": ", pe.message, hint_for(r.status, code, config_.access_key_id),
                         r.request_id.empty() ? "" : " (request id " + r.request_id + ")", attempts),
                     r.status, code, false);
     }

@@ -1,11 +1,29 @@
 #include "dreamlora/io/image.h"
 
 #include <libexif/exif-data.h>
-#include <stb/stb_image.h>
 #include <stb/stb_image_write.h>
+
+// stb_image, compiled here (static) with only the decoders the trainer accepts: its other decoders
+// (GIF, PSD, HDR, PIC, PNM, TGA) carry most of its CVE history and are not reachable at all.
+#define STBI_ONLY_PNG
+#define STBI_ONLY_JPEG
+#define STBI_ONLY_BMP
+#define STBI_NO_STDIO
+#define STBI_MAX_DIMENSIONS 16384
+#define STB_IMAGE_STATIC
+#define STB_IMAGE_IMPLEMENTATION
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#pragma GCC diagnostic ignored "-Wimplicit-fallthrough"
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#include <stb/stb_image.h>
+#pragma GCC diagnostic pop
 #include <zlib.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <string_view>
 #include <cstring>
 
 #include "dreamlora/common/error.h"
@@ -27,28 +45,112 @@ std::string lower_extension(const fs::path& path) {
   return ext;
 }
 
-int exif_orientation(const fs::path& path) {
-  ExifData* data = exif_data_new_from_file(path.c_str());
+int exif_orientation(std::string_view jpeg) {
+  ExifData* data = exif_data_new_from_data(reinterpret_cast<const unsigned char*>(jpeg.data()),
+                                           static_cast<unsigned int>(jpeg.size()));
   if (data == nullptr) return 1;
   int orientation = 1;
   if (ExifEntry* entry = exif_data_get_entry(data, EXIF_TAG_ORIENTATION)) {
-    orientation = exif_get_short(entry->data, exif_data_get_byte_order(data));
+    if (entry->format == EXIF_FORMAT_SHORT && entry->size >= 2)
+      orientation = exif_get_short(entry->data, exif_data_get_byte_order(data));
   }
   exif_data_unref(data);
   return (orientation >= 1 && orientation <= 8) ? orientation : 1;
 }
 
-Image decode_webp(const std::string& bytes, const fs::path& path) {
+enum class ImageFormat { kPng, kJpeg, kBmp, kWebp, kUnknown };
+
+ImageFormat sniff_format(std::string_view b) {
+  auto starts = [&](std::string_view magic, size_t at = 0) { return b.size() >= at + magic.size() && b.substr(at, magic.size()) == magic; };
+  if (starts("\x89PNG\r\n\x1a\n")) return ImageFormat::kPng;
+  if (starts("\xff\xd8\xff")) return ImageFormat::kJpeg;
+  if (starts("BM")) return ImageFormat::kBmp;
+  if (starts("RIFF") && starts("WEBP", 8)) return ImageFormat::kWebp;
+  return ImageFormat::kUnknown;
+}
+
+// Refuses sizes that would make the decoder allocate more than a training image ever needs, before it
+// allocates anything.
+void check_dimensions(int width, int height, const std::string& name) {
+  DL_CHECK(width > 0 && height > 0, name, ": image has zero size");
+  DL_CHECK(width <= kMaxImageSide && height <= kMaxImageSide &&
+               static_cast<int64_t>(width) * height <= kMaxImagePixels,
+           name, ": image is ", width, "x", height, " pixels; at most ", kMaxImageSide, " a side and ",
+           kMaxImagePixels, " pixels in all are accepted");
+}
+
+Image decode_webp(std::string_view bytes, const std::string& name) {
 #ifdef DREAMLORA_HAVE_WEBP
+  const auto* data = reinterpret_cast<const uint8_t*>(bytes.data());
   Image img;
-  uint8_t* out = WebPDecodeRGB(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), &img.width, &img.height);
-  DL_CHECK(out != nullptr, path.string(), ": not a readable WebP image");
+  DL_CHECK(WebPGetInfo(data, bytes.size(), &img.width, &img.height) != 0, name, ": not a readable WebP image");
+  check_dimensions(img.width, img.height, name);
+  uint8_t* out = WebPDecodeRGB(data, bytes.size(), &img.width, &img.height);
+  DL_CHECK(out != nullptr, name, ": not a readable WebP image");
   img.rgb.assign(out, out + static_cast<size_t>(img.width) * img.height * 3);
   WebPFree(out);
   return img;
 #else
-  fail(str(path.string(), ": WebP support was not built in (install libwebp-dev and rebuild)"));
+  fail(str(name, ": WebP support was not built in (install libwebp-dev and rebuild)"));
 #endif
+}
+
+// Debian's stb_image (2022-09) writes past its 257-entry size table when a DHT segment's 16 code counts
+// add up to more than 256 (found by fuzz/image_fuzz.cpp; fixed upstream in 2.28). Such a table is
+// invalid JPEG, so every DHT segment, before and between scans, is checked first.
+bool jpeg_huffman_tables_valid(std::string_view b) {
+  auto at = [&](size_t i) { return static_cast<uint8_t>(b[i]); };
+  size_t i = 2;  // after SOI
+  while (i + 4 <= b.size()) {
+    if (at(i) != 0xff) {  // entropy-coded data
+      ++i;
+      continue;
+    }
+    const uint8_t marker = at(i + 1);
+    if (marker == 0xff) {  // fill byte
+      ++i;
+      continue;
+    }
+    if (marker == 0x00 || marker == 0x01 || (marker >= 0xd0 && marker <= 0xd7)) {  // stuffing, TEM, RSTn
+      i += 2;
+      continue;
+    }
+    if (marker == 0xd9) break;  // EOI
+    const size_t length = (size_t{at(i + 2)} << 8) | at(i + 3);
+    if (length < 2) return false;
+    if (marker == 0xc4) {  // read as stb does: table after table until the segment length is used up
+      long left = static_cast<long>(length) - 2;
+      for (size_t p = i + 4; left > 0;) {
+        if (p + 17 > b.size()) return false;
+        size_t codes = 0;
+        for (size_t k = 0; k < 16; ++k) codes += at(p + 1 + k);
+        if (codes > 256) return false;
+        p += 17 + codes;
+        left -= static_cast<long>(17 + codes);
+      }
+      if (left != 0) return false;
+    }
+    i += 2 + length;
+  }
+  return true;
+}
+
+Image decode_stb(std::string_view bytes, const std::string& name) {
+  DL_CHECK(bytes.size() <= static_cast<size_t>(INT32_MAX), name, ": image file is over 2 GiB");
+  const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
+  const int size = static_cast<int>(bytes.size());
+  Image img;
+  int channels = 0;
+  DL_CHECK(stbi_info_from_memory(data, size, &img.width, &img.height, &channels) != 0, name,
+           ": cannot decode image (", stbi_failure_reason(), ")");
+  check_dimensions(img.width, img.height, name);
+  int w = 0, h = 0;
+  unsigned char* pixels = stbi_load_from_memory(data, size, &w, &h, &channels, 3);
+  DL_CHECK(pixels != nullptr, name, ": cannot decode image (", stbi_failure_reason(), ")");
+  DL_CHECK(w == img.width && h == img.height, name, ": decoded size differs from the header's");
+  img.rgb.assign(pixels, pixels + static_cast<size_t>(w) * h * 3);
+  stbi_image_free(pixels);
+  return img;
 }
 
 void append_chunk(std::string& png, const char type[4], const std::string& data) {
@@ -103,26 +205,31 @@ Image apply_orientation(const Image& in, int orientation) {
   return out;
 }
 
+Image decode_image(std::string_view bytes, const std::string& name) {
+  DL_CHECK(!bytes.empty(), name, ": image file is empty (0 bytes)");
+  Image img;
+  switch (sniff_format(bytes)) {
+    case ImageFormat::kWebp:
+      img = decode_webp(bytes, name);
+      break;
+    case ImageFormat::kPng:
+    case ImageFormat::kBmp:
+      img = decode_stb(bytes, name);
+      break;
+    case ImageFormat::kJpeg:
+      DL_CHECK(jpeg_huffman_tables_valid(bytes), name, ": cannot decode image (bad Huffman table: corrupt JPEG)");
+      img = apply_orientation(decode_stb(bytes, name), exif_orientation(bytes));
+      break;
+    case ImageFormat::kUnknown:
+      fail(str(name, ": not a PNG, JPEG, BMP or WebP image (by its first bytes)"));
+  }
+  return img;
+}
+
 Image load_image(const fs::path& path) {
   DL_CHECK(fs::exists(path), path.string(), ": image file not found");
   DL_CHECK(is_image_file(path), path.string(), ": not a supported image type (png, jpg, jpeg, bmp, webp)");
-  std::string bytes = read_file(path);
-  DL_CHECK(!bytes.empty(), path.string(), ": image file is empty (0 bytes)");
-  Image img;
-  if (lower_extension(path) == ".webp") {
-    img = decode_webp(bytes, path);
-  } else {
-    int channels = 0;
-    unsigned char* data = stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()),
-                                                static_cast<int>(bytes.size()), &img.width, &img.height, &channels, 3);
-    DL_CHECK(data != nullptr, path.string(), ": cannot decode image (", stbi_failure_reason(), ")");
-    img.rgb.assign(data, data + static_cast<size_t>(img.width) * img.height * 3);
-    stbi_image_free(data);
-  }
-  DL_CHECK(img.width > 0 && img.height > 0, path.string(), ": image has zero size");
-  auto ext = lower_extension(path);
-  if (ext == ".jpg" || ext == ".jpeg") img = apply_orientation(img, exif_orientation(path));
-  return img;
+  return decode_image(read_file(path), path.string());
 }
 
 std::string encode_png(const Image& image, const TextChunks& text) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -18,7 +19,14 @@ struct Image {
 
 // Decodes any supported file to RGB (alpha dropped, grey expanded, EXIF orientation applied).
 // Errors name the file and what is wrong (unreadable, unsupported format, zero size).
+// The format is taken from the first bytes (a .jpg that holds a PNG decodes); only PNG, JPEG (baseline
+// and progressive), BMP and WebP decoders exist in the binary. Sizes over the caps below are refused
+// from the header, before any pixel memory is allocated.
 Image load_image(const std::filesystem::path& path);
+// The same from bytes in memory; `name` is what errors call the image.
+Image decode_image(std::string_view bytes, const std::string& name);
+constexpr int kMaxImageSide = 16384;
+constexpr int64_t kMaxImagePixels = int64_t{1} << 26;  // 8192 x 8192
 bool is_image_file(const std::filesystem::path& path);  // by extension: png jpg jpeg bmp webp
 
 using TextChunks = std::vector<std::pair<std::string, std::string>>;
