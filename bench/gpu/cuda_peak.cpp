@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -25,32 +26,56 @@ void write_peak(const std::string& path, int64_t allocated, int64_t reserved) {
   }
 }
 
-void poll_peaks(std::string path) {
+std::mutex g_mutex;
+bool g_stopped = false;
+std::string g_path;
+int64_t g_allocated = -1, g_reserved = -1;
+int g_ready_polls = 0;
+
+// Reads the peaks and rewrites the file when they grew. Called with g_mutex held.
+void poll_once() {
   namespace alloc = c10::cuda::CUDACachingAllocator;
-  int64_t allocated = -1, reserved = -1;
+  auto* allocator = alloc::get();
+  // The allocator sets itself up on the process's first CUDA allocation; read it only once it has been
+  // set up for a few polls, so this thread never races with that set-up.
+  if (allocator == nullptr || !allocator->initialized()) return;
+  if (++g_ready_polls < 5) return;
+  try {
+    const auto stats = allocator->getDeviceStats(0);
+    const auto agg = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    const int64_t a = stats.allocated_bytes[agg].peak, r = stats.reserved_bytes[agg].peak;
+    if (a != g_allocated || r != g_reserved) {
+      g_allocated = a;
+      g_reserved = r;
+      write_peak(g_path, a, r);
+    }
+  } catch (...) {
+    // device 0 not set up in this allocator
+  }
+}
+
+void poll_peaks() {
   for (;;) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    auto* allocator = alloc::get();
-    if (allocator == nullptr || !allocator->initialized()) continue;
-    try {
-      const auto stats = allocator->getDeviceStats(0);
-      const auto agg = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
-      const int64_t a = stats.allocated_bytes[agg].peak, r = stats.reserved_bytes[agg].peak;
-      if (a != allocated || r != reserved) {
-        allocated = a;
-        reserved = r;
-        write_peak(path, a, r);
-      }
-    } catch (...) {
-      // device 0 not set up yet in this allocator
-    }
+    std::lock_guard<std::mutex> lock(g_mutex);
+    if (g_stopped) return;
+    poll_once();
   }
+}
+
+// Registered after libc10_cuda's globals (the allocator) were built, so it runs before they are destroyed.
+void final_poll() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  if (!g_stopped) poll_once();
+  g_stopped = true;
 }
 
 __attribute__((constructor)) void start_peak_probe() {
   const char* path = std::getenv("DREAMLORA_CUDA_PEAK_FILE");
   if (path == nullptr || *path == '\0') return;
-  std::thread(poll_peaks, std::string(path)).detach();
+  g_path = path;
+  std::atexit(final_poll);
+  std::thread(poll_peaks).detach();
 }
 
 }  // namespace
