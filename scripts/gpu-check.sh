@@ -32,7 +32,7 @@ if [ "$dry_run" = 1 ]; then
   steps=env,build,correctness,resume_sigterm,resume_sigkill,nccl,bench
   [ -x "$bench_python" ] || steps=env,build,correctness,resume_sigterm,resume_sigkill,nccl
   exec timeout 3600 python3 bench/gpu/gpu_check.py --dry-run --python "$python" --bench-python "$bench_python" \
-    --out "$out" --jobs 2 --budget-s 3000 --build-timeout-s 2400 --resume-steps 40 --warmup 1 --measured 2 \
+    --out "$out" --jobs 2 --budget-s 3000 --build-timeout-s 2400 --resume-steps 8 --timeout-scale 4 --warmup 1 --measured 2 \
     --steps "$steps" "$@"
 fi
 

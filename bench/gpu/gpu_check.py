@@ -57,7 +57,7 @@ class Run:
 def sh(run, cmd, log_name, timeout_s, env=None, cwd=None):
     """Runs cmd (a list) with its output in logs/log_name; kills its whole process group on timeout.
     Returns (exit status or 'timeout', seconds, last lines of output)."""
-    timeout_s = max(1.0, min(timeout_s, run.remaining()))
+    timeout_s = max(1.0, min(timeout_s * run.args.timeout_scale, run.remaining()))
     log = run.log_path(log_name)
     t0 = time.time()
     with open(log, "ab") as f:
@@ -318,13 +318,13 @@ def step_resume_sigterm(run):
     shutil.rmtree(out, ignore_errors=True)
     at = random.Random().randint(3, run.args.resume_steps - 3)
     p = spawn(run, train_args(run, out, run.args.resume_steps), "resume-sigterm.log")
-    t_end = time.time() + 120
+    t_end = time.time() + 120 * run.args.timeout_scale
     while p.poll() is None and last_step(os.path.join(out, "metrics.jsonl")) < at and time.time() < t_end:
         time.sleep(0.002)
     sent_at = last_step(os.path.join(out, "metrics.jsonl"))
     if p.poll() is None:
         p.send_signal(signal.SIGTERM)
-    rc1 = wait_for(p, 60)
+    rc1 = wait_for(p, 60 * run.args.timeout_scale)
     rc2, secs, tail_out = sh(run, train_args(run, out, run.args.resume_steps), "resume-sigterm.log", 180)
     resumed = [l for l in tail(run.log_path("resume-sigterm.log"), 400) if "resumed from" in l]
     got = os.path.join(out, "pytorch_lora_weights.safetensors")
@@ -349,9 +349,9 @@ def step_resume_sigkill(run):
     ref_sha = prepare_resume(run)
     out = os.path.join(run.work, "resume-sigkill")
     shutil.rmtree(out, ignore_errors=True)
-    target = random.Random().randint(2, run.args.resume_steps // 4 - 2) * 4  # a checkpoint step
+    target = random.Random().randint(1, max(1, run.args.resume_steps // 4 - 1)) * 4  # a checkpoint step
     p = spawn(run, train_args(run, out, run.args.resume_steps), "resume-sigkill.log")
-    caught, t_end = False, time.time() + 120
+    caught, t_end = False, time.time() + 120 * run.args.timeout_scale
     tmp_re = re.compile(r"^\.checkpoint-(\d+)\.tmp-\d+$")
     while p.poll() is None and time.time() < t_end:
         try:
@@ -367,14 +367,15 @@ def step_resume_sigkill(run):
     leftover = [n for n in (os.listdir(out) if os.path.isdir(out) else []) if tmp_re.match(n)]
     method = "SIGKILL while %s existed" % caught if caught else None
     if not caught:
-        # The write was never seen in flight: stop cleanly at step 12 (a valid checkpoint), then crash inside
-        # the next checkpoint write deterministically with the store's test hook.
+        # The write was never seen in flight: stop cleanly at a checkpoint step (a valid checkpoint), then crash
+        # inside the next checkpoint write deterministically with the store's test hook.
+        stop_at = max(1, run.args.resume_steps // 8) * 4
         shutil.rmtree(out, ignore_errors=True)
         sh(run, train_args(run, out, run.args.resume_steps), "resume-sigkill.log", 120,
-           env=dict(run.env, DREAMLORA_TEST_STOP_AT_STEP="12"))
+           env=dict(run.env, DREAMLORA_TEST_STOP_AT_STEP=str(stop_at)))
         sh(run, train_args(run, out, run.args.resume_steps), "resume-sigkill.log", 120,
            env=dict(run.env, DREAMLORA_TEST_CRASH_AT="mid_file"))
-        method = "DREAMLORA_TEST_CRASH_AT=mid_file (_exit in the middle of the checkpoint after step 12)"
+        method = "DREAMLORA_TEST_CRASH_AT=mid_file (_exit inside the checkpoint after step %d)" % stop_at
         leftover = [n for n in os.listdir(out) if tmp_re.match(n)]
     newest = (checkpoint_steps_valid(out) or [None])[-1]
     before = len(tail(run.log_path("resume-sigkill.log"), 100000))
@@ -404,7 +405,7 @@ def step_nccl(run):
     for workers in [2, 1]:
         out = os.path.join(run.work, "dist-%d" % workers)
         shutil.rmtree(out, ignore_errors=True)
-        train = train_args(run, out, 6)[1:]  # without the binary
+        train = train_args(run, out, min(6, run.args.resume_steps))[1:]  # without the binary
         train[train.index("--threads") + 1] = "1"
         rc, secs, lines = sh(run, [run.bin, "launch", "--nproc-per-node", str(workers), "--"] + train,
                              "nccl-%d.log" % workers, 180)
@@ -560,7 +561,8 @@ def step_bench(run):
             for trainer in ["dreamlora", "diffusers"]:
                 plan.append({"trainer": trainer, "model": model, "resolution": res, "gc": gc, "rank": 4, "steps": steps, "ckpt": 0})
     for trainer in ["dreamlora", "diffusers"]:  # checkpoint stall: rank 32 on SDXL, a save every 2 steps
-        plan.append({"trainer": trainer, "model": sdxl, "resolution": res_xl, "gc": False, "rank": 32, "steps": 7, "ckpt": 2})
+        plan.append({"trainer": trainer, "model": sdxl, "resolution": res_xl, "gc": False, "rank": 32,
+                     "steps": 5 if run.args.dry_run else 7, "ckpt": 2})
     if run.args.dry_run:  # each script and flag once: SD 1.5 without, SDXL with checkpointing, the stall run
         plan = [c for c in plan if (c["model"] == sd) != c["gc"] or c["rank"] == 32]
     all_ok = True
@@ -596,7 +598,7 @@ def table(results):
                 sum(1 for v in s["tests"].values() if v == k) for k in ["passed", "failed", "skipped"])
         if name.startswith("resume"):
             detail = "byte-identical" if s.get("byte_identical") or s.get("byte_identical_to_uninterrupted") else detail
-        if name == "build" and "build_s" in s:
+        if name == "build" and "build_s" in s and "error" not in s:
             detail = "build %ss with -j%s; ldd torch_cuda=%s c10_cuda=%s" % (s["build_s"], s.get("jobs"), s.get("ldd_torch_cuda"), s.get("ldd_c10_cuda"))
         lines.append("%-16s %-8s %8s  %s" % (name, s.get("status"), s.get("seconds"), str(detail)[:90]))
     errors = results["steps"].get("correctness", {}).get("errors", {})
@@ -638,6 +640,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--measured", type=int, default=5)
     ap.add_argument("--resume-steps", type=int, default=40)
+    ap.add_argument("--timeout-scale", type=float, default=1.0, help="multiplies every timeout (slow dry runs)")
     ap.add_argument("--steps", default="env,build,correctness,resume_sigterm,resume_sigkill,nccl,bench")
     args = ap.parse_args()
     args.bench_python = args.bench_python or args.python
