@@ -12,7 +12,7 @@
 namespace dreamlora::train {
 
 HostCopy copy_to_host_async(const torch::Tensor& src) {
-  if (!src.device().is_cuda()) return {src.to(torch::kCPU).clone(), [] {}};
+  if (!src.device().is_cuda()) return {src.to(torch::kCPU), [] {}};
   const auto device = src.device();
   c10::impl::VirtualGuardImpl impl(device.type());
   const c10::Stream compute = impl.getStream(device);

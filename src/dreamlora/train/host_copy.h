@@ -14,7 +14,8 @@ struct HostCopy {
   std::function<void()> wait;  // blocks until the copy is complete (no-op for CPU tensors)
 };
 
-// Kernels queued on the device after this call may modify src in place: the copy runs before them.
+// src is a fresh tensor (e.g. a torch::cat of live weights): a CPU src is returned as it is, without a
+// copy. Kernels queued on the device after this call may modify the tensors src was made from.
 HostCopy copy_to_host_async(const torch::Tensor& src);
 
 }  // namespace dreamlora::train

@@ -35,6 +35,7 @@
 #include "dreamlora/train/data_order.h"
 #include "dreamlora/train/dataset.h"
 #include "dreamlora/train/distributed.h"
+#include "dreamlora/train/host_copy.h"
 #include "dreamlora/train/loss_scaler.h"
 #include "dreamlora/train/losses.h"
 #include "dreamlora/train/lr_schedule.h"
@@ -107,7 +108,7 @@ class Trainer {
     torch::Tensor eps, noise;  // posterior sample eps, diffusion noise: [C, h, w]
     int64_t timestep = 0;
   };
-  Sample draw_sample(ImageSet& set, DataOrder& order, uint64_t stream, int64_t n);
+  std::vector<Sample> draw_samples(ImageSet& set, DataOrder& order, uint64_t stream, int64_t first_n, int64_t count);
   std::vector<torch::Tensor> trainable_parameters() const;
   void train_step();
   void record_losses();
@@ -371,6 +372,10 @@ bool Trainer::resume() {
   scaler_->load_metadata(opt.metadata(), (dir / "optimizer.safetensors").string());
   at::Generator default_gen = at::detail::getDefaultCPUGenerator();  // a handle sharing the default generator
   default_gen.set_state(bytes_tensor(base64_decode(state.default_rng_state, "default_rng_state")));
+  if (device_.is_cuda() && !state.cuda_rng_state.empty()) {
+    at::Generator cuda_gen = at::globalContext().defaultGenerator(device_);
+    cuda_gen.set_state(bytes_tensor(base64_decode(state.cuda_rng_state, "cuda_rng_state")));
+  }
   state_ = state;
   state_.fingerprint = fingerprint_;
   last_checkpoint_step_ = state_.global_step;
@@ -381,16 +386,31 @@ bool Trainer::resume() {
   return true;
 }
 
-Trainer::Sample Trainer::draw_sample(ImageSet& set, DataOrder& order, uint64_t stream, int64_t n) {
-  auto gen = sample_generator(cfg_.seed, stream, n);
-  Sample s;
-  s.example = set.example(order.item(n), model_, gen);
-  s.eps = torch::randn(s.example.latent_mean.sizes(), gen);
-  s.noise = torch::randn(s.example.latent_mean.sizes(), gen);
-  if (cfg_.noise_offset > 0)
-    s.noise = s.noise + cfg_.noise_offset * torch::randn({s.noise.size(0), 1, 1}, gen);
-  s.timestep = torch::randint(0, ddpm_->num_train_timesteps(), {1}, gen).item<int64_t>();
-  return s;
+// Samples first_n .. first_n + count - 1 of a stream: crops drawn and latents encoded as one batch, then
+// each sample's posterior noise, diffusion noise and timestep from its own generator (on the CPU, so a
+// GPU run draws the same numbers), moved to the device.
+std::vector<Trainer::Sample> Trainer::draw_samples(ImageSet& set, DataOrder& order, uint64_t stream, int64_t first_n,
+                                                   int64_t count) {
+  std::vector<at::Generator> gens;
+  std::vector<int64_t> indices;
+  for (int64_t n = first_n; n < first_n + count; ++n) {
+    gens.push_back(sample_generator(cfg_.seed, stream, n));
+    indices.push_back(order.item(n));
+  }
+  auto examples = set.examples(indices, model_, gens);
+  std::vector<Sample> out(examples.size());
+  for (size_t i = 0; i < examples.size(); ++i) {
+    auto& s = out[i];
+    auto& gen = gens[i];
+    s.example = std::move(examples[i]);
+    const auto shape = s.example.latent_mean.sizes();
+    s.eps = torch::randn(shape, gen).to(device_);
+    auto noise = torch::randn(shape, gen);
+    if (cfg_.noise_offset > 0) noise = noise + cfg_.noise_offset * torch::randn({noise.size(0), 1, 1}, gen);
+    s.noise = noise.to(device_);
+    s.timestep = torch::randint(0, ddpm_->num_train_timesteps(), {1}, gen).item<int64_t>();
+  }
+  return out;
 }
 
 std::vector<torch::Tensor> Trainer::trainable_parameters() const {
@@ -414,15 +434,13 @@ void Trainer::train_step() {
   torch::Tensor loss_sum;  // fp32, on the device
   for (int64_t micro = 0; micro < cfg_.gradient_accumulation; ++micro) {
     // Batch: this worker's instance samples, then as many class samples (prior preservation).
-    std::vector<Sample> batch;
-    for (int64_t b = 0; b < per_rank; ++b)
-      batch.push_back(draw_sample(*instances_, *instance_order_, kInstanceStream,
-                                  state_.instance_samples + dist_->rank() * per_rank + b));
+    auto batch = draw_samples(*instances_, *instance_order_, kInstanceStream,
+                              state_.instance_samples + dist_->rank() * per_rank, per_rank);
     state_.instance_samples += global;
     if (classes_) {
-      for (int64_t b = 0; b < per_rank; ++b)
-        batch.push_back(draw_sample(*classes_, *class_order_, kClassStream,
-                                    state_.class_samples + dist_->rank() * per_rank + b));
+      auto prior = draw_samples(*classes_, *class_order_, kClassStream, state_.class_samples + dist_->rank() * per_rank,
+                                per_rank);
+      batch.insert(batch.end(), std::make_move_iterator(prior.begin()), std::make_move_iterator(prior.end()));
       state_.class_samples += global;
     }
     std::vector<torch::Tensor> means, stds, eps, noises, time_ids;
@@ -549,26 +567,31 @@ checkpoint::CheckpointContents Trainer::snapshot() {
     }
     flat_ = layout;
   }
-  auto lora_flat = torch::cat(flat_->lora_views).to(torch::kCPU, torch::kFloat32);
-  auto moments_flat = torch::cat(flat_->moment_views).to(torch::kCPU);
+  // On CUDA both copies are asynchronous (pinned memory, side stream); the writer thread waits for them.
+  auto lora_flat = train::copy_to_host_async(torch::cat(flat_->lora_views));
+  auto moments_flat = train::copy_to_host_async(torch::cat(flat_->moment_views));
   TrainerState s = state_;
   s.world_size = dist_->world_size();
   s.default_rng_state = base64_encode(tensor_bytes(at::detail::getDefaultCPUGenerator().get_state()));
+  if (device_.is_cuda())
+    s.cuda_rng_state = base64_encode(tensor_bytes(at::globalContext().defaultGenerator(device_).get_state()));
   s.fingerprint = fingerprint_;
   checkpoint::CheckpointContents c;
   auto optimizer_metadata = scaler_->to_metadata();
   optimizer_metadata["step"] = std::to_string(optimizer_->step_count());
   c.prepare = [layout = flat_, lora_flat, moments_flat, s, optimizer_metadata,
                metadata = lora_metadata(cfg_, /*baked=*/false)](checkpoint::CheckpointContents& c) {
+    lora_flat.wait();
+    moments_flat.wait();
     lora::LoRAWeights weights;
-    const auto lora = split_flat(lora_flat, layout->lora_shapes);  // down, up of each module in turn
+    const auto lora = split_flat(lora_flat.host, layout->lora_shapes);  // down, up of each module in turn
     for (size_t i = 0; i < layout->lora_modules.size(); ++i) {
       const auto& m = layout->lora_modules[i];
       weights.components[m.component][m.path] = {lora[2 * i], lora[2 * i + 1], m.alpha};
     }
     auto lora_tensors = lora::to_diffusers_tensors(weights, /*bake_alpha_into_up=*/false);
     c.add_tensors("pytorch_lora_weights.safetensors", {lora_tensors.begin(), lora_tensors.end()}, metadata);
-    const auto moments = split_flat(moments_flat, layout->moment_shapes);
+    const auto moments = split_flat(moments_flat.host, layout->moment_shapes);
     std::vector<std::pair<std::string, torch::Tensor>> opt;
     for (size_t i = 0; i < moments.size(); ++i) opt.emplace_back(layout->moment_names[i], moments[i]);
     c.add_tensors("optimizer.safetensors", std::move(opt), optimizer_metadata);

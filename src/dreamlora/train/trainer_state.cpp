@@ -69,6 +69,7 @@ Json TrainerState::to_json() const {
           {"epoch", epoch},
           {"world_size", world_size},
           {"default_rng_state", default_rng_state},
+          {"cuda_rng_state", cuda_rng_state},
           {"lr_multiplier", lr_multiplier},
           {"fingerprint", fingerprint},
           {"dreamlora_version", checkpoint::dreamlora_version()},
@@ -84,6 +85,7 @@ TrainerState TrainerState::from_json(const Json& j, const std::string& what) {
     s.epoch = j.at("epoch").get<int64_t>();
     s.world_size = j.value("world_size", int64_t{1});
     s.default_rng_state = j.at("default_rng_state").get<std::string>();
+    s.cuda_rng_state = j.value("cuda_rng_state", std::string());
     s.lr_multiplier = j.value("lr_multiplier", 1.0);
     s.fingerprint = j.at("fingerprint");
   } catch (const std::exception& e) {

@@ -22,6 +22,9 @@ struct TrainerState {
   // so the data position above is their whole state; only libtorch's default generator (LoRA dropout)
   // carries state, saved here in base64.
   std::string default_rng_state;
+  // On CUDA, dropout draws from the device's default generator: its state too ("" on the CPU). A CUDA
+  // checkpoint resumed on the CPU (or the reverse) ignores it: the dropout masks then differ.
+  std::string cuda_rng_state;
   int64_t world_size = 1;         // workers that wrote the checkpoint (informational)
   Json fingerprint;               // result-changing settings + model and data identity
   double lr_multiplier = 1.0;     // LR schedule value at the next step (informational; recomputed)
