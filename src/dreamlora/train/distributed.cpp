@@ -76,8 +76,8 @@ std::vector<std::shared_ptr<::gloo::transport::Device>> gloo_devices(const Distr
 
 void select_cuda_device(const torch::Device& device) {
   if (!device.is_cuda() || !device.has_index()) return;
-  const auto count = torch::cuda::device_count();
-  DL_CHECK(device.index() < static_cast<int>(count), "--device ", device.str(), ": this machine has ", count,
+  const int count = static_cast<int>(torch::cuda::device_count());  // an int8 DeviceIndex on some versions
+  DL_CHECK(device.index() < count, "--device ", device.str(), ": this machine has ", count,
            " CUDA device(s) (LOCAL_RANK picks the device of a worker: start at most that many per machine)");
   // NCCL creates its communicator on the current device, and "cuda" tensors land there too.
   c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->setDevice(device);
