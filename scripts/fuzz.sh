@@ -35,7 +35,7 @@ for t in "${targets[@]}"; do
       tee "build-fuzz/$t.log" | grep -E "^(stat::number_of_executed_units|stat::average_exec_per_sec|==[0-9]+==ERROR|SUMMARY)|Done [0-9]+ runs"; then
     :
   fi
-  if ls "$findings"/crash-* "$findings"/leak-* "$findings"/timeout-* >/dev/null 2>&1; then
+  if [ -n "$(find "$findings" -type f \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' \))" ]; then
     echo "fuzz.sh: $t: findings in $findings" >&2
     status=1
   fi

@@ -93,10 +93,12 @@ TEST(ImageHardening, EverySeedImageOfTheFuzzCorpusDecodes) {
 
 // Found by image_fuzz: a DHT segment whose code counts add up to more than 256 made Debian's stb_image
 // write past its Huffman size table (UBSan: index 257 out of bounds for 'stbi_uc[257]').
-// A second input had the table run past the end of its DHT segment, where stb keeps reading.
+// A second input had the table run past the end of its DHT segment, where stb keeps reading; a third
+// decoded a scan with an AC table that was never defined (UBSan: values[] index -64948).
 TEST(ImageHardening, JpegHuffmanTablesStbWouldOverflowOnAreRefusedBeforeStbSeesThem) {
   const auto dir = std::filesystem::path(DREAMLORA_SOURCE_DIR) / "fuzz" / "regressions" / "image_fuzz";
-  for (const char* name : {"jpeg-dht-counts-over-256.jpg", "jpeg-dht-table-past-segment-end.jpg"}) {
+  for (const char* name : {"jpeg-dht-counts-over-256.jpg", "jpeg-dht-table-past-segment-end.jpg",
+                           "jpeg-scan-uses-undefined-huffman-table.jpg"}) {
     const std::string m = message_of(file_bytes(dir / name));
     EXPECT_NE(m.find("bad Huffman table"), std::string::npos) << name << ": " << m;
   }

@@ -97,10 +97,12 @@ Image decode_webp(std::string_view bytes, const std::string& name) {
 
 // Debian's stb_image (2022-09) writes past its 257-entry size table when a DHT segment's 16 code counts
 // add up to more than 256 (found by fuzz/image_fuzz.cpp; fixed upstream in 2.28). Such a table is
-// invalid JPEG, so every DHT segment, before and between scans, is checked first.
+// invalid JPEG, so every DHT segment, before and between scans, is checked first. It also decodes a
+// scan with a Huffman table that was never defined (symbol ids out of range); such scans are refused.
 bool jpeg_huffman_tables_valid(std::string_view b) {
   auto at = [&](size_t i) { return static_cast<uint8_t>(b[i]); };
-  size_t i = 2;  // after SOI
+  bool defined[8] = {};  // DC tables 0-3, AC tables 0-3
+  size_t i = 2;          // after SOI
   while (i + 4 <= b.size()) {
     if (at(i) != 0xff) {  // entropy-coded data
       ++i;
@@ -118,10 +120,20 @@ bool jpeg_huffman_tables_valid(std::string_view b) {
     if (marker == 0xd9) break;  // EOI
     const size_t length = (size_t{at(i + 2)} << 8) | at(i + 3);
     if (length < 2) return false;
+    if (marker == 0xda && i + 4 < b.size()) {  // SOS: every table a scan decodes with must be defined
+      const size_t n = at(i + 4), spec = i + 5 + 2 * n;
+      if (spec + 3 > b.size()) return false;
+      const bool dc = at(spec) == 0 && (at(spec + 2) >> 4) == 0, ac = at(spec + 1) > 0;
+      for (size_t c = 0; c < n; ++c) {
+        const uint8_t tables = at(i + 6 + 2 * c);
+        if ((dc && !defined[(tables >> 4) & 3]) || (ac && !defined[4 + (tables & 3)])) return false;
+      }
+    }
     if (marker == 0xc4) {  // read as stb does: table after table until the segment length is used up
       long left = static_cast<long>(length) - 2;
       for (size_t p = i + 4; left > 0;) {
         if (p + 17 > b.size()) return false;
+        defined[(at(p) >> 4 ? 4 : 0) + (at(p) & 3)] = true;
         size_t codes = 0;
         for (size_t k = 0; k < 16; ++k) codes += at(p + 1 + k);
         if (codes > 256) return false;
