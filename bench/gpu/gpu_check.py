@@ -503,7 +503,7 @@ def bench_one(run, env, cfg):
             r.update(dreamlora_result(run, out, t0, warmup, peak_file))
     else:
         script = os.path.join(run.carry, "diffusers-examples",
-                              "train_dreambooth_lora_sdxl.py" if cfg["model"].startswith("sdxl") else "train_dreambooth_lora.py")
+                              "train_dreambooth_lora_sdxl.py" if "sdxl" in cfg["model"] else "train_dreambooth_lora.py")
         result = os.path.join(out, "diffusers-timing.json")
         args = [run.args.bench_python, os.path.join(HERE, "run_diffusers.py"), "--script", script, "--result", result,
                 "--steps", str(cfg["steps"]), "--", "--pretrained_model_name_or_path", model, "--instance_data_dir", images,
