@@ -49,6 +49,7 @@ find "$carry/root" -type l | while read -r link; do
         ln -sfn "$(realpath --relative-to="$(dirname "$link")" "$carry/root$target")" "$link"; rm -f "$link.tmp-abs" ;;
   esac
 done
+find "$carry/root" -xtype l -delete  # links into packages not carried (libgloo.so: torch has its own gloo)
 
 # Fixtures: the files the CUDA parity tests (tests/gpu) and the resume/NCCL runs read: all of tiny-sd's
 # pipeline, and tiny-sdxl's UNet only (its SDXL-only paths: text_time conditioning, linear projections).

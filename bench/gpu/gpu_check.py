@@ -349,7 +349,8 @@ def step_resume_sigkill(run):
     ref_sha = prepare_resume(run)
     out = os.path.join(run.work, "resume-sigkill")
     shutil.rmtree(out, ignore_errors=True)
-    target = random.Random().randint(1, max(1, run.args.resume_steps // 4 - 1)) * 4  # a checkpoint step
+    # a checkpoint step after the first one (so a valid checkpoint exists to resume from)
+    target = random.Random().randint(2, max(2, run.args.resume_steps // 4 - 1)) * 4
     p = spawn(run, train_args(run, out, run.args.resume_steps), "resume-sigkill.log")
     caught, t_end = False, time.time() + 120 * run.args.timeout_scale
     tmp_re = re.compile(r"^\.checkpoint-(\d+)\.tmp-\d+$")
@@ -502,7 +503,7 @@ def bench_one(run, env, cfg):
             r.update(dreamlora_result(run, out, t0, warmup, peak_file))
     else:
         script = os.path.join(run.carry, "diffusers-examples",
-                              "train_dreambooth_lora_sdxl.py" if cfg["model"].startswith("sdxl") else "train_dreambooth_lora.py")
+                              "train_dreambooth_lora_sdxl.py" if "sdxl" in cfg["model"] else "train_dreambooth_lora.py")
         result = os.path.join(out, "diffusers-timing.json")
         args = [run.args.bench_python, os.path.join(HERE, "run_diffusers.py"), "--script", script, "--result", result,
                 "--steps", str(cfg["steps"]), "--", "--pretrained_model_name_or_path", model, "--instance_data_dir", images,

@@ -41,6 +41,22 @@ def save_tokenizer(src, dst, pad_token):
 def save_component(model, dst):
     model = model.to(torch.float16)
     model.save_pretrained(dst, safe_serialization=True)
+    classic_clip_keys(dst)
+
+
+def classic_clip_keys(dst):
+    """transformers 5 writes CLIP text encoders without the `text_model.` prefix; every SD checkpoint (and
+    dreamlora's loader) uses the classic keys, which transformers 5 still reads. Rewrite to those."""
+    from safetensors.torch import load_file, save_file
+
+    path = os.path.join(dst, "model.safetensors")
+    if not os.path.exists(path):
+        return
+    state = load_file(path)
+    if any(k.startswith("text_model.") for k in state):
+        return
+    renamed = {(k if k.startswith("text_projection.") else "text_model." + k): v for k, v in state.items()}
+    save_file(renamed, path, metadata={"format": "pt"})
 
 
 def make_pipeline(spec, out, tokenizer_src, device):
