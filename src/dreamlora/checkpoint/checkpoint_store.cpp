@@ -333,7 +333,7 @@ CommitResult CheckpointStore::commit(int64_t step, const CheckpointContents& con
   if (::mkdir(tmp.c_str(), 0755) != 0) fail(str(tmp.string(), ": cannot create: ", std::strerror(errno)));
   Manifest manifest;
   manifest.step = step;
-  manifest.created_at = utc_timestamp_now();
+  manifest.created_at = contents.created_at.empty() ? utc_timestamp_now() : contents.created_at;
   manifest.dreamlora_version = dreamlora_version();
   try {
     crash_if_armed(CrashPoint::kTempCreated);
@@ -531,6 +531,7 @@ void DirectorySink::publish(const fs::path& committed_dir, const Manifest& manif
              ": changed since it was committed; not mirrored");
     contents.add_bytes(f.name, std::move(bytes));
   }
+  contents.created_at = manifest.created_at;  // the mirror's manifest is byte for byte the original's
   store_.commit(manifest.step, contents);
   published(manifest.step);
 }

@@ -38,6 +38,8 @@ struct CheckpointContents {
   // Run by the CheckpointWriter on its thread before anything is written: lets the training thread
   // hand over one flat copy of its state and leave splitting, naming and serialising to the writer.
   std::function<void(CheckpointContents&)> prepare;
+  // A copy of a committed checkpoint (a directory mirror) keeps its manifest's creation time; empty: now.
+  std::string created_at;
 
   void add_bytes(const std::string& name, std::string bytes);
   void add_tensors(const std::string& name, std::vector<std::pair<std::string, torch::Tensor>> tensors,
