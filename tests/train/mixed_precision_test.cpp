@@ -170,8 +170,8 @@ TEST(MixedPrecisionParity, Bf16LoraStepMatchesFp32WithinMeasuredTolerance) {
   EXPECT_EQ(bf16.out.scalar_type(), torch::kBFloat16);
   const auto e = compare(bf16, ref);
   print("bf16 vs fp32", e);
-  // Measured on libtorch 1.13 CPU (2.13 CPU alike, loss 1.3e-5): output 1.6e-2, loss 1.4e-4, gradients median 2.3e-2 / worst 9.3e-2,
-  // 1.2 % of first AdamW updates flipped; the bounds are about twice that.
+  // Measured on libtorch 1.13 CPU (2.13 CPU alike, loss 1.3e-5): output 1.6e-2, loss 1.4e-4,
+  // gradients median 2.3e-2 / worst 9.3e-2, 1.2 % of first AdamW updates flipped; bounds about twice that.
   EXPECT_LE(e.out, 3e-2);
   EXPECT_LE(e.loss, 1e-3);
   EXPECT_LE(e.median_grad, 5e-2);
