@@ -25,10 +25,17 @@ torch::Tensor DDPMScheduler::broadcast_to_sample(const torch::Tensor& per_sample
   return v;
 }
 
+void DDPMScheduler::keep_on(torch::Device device) { alphas_cumprod_on_device_ = alphas_cumprod_.to(device); }
+
+torch::Tensor DDPMScheduler::alphas_cumprod_like(const torch::Tensor& like) const {
+  const bool kept = alphas_cumprod_on_device_.defined() && alphas_cumprod_on_device_.device() == like.device();
+  return (kept ? alphas_cumprod_on_device_ : alphas_cumprod_.to(like.device())).to(like.scalar_type());
+}
+
 torch::Tensor DDPMScheduler::add_noise(const torch::Tensor& original, const torch::Tensor& noise,
                                        const torch::Tensor& timesteps) const {
   // original, noise: [B, C, H, W]; timesteps: [B]
-  auto ac = alphas_cumprod_.to(original.device()).to(original.scalar_type());
+  auto ac = alphas_cumprod_like(original);
   auto t = timesteps.to(original.device()).to(torch::kLong);
   DL_CHECK(t.numel() == original.size(0), "add_noise: ", t.numel(), " timesteps for a batch of ", original.size(0));
   auto sqrt_alpha_prod = broadcast_to_sample(ac.index({t}).pow(0.5), original);
@@ -39,7 +46,7 @@ torch::Tensor DDPMScheduler::add_noise(const torch::Tensor& original, const torc
 torch::Tensor DDPMScheduler::get_velocity(const torch::Tensor& sample, const torch::Tensor& noise,
                                           const torch::Tensor& timesteps) const {
   // sample, noise: [B, C, H, W]; timesteps: [B]
-  auto ac = alphas_cumprod_.to(sample.device()).to(sample.scalar_type());
+  auto ac = alphas_cumprod_like(sample);
   auto t = timesteps.to(sample.device()).to(torch::kLong);
   DL_CHECK(t.numel() == sample.size(0), "get_velocity: ", t.numel(), " timesteps for a batch of ", sample.size(0));
   auto sqrt_alpha_prod = broadcast_to_sample(ac.index({t}).pow(0.5), sample);

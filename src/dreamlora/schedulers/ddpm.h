@@ -23,6 +23,10 @@ class DDPMScheduler {
   const torch::Tensor& betas() const { return betas_; }                    // [T] float32
   const torch::Tensor& alphas_cumprod() const { return alphas_cumprod_; }  // [T] float32
 
+  // Keeps a copy of the schedule on device, so add_noise / get_velocity there copy nothing per call (on
+  // CUDA a copy from pageable host memory would wait for every kernel queued so far).
+  void keep_on(torch::Device device);
+
   // sqrt(ab_t) * original + sqrt(1 - ab_t) * noise. original, noise: [B, ...]; timesteps: [B] int64.
   torch::Tensor add_noise(const torch::Tensor& original, const torch::Tensor& noise,
                           const torch::Tensor& timesteps) const;
@@ -40,8 +44,11 @@ class DDPMScheduler {
   // [B] -> [B, 1, ..., 1] with ndim dims, on device/dtype of like
   torch::Tensor broadcast_to_sample(const torch::Tensor& per_sample, const torch::Tensor& like) const;
 
+  torch::Tensor alphas_cumprod_like(const torch::Tensor& like) const;
+
   SchedulerConfig config_;
   torch::Tensor betas_, alphas_cumprod_;
+  torch::Tensor alphas_cumprod_on_device_;  // keep_on()
 };
 
 }  // namespace dreamlora::schedulers

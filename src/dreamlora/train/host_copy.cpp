@@ -35,4 +35,9 @@ HostCopy copy_to_host_async(const torch::Tensor& src) {
           }};
 }
 
+torch::Tensor to_device_async(const torch::Tensor& host, torch::Device device) {
+  if (!device.is_cuda() || !host.device().is_cpu()) return host.to(device);
+  return host.pin_memory().to(device, /*non_blocking=*/true);
+}
+
 }  // namespace dreamlora::train

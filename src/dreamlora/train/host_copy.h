@@ -18,4 +18,8 @@ struct HostCopy {
 // copy. Kernels queued on the device after this call may modify the tensors src was made from.
 HostCopy copy_to_host_async(const torch::Tensor& src);
 
+// host (a CPU tensor) on device. On CUDA through pinned memory and without waiting: a plain copy from
+// pageable memory synchronises the stream, so the host could no longer queue the step ahead of the GPU.
+torch::Tensor to_device_async(const torch::Tensor& host, torch::Device device);
+
 }  // namespace dreamlora::train

@@ -209,6 +209,7 @@ void Trainer::load_everything() {
   load.device = device_;
   model_ = ModelBundle::load(cfg_.model, load);
   ddpm_ = std::make_unique<schedulers::DDPMScheduler>(schedulers::DDPMScheduler::from_file(model_.scheduler_config_path));
+  ddpm_->keep_on(device_);
   if (cfg_.snr_gamma > 0) min_snr_weights(torch::ones({1}), cfg_.snr_gamma, ddpm_->prediction_type());
   std::vector<TrainingImage> class_images;
   if (cfg_.prior_preservation) {
@@ -404,10 +405,10 @@ std::vector<Trainer::Sample> Trainer::draw_samples(ImageSet& set, DataOrder& ord
     auto& gen = gens[i];
     s.example = std::move(examples[i]);
     const auto shape = s.example.latent_mean.sizes();
-    s.eps = torch::randn(shape, gen).to(device_);
+    s.eps = train::to_device_async(torch::randn(shape, gen), device_);
     auto noise = torch::randn(shape, gen);
     if (cfg_.noise_offset > 0) noise = noise + cfg_.noise_offset * torch::randn({noise.size(0), 1, 1}, gen);
-    s.noise = noise.to(device_);
+    s.noise = train::to_device_async(noise, device_);
     s.timestep = torch::randint(0, ddpm_->num_train_timesteps(), {1}, gen).item<int64_t>();
   }
   return out;
@@ -459,23 +460,25 @@ void Trainer::train_step() {
     auto latents = ((torch::stack(means) + torch::stack(stds) * torch::stack(eps)) - shift) * scaling;
     // noise + timesteps -> noisy latents
     auto noise = torch::stack(noises);
-    auto timesteps = torch::tensor(ts, torch::kInt64);
+    auto timesteps_host = torch::tensor(ts, torch::kInt64);
+    auto timesteps = train::to_device_async(timesteps_host, device_);
     auto noisy = ddpm_->add_noise(latents, noise, timesteps);
     // predict
     auto emb = embedder_->embed(model_, captions);
     torch::Tensor pooled, tids;
     if (model_.sdxl) {
       pooled = emb.pooled_prompt_embeds.to(device_, dtype);
-      tids = torch::stack(time_ids).to(device_, dtype);
+      tids = train::to_device_async(torch::stack(time_ids), device_).to(dtype);
     }
-    auto pred = model_.unet->forward(noisy.to(device_, dtype), timesteps.to(device_), emb.prompt_embeds.to(device_, dtype),
+    auto pred = model_.unet->forward(noisy.to(device_, dtype), timesteps, emb.prompt_embeds.to(device_, dtype),
                                      pooled, tids);
     // target by prediction type, loss (+ prior), backward
-    auto target = ddpm_->training_target(latents, noise, timesteps).to(device_);
+    auto target = ddpm_->training_target(latents, noise, timesteps);
     torch::Tensor snr_weights;
     if (cfg_.snr_gamma > 0) {
-      auto t_instance = timesteps.slice(0, 0, per_rank);
-      snr_weights = min_snr_weights(ddpm_->snr(t_instance), cfg_.snr_gamma, ddpm_->prediction_type()).to(device_);
+      auto t_instance = timesteps_host.slice(0, 0, per_rank);
+      auto weights = min_snr_weights(ddpm_->snr(t_instance), cfg_.snr_gamma, ddpm_->prediction_type());
+      snr_weights = train::to_device_async(weights, device_);
     }
     auto loss = dreambooth_loss(pred, target, classes_ != nullptr, cfg_.prior_loss_weight, snr_weights);
     scaler_->scale(loss.total / static_cast<double>(cfg_.gradient_accumulation)).backward();
