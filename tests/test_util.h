@@ -32,6 +32,10 @@ int spawn_dreamlora(const std::vector<std::string>& args, const std::filesystem:
 int wait_process(int pid);
 std::string read_text(const std::filesystem::path& path);
 
+// A loopback TCP port that was free a moment ago (bound, then closed): for a test server, or for a
+// connection that must be refused.
+int free_loopback_port();
+
 // Max |a - b| (shapes must match).
 double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b);
 

@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "dreamlora/checkpoint/s3_client.h"
+#include "s3_test_support.h"
 #include "test_util.h"
 
 namespace dreamlora::checkpoint::testing {
@@ -31,18 +32,6 @@ inline std::filesystem::path find_python_clients_venv() {
   std::filesystem::path venv = std::filesystem::path(DREAMLORA_SOURCE_DIR) / "build" / "pyenv";
   if (const char* env = std::getenv("DREAMLORA_PYENV"); env && *env) venv = env;
   return ::access((venv / "bin" / "moto_server").c_str(), X_OK) == 0 ? venv : std::filesystem::path();
-}
-
-inline int free_loopback_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  socklen_t len = sizeof addr;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
 }
 
 inline bool loopback_port_accepts(int port) {
@@ -65,7 +54,7 @@ class MotoServer {
 
   // Starts moto_server, waits until it listens, creates the IAM user, key and bucket.
   bool start() {
-    port_ = free_loopback_port();
+    port_ = ::dreamlora::testing::free_loopback_port();
     pid_ = ::fork();
     if (pid_ == 0) {
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a crashed test process
@@ -111,16 +100,8 @@ class MotoServer {
   const std::string& key_id() const { return key_id_; }
 
   S3Config config() const {
-    S3Config c;
-    c.endpoint = endpoint();
-    c.path_style = true;
+    auto c = local_s3_config(endpoint(), key_id_, secret_, /*max_attempts=*/2);
     c.region = "us-east-1";
-    c.access_key_id = key_id_;
-    c.secret_access_key = secret_;
-    c.max_attempts = 2;
-    c.backoff_initial_s = 0.01;
-    c.backoff_max_s = 0.05;
-    c.connect_timeout_s = 2;
     return c;
   }
 

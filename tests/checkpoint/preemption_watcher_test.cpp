@@ -23,6 +23,7 @@
 
 #include "dreamlora/checkpoint/signals.h"
 #include "dreamlora/common/error.h"
+#include "test_util.h"
 
 namespace dreamlora::checkpoint {
 namespace {
@@ -82,17 +83,7 @@ class StubServer {
   }
 
   // A port nothing listens on (bound, then closed): connections are refused at once.
-  static int closed_port() {
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-    socklen_t len = sizeof addr;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-    ::close(fd);
-    return ntohs(addr.sin_port);
-  }
+  static int closed_port() { return ::dreamlora::testing::free_loopback_port(); }
 
  private:
   bool wait_readable(int fd) {

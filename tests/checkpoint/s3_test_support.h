@@ -26,6 +26,21 @@
 
 namespace dreamlora::checkpoint::testing {
 
+// A path-style S3 client config for a server on this machine, retrying fast.
+inline S3Config local_s3_config(const std::string& endpoint, const std::string& key_id, const std::string& secret,
+                                int max_attempts) {
+  S3Config c;
+  c.endpoint = endpoint;
+  c.path_style = true;
+  c.access_key_id = key_id;
+  c.secret_access_key = secret;
+  c.max_attempts = max_attempts;
+  c.backoff_initial_s = 0.01;
+  c.backoff_max_s = 0.05;
+  c.connect_timeout_s = 2;
+  return c;
+}
+
 // $DREAMLORA_S3RVER, else `s3rver` on PATH; empty when neither exists.
 inline std::string find_s3rver() {
   if (const char* env = std::getenv("DREAMLORA_S3RVER"); env && *env) return env;
@@ -105,18 +120,7 @@ class S3rver {
   std::string endpoint() const { return "http://127.0.0.1:" + std::to_string(port_); }
   const std::string& error() const { return error_; }
 
-  S3Config config() const {
-    S3Config c;
-    c.endpoint = endpoint();
-    c.path_style = true;
-    c.access_key_id = kAccessKey;
-    c.secret_access_key = kSecretKey;
-    c.max_attempts = 2;
-    c.backoff_initial_s = 0.01;
-    c.backoff_max_s = 0.05;
-    c.connect_timeout_s = 2;
-    return c;
-  }
+  S3Config config() const { return local_s3_config(endpoint(), kAccessKey, kSecretKey, /*max_attempts=*/2); }
 
  private:
   bool fail_with(const std::string& e) {
@@ -224,15 +228,8 @@ class StubHttpServer {
 };
 
 inline S3Config stub_config(const std::string& endpoint) {
-  S3Config c;
-  c.endpoint = endpoint;
-  c.path_style = true;
-  c.access_key_id = "AKIDEXAMPLE";
-  c.secret_access_key = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
-  c.max_attempts = 3;
-  c.backoff_initial_s = 0.01;
+  auto c = local_s3_config(endpoint, "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", /*max_attempts=*/3);
   c.backoff_max_s = 0.02;
-  c.connect_timeout_s = 2;
   return c;
 }
 
