@@ -16,7 +16,12 @@ bash scripts/install-deps.sh "${flavours[@]}"
 bash scripts/install-s3rver.sh   # S3-compatible server for the checkpoint-mirror tests
 bash scripts/install-python-clients.sh   # moto: an S3 server that verifies SigV4 signatures (build/pyenv)
 
-timed() { local t0=$SECONDS; "$@"; echo "test.sh: '$*' took $((SECONDS - t0)) s"; }
+timed() {  # runs a command, prints its duration, returns its status
+  local t0=$SECONDS rc=0
+  "$@" || rc=$?
+  echo "test.sh: '$*' took $((SECONDS - t0)) s (status $rc)"
+  return $rc
+}
 status=0
 for f in "${flavours[@]}"; do
   echo "=== $f"
