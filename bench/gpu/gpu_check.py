@@ -274,12 +274,18 @@ def prepare_resume(run):
     if not os.path.isdir(images):
         sh(run, [run.bin, "make-demo-data", images, "--count", "4", "--size", "72"], "resume-reference.log", 60)
     ref = os.path.join(run.work, "resume-reference")
-    if not os.path.exists(os.path.join(ref, "pytorch_lora_weights.safetensors")):
+    # The reference must come from this very binary: a work folder left by an earlier build is redone.
+    stamp = os.path.join(ref, ".binary-sha256")
+    binary = sha256(run.bin)
+    made_by = open(stamp).read().strip() if os.path.exists(stamp) else None
+    if made_by != binary or not os.path.exists(os.path.join(ref, "pytorch_lora_weights.safetensors")):
         shutil.rmtree(ref, ignore_errors=True)
         rc, secs, out = sh(run, train_args(run, ref, run.args.resume_steps), "resume-reference.log", 180)
         if rc != 0:
             raise RuntimeError("uninterrupted reference run failed (%s): %s" % (rc, out[-3:]))
         run.results["resume_reference_s"] = secs
+        with open(stamp, "w") as f:
+            f.write(binary + "\n")
     return sha256(os.path.join(ref, "pytorch_lora_weights.safetensors"))
 
 
