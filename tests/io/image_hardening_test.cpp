@@ -9,6 +9,7 @@
 
 #include "dreamlora/common/error.h"
 #include "dreamlora/io/image.h"
+#include "dreamlora/io/image_prechecks.h"
 #include "test_util.h"
 
 namespace dreamlora {
@@ -102,6 +103,55 @@ TEST(ImageHardening, JpegHuffmanTablesStbWouldOverflowOnAreRefusedBeforeStbSeesT
     const std::string m = message_of(file_bytes(dir / name));
     EXPECT_NE(m.find("bad Huffman table"), std::string::npos) << name << ": " << m;
   }
+}
+
+// Found by image_fuzz: a 61-byte progressive JPEG claiming 12809 x 2048 pixels took over 10 s under ASan,
+// as stb decodes the whole claimed size from zero padding. Less scan data than one bit per 8x8 block is
+// refused before stb allocates anything, naming the file and the bytes it lacks.
+TEST(ImageHardening, JpegWithLessScanDataThanItsSizeNeedsIsRefusedBeforeDecoding) {
+  const auto path = std::filesystem::path(DREAMLORA_SOURCE_DIR) / "fuzz" / "regressions" / "image_fuzz" /
+                    "progressive-jpeg-12809x2048-from-61-bytes.jpg";
+  std::string m;
+  try {
+    decode_image(file_bytes(path), path.string());
+  } catch (const Error& e) {
+    m = e.what();
+  }
+  EXPECT_NE(m.find("truncated or corrupt JPEG"), std::string::npos) << m;
+  EXPECT_NE(m.find(path.string()), std::string::npos) << m;
+  EXPECT_NE(m.find("holds 0 bytes of image data"), std::string::npos) << m;
+}
+
+// The same bound for a baseline JPEG: the corpus's 8x8 image with its frame header claiming 256 x 256.
+TEST(ImageHardening, BaselineJpegWhoseScanIsTooShortForItsClaimedSizeIsRefusedAsTruncated) {
+  std::string jpeg =
+      file_bytes(std::filesystem::path(DREAMLORA_SOURCE_DIR) / "fuzz" / "corpus" / "image_fuzz" / "baseline.jpg");
+  ASSERT_EQ(decode_image(jpeg, "baseline.jpg").width, 8);
+  const auto sof = jpeg.find("\xff\xc0");
+  ASSERT_NE(sof, std::string::npos);
+  jpeg.replace(sof + 5, 4, std::string("\x01\x00\x01\x00", 4));  // height, width
+  const std::string m = message_of(jpeg);
+  EXPECT_NE(m.find("input.img: truncated or corrupt JPEG"), std::string::npos) << m;
+  EXPECT_NE(m.find("needs at least 192"), std::string::npos) << m;  // 1024 + 2 x 256 blocks (4:2:0)
+}
+
+// Found by image_fuzz: a PNG whose first IDAT chunk is empty made Debian's stb_image call
+// memcpy(NULL, src, 0) (UBSan). Empty IDAT chunks are valid PNG and are dropped before stb sees them: a
+// PNG with one decodes to the same pixels as without, and the fuzzer's input fails cleanly.
+TEST(ImageHardening, PngWithAnEmptyFirstIdatChunkDecodesAsWithoutIt) {
+  const std::string png =
+      file_bytes(std::filesystem::path(DREAMLORA_SOURCE_DIR) / "fuzz" / "corpus" / "image_fuzz" / "rgb.png");
+  const size_t idat = png.find("IDAT") - 4;
+  const std::string with_empty = png.substr(0, idat) + be32(0) + "IDAT" + be32(0x35af061e) + png.substr(idat);
+  EXPECT_FALSE(png_without_empty_idat_chunks(png).has_value());
+  ASSERT_TRUE(png_without_empty_idat_chunks(with_empty).has_value());
+  EXPECT_EQ(*png_without_empty_idat_chunks(with_empty), png);
+  const Image a = decode_image(png, "rgb.png"), b = decode_image(with_empty, "with-empty-idat.png");
+  EXPECT_EQ(a.width, b.width);
+  EXPECT_EQ(a.rgb, b.rgb);
+  const auto fuzz_input = std::filesystem::path(DREAMLORA_SOURCE_DIR) / "fuzz" / "regressions" / "image_fuzz" /
+                          "png-zero-length-idat-memcpy-null.png";
+  EXPECT_NE(message_of(file_bytes(fuzz_input)).find("cannot decode image"), std::string::npos);
 }
 
 // Every file in fuzz/regressions/image_fuzz/ (inputs that once crashed or hung a decoder) gives an Image or

@@ -1,4 +1,5 @@
 #include "dreamlora/io/image.h"
+#include "dreamlora/io/image_prechecks.h"
 
 #include <libexif/exif-data.h>
 #include <stb/stb_image_write.h>
@@ -95,58 +96,6 @@ Image decode_webp(std::string_view bytes, const std::string& name) {
 #endif
 }
 
-// Debian's stb_image (2022-09) writes past its 257-entry size table when a DHT segment's 16 code counts
-// add up to more than 256 (found by fuzz/image_fuzz.cpp; fixed upstream in 2.28). Such a table is
-// invalid JPEG, so every DHT segment, before and between scans, is checked first. It also decodes a
-// scan with a Huffman table that was never defined (symbol ids out of range); such scans are refused.
-bool jpeg_huffman_tables_valid(std::string_view b) {
-  auto at = [&](size_t i) { return static_cast<uint8_t>(b[i]); };
-  bool defined[8] = {};  // DC tables 0-3, AC tables 0-3
-  size_t i = 2;          // after SOI
-  while (i + 4 <= b.size()) {
-    if (at(i) != 0xff) {  // entropy-coded data
-      ++i;
-      continue;
-    }
-    const uint8_t marker = at(i + 1);
-    if (marker == 0xff) {  // fill byte
-      ++i;
-      continue;
-    }
-    if (marker == 0x00 || marker == 0x01 || (marker >= 0xd0 && marker <= 0xd7)) {  // stuffing, TEM, RSTn
-      i += 2;
-      continue;
-    }
-    if (marker == 0xd9) break;  // EOI
-    const size_t length = (size_t{at(i + 2)} << 8) | at(i + 3);
-    if (length < 2) return false;
-    if (marker == 0xda && i + 4 < b.size()) {  // SOS: every table a scan decodes with must be defined
-      const size_t n = at(i + 4), spec = i + 5 + 2 * n;
-      if (spec + 3 > b.size()) return false;
-      const bool dc = at(spec) == 0 && (at(spec + 2) >> 4) == 0, ac = at(spec + 1) > 0;
-      for (size_t c = 0; c < n; ++c) {
-        const uint8_t tables = at(i + 6 + 2 * c);
-        if ((dc && !defined[(tables >> 4) & 3]) || (ac && !defined[4 + (tables & 3)])) return false;
-      }
-    }
-    if (marker == 0xc4) {  // read as stb does: table after table until the segment length is used up
-      long left = static_cast<long>(length) - 2;
-      for (size_t p = i + 4; left > 0;) {
-        if (p + 17 > b.size()) return false;
-        defined[(at(p) >> 4 ? 4 : 0) + (at(p) & 3)] = true;
-        size_t codes = 0;
-        for (size_t k = 0; k < 16; ++k) codes += at(p + 1 + k);
-        if (codes > 256) return false;
-        p += 17 + codes;
-        left -= static_cast<long>(17 + codes);
-      }
-      if (left != 0) return false;
-    }
-    i += 2 + length;
-  }
-  return true;
-}
-
 Image decode_stb(std::string_view bytes, const std::string& name) {
   DL_CHECK(bytes.size() <= static_cast<size_t>(INT32_MAX), name, ": image file is over 2 GiB");
   const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
@@ -163,6 +112,19 @@ Image decode_stb(std::string_view bytes, const std::string& name) {
   img.rgb.assign(pixels, pixels + static_cast<size_t>(w) * h * 3);
   stbi_image_free(pixels);
   return img;
+}
+
+// stb_image pads a scan that ends early with zeros and decodes the whole size the header claims, so a
+// 61-byte progressive JPEG claiming 12809 x 2048 pixels cost the time and memory of a 26-megapixel image
+// (over 10 s under ASan). A file with less scan data than one bit per 8x8 block cannot hold a complete
+// image (see min_scan_bits_of_frame) and is refused before stb allocates anything; this bounds the
+// pixels decoded per input byte at 512.
+void check_jpeg_structure(std::string_view bytes, const std::string& name) {
+  const JpegStructure jpeg = read_jpeg_structure(bytes);
+  DL_CHECK(jpeg.huffman_tables_valid, name, ": cannot decode image (bad Huffman table: corrupt JPEG)");
+  DL_CHECK(jpeg.scan_bytes * 8 >= jpeg.min_scan_bits, name, ": truncated or corrupt JPEG: it holds ",
+           jpeg.scan_bytes, " bytes of image data, but its frame needs at least ", (jpeg.min_scan_bits + 7) / 8,
+           " (one bit per 8x8 block of each colour component)");
 }
 
 void append_chunk(std::string& png, const char type[4], const std::string& data) {
@@ -224,12 +186,16 @@ Image decode_image(std::string_view bytes, const std::string& name) {
     case ImageFormat::kWebp:
       img = decode_webp(bytes, name);
       break;
-    case ImageFormat::kPng:
+    case ImageFormat::kPng: {
+      const auto without_empty_idat = png_without_empty_idat_chunks(bytes);
+      img = decode_stb(without_empty_idat ? std::string_view(*without_empty_idat) : bytes, name);
+      break;
+    }
     case ImageFormat::kBmp:
       img = decode_stb(bytes, name);
       break;
     case ImageFormat::kJpeg:
-      DL_CHECK(jpeg_huffman_tables_valid(bytes), name, ": cannot decode image (bad Huffman table: corrupt JPEG)");
+      check_jpeg_structure(bytes, name);
       img = apply_orientation(decode_stb(bytes, name), exif_orientation(bytes));
       break;
     case ImageFormat::kUnknown:

@@ -1,0 +1,23 @@
+// Checks and repairs of PNG and JPEG bytes done before stb_image sees them, for inputs on which Debian's
+// stb_image (2022-09) misbehaves (found by fuzz/image_fuzz.cpp; docs/FUZZING.md lists the findings).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace dreamlora {
+
+// What a walk over a JPEG's markers tells before decoding it.
+struct JpegStructure {
+  bool huffman_tables_valid = true;
+  int64_t scan_bytes = 0;     // entropy-coded bytes after the first SOS (with stuffing and RST markers)
+  int64_t min_scan_bits = 0;  // one bit per 8x8 block of every component of the SOF0/1/2 frame; 0 if none
+};
+JpegStructure read_jpeg_structure(std::string_view jpeg);
+
+// The PNG without its zero-length IDAT chunks, or nothing when it has none (the usual case: no copy).
+std::optional<std::string> png_without_empty_idat_chunks(std::string_view png);
+
+}  // namespace dreamlora
