@@ -137,21 +137,34 @@ TEST(ImageHardening, BaselineJpegWhoseScanIsTooShortForItsClaimedSizeIsRefusedAs
 
 // Found by image_fuzz: a PNG whose first IDAT chunk is empty made Debian's stb_image call
 // memcpy(NULL, src, 0) (UBSan). Empty IDAT chunks are valid PNG and are dropped before stb sees them: a
-// PNG with one decodes to the same pixels as without, and the fuzzer's input fails cleanly.
+// PNG with one decodes to the same pixels as without. fuzz/regressions/image_fuzz/png-empty-first-idat.png
+// is that PNG, for the fuzz build (UBSan) to replay.
 TEST(ImageHardening, PngWithAnEmptyFirstIdatChunkDecodesAsWithoutIt) {
-  const std::string png =
-      file_bytes(std::filesystem::path(DREAMLORA_SOURCE_DIR) / "fuzz" / "corpus" / "image_fuzz" / "rgb.png");
+  const auto dir = std::filesystem::path(DREAMLORA_SOURCE_DIR) / "fuzz";
+  const std::string png = file_bytes(dir / "corpus" / "image_fuzz" / "rgb.png");
   const size_t idat = png.find("IDAT") - 4;
   const std::string with_empty = png.substr(0, idat) + be32(0) + "IDAT" + be32(0x35af061e) + png.substr(idat);
-  EXPECT_FALSE(png_without_empty_idat_chunks(png).has_value());
-  ASSERT_TRUE(png_without_empty_idat_chunks(with_empty).has_value());
-  EXPECT_EQ(*png_without_empty_idat_chunks(with_empty), png);
+  EXPECT_EQ(file_bytes(dir / "regressions" / "image_fuzz" / "png-empty-first-idat.png"), with_empty);
+  EXPECT_FALSE(read_png_chunks(png).without_empty_idat.has_value());
+  ASSERT_TRUE(read_png_chunks(with_empty).without_empty_idat.has_value());
+  EXPECT_EQ(*read_png_chunks(with_empty).without_empty_idat, png);
   const Image a = decode_image(png, "rgb.png"), b = decode_image(with_empty, "with-empty-idat.png");
   EXPECT_EQ(a.width, b.width);
   EXPECT_EQ(a.rgb, b.rgb);
-  const auto fuzz_input = std::filesystem::path(DREAMLORA_SOURCE_DIR) / "fuzz" / "regressions" / "image_fuzz" /
-                          "png-zero-length-idat-memcpy-null.png";
-  EXPECT_NE(message_of(file_bytes(fuzz_input)).find("cannot decode image"), std::string::npos);
+}
+
+// Found by image_fuzz: a 71-byte PNG whose IDAT chunk claims 1,936,916,494 bytes made stb grow its buffer
+// to 2 GiB before failing (a timeout under ASan). A chunk that runs past the end of the file is refused
+// first, naming the file, the chunk's offset and its length; so is the fuzzer's empty-IDAT input, whose
+// next chunk does the same.
+TEST(ImageHardening, PngChunkLongerThanTheRestOfTheFileIsRefusedBeforeStbAllocates) {
+  const auto dir = std::filesystem::path(DREAMLORA_SOURCE_DIR) / "fuzz" / "regressions" / "image_fuzz";
+  std::string m = message_of(file_bytes(dir / "png-idat-claims-1.9-gb.png"));
+  EXPECT_NE(m.find("input.img: truncated or corrupt PNG: the chunk at byte 33 claims 1936916494 bytes"),
+            std::string::npos)
+      << m;
+  m = message_of(file_bytes(dir / "png-zero-length-idat-memcpy-null.png"));
+  EXPECT_NE(m.find("truncated or corrupt PNG"), std::string::npos) << m;
 }
 
 // Every file in fuzz/regressions/image_fuzz/ (inputs that once crashed or hung a decoder) gives an Image or

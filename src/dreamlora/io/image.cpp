@@ -187,8 +187,11 @@ Image decode_image(std::string_view bytes, const std::string& name) {
       img = decode_webp(bytes, name);
       break;
     case ImageFormat::kPng: {
-      const auto without_empty_idat = png_without_empty_idat_chunks(bytes);
-      img = decode_stb(without_empty_idat ? std::string_view(*without_empty_idat) : bytes, name);
+      const PngChunks chunks = read_png_chunks(bytes);
+      DL_CHECK(!chunks.chunk_past_end_at, name, ": truncated or corrupt PNG: the chunk at byte ",
+               chunks.chunk_past_end_at.value_or(0), " claims ", chunks.chunk_past_end_length.value_or(0),
+               " bytes, more than the file has left");
+      img = decode_stb(chunks.without_empty_idat ? std::string_view(*chunks.without_empty_idat) : bytes, name);
       break;
     }
     case ImageFormat::kBmp:

@@ -104,17 +104,24 @@ JpegStructure read_jpeg_structure(std::string_view b) {
 
 // A zero-length IDAT chunk is valid PNG (the image data is the concatenation of all IDAT chunks), but
 // when it comes before any non-empty one, Debian's stb_image calls memcpy(NULL, src, 0) (UBSan: null
-// pointer argument). Dropping empty IDAT chunks leaves the image data unchanged. stb does not check chunk
-// CRCs, so the walk stops only at IEND or at a chunk that runs past the end (copied as is: stb reports it).
-std::optional<std::string> png_without_empty_idat_chunks(std::string_view png) {
+// pointer argument). Dropping empty IDAT chunks leaves the image data unchanged.
+// A chunk whose length runs past the end of the file makes stb fail, but only after it grew its IDAT
+// buffer to that length (up to 2 GiB from a 71-byte file); such a file is reported before stb sees it.
+// stb does not check chunk CRCs, and neither does this walk.
+PngChunks read_png_chunks(std::string_view png) {
   constexpr size_t kSignature = 8, kChunkOverhead = 12;  // length, type, CRC
-  std::optional<std::string> out;
+  PngChunks chunks;
   size_t copied_to = 0;
   for (size_t i = kSignature; i + kChunkOverhead <= png.size();) {
     const uint32_t length = be32_at(png, i);
-    if (length > png.size() - i - kChunkOverhead) break;
+    if (length > png.size() - i - kChunkOverhead) {
+      chunks.chunk_past_end_at = i;
+      chunks.chunk_past_end_length = length;
+      break;
+    }
     const std::string_view type = png.substr(i + 4, 4);
     if (type == "IDAT" && length == 0) {
+      auto& out = chunks.without_empty_idat;
       if (!out) out.emplace();
       out->append(png.substr(copied_to, i - copied_to));
       copied_to = i + kChunkOverhead;
@@ -122,8 +129,8 @@ std::optional<std::string> png_without_empty_idat_chunks(std::string_view png) {
     if (type == "IEND") break;
     i += kChunkOverhead + length;
   }
-  if (out) out->append(png.substr(copied_to));
-  return out;
+  if (chunks.without_empty_idat) chunks.without_empty_idat->append(png.substr(copied_to));
+  return chunks;
 }
 
 }  // namespace dreamlora

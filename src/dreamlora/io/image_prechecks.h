@@ -17,7 +17,12 @@ struct JpegStructure {
 };
 JpegStructure read_jpeg_structure(std::string_view jpeg);
 
-// The PNG without its zero-length IDAT chunks, or nothing when it has none (the usual case: no copy).
-std::optional<std::string> png_without_empty_idat_chunks(std::string_view png);
+// What a walk over a PNG's chunks, up to IEND, finds.
+struct PngChunks {
+  std::optional<size_t> chunk_past_end_at;         // offset of a chunk whose length runs past the file's end
+  std::optional<uint32_t> chunk_past_end_length;   // and the length it claims
+  std::optional<std::string> without_empty_idat;  // the PNG without its zero-length IDAT chunks; none if none
+};
+PngChunks read_png_chunks(std::string_view png);
 
 }  // namespace dreamlora
