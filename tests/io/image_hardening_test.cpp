@@ -167,6 +167,19 @@ TEST(ImageHardening, PngChunkLongerThanTheRestOfTheFileIsRefusedBeforeStbAllocat
   EXPECT_NE(m.find("truncated or corrupt PNG"), std::string::npos) << m;
 }
 
+// stb reads zeros past the end of a BMP too: the corpus's 3x2 BMP with a header claiming 3000 x 2000 is
+// refused from its size before stb decodes 6 megapixels of nothing.
+TEST(ImageHardening, BmpShorterThanTheRowsItsHeaderClaimsIsRefusedAsTruncated) {
+  std::string bmp =
+      file_bytes(std::filesystem::path(DREAMLORA_SOURCE_DIR) / "fuzz" / "corpus" / "image_fuzz" / "rgb.bmp");
+  ASSERT_EQ(decode_image(bmp, "rgb.bmp").width, 3);
+  bmp.replace(18, 8, std::string("\xb8\x0b\x00\x00\xd0\x07\x00\x00", 8));  // 3000 x 2000, little-endian
+  const std::string m = message_of(bmp);
+  EXPECT_NE(m.find("input.img: truncated or corrupt BMP: its header claims 18000000 bytes of pixels"),
+            std::string::npos)
+      << m;
+}
+
 // Every file in fuzz/regressions/image_fuzz/ (inputs that once crashed or hung a decoder) gives an Image or
 // a dreamlora::Error.
 TEST(ImageHardening, FuzzRegressionInputsDecodeOrFailCleanly) {

@@ -194,9 +194,13 @@ Image decode_image(std::string_view bytes, const std::string& name) {
       img = decode_stb(chunks.without_empty_idat ? std::string_view(*chunks.without_empty_idat) : bytes, name);
       break;
     }
-    case ImageFormat::kBmp:
+    case ImageFormat::kBmp: {
+      const int64_t pixel_bytes = bmp_min_pixel_bytes(bytes);
+      DL_CHECK(static_cast<int64_t>(bytes.size()) >= pixel_bytes, name, ": truncated or corrupt BMP: its header claims ",
+               pixel_bytes, " bytes of pixels, but the file has ", bytes.size(), " bytes in all");
       img = decode_stb(bytes, name);
       break;
+    }
     case ImageFormat::kJpeg:
       check_jpeg_structure(bytes, name);
       img = apply_orientation(decode_stb(bytes, name), exif_orientation(bytes));

@@ -12,6 +12,10 @@ uint32_t be16_at(std::string_view b, size_t i) { return (uint32_t{byte_at(b, i)}
 
 uint32_t be32_at(std::string_view b, size_t i) { return (be16_at(b, i) << 16) | be16_at(b, i + 2); }
 
+uint32_t le16_at(std::string_view b, size_t i) { return (uint32_t{byte_at(b, i + 1)} << 8) | byte_at(b, i); }
+
+uint32_t le32_at(std::string_view b, size_t i) { return (le16_at(b, i + 2) << 16) | le16_at(b, i); }
+
 // Every 8x8 block of every component has its DC difference Huffman-coded in a baseline scan or in the
 // first DC scan of a progressive JPEG, and a Huffman code is at least one bit long. So a complete
 // frame needs at least one bit per block; arithmetic-coded frames (SOF9+, which stb refuses) do not
@@ -131,6 +135,25 @@ PngChunks read_png_chunks(std::string_view png) {
   }
   if (chunks.without_empty_idat) chunks.without_empty_idat->append(png.substr(copied_to));
   return chunks;
+}
+
+// stb reads zeros past the end of a BMP and decodes the whole claimed size, like a JPEG's missing scan.
+int64_t bmp_min_pixel_bytes(std::string_view b) {
+  constexpr size_t kInfoHeaderAt = 14;
+  if (b.size() < kInfoHeaderAt + 16) return 0;
+  const bool core_header = le32_at(b, kInfoHeaderAt) == 12;  // BITMAPCOREHEADER: 16-bit sizes
+  int64_t width = 0, height = 0, bits_per_pixel = 0;
+  if (core_header) {
+    width = le16_at(b, 18), height = le16_at(b, 20), bits_per_pixel = le16_at(b, 24);
+  } else {
+    if (b.size() < 30) return 0;
+    width = static_cast<int32_t>(le32_at(b, 18)), height = static_cast<int32_t>(le32_at(b, 22));
+    bits_per_pixel = le16_at(b, 28);
+  }
+  width = width < 0 ? -width : width, height = height < 0 ? -height : height;  // negative: top-down
+  constexpr int64_t kBeyondAnyCap = int64_t{1} << 20;  // larger sizes and depths are refused later anyway
+  if (width > kBeyondAnyCap || height > kBeyondAnyCap || bits_per_pixel > 64) return 0;
+  return (width * bits_per_pixel + 7) / 8 * height;
 }
 
 }  // namespace dreamlora

@@ -25,4 +25,9 @@ struct PngChunks {
 };
 PngChunks read_png_chunks(std::string_view png);
 
+// The fewest bytes a BMP that stb decodes (uncompressed: stb refuses RLE and embedded JPEG/PNG) holds for
+// the size its header claims: one unpadded row of width x bits per pixel, times the height; 0 when the
+// header is too short to tell.
+int64_t bmp_min_pixel_bytes(std::string_view bmp);
+
 }  // namespace dreamlora
