@@ -11,7 +11,7 @@ secs=${1:-20}
 runs=${2:--1}
 shift $(( $# > 2 ? 2 : $# ))
 all=(safetensors_fuzz image_fuzz manifest_fuzz trainer_state_fuzz toml_config_fuzz tokenizer_fuzz
-     scheduler_config_fuzz)
+     scheduler_config_fuzz model_config_fuzz)
 targets=("${@:-${all[@]}}")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
 cxx=${CXX_FUZZ:-$(command -v clang++ || true)}
