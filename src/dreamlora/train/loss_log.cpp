@@ -1,0 +1,27 @@
+#include "dreamlora/train/loss_log.h"
+
+#include <torch/torch.h>
+
+namespace dreamlora {
+
+void PendingLosses::add(int64_t step, const torch::Tensor& loss, double lr, double unix_time) {
+  pending_.push_back({step, loss, lr, unix_time});
+}
+
+std::optional<float> PendingLosses::flush(Distributed& dist, MetricsLog* metrics) {
+  if (pending_.empty()) return std::nullopt;
+  std::vector<torch::Tensor> losses;
+  for (const auto& p : pending_) losses.push_back(p.loss);
+  const auto host = torch::stack(losses).to(torch::kCPU, torch::kFloat64);
+  const double* values = host.data_ptr<double>();
+  float last = 0;
+  for (size_t i = 0; i < pending_.size(); ++i) {
+    const auto& p = pending_[i];
+    last = static_cast<float>(dist.mean(values[i]));
+    if (metrics) metrics->record(p.step, last, p.lr, p.unix_time);
+  }
+  pending_.clear();
+  return last;
+}
+
+}  // namespace dreamlora
