@@ -205,6 +205,7 @@ void Trainer::load_everything() {
 
   LoadOptions load;
   load.variant = cfg_.variant;
+  load.model_config = cfg_.model_config;
   load.dtype = weight_dtype(cfg_.mixed_precision);
   load.device = device_;
   model_ = ModelBundle::load(cfg_.model, load);
