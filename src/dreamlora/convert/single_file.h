@@ -45,6 +45,10 @@ struct SingleFileSources {
 SingleFileSources map_single_file(const safetensors::File& file, CheckpointFamily family,
                                   const UNetLayout& unet_layout, int64_t vae_blocks);
 
+// What `inspect` prints for a single-file checkpoint: family, the reason, tensors per component; "" when
+// the file is not one (no UNet keys in the original layout).
+std::string describe_single_file(const safetensors::File& file);
+
 // The tensor a source names, as a view of the mapped file where possible (transposes and q/k/v parts too).
 torch::Tensor read_source(const safetensors::File& file, const SourceTensor& source);
 
