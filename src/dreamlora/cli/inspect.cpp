@@ -8,6 +8,7 @@
 #include "dreamlora/checkpoint/manifest.h"
 #include "dreamlora/cli/commands.h"
 #include "dreamlora/common/error.h"
+#include "dreamlora/convert/single_file.h"
 #include "dreamlora/io/model_dir.h"
 #include "dreamlora/io/safetensors.h"
 #include "dreamlora/lora/formats.h"
@@ -52,6 +53,10 @@ int inspect_safetensors(const fs::path& path) {
   auto lora = lora::describe_lora_file(path);
   if (lora.format != lora::LoRAFormat::unknown) {
     std::cout << lora.to_string();
+    return 0;
+  }
+  if (auto single = convert::describe_single_file(file); !single.empty()) {
+    std::cout << single;
     return 0;
   }
   std::cout << path.string() << ": safetensors, " << file.names().size() << " tensors, "

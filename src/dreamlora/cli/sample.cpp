@@ -18,7 +18,7 @@ namespace fs = std::filesystem;
 namespace {
 struct SampleArgs {
   SampleOptions options;
-  std::string model, out = "samples", lora, variant, device = "cpu";
+  std::string model, model_config, out = "samples", lora, variant, device = "cpu";
   double lora_scale = 1.0;
 };
 }  // namespace
@@ -26,7 +26,8 @@ struct SampleArgs {
 Runner add_sample(CLI::App& app) {
   auto* cmd = app.add_subcommand("sample", "Generate images from a prompt (optionally with a LoRA)");
   auto a = std::make_shared<SampleArgs>();
-  cmd->add_option("--model", a->model, "diffusers pipeline folder")->required();
+  cmd->add_option("--model", a->model, "diffusers pipeline folder or single-file .safetensors checkpoint")->required();
+  cmd->add_option("--model-config", a->model_config, "for a single-file --model: diffusers folder with its configs and tokenizers");
   cmd->add_option("--variant", a->variant, "weight file variant, e.g. fp16");
   cmd->add_option("--prompt", a->options.prompt, "prompt")->required();
   cmd->add_option("--negative-prompt", a->options.negative_prompt, "negative prompt");
@@ -45,6 +46,7 @@ Runner add_sample(CLI::App& app) {
   return [a]() -> int {
     LoadOptions load;
     load.variant = a->variant;
+    load.model_config = a->model_config;
     load.device = torch::Device(a->device);
     auto model = ModelBundle::load(a->model, load);
     check_sample_options(model, a->options);

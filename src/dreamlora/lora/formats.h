@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "dreamlora/convert/ldm_names.h"
 #include "dreamlora/nn/linear.h"
 
 namespace dreamlora::lora {
@@ -37,27 +38,11 @@ enum class ModelFamily { unknown, sd1, sd2, sdxl };
 std::string to_string(LoRAFormat format);
 std::string to_string(ModelFamily family);
 
-// What the UNet's LDM (original Stable Diffusion / kohya SDXL) block numbering depends on.
-struct UNetLayout {
-  int64_t num_blocks = 3;        // len(block_out_channels)
-  int64_t layers_per_block = 2;  // resnets per down block (up blocks have one more)
-  // Per up block: does it have attentions (then its upsampler is LDM layer 2, else 1). Needed only to
-  // name upsamplers; empty: naming an upsampler is an error.
-  std::vector<bool> up_block_has_attention;
-  // From UNet2DConditionConfig values: len(block_out_channels), layers_per_block, up_block_types.
-  static UNetLayout from_config(int64_t num_blocks, int64_t layers_per_block,
-                                const std::vector<std::string>& up_block_types = {});
-  // Same from the per-block layers_per_block list (LDM numbering needs one value for all blocks).
-  static UNetLayout from_config(const std::vector<int64_t>& layers_per_block,
-                                const std::vector<std::string>& up_block_types);
-  static UNetLayout sdxl_base();                               // 3 blocks, 2 layers, up blocks 0 and 1 attend
-  static UNetLayout from_unet(const torch::nn::Module& unet);  // counts down_blocks / resnets in the tree
-};
+// The UNet's LDM block names live with the other original-layout tables (convert/ldm_names.h).
+using convert::diffusers_to_ldm;
+using convert::ldm_to_diffusers;
+using convert::UNetLayout;
 
-// diffusers module path <-> LDM path of the same module ("down_blocks.1.attentions.0.proj_in" <->
-// "input_blocks.4.1.proj_in"). Paths outside the block structure (time_embedding.linear_1, ...) map by table.
-std::string diffusers_to_ldm(const std::string& path, const UNetLayout& layout);
-std::string ldm_to_diffusers(const std::string& path, const UNetLayout& layout);
 // kohya stem ("down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0") -> dotted path, using the
 // table of module names that contain "_" (a name missing from it would be split at each "_").
 std::string kohya_stem_to_path(const std::string& stem);

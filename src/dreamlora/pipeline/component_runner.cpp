@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <optional>
+
 #include "dreamlora/common/error.h"
 #include "dreamlora/io/json.h"
 #include "dreamlora/io/model_dir.h"
@@ -9,6 +11,7 @@
 #include "dreamlora/lora/formats.h"
 #include "dreamlora/lora/inject.h"
 #include "dreamlora/pipeline/model_bundle.h"
+#include "dreamlora/pipeline/single_file.h"
 #include "dreamlora/text/clip_text_model.h"
 #include "dreamlora/text/clip_tokenizer.h"
 #include "dreamlora/unet/unet_2d_condition.h"
@@ -79,14 +82,20 @@ void apply_lora_file(ModelBundle& model, const std::string& path, double scale) 
 }
 
 Tensors run_component(const ComponentRunArgs& args) {
-  auto dir = ModelDir::open(args.model);
   const std::string& c = args.component;
+  std::optional<SingleFileCheckpoint> single;
+  fs::path model_dir = args.model;
+  if (is_single_file_checkpoint(args.model)) {
+    single = SingleFileCheckpoint::open(args.model, args.model_config);
+    model_dir = args.model_config;
+  }
+  auto dir = ModelDir::open(model_dir);
   if (c == "tokenizer" || c == "tokenizer_2") return run_tokenizer(args, dir.component_dir(c));
   DL_CHECK(!args.inputs.empty(), "--inputs FILE.safetensors is required for component ", c);
   Tensors in = safetensors::File::open(args.inputs).load_all();
   torch::NoGradGuard no_grad;
   if (c == "text_encoder" || c == "text_encoder_2") {
-    auto te = load_clip_text_model(dir.component_dir(c), args.variant);
+    auto te = single ? single->text_encoder(c, torch::kFloat32) : load_clip_text_model(dir.component_dir(c), args.variant);
     apply_to(*te, c, args, lora::UNetLayout::sdxl_base());
     auto ids = input(in, "input_ids", "int64 [B, 77]", torch::kInt64, 2);
     auto out = te->forward(ids, /*output_hidden_states=*/true);
@@ -97,7 +106,8 @@ Tensors run_component(const ComponentRunArgs& args) {
     return result;
   }
   if (c == "unet") {
-    auto unet = unet::UNet2DConditionModelImpl::load(dir.component_dir("unet"), args.variant);
+    auto unet = single ? single->unet(torch::kFloat32)
+                       : unet::UNet2DConditionModelImpl::load(dir.component_dir("unet"), args.variant);
     apply_to(*unet, "unet", args, lora::UNetLayout::from_unet(*unet));
     auto dtype = unet->dtype();
     auto sample = input(in, "sample", "[B, C, H, W]", dtype, 4);
@@ -111,7 +121,7 @@ Tensors run_component(const ComponentRunArgs& args) {
     return {{"sample", unet->forward(sample, t, ehs, text_embeds, time_ids)}};
   }
   if (c == "vae_encoder" || c == "vae_decoder") {
-    auto vae = vae::AutoencoderKLImpl::load(dir.component_dir("vae"), args.variant);
+    auto vae = single ? single->vae(torch::kFloat32) : vae::AutoencoderKLImpl::load(dir.component_dir("vae"), args.variant);
     if (c == "vae_encoder") {
       auto dist = vae->encode(input(in, "sample", "[B, 3, H, W] in [-1, 1]", vae->dtype(), 4));
       return {{"mean", dist.mean}, {"logvar", dist.logvar}};

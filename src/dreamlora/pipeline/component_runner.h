@@ -10,7 +10,7 @@
 namespace dreamlora {
 
 struct ComponentRunArgs {
-  std::string model, component, inputs, prompts, out, lora, variant;
+  std::string model, model_config, component, inputs, prompts, out, lora, variant;
   double lora_scale = 1.0;
 };
 

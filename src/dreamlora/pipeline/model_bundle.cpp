@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include "dreamlora/pipeline/single_file.h"
+
 namespace dreamlora {
 
 namespace fs = std::filesystem;
@@ -14,9 +16,8 @@ void check_class(const ModelDir& dir, const std::string& component, const std::s
   DL_CHECK(c.class_name == expected, (dir.root() / "model_index.json").string(), ": component '", component,
            "' is ", c.class_name, "; dreamlora supports ", expected);
 }
-}  // namespace
 
-ModelBundle ModelBundle::load(const fs::path& root, const LoadOptions& options) {
+ModelBundle load_folder(const fs::path& root, const LoadOptions& options) {
   auto dir = ModelDir::open(root);
   ModelBundle b;
   b.root = root;
@@ -36,6 +37,19 @@ ModelBundle ModelBundle::load(const fs::path& root, const LoadOptions& options) 
   b.vae = vae::AutoencoderKLImpl::load(dir.component_dir("vae"), options.variant, torch::kFloat32);
   b.scheduler_config_path = dir.component_dir("scheduler") / "scheduler_config.json";
   b.scheduler_config = read_json(b.scheduler_config_path);
+  return b;
+}
+}  // namespace
+
+ModelBundle ModelBundle::load(const fs::path& root, const LoadOptions& options) {
+  ModelBundle b;
+  if (is_single_file_checkpoint(root)) {
+    DL_CHECK(options.variant.empty(), root.string(), ": --variant selects weight files in a diffusers folder; a "
+             "single-file checkpoint has one set of weights");
+    b = SingleFileCheckpoint::open(root, options.model_config).bundle(options);
+  } else {
+    b = load_folder(root, options);
+  }
   for (torch::nn::Module* m : {static_cast<torch::nn::Module*>(b.unet.get()), static_cast<torch::nn::Module*>(b.vae.get()),
                                static_cast<torch::nn::Module*>(b.text.text_encoder.get())}) {
     m->to(options.device);

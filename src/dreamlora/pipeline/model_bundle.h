@@ -17,6 +17,8 @@ struct LoadOptions {
   std::string variant;                       // "" or e.g. "fp16"
   torch::Dtype dtype = torch::kFloat32;      // frozen weights (UNet, text encoders)
   torch::Device device = torch::kCPU;
+  // Single-file checkpoints: the diffusers folder whose configs and tokenizers describe the architecture.
+  std::filesystem::path model_config;
 };
 
 struct ModelBundle {
@@ -28,6 +30,7 @@ struct ModelBundle {
   Json scheduler_config;
   std::filesystem::path scheduler_config_path;
 
+  // root: a diffusers pipeline folder, or a single-file checkpoint (original layout, see single_file.h).
   static ModelBundle load(const std::filesystem::path& root, const LoadOptions& options);
   // Latent channels and the pixel/latent size ratio (8 for real SD, 2 for the tiny models).
   int64_t vae_scale_factor() const;

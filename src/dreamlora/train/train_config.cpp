@@ -104,9 +104,14 @@ std::vector<OptionSpec> build_table() {
   const bool R = true;  // changes results: part of the fingerprint
   return {
       required(text("model", {"pretrained_model_name_or_path", "pretrained-model-name-or-path"},
-                    "diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)",
+                    "diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a "
+                    "single-file .safetensors checkpoint (original layout; see --model-config)",
                     &C::model)),
       text("variant", {}, "weight file variant, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors)", &C::variant, R),
+      text("model-config", {},
+           "for a single-file --model: diffusers folder whose */config.json, tokenizers and scheduler config "
+           "describe its architecture",
+           &C::model_config, R),
       required(text("image-path", {"instance_data_dir", "instance-data-dir"}, "folder of instance images (png, jpg, bmp, webp)",
                     &C::image_path)),
       required(text("prompt", {"instance_prompt", "instance-prompt"}, "instance prompt, e.g. \"a photo of sks dog\"",

@@ -16,6 +16,7 @@ struct TrainConfig {
   // model and data
   std::string model;
   std::string variant;
+  std::string model_config;
   std::string image_path;
   std::string prompt;
   std::string class_image_path;

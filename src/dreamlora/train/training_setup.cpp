@@ -33,6 +33,7 @@ torch::Device training_device(const TrainConfig& cfg) {
 ModelBundle load_base_model(const TrainConfig& cfg, torch::Device device) {
   LoadOptions load;
   load.variant = cfg.variant;
+  load.model_config = cfg.model_config;
   load.dtype = weight_dtype(cfg.mixed_precision);
   load.device = device;
   return ModelBundle::load(cfg.model, load);
