@@ -11,7 +11,7 @@
 #include "dreamlora/io/image.h"
 #include "test_util.h"
 
-namespace dreamlora {
+namespace dreamlora::io {
 namespace {
 
 std::string message_of(std::string_view bytes) {
@@ -119,4 +119,4 @@ TEST(ImageHardening, FuzzRegressionInputsDecodeOrFailCleanly) {
 }
 
 }  // namespace
-}  // namespace dreamlora
+}  // namespace dreamlora::io

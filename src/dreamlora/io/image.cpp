@@ -33,7 +33,7 @@
 #include <webp/decode.h>
 #endif
 
-namespace dreamlora {
+namespace dreamlora::io {
 
 namespace fs = std::filesystem;
 
@@ -280,4 +280,4 @@ TextChunks read_png_text(const fs::path& path) {
   return out;
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::io

@@ -44,7 +44,7 @@
 #include "dreamlora/train/outputs.h"
 #include "dreamlora/train/trainer_state.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -113,7 +113,7 @@ class Trainer {
   void train_step();
   void record_losses();
   lora::LoRAWeights current_lora(bool copy);
-  using LayerList = std::vector<std::pair<std::string, nn::Linear>>;
+  using LayerList = std::vector<std::pair<std::string, nn::LinearWithLora>>;
   const std::map<std::string, LayerList>& lora_layers();
   checkpoint::CheckpointContents snapshot();
   void save_checkpoint();
@@ -127,7 +127,7 @@ class Trainer {
   TrainConfig cfg_;
   fs::path out_;
   torch::Device device_ = torch::kCPU;
-  ModelBundle model_;
+  pipeline::ModelBundle model_;
   std::unique_ptr<schedulers::DDPMScheduler> ddpm_;
   std::unique_ptr<ImageSet> instances_, classes_;
   std::unique_ptr<DataOrder> instance_order_, class_order_;
@@ -156,7 +156,7 @@ class Trainer {
   std::unique_ptr<MetricsLog> metrics_;
   std::unique_ptr<checkpoint::CheckpointSchedule> schedule_due_;
   TrainerState state_;
-  Json fingerprint_;
+  io::Json fingerprint_;
   int64_t last_checkpoint_step_ = -1;
   float last_loss_ = 0;
   // Losses of the steps since the last read, kept on the device: read (one host copy) every --log-every
@@ -203,11 +203,11 @@ void Trainer::load_everything() {
   instances_ = std::make_unique<ImageSet>(repeated, dopt);
   instance_order_ = std::make_unique<DataOrder>(cfg_.seed, instances_->size());
 
-  LoadOptions load;
+  pipeline::LoadOptions load;
   load.variant = cfg_.variant;
   load.dtype = weight_dtype(cfg_.mixed_precision);
   load.device = device_;
-  model_ = ModelBundle::load(cfg_.model, load);
+  model_ = pipeline::ModelBundle::load(cfg_.model, load);
   ddpm_ = std::make_unique<schedulers::DDPMScheduler>(schedulers::DDPMScheduler::from_file(model_.scheduler_config_path));
   ddpm_->keep_on(device_);
   if (cfg_.snr_gamma > 0) min_snr_weights(torch::ones({1}), cfg_.snr_gamma, ddpm_->prediction_type());
@@ -238,7 +238,7 @@ void Trainer::release_text_encoders() {
     if (set)
       for (const auto& image : set->images()) captions.insert(image.caption);
   for (const auto& caption : captions) embedder_->embed(model_, {caption});
-  model_.text = TextEncoders{};
+  model_.text = text::TextEncoders{};
   log(str("text encoders released after embedding ", captions.size(), " caption", captions.size() == 1 ? "" : "s"));
 }
 
@@ -352,7 +352,7 @@ bool Trainer::resume() {
     auto v = checkpoint::verify_checkpoint(dir);
     DL_CHECK(v.ok, "--resume-from-checkpoint ", dir.string(), ": does not verify: ", v.reason);
   }
-  auto state = TrainerState::from_json(read_json(dir / "trainer_state.json"), dir.string());
+  auto state = TrainerState::from_json(io::read_json(dir / "trainer_state.json"), dir.string());
   auto check = compare_fingerprints(state.fingerprint, fingerprint_, cfg_.allow_schedule_change);
   for (const auto& note : check.notes) log(note);
   const auto& diffs = check.differences;
@@ -368,7 +368,7 @@ bool Trainer::resume() {
     lora::apply_lora(*model_.text.text_encoder, lora_file.components.at("text_encoder"), dir.string());
     if (model_.sdxl) lora::apply_lora(*model_.text.text_encoder_2, lora_file.components.at("text_encoder_2"), dir.string());
   }
-  auto opt = safetensors::File::open(dir / "optimizer.safetensors");
+  auto opt = io::safetensors::File::open(dir / "optimizer.safetensors");
   optimizer_->load_state(opt.load_all(), std::stoll(opt.metadata().at("step")), (dir / "optimizer.safetensors").string());
   scaler_->load_metadata(opt.metadata(), (dir / "optimizer.safetensors").string());
   at::Generator default_gen = at::detail::getDefaultCPUGenerator();  // a handle sharing the default generator
@@ -625,7 +625,7 @@ void Trainer::save_checkpoint() {
                   svg = out_ / "loss.svg"](checkpoint::CheckpointContents& c) {
     prepare(c);
     try {
-      write_file_atomically(svg, render_loss_svg(points));
+      io::write_file_atomically(svg, render_loss_svg(points));
     } catch (const std::exception& e) {
       log(str("warning: ", svg.string(), " not updated: ", e.what()));
     }
@@ -647,7 +647,7 @@ void Trainer::run_validation() {
     std::this_thread::sleep_for(std::chrono::duration<double>(std::atof(delay)));
   torch::NoGradGuard no_grad;
   model_.unet->eval();
-  SampleOptions o;
+  pipeline::SampleOptions o;
   o.prompt = cfg_.validation_prompt;
   o.steps = cfg_.validation_inference_steps;
   o.sampler = cfg_.validation_sampler;
@@ -660,11 +660,11 @@ void Trainer::run_validation() {
     ~TrainModeAgain() { unet->train(); }
   } train_mode_again{model_.unet};
   // The validation images must not disturb the training stream: their generator is their own.
-  auto images = text_to_image(model_, o);
+  auto images = pipeline::text_to_image(model_, o);
   fs::create_directories(out_ / "validation");
   for (size_t i = 0; i < images.size(); ++i)
-    save_png(out_ / "validation" / str("step-", state_.global_step, "-", i, ".png"), images[i],
-             sample_metadata(o, static_cast<int64_t>(i), "training LoRA at step " + std::to_string(state_.global_step)));
+    io::save_png(out_ / "validation" / str("step-", state_.global_step, "-", i, ".png"), images[i],
+             pipeline::sample_metadata(o, static_cast<int64_t>(i), "training LoRA at step " + std::to_string(state_.global_step)));
   log(str("validation images for step ", state_.global_step, " in ", (out_ / "validation").string()));
   dist_->wait_for_main("validation images");
 }
@@ -724,7 +724,7 @@ int Trainer::run() {
   wopt.on_error = checkpoint::parse_error_policy(cfg_.on_checkpoint_error);
   wopt.synchronous = cfg_.sync_checkpoints;
   writer_ = std::make_unique<checkpoint::CheckpointWriter>(*store_, wopt);
-  if (dist_->is_main()) write_file_durably(out_ / "training_config.json", config_to_json(cfg_).dump(2) + "\n");
+  if (dist_->is_main()) io::write_file_durably(out_ / "training_config.json", config_to_json(cfg_).dump(2) + "\n");
   // The run that was killed may have died mid-upload: finish that upload (a no-op when it is complete).
   if (resumed && mirror_) writer_->republish(last_checkpoint_step_);
 
@@ -795,4 +795,4 @@ int run_training(const TrainConfig& config) {
   return trainer.run();
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train
