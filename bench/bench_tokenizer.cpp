@@ -52,7 +52,7 @@ void BM_Tokenize10kPromptsColdCache(benchmark::State& state) {
   auto prompts = make_prompts(10000);
   for (auto _ : state) {
     state.PauseTiming();
-    auto tok = dreamlora::CLIPTokenizer::load(tokenizer_dir());
+    auto tok = dreamlora::text::CLIPTokenizer::load(tokenizer_dir());
     state.ResumeTiming();
     for (const auto& p : prompts) benchmark::DoNotOptimize(tok.encode(p));
   }
@@ -62,7 +62,7 @@ BENCHMARK(BM_Tokenize10kPromptsColdCache)->Unit(benchmark::kMillisecond)->Iterat
 
 void BM_Tokenize10kPromptsWarmCache(benchmark::State& state) {
   auto prompts = make_prompts(10000);
-  auto tok = dreamlora::CLIPTokenizer::load(tokenizer_dir());
+  auto tok = dreamlora::text::CLIPTokenizer::load(tokenizer_dir());
   for (const auto& p : prompts) tok.encode(p);
   for (auto _ : state) {
     for (const auto& p : prompts) benchmark::DoNotOptimize(tok.encode(p));
@@ -72,7 +72,7 @@ void BM_Tokenize10kPromptsWarmCache(benchmark::State& state) {
 BENCHMARK(BM_Tokenize10kPromptsWarmCache)->Unit(benchmark::kMillisecond);
 
 void BM_LoadTokenizer(benchmark::State& state) {
-  for (auto _ : state) benchmark::DoNotOptimize(dreamlora::CLIPTokenizer::load(tokenizer_dir()));
+  for (auto _ : state) benchmark::DoNotOptimize(dreamlora::text::CLIPTokenizer::load(tokenizer_dir()));
 }
 BENCHMARK(BM_LoadTokenizer)->Unit(benchmark::kMillisecond)->Iterations(3);
 

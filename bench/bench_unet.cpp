@@ -40,7 +40,7 @@ UNet2DConditionModel load_with_lora() {
   for (const auto& item : unet->named_modules()) {
     for (const char* target : {".to_q", ".to_k", ".to_v", ".to_out.0"}) {
       if (!ends_with(item.key(), target)) continue;
-      auto* linear = item.value()->as<dreamlora::nn::LinearImpl>();
+      auto* linear = item.value()->as<dreamlora::nn::LinearWithLoraImpl>();
       linear->enable_lora({4, 4.0, 0.0});
       torch::NoGradGuard no_grad;
       linear->lora->up->weight.normal_(0, 0.1);  // a trained-looking adapter, not the zero init

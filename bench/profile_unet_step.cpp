@@ -70,7 +70,7 @@ int main(int argc, char** argv) {
   auto unet = dreamlora::unet::UNet2DConditionModelImpl::load(dir);
   for (const auto& item : unet->named_modules())
     for (const char* target : {".to_q", ".to_k", ".to_v", ".to_out.0"})
-      if (ends_with(item.key(), target)) item.value()->as<dreamlora::nn::LinearImpl>()->enable_lora({4, 4.0, 0.0});
+      if (ends_with(item.key(), target)) item.value()->as<dreamlora::nn::LinearWithLoraImpl>()->enable_lora({4, 4.0, 0.0});
   unet->train();
   torch::manual_seed(0);
   auto sample = torch::randn({1, 4, 32, 32}), timestep = torch::tensor({500}), context = torch::randn({1, 77, 32});

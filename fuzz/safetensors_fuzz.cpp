@@ -8,7 +8,7 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
-    auto file = dreamlora::safetensors::File::parse(data, size, "fuzz-input");
+    auto file = dreamlora::io::safetensors::File::parse(data, size, "fuzz-input");
     for (const auto& name : file.names()) (void)file.info(name);
   } catch (const dreamlora::Error&) {
   }

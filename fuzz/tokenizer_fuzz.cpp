@@ -16,7 +16,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   dreamlora::fuzz::write_bytes(dir / "vocab.json", vocab);
   dreamlora::fuzz::write_bytes(dir / "merges.txt", merges);
   try {
-    auto tok = dreamlora::CLIPTokenizer::load(dir);
+    auto tok = dreamlora::text::CLIPTokenizer::load(dir);
     for (const std::string& text : {std::string("a photo of sks dog"), std::string(merges.substr(0, 64))}) {
       auto enc = tok.encode(text, true);
       if (enc.input_ids.size() != enc.attention_mask.size()) std::abort();

@@ -11,8 +11,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const auto path = dreamlora::fuzz::scratch_dir() / "run.toml";
   dreamlora::fuzz::write_bytes(path, std::string_view(reinterpret_cast<const char*>(data), size));
   try {
-    dreamlora::TrainConfig config;
-    dreamlora::apply_toml_file(config, path.string());
+    dreamlora::train::TrainConfig config;
+    dreamlora::train::apply_toml_file(config, path.string());
   } catch (const dreamlora::Error&) {
   }
   return 0;

@@ -12,7 +12,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const auto path = dreamlora::fuzz::scratch_dir() / "trainer_state.json";
   dreamlora::fuzz::write_bytes(path, std::string_view(reinterpret_cast<const char*>(data), size));
   try {
-    auto state = dreamlora::TrainerState::from_json(dreamlora::read_json(path), "fuzz");
+    auto state = dreamlora::train::TrainerState::from_json(dreamlora::io::read_json(path), "fuzz");
     (void)state.to_json();
   } catch (const dreamlora::Error&) {
   }

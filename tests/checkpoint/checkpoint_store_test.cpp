@@ -53,19 +53,19 @@ TEST_F(StoreTest, CommitWritesFilesAndManifestThatVerify) {
   EXPECT_EQ(v.manifest->step, 100);
   EXPECT_EQ(v.manifest->files.size(), 3u);
   // Tensor sets come back as written; byte files byte for byte.
-  auto lora = safetensors::File::open(r.path / "pytorch_lora_weights.safetensors");
+  auto lora = io::safetensors::File::open(r.path / "pytorch_lora_weights.safetensors");
   auto expected = sample_contents(100);
   EXPECT_TRUE(torch::equal(lora.get("unet.down.lora.up.weight"), expected.files[0].tensors[1].second));
   EXPECT_EQ(lora.metadata().at("format"), "pt");
-  EXPECT_EQ(read_file(r.path / "optimizer.safetensors"), expected.files[1].bytes);
+  EXPECT_EQ(io::read_file(r.path / "optimizer.safetensors"), expected.files[1].bytes);
 }
 
 TEST_F(StoreTest, CommitOfAnExistingValidStepKeepsIt) {
   store->commit(100, sample_contents(100));
-  auto before = read_file(dir / "checkpoint-100" / "MANIFEST.json");
+  auto before = io::read_file(dir / "checkpoint-100" / "MANIFEST.json");
   CommitResult r = store->commit(100, sample_contents(999));
   EXPECT_TRUE(r.skipped_existing);
-  EXPECT_EQ(read_file(dir / "checkpoint-100" / "MANIFEST.json"), before);
+  EXPECT_EQ(io::read_file(dir / "checkpoint-100" / "MANIFEST.json"), before);
 }
 
 TEST_F(StoreTest, CommitReplacesAnInvalidDirectoryOfTheSameStep) {
@@ -261,7 +261,7 @@ TEST_F(StoreTest, RealFileSizeLimitFailureIsReportedAndCleanedUp) {
     return 0;
   });
   EXPECT_EQ(testing::exit_code(status), 3);
-  const std::string msg = read_file(msg_file);
+  const std::string msg = io::read_file(msg_file);
   EXPECT_NE(msg.find("optimizer.safetensors"), std::string::npos) << msg;
   EXPECT_NE(msg.find(std::strerror(EFBIG)), std::string::npos) << msg;
   EXPECT_EQ(entry_names(dir), std::set<std::string>{"checkpoint-100"});
@@ -298,8 +298,8 @@ TEST_F(StoreTest, DirectoryMirrorReceivesCommitsAndPrunes) {
   store->prune(2);
   EXPECT_EQ(entry_names(mirror_dir), (std::set<std::string>{"checkpoint-2", "checkpoint-3"}));
   EXPECT_TRUE(verify_checkpoint(mirror_dir / "checkpoint-3").ok);
-  EXPECT_EQ(read_file(mirror_dir / "checkpoint-3" / "optimizer.safetensors"),
-            read_file(dir / "checkpoint-3" / "optimizer.safetensors"));
+  EXPECT_EQ(io::read_file(mirror_dir / "checkpoint-3" / "optimizer.safetensors"),
+            io::read_file(dir / "checkpoint-3" / "optimizer.safetensors"));
   fs::remove_all(mirror_dir);
 }
 
@@ -333,7 +333,7 @@ TEST_F(StoreTest, AFreshMachineRestoresTheNewestValidCheckpointFromADirectoryMir
   EXPECT_NE(reports[0].find("checkpoint 3"), std::string::npos) << reports[0];
   EXPECT_EQ(entry_names(fresh_dir), (std::set<std::string>{"checkpoint-2"}));  // no temporaries left
   for (const auto& name : entry_names(dir / "checkpoint-2"))  // the manifest too: byte for byte
-    EXPECT_EQ(read_file(fresh_dir / "checkpoint-2" / name), read_file(dir / "checkpoint-2" / name)) << name;
+    EXPECT_EQ(io::read_file(fresh_dir / "checkpoint-2" / name), io::read_file(dir / "checkpoint-2" / name)) << name;
   EXPECT_EQ(mirror.restore_latest(fresh, 2, nullptr), std::nullopt);  // nothing newer than the local one
   fs::remove_all(mirror_dir);
   fs::remove_all(fresh_dir);
@@ -357,8 +357,8 @@ TEST_F(StoreTest, DirectoryMirrorReceivesTheFinalOutputs) {
   write_text(dir / "validation" / "step-4-0.png", "png bytes");
   DirectorySink mirror(mirror_dir);
   mirror.publish_outputs(dir, {"pytorch_lora_weights.safetensors", "validation/step-4-0.png"});
-  EXPECT_EQ(read_file(mirror_dir / "pytorch_lora_weights.safetensors"), "lora bytes");
-  EXPECT_EQ(read_file(mirror_dir / "validation" / "step-4-0.png"), "png bytes");
+  EXPECT_EQ(io::read_file(mirror_dir / "pytorch_lora_weights.safetensors"), "lora bytes");
+  EXPECT_EQ(io::read_file(mirror_dir / "validation" / "step-4-0.png"), "png bytes");
   fs::remove_all(mirror_dir);
 }
 

@@ -72,15 +72,15 @@ TEST_F(SmallTmpfs, CheckpointThatDoesNotFitWarnsFailsCleanlyAndKeepsEarlierOnes)
 
 TEST_F(SmallTmpfs, FinalOutputThatDoesNotFitFailsCleanlyAndKeepsThePreviousFile) {
   const fs::path lora = dir / "pytorch_lora_weights.safetensors";
-  write_file_durably(lora, std::string(100 * 1024, 'a'));
+  io::write_file_durably(lora, std::string(100 * 1024, 'a'));
   try {
-    write_file_durably(lora, std::string(700 * 1024, 'b'));
+    io::write_file_durably(lora, std::string(700 * 1024, 'b'));
     ADD_FAILURE() << "a 700 KB file fit in a 600 KB tmpfs";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("No space left on device"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("pytorch_lora_weights.safetensors"), std::string::npos) << e.what();
   }
-  EXPECT_EQ(read_file(lora), std::string(100 * 1024, 'a'));
+  EXPECT_EQ(io::read_file(lora), std::string(100 * 1024, 'a'));
   EXPECT_EQ(entry_names(dir), std::set<std::string>{"pytorch_lora_weights.safetensors"});
 }
 

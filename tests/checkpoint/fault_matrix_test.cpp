@@ -31,13 +31,13 @@ void PrintTo(const FaultRow& r, std::ostream* os) { *os << r.phase << " / " << r
 class CommitFault : public ::testing::TestWithParam<FaultRow> {
  protected:
   void SetUp() override {
-    set_test_faults("");
+    io::set_test_faults("");
     dir = dreamlora::testing::make_temp_dir("ckpt-fault");
     store = std::make_unique<CheckpointStore>(dir);
     store->set_warning_handler([](const std::string&) {});
   }
   void TearDown() override {
-    set_test_faults("");
+    io::set_test_faults("");
     fs::remove_all(dir);
   }
   fs::path dir;
@@ -54,9 +54,9 @@ TEST_P(CommitFault, CheckpointCountsAsNotWrittenAndNothingOlderIsPruned) {
   writer.submit(100, sample_contents(100));
   writer.submit(200, sample_contents(200));
 
-  set_test_faults(row.fault);
+  io::set_test_faults(row.fault);
   writer.submit(300, sample_contents(300));
-  set_test_faults("");
+  io::set_test_faults("");
   auto s = writer.last();
   ASSERT_TRUE(s);
   EXPECT_FALSE(s->ok) << row.phase << ": the fault did not surface";
@@ -100,9 +100,9 @@ TEST_F(CommitFault, FailedMoveAsideOfAnInvalidCheckpointKeepsItAndCommitsNothing
   store->commit(100, sample_contents(100));
   fs::create_directories(dir / "checkpoint-200");
   testing::write_text(dir / "checkpoint-200" / "trainer_state.json", "{}");
-  set_test_faults("rename:1");
+  io::set_test_faults("rename:1");
   EXPECT_THROW(store->commit(200, sample_contents(200)), Error);
-  set_test_faults("");
+  io::set_test_faults("");
   EXPECT_FALSE(verify_checkpoint(dir / "checkpoint-200").ok);  // the old invalid one, untouched
   EXPECT_TRUE(fs::exists(dir / "checkpoint-200" / "trainer_state.json"));
   EXPECT_EQ(store->latest_valid().latest->step, 100);
@@ -113,9 +113,9 @@ TEST_F(CommitFault, FailedMoveAsideOfAnInvalidCheckpointKeepsItAndCommitsNothing
 
 TEST_F(CommitFault, FailedRenameDuringPruneDeletesNothingAndKeepsEveryCheckpointValid) {
   for (int64_t step : {100, 200, 300}) store->commit(step, sample_contents(step));
-  set_test_faults("rename:1");
+  io::set_test_faults("rename:1");
   EXPECT_THROW(store->prune(1), Error);
-  set_test_faults("");
+  io::set_test_faults("");
   for (int64_t step : {100, 200, 300})
     EXPECT_TRUE(verify_checkpoint(dir / ("checkpoint-" + std::to_string(step))).ok) << step;
   EXPECT_EQ(store->latest_valid().latest->step, 300);
@@ -124,16 +124,16 @@ TEST_F(CommitFault, FailedRenameDuringPruneDeletesNothingAndKeepsEveryCheckpoint
 }
 
 TEST_F(CommitFault, FaultSpecsThatDoNotParseAreErrorsNamingTheVariable) {
-  EXPECT_THROW(set_test_faults("fsync"), Error);
-  EXPECT_THROW(set_test_faults("chmod:1"), Error);
-  EXPECT_THROW(set_test_faults("write:ENOPE:1"), Error);
-  EXPECT_THROW(set_test_faults("rename:0"), Error);
+  EXPECT_THROW(io::set_test_faults("fsync"), Error);
+  EXPECT_THROW(io::set_test_faults("chmod:1"), Error);
+  EXPECT_THROW(io::set_test_faults("write:ENOPE:1"), Error);
+  EXPECT_THROW(io::set_test_faults("rename:0"), Error);
   try {
-    set_test_faults("open:1");
+    io::set_test_faults("open:1");
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("DREAMLORA_TEST_FAULT"), std::string::npos) << e.what();
   }
-  set_test_faults("");
+  io::set_test_faults("");
 }
 
 TEST_F(CommitFault, EnvironmentVariableArmsTheFaultInAFreshProcess) {

@@ -41,7 +41,7 @@ class S3MirrorTest : public ::testing::Test {
 void expect_same_files(const fs::path& a, const fs::path& b) {
   auto names = testing::entry_names(a);
   EXPECT_EQ(names, testing::entry_names(b));
-  for (const auto& n : names) EXPECT_TRUE(read_file(a / n) == read_file(b / n)) << n << " differs";
+  for (const auto& n : names) EXPECT_TRUE(io::read_file(a / n) == io::read_file(b / n)) << n << " differs";
 }
 
 TEST_F(S3MirrorTest, CommittedCheckpointResumesOnAFreshMachineByteForByte) {
@@ -292,9 +292,9 @@ TEST_F(S3MirrorTest, FinalOutputsLandBesideTheCheckpointsAndRestoreLatestDownloa
   CheckpointStore store(out);
   store.add_mirror(sink);
   store.commit(8, sample_contents(8, 2048));
-  write_file_durably(out / "pytorch_lora_weights.safetensors", "final lora");
+  io::write_file_durably(out / "pytorch_lora_weights.safetensors", "final lora");
   fs::create_directories(out / "validation");
-  write_file_durably(out / "validation" / "step-8-0.png", "png");
+  io::write_file_durably(out / "validation" / "step-8-0.png", "png");
   sink->publish_outputs(out, {"pytorch_lora_weights.safetensors", "validation/step-8-0.png"});
   EXPECT_EQ(sink->client().get_bytes_if_exists("test-bucket", "runs/dog/pytorch_lora_weights.safetensors"),
             std::optional<std::string>("final lora"));
@@ -311,7 +311,7 @@ TEST_F(S3MirrorTest, FinalOutputsLandBesideTheCheckpointsAndRestoreLatestDownloa
 
 TEST_F(S3MirrorTest, FailedOutputUploadIsReportedInTheSummary) {
   auto sink = make_sink();
-  write_file_durably(root_ / "README.md", "card");
+  io::write_file_durably(root_ / "README.md", "card");
   server_->stop();
   EXPECT_THROW(sink->publish_outputs(root_, {"README.md"}), std::exception);
   EXPECT_NE(sink->summary().find("upload of the final outputs"), std::string::npos) << sink->summary();

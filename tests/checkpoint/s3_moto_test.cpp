@@ -61,8 +61,8 @@ TEST_F(S3SignatureTest, SignedUploadMultipartListDownloadAndDeleteAreAccepted) {
   DownloadResult d = download_checkpoint(fresh, sink->location(), 20, root_ / "machine-b");
   ASSERT_TRUE(d.ok) << d.reason;
   for (const auto& name : testing::entry_names(root_ / "machine-a" / "checkpoint-20"))
-    EXPECT_TRUE(read_file(root_ / "machine-a" / "checkpoint-20" / name) ==
-                read_file(root_ / "machine-b" / "checkpoint-20" / name))
+    EXPECT_TRUE(io::read_file(root_ / "machine-a" / "checkpoint-20" / name) ==
+                io::read_file(root_ / "machine-b" / "checkpoint-20" / name))
         << name;
   LatestRemoteResult latest = latest_remote_valid(fresh, sink->location(), root_ / "machine-c");
   ASSERT_TRUE(latest.latest.has_value());

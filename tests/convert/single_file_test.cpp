@@ -14,6 +14,9 @@
 #include "test_util.h"
 
 using namespace dreamlora;
+using namespace dreamlora::io;
+using namespace dreamlora::nn;
+using namespace dreamlora::pipeline;
 namespace fs = std::filesystem;
 using dreamlora::testing::fixtures_dir;
 

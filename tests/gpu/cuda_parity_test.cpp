@@ -43,7 +43,7 @@ torch::Device test_device() {
   } while (0)
 
 std::map<std::string, torch::Tensor> reference(const std::string& set) {
-  return safetensors::File::open(fixtures_dir() / set / "reference.safetensors").load_all();
+  return io::safetensors::File::open(fixtures_dir() / set / "reference.safetensors").load_all();
 }
 
 torch::Tensor on(const torch::Tensor& t, torch::Dtype floating = torch::kFloat32) {
@@ -71,7 +71,7 @@ double rel_norm_err(const torch::Tensor& a, const torch::Tensor& b) {
 TEST(CudaParity, TextEncoderMatchesTransformersInFp32) {
   REQUIRE_DEVICE();
   auto ref = reference("tiny-sd");
-  auto te = load_clip_text_model(fixtures_dir() / "tiny-sd" / "text_encoder");
+  auto te = text::load_clip_text_model(fixtures_dir() / "tiny-sd" / "text_encoder");
   te->to(test_device());
   torch::NoGradGuard no_grad;
   auto out = te->forward(on(ref.at("prompts.input_ids")), /*output_hidden_states=*/true);
@@ -125,13 +125,13 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 
 unet::UNet2DConditionModel unet_with_fixture_lora() {
   auto unet = unet::UNet2DConditionModelImpl::load(fixtures_dir() / "tiny-sd" / "unet");
-  auto peft = safetensors::File::open(fixtures_dir() / "tiny-sd" / "lora" / "peft_state_dict.safetensors").load_all();
+  auto peft = io::safetensors::File::open(fixtures_dir() / "tiny-sd" / "lora" / "peft_state_dict.safetensors").load_all();
   auto modules = unet->named_modules();
   const std::string kA = ".lora_A.weight", kB = ".lora_B.weight";
   for (const auto& [key, a] : peft) {
     if (!ends_with(key, kA)) continue;
     const auto path = key.substr(0, key.size() - kA.size());
-    auto* linear = modules[path]->as<nn::LinearImpl>();
+    auto* linear = modules[path]->as<nn::LinearWithLoraImpl>();
     EXPECT_NE(linear, nullptr) << path;
     if (linear == nullptr) continue;
     linear->enable_lora({a.size(0), static_cast<double>(a.size(0)), 0.0});
@@ -200,7 +200,7 @@ TEST(CudaParity, Bf16TextEncoderUNetAndVaeStayWithinTolerance) {
   REQUIRE_DEVICE();
   auto ref = reference("tiny-sd");
   {
-    auto te = load_clip_text_model(fixtures_dir() / "tiny-sd" / "text_encoder");
+    auto te = text::load_clip_text_model(fixtures_dir() / "tiny-sd" / "text_encoder");
     te->to(test_device(), torch::kBFloat16);
     torch::NoGradGuard no_grad;
     auto out = te->forward(on(ref.at("prompts.input_ids")), false);

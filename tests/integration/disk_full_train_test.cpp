@@ -25,8 +25,8 @@ const DiskFullWorld& disk_full_world() {
     auto root = make_temp_dir("disk-full-world");
     w.model = root / "tiny-sd";
     w.images = root / "subject";
-    dreamlora::write_tiny_model(w.model, {});
-    dreamlora::write_demo_subject_images(w.images, 3, 40, 1);
+    dreamlora::pipeline::write_tiny_model(w.model, {});
+    dreamlora::pipeline::write_demo_subject_images(w.images, 3, 40, 1);
     return w;
   }();
   return w;

@@ -96,8 +96,8 @@ const NetnsWorld& netns_world() {
   static NetnsWorld w = [] {
     auto root = make_temp_dir("netns-world");
     NetnsWorld w{root / "tiny-sd", root / "subject"};
-    dreamlora::write_tiny_model(w.model, {});
-    dreamlora::write_demo_subject_images(w.images, 4, 40, 2);
+    dreamlora::pipeline::write_tiny_model(w.model, {});
+    dreamlora::pipeline::write_demo_subject_images(w.images, 4, 40, 2);
     return w;
   }();
   return w;
@@ -245,8 +245,8 @@ TEST(DistributedNetns, TwoHostsTrainStopOnSigtermToEitherNodeAndResume) {
   auto reference = make_temp_dir("netns-reference");
   auto single = run_dreamlora(netns_train(reference, 2, total));
   ASSERT_EQ(single.exit_status, 0) << single.output;
-  auto fa = dreamlora::safetensors::File::open(out / "pytorch_lora_weights.safetensors");
-  auto fb = dreamlora::safetensors::File::open(reference / "pytorch_lora_weights.safetensors");
+  auto fa = dreamlora::io::safetensors::File::open(out / "pytorch_lora_weights.safetensors");
+  auto fb = dreamlora::io::safetensors::File::open(reference / "pytorch_lora_weights.safetensors");
   ASSERT_EQ(fa.names(), fb.names());
   double worst = 0;
   for (const auto& name : fa.names()) worst = std::max(worst, max_abs_diff(fa.get(name), fb.get(name)));

@@ -31,8 +31,8 @@ const DistWorld& dist_world() {
   static DistWorld w = [] {
     auto root = make_temp_dir("dist-world");
     DistWorld w{root / "tiny-sd", root / "subject"};
-    dreamlora::write_tiny_model(w.model, {});
-    dreamlora::write_demo_subject_images(w.images, 4, 40, 2);
+    dreamlora::pipeline::write_tiny_model(w.model, {});
+    dreamlora::pipeline::write_demo_subject_images(w.images, 4, 40, 2);
     return w;
   }();
   return w;
@@ -108,7 +108,7 @@ bool has_exited(int pid) {
 }
 
 double max_lora_difference(const fs::path& a, const fs::path& b) {
-  auto fa = dreamlora::safetensors::File::open(a), fb = dreamlora::safetensors::File::open(b);
+  auto fa = dreamlora::io::safetensors::File::open(a), fb = dreamlora::io::safetensors::File::open(b);
   EXPECT_EQ(fa.names(), fb.names());
   double worst = 0;
   for (const auto& name : fa.names()) worst = std::max(worst, max_abs_diff(fa.get(name), fb.get(name)));
@@ -218,7 +218,7 @@ TEST(Distributed, WorkersThatResumedFromDifferentStepsRefuseToTrain) {
   // Two machines without shared storage: worker 0 finds a checkpoint, worker 1 an empty folder.
   auto with_checkpoint = make_temp_dir("dist-step-a"), empty = make_temp_dir("dist-step-b");
   ASSERT_EQ(run_dreamlora(train(with_checkpoint, 2, 2)).exit_status, 0);
-  const std::string port = std::to_string(dreamlora::free_loopback_port());
+  const std::string port = std::to_string(dreamlora::train::free_loopback_port());
   std::vector<std::string> common = {"WORLD_SIZE=2", "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + port};
   auto log0 = with_checkpoint.parent_path() / (with_checkpoint.filename().string() + ".log");
   auto log1 = empty.parent_path() / (empty.filename().string() + ".log");

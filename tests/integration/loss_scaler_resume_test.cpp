@@ -26,8 +26,8 @@ const ScalerWorld& scaler_world() {
     const auto root = make_temp_dir("scaler-world");
     w.model = root / "tiny-sd";
     w.images = root / "subject";
-    dreamlora::write_tiny_model(w.model, {});
-    dreamlora::write_demo_subject_images(w.images, 3, 40, 1);
+    dreamlora::pipeline::write_tiny_model(w.model, {});
+    dreamlora::pipeline::write_demo_subject_images(w.images, 3, 40, 1);
     return w;
   }();
   return w;
@@ -58,7 +58,7 @@ TEST(LossScalerTraining, ScaledFp32TrainingEqualsUnscaledBitForBit) {
   auto r = run_dreamlora(scaler_train_args(scaled, 3), {"DREAMLORA_TEST_LOSS_SCALER=0"});
   ASSERT_EQ(r.exit_status, 0) << r.output;
   EXPECT_EQ(lora_bytes(plain), lora_bytes(scaled));
-  auto meta = dreamlora::safetensors::File::open(scaled / "checkpoint-3" / "optimizer.safetensors").metadata();
+  auto meta = dreamlora::io::safetensors::File::open(scaled / "checkpoint-3" / "optimizer.safetensors").metadata();
   EXPECT_EQ(meta.at("loss_scale"), "65536");
   EXPECT_EQ(meta.at("loss_scale_growth_tracker"), "3");
   EXPECT_EQ(loss_lines(scaled), 3);  // every step logged, though the loss is read every 4 steps
@@ -77,7 +77,7 @@ TEST(LossScalerTraining, AnOverflowSkipsTheStepAndTheScaleSurvivesResume) {
   env.push_back("DREAMLORA_TEST_STOP_AT_STEP=4");
   auto b = run_dreamlora(scaler_train_args(split, 6), env);
   ASSERT_EQ(b.exit_status, 75) << b.output;
-  auto meta = dreamlora::safetensors::File::open(split / "checkpoint-4" / "optimizer.safetensors").metadata();
+  auto meta = dreamlora::io::safetensors::File::open(split / "checkpoint-4" / "optimizer.safetensors").metadata();
   EXPECT_EQ(meta.at("step"), "3");  // 4 steps, one skipped
   EXPECT_EQ(meta.at("loss_scale"), "32768");
   EXPECT_EQ(meta.at("loss_scale_growth_tracker"), "1");

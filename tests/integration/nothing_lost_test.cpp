@@ -27,11 +27,11 @@ const SafetyWorld& safety_world() {
     w.model = root / "tiny-sd";
     w.other_tune = root / "tiny-sd-other-tune";
     w.images = root / "subject";
-    dreamlora::write_tiny_model(w.model, {});
-    dreamlora::TinyModelOptions other;
+    dreamlora::pipeline::write_tiny_model(w.model, {});
+    dreamlora::pipeline::TinyModelOptions other;
     other.seed = 7;
-    dreamlora::write_tiny_model(w.other_tune, other);
-    dreamlora::write_demo_subject_images(w.images, 3, 40, 1);
+    dreamlora::pipeline::write_tiny_model(w.other_tune, other);
+    dreamlora::pipeline::write_demo_subject_images(w.images, 3, 40, 1);
     return w;
   }();
   return w;

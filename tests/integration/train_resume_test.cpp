@@ -35,8 +35,8 @@ const World& world() {
     w.root = make_temp_dir("train-world");
     w.model = w.root / "tiny-sd";
     w.images = w.root / "subject";
-    dreamlora::write_tiny_model(w.model, {});
-    dreamlora::write_demo_subject_images(w.images, 3, 40, 1);
+    dreamlora::pipeline::write_tiny_model(w.model, {});
+    dreamlora::pipeline::write_demo_subject_images(w.images, 3, 40, 1);
     return w;
   }();
   return w;
@@ -318,7 +318,7 @@ TEST(TrainMirror, WrongCredentialsFailBeforeTraining) {
 TEST(TrainQuality, LossFallsOverAShortRunOnTheFixtureModel) {
   REQUIRE_FIXTURES();
   auto images = make_temp_dir("loss-images");
-  dreamlora::write_demo_subject_images(images, 1, 32, 3);
+  dreamlora::pipeline::write_demo_subject_images(images, 1, 32, 3);
   auto out = make_temp_dir("loss-falls");
   auto r = run_dreamlora({"--threads", "1", "train", "--model", (fixtures_dir() / "tiny-sd").string(), "--image-path",
                           images.string(), "--prompt", "a photo of sks toy", "--resolution", "32", "--num-steps", "60",
@@ -355,16 +355,16 @@ TEST(TrainOutputs, TheTrainedLoRALoadsInSampleInBothFormats) {
 
 TEST(RunComponent, UnetOnFixtureInputsMatchesTheReference) {
   REQUIRE_FIXTURES();
-  auto ref = dreamlora::safetensors::File::open(fixtures_dir() / "tiny-sd/reference.safetensors");
+  auto ref = dreamlora::io::safetensors::File::open(fixtures_dir() / "tiny-sd/reference.safetensors");
   auto dir = make_temp_dir("run-component");
-  dreamlora::safetensors::save(dir / "in.safetensors",
-                               dreamlora::safetensors::NamedTensors{{"sample", ref.get("unet.sample")},
+  dreamlora::io::safetensors::save(dir / "in.safetensors",
+                               dreamlora::io::safetensors::NamedTensors{{"sample", ref.get("unet.sample")},
                                                                     {"timestep", ref.get("unet.timesteps")},
                                                                     {"encoder_hidden_states", ref.get("unet.encoder_hidden_states")}});
   auto r = run_dreamlora({"run-component", "--model", (fixtures_dir() / "tiny-sd").string(), "--component", "unet",
                           "--inputs", (dir / "in.safetensors").string(), "--out", (dir / "out.safetensors").string()});
   ASSERT_EQ(r.exit_status, 0) << r.output;
-  auto out = dreamlora::safetensors::File::open(dir / "out.safetensors");
+  auto out = dreamlora::io::safetensors::File::open(dir / "out.safetensors");
   EXPECT_TENSOR_NEAR(out.get("sample"), ref.get("unet.out"), 1e-5);
 
   auto missing = run_dreamlora({"run-component", "--model", (fixtures_dir() / "tiny-sd").string(), "--component",

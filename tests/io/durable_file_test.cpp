@@ -9,7 +9,7 @@
 #include "dreamlora/common/error.h"
 #include "test_util.h"
 
-namespace dreamlora {
+namespace dreamlora::io {
 namespace {
 
 namespace fs = std::filesystem;
@@ -69,4 +69,4 @@ TEST(DurableFileFaults, OnlyTheNthCallFailsAndTheCountRestartsWhenArmed) {
 }
 
 }  // namespace
-}  // namespace dreamlora
+}  // namespace dreamlora::io

@@ -12,7 +12,7 @@
 #include "dreamlora/io/image_prechecks.h"
 #include "test_util.h"
 
-namespace dreamlora {
+namespace dreamlora::io {
 namespace {
 
 std::string message_of(std::string_view bytes) {
@@ -195,4 +195,4 @@ TEST(ImageHardening, FuzzRegressionInputsDecodeOrFailCleanly) {
 }
 
 }  // namespace
-}  // namespace dreamlora
+}  // namespace dreamlora::io

@@ -7,6 +7,7 @@
 #include "test_util.h"
 
 using namespace dreamlora;
+using namespace dreamlora::io;
 
 namespace {
 Image gradient(int w, int h) {

@@ -10,6 +10,7 @@
 #include "test_util.h"
 
 using namespace dreamlora;
+using namespace dreamlora::io;
 using dreamlora::testing::fixtures_dir;
 using dreamlora::testing::make_temp_dir;
 

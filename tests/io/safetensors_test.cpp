@@ -9,7 +9,7 @@
 #include "dreamlora/io/durable_file.h"
 #include "test_util.h"
 
-namespace st = dreamlora::safetensors;
+namespace st = dreamlora::io::safetensors;
 using dreamlora::testing::fixtures_dir;
 using dreamlora::testing::make_temp_dir;
 
@@ -74,7 +74,7 @@ TEST(Safetensors, RewritingAFixtureFileReproducesItsBytes) {
     auto file = st::File::open(path);
     st::NamedTensors tensors;
     for (const auto& name : file.names()) tensors.emplace_back(name, file.get(name));
-    EXPECT_EQ(st::serialize(tensors, file.metadata()), dreamlora::read_file(path)) << rel;
+    EXPECT_EQ(st::serialize(tensors, file.metadata()), dreamlora::io::read_file(path)) << rel;
   }
 }
 

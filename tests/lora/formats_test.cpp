@@ -35,8 +35,8 @@ lora::LoRAWeights fixture_weights_via_model(const std::string& family) {
 
 // Same key set, and per key the same dtype, shape and bytes.
 void expect_same_file_contents(const fs::path& ours, const fs::path& reference, bool compare_values = true) {
-  auto a = safetensors::File::open(ours);
-  auto b = safetensors::File::open(reference);
+  auto a = io::safetensors::File::open(ours);
+  auto b = io::safetensors::File::open(reference);
   auto an = a.names(), bn = b.names();
   EXPECT_EQ(std::set<std::string>(an.begin(), an.end()), std::set<std::string>(bn.begin(), bn.end()));
   for (const auto& name : bn) {
@@ -78,7 +78,7 @@ TEST_P(LoRAFixtureFiles, OurDiffusersFileEqualsTheFixtureFile) {
   options.targets = lora::kUNetDefaultTargets;
   lora::save_diffusers(out, weights, options);
   expect_same_file_contents(out, lora_dir(GetParam()) / "pytorch_lora_weights.safetensors");
-  auto md = safetensors::File::open(out).metadata();
+  auto md = io::safetensors::File::open(out).metadata();
   EXPECT_EQ(md.at("format"), "pt");
   EXPECT_EQ(md.at("dreamlora.rank"), "4");
   EXPECT_EQ(md.at("dreamlora.alpha"), "4");
@@ -134,7 +134,7 @@ TEST(LoRAFormats, SdxlKohyaFileUsesLdmBlockNamesAndReadsBack) {
   EXPECT_TRUE(keys.count("lora_unet_middle_block_1_transformer_blocks_1_attn2_to_out_0.alpha"));
   EXPECT_TRUE(keys.count("lora_unet_output_blocks_2_1_transformer_blocks_1_attn2_to_v.lora_up.weight"));
   // Same tensors as the fixture's diffusers-named kohya file under the mapped names.
-  auto reference = safetensors::File::open(lora_dir("tiny-sdxl") / "pytorch_lora_weights_kohya.safetensors");
+  auto reference = io::safetensors::File::open(lora_dir("tiny-sdxl") / "pytorch_lora_weights_kohya.safetensors");
   EXPECT_EQ(keys.size(), reference.names().size());
   for (const auto& name : reference.names()) {
     const std::string prefix = "lora_unet_";
@@ -307,7 +307,7 @@ TEST(LoRAFormats, DescribeReportsFormatFamilyRanksTargetsAndUnknownKeys) {
             lora::LoRAFormat::peft);
 
   auto dir = dltest::make_temp_dir("lora_describe");
-  safetensors::save(dir / "odd.safetensors",
+  io::safetensors::save(dir / "odd.safetensors",
                     std::map<std::string, torch::Tensor>{
                         {"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight",
                          torch::zeros({2, 4})},

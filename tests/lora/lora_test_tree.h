@@ -1,4 +1,4 @@
-// Test helper: a module tree with nn::Linear leaves at given dotted paths (plain modules in between),
+// Test helper: a module tree with nn::LinearWithLora leaves at given dotted paths (plain modules in between),
 // so LoRA injection and file formats can be tested on the fixtures' module paths without a full UNet.
 #pragma once
 
@@ -29,13 +29,13 @@ void add_module_at(torch::nn::Module& root, const std::string& path, M module) {
 }
 
 inline void add_linear(torch::nn::Module& root, const std::string& path, int64_t in, int64_t out) {
-  add_module_at(root, path, nn::Linear(in, out));
+  add_module_at(root, path, nn::LinearWithLora(in, out));
 }
 
 // A tree holding one linear layer for every module of a peft state dict file (lora_A [r,in], lora_B [out,r]).
 inline std::shared_ptr<torch::nn::Module> tree_from_peft_file(const std::filesystem::path& peft_file) {
   auto root = std::make_shared<torch::nn::Module>();
-  auto file = safetensors::File::open(peft_file);
+  auto file = io::safetensors::File::open(peft_file);
   const std::string a = ".lora_A.weight", b = ".lora_B.weight";
   for (const auto& name : file.names()) {
     if (name.size() <= a.size() || name.compare(name.size() - a.size(), a.size(), a) != 0) continue;

@@ -30,7 +30,7 @@ struct Loaded {
 Loaded load_unet(const UNetCase& c) {
   Loaded l;
   l.unet = unet::UNet2DConditionModelImpl::load(dltest::fixtures_dir() / c.family / "unet");
-  l.ref = safetensors::File::open(dltest::fixtures_dir() / c.family / "reference.safetensors").load_all();
+  l.ref = io::safetensors::File::open(dltest::fixtures_dir() / c.family / "reference.safetensors").load_all();
   return l;
 }
 
@@ -141,7 +141,7 @@ TEST_P(UNetLoRA, DefaultTargetsCreateExactlyPeftsAdapters) {
   nn::LoRAOptions options;
   auto report =
       lora::inject_lora(*l.unet, lora::kUNetDefaultTargets, options, at::detail::createCPUGenerator(0));
-  auto peft = safetensors::File::open(lora_file(c, "peft_state_dict.safetensors"));
+  auto peft = io::safetensors::File::open(lora_file(c, "peft_state_dict.safetensors"));
   std::set<std::string> expected, ours;
   for (const auto& k : peft.names()) {
     auto pos = k.find(".lora_");

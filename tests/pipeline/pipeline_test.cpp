@@ -10,6 +10,7 @@
 #include "test_util.h"
 
 using namespace dreamlora;
+using namespace dreamlora::pipeline;
 namespace fs = std::filesystem;
 
 namespace {
@@ -23,13 +24,13 @@ ModelBundle& tiny(bool sdxl) {
   write_tiny_model(dir, o);
   return bundles.emplace(sdxl, ModelBundle::load(dir, {})).first->second;
 }
-std::string png_bytes(const Image& img) { return encode_png(img); }
+std::string png_bytes(const io::Image& img) { return io::encode_png(img); }
 }  // namespace
 
 TEST(TinyModel, WritesAPipelineThatReloads) {
   auto& sd = tiny(false);
   EXPECT_FALSE(sd.sdxl);
-  EXPECT_EQ(ModelDir::open(sd.root).component("unet").class_name, "UNet2DConditionModel");
+  EXPECT_EQ(io::ModelDir::open(sd.root).component("unet").class_name, "UNet2DConditionModel");
   auto& xl = tiny(true);
   EXPECT_TRUE(xl.sdxl);
   EXPECT_FALSE(xl.text.text_encoder_2.is_empty());

@@ -34,7 +34,7 @@ TEST_P(DDPMParity, TablesAddNoiseAndVelocityMatchDiffusers) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, DDPMParity, ::testing::Values("tiny-sd", "tiny-sdxl"));
 
-SchedulerConfig ddpm_config(const Json& j) { return SchedulerConfig::from_json(j, kDDPM, "test"); }
+SchedulerConfig ddpm_config(const io::Json& j) { return SchedulerConfig::from_json(j, kDDPM, "test"); }
 
 TEST(DDPMScheduler, SnrIsAlphaBarOverOneMinusAlphaBar) {
   DDPMScheduler ddpm(ddpm_config({{"beta_schedule", "scaled_linear"}, {"beta_start", 0.00085}, {"beta_end", 0.012}}));
@@ -61,7 +61,7 @@ TEST(DDPMScheduler, TrainingTargetFollowsPredictionType) {
 }
 
 TEST(DDPMScheduler, LinearBetasAreEvenlySpaced) {
-  DDPMScheduler ddpm(ddpm_config(Json::object()));  // DDPM defaults: linear 1e-4 .. 2e-2
+  DDPMScheduler ddpm(ddpm_config(io::Json::object()));  // DDPM defaults: linear 1e-4 .. 2e-2
   auto b = ddpm.betas();
   EXPECT_FLOAT_EQ(b[0].item<float>(), 1e-4f);
   EXPECT_FLOAT_EQ(b[999].item<float>(), 0.02f);
@@ -102,7 +102,7 @@ TEST(DDPMScheduler, TrainedBetasAreUsedVerbatim) {
 }
 
 TEST(DDPMScheduler, AddNoiseRejectsMismatchedBatch) {
-  DDPMScheduler ddpm(ddpm_config(Json::object()));
+  DDPMScheduler ddpm(ddpm_config(io::Json::object()));
   EXPECT_THROW(ddpm.add_noise(torch::zeros({2, 4, 2, 2}), torch::zeros({2, 4, 2, 2}), torch::tensor({1, 2, 3})),
                dreamlora::Error);
 }

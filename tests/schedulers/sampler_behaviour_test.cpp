@@ -13,8 +13,8 @@ using namespace dreamlora::schedulers;
 
 namespace {
 
-Json sd_config(const Json& extra = Json::object()) {
-  Json j = {{"beta_schedule", "scaled_linear"}, {"beta_start", 0.00085}, {"beta_end", 0.012},
+io::Json sd_config(const io::Json& extra = io::Json::object()) {
+  io::Json j = {{"beta_schedule", "scaled_linear"}, {"beta_start", 0.00085}, {"beta_end", 0.012},
             {"timestep_spacing", "leading"},    {"steps_offset", 1},     {"clip_sample", false},
             {"set_alpha_to_one", false}};
   for (auto it = extra.begin(); it != extra.end(); ++it) j[it.key()] = it.value();
@@ -116,7 +116,7 @@ TEST(SamplerFactory, StepRejectsATimestepNotScheduled) {
 }
 
 TEST(SchedulerConfig, EachClassGetsItsOwnDefaults) {
-  Json bare = Json::object();
+  io::Json bare = io::Json::object();
   EXPECT_EQ(SchedulerConfig::from_json(bare, kDDIM).timestep_spacing, "leading");
   EXPECT_EQ(SchedulerConfig::from_json(bare, kEuler).timestep_spacing, "linspace");
   EXPECT_TRUE(SchedulerConfig::from_json(bare, kDDIM).set_alpha_to_one);
@@ -127,14 +127,14 @@ TEST(SchedulerConfig, EachClassGetsItsOwnDefaults) {
 TEST(SchedulerConfig, KeysListedAsPythonDefaultsFallBackToTheTargetDefaults) {
   // An Euler config saved with its default spacing, loaded as DDIM, gets DDIM's default (diffusers'
   // `_use_default_values`).
-  Json j = {{"_class_name", "EulerDiscreteScheduler"},
+  io::Json j = {{"_class_name", "EulerDiscreteScheduler"},
             {"timestep_spacing", "linspace"},
             {"_use_default_values", {"timestep_spacing"}}};
   EXPECT_EQ(SchedulerConfig::from_json(j, kDDIM).timestep_spacing, "leading");
 }
 
 TEST(SchedulerConfig, UnsupportedValuesNameTheKey) {
-  auto expect_error_naming = [](const Json& j, const char* cls, const std::string& key) {
+  auto expect_error_naming = [](const io::Json& j, const char* cls, const std::string& key) {
     try {
       SchedulerConfig::from_json(j, cls, "x/scheduler_config.json");
       FAIL() << "expected an error for " << j.dump();

@@ -11,7 +11,7 @@ using dreamlora::testing::expect_rel_near;
 namespace {
 
 // Runs steps 0..2 as the fixture generator did: sample_0, then each prev_sample feeds the next step.
-void check_three_steps(Sampler& s, const safetensors::File& ref, const std::string& prefix) {
+void check_three_steps(Sampler& s, const io::safetensors::File& ref, const std::string& prefix) {
   auto sample = ref.get(prefix + ".sample_0");
   for (int i = 0; i < 3; ++i) {
     const std::string p = prefix + ".step" + std::to_string(i);

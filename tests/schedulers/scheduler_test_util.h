@@ -28,8 +28,8 @@ inline void expect_rel_near(const std::string& what, const torch::Tensor& actual
   EXPECT_LE(err, rel) << what;
 }
 
-inline safetensors::File open_reference(const std::string& pipeline) {
-  return safetensors::File::open(fixtures_dir() / pipeline / "reference.safetensors");
+inline io::safetensors::File open_reference(const std::string& pipeline) {
+  return io::safetensors::File::open(fixtures_dir() / pipeline / "reference.safetensors");
 }
 
 inline std::filesystem::path scheduler_config_path(const std::string& pipeline) {

@@ -14,8 +14,8 @@ using namespace dreamlora::schedulers;
 namespace {
 
 // SD1/SDXL schedule (scaled_linear 0.00085 .. 0.012) with the given extra keys.
-Json sd_schedule_config(const Json& extra = Json::object()) {
-  Json j = {{"beta_schedule", "scaled_linear"}, {"beta_start", 0.00085}, {"beta_end", 0.012}};
+io::Json sd_schedule_config(const io::Json& extra = io::Json::object()) {
+  io::Json j = {{"beta_schedule", "scaled_linear"}, {"beta_start", 0.00085}, {"beta_end", 0.012}};
   for (auto it = extra.begin(); it != extra.end(); ++it) j[it.key()] = it.value();
   return j;
 }

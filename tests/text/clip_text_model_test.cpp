@@ -11,7 +11,7 @@
 #include "dreamlora/text/text_embeddings.h"
 #include "test_util.h"
 
-namespace dreamlora {
+namespace dreamlora::text {
 namespace {
 
 using testing::fixtures_dir;
@@ -22,10 +22,10 @@ const std::vector<std::string> kPrompts = {"a photo of sks dog",
 const std::vector<std::string> kNegative = {"", "blurry"};
 
 torch::Tensor ref(const std::string& set, const std::string& name) {
-  return safetensors::File::open(fixtures_dir() / set / "reference.safetensors").get(name);
+  return io::safetensors::File::open(fixtures_dir() / set / "reference.safetensors").get(name);
 }
 torch::Tensor intermediate(const std::string& set, const std::string& name) {
-  return safetensors::File::open(fixtures_dir() / set / "intermediates.safetensors").get(name);
+  return io::safetensors::File::open(fixtures_dir() / set / "intermediates.safetensors").get(name);
 }
 
 std::shared_ptr<const CLIPTokenizer> tokenizer(const std::string& set, const std::string& name) {
@@ -191,7 +191,7 @@ TEST(CLIPTextConfig, RoundTripsThroughJsonAndRejectsUnsupportedValuesByKey) {
   EXPECT_EQ(c.eos_token_id, 2);
   auto again = CLIPTextConfig::from_json(c.to_json(), "to_json");
   EXPECT_EQ(again.to_json(), c.to_json());
-  auto expect_error = [](Json j, const std::string& key) {
+  auto expect_error = [](io::Json j, const std::string& key) {
     try {
       CLIPTextConfig::from_json(j, "config.json");
       ADD_FAILURE() << "no error for " << key;
@@ -199,7 +199,7 @@ TEST(CLIPTextConfig, RoundTripsThroughJsonAndRejectsUnsupportedValuesByKey) {
       EXPECT_NE(std::string(e.what()).find(key), std::string::npos) << e.what();
     }
   };
-  Json j = c.to_json();
+  io::Json j = c.to_json();
   j["hidden_act"] = "relu";
   expect_error(j, "hidden_act");
   j = c.to_json();
@@ -218,12 +218,12 @@ TEST(CLIPTextModel, StrictLoadingNamesMissingKeysAndIgnoresLegacyPositionIds) {
   auto src = fixtures_dir() / "tiny-sd" / "text_encoder";
   auto dir = testing::make_temp_dir("clip_te_load");
   std::filesystem::copy_file(src / "config.json", dir / "config.json");
-  auto weights = safetensors::File::open(src / "model.safetensors").load_all();
+  auto weights = io::safetensors::File::open(src / "model.safetensors").load_all();
   weights["text_model.embeddings.position_ids"] = torch::arange(77, torch::kInt64).view({1, 77});
-  safetensors::save(dir / "model.safetensors", weights);
+  io::safetensors::save(dir / "model.safetensors", weights);
   EXPECT_NO_THROW(load_clip_text_model(dir));
   weights.erase("text_model.final_layer_norm.bias");
-  safetensors::save(dir / "model.safetensors", weights);
+  io::safetensors::save(dir / "model.safetensors", weights);
   try {
     load_clip_text_model(dir);
     ADD_FAILURE() << "expected a missing-key error";
@@ -234,4 +234,4 @@ TEST(CLIPTextModel, StrictLoadingNamesMissingKeysAndIgnoresLegacyPositionIds) {
 }
 
 }  // namespace
-}  // namespace dreamlora
+}  // namespace dreamlora::text

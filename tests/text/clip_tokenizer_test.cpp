@@ -11,7 +11,7 @@
 #include "dreamlora/io/json.h"
 #include "test_util.h"
 
-namespace dreamlora {
+namespace dreamlora::text {
 namespace {
 
 using testing::fixtures_dir;
@@ -27,7 +27,7 @@ const CLIPTokenizer& bang_tokenizer() {
     auto dir = testing::make_temp_dir("clip_tok_bang");
     for (const char* f : {"vocab.json", "merges.txt", "tokenizer_config.json"})
       std::filesystem::copy_file(fixtures_dir() / "tiny-sd" / "tokenizer" / f, dir / f);
-    Json map = read_json(fixtures_dir() / "tiny-sd" / "tokenizer" / "special_tokens_map.json");
+    io::Json map = io::read_json(fixtures_dir() / "tiny-sd" / "tokenizer" / "special_tokens_map.json");
     map["pad_token"] = "!";
     std::ofstream(dir / "special_tokens_map.json") << map.dump();
     auto t = CLIPTokenizer::load(dir);
@@ -37,8 +37,8 @@ const CLIPTokenizer& bang_tokenizer() {
   return tok;
 }
 
-const Json& cases() {
-  static const Json json = read_json(fixtures_dir() / "tokenizer" / "cases.json");
+const io::Json& cases() {
+  static const io::Json json = io::read_json(fixtures_dir() / "tokenizer" / "cases.json");
   return json;
 }
 
@@ -59,7 +59,7 @@ TEST(CLIPTokenizer, MatchesTransformersOnEveryFixtureCase) {
   ASSERT_GE(all.size(), 30u);
   for (const auto& c : all) {
     const std::string text = c["text"];
-    SCOPED_TRACE("text: " + Json(text).dump());
+    SCOPED_TRACE("text: " + io::Json(text).dump());
     auto padded = sd_tokenizer().encode(text);
     EXPECT_EQ(padded.input_ids, c["input_ids"].get<std::vector<int64_t>>());
     EXPECT_EQ(padded.attention_mask, c["attention_mask"].get<std::vector<int64_t>>());
@@ -308,4 +308,4 @@ TEST(TinyBpeTokenizer, BangPadTokenIsWrittenAsAnAddedTokenWithIdZero) {
 }
 
 }  // namespace
-}  // namespace dreamlora
+}  // namespace dreamlora::text

@@ -8,6 +8,7 @@
 #include "test_util.h"
 
 using namespace dreamlora;
+using namespace dreamlora::train;
 
 namespace {
 

@@ -10,6 +10,7 @@
 
 namespace fs = std::filesystem;
 using namespace dreamlora;
+using namespace dreamlora::train;
 
 namespace {
 
@@ -24,14 +25,14 @@ TrainConfig class_image_config(const fs::path& dir, int64_t count, int64_t batch
   return c;
 }
 
-torch::Tensor pixels_of(const fs::path& file) { return image_to_tensor(load_image(file)); }
+torch::Tensor pixels_of(const fs::path& file) { return io::image_to_tensor(io::load_image(file)); }
 
 }  // namespace
 
 TEST(ClassImages, GeneratedInSampleBatchSizeBatchesEqualOneByOne) {
   auto root = dreamlora::testing::make_temp_dir("class-images");
-  write_tiny_model(root / "model", {});
-  auto model = ModelBundle::load((root / "model").string(), {});
+  pipeline::write_tiny_model(root / "model", {});
+  auto model = pipeline::ModelBundle::load((root / "model").string(), {});
   EXPECT_EQ(ensure_class_images(model, class_image_config(root / "one", 5, 1)), 5);
   EXPECT_EQ(ensure_class_images(model, class_image_config(root / "batched", 5, 3)), 5);
   for (int i = 0; i < 5; ++i) {
@@ -47,8 +48,8 @@ TEST(ClassImages, GeneratedInSampleBatchSizeBatchesEqualOneByOne) {
 
 TEST(ClassImages, WorkersSplitTheMissingImagesByIndex) {
   auto root = dreamlora::testing::make_temp_dir("class-images-split");
-  write_tiny_model(root / "model", {});
-  auto model = ModelBundle::load((root / "model").string(), {});
+  pipeline::write_tiny_model(root / "model", {});
+  auto model = pipeline::ModelBundle::load((root / "model").string(), {});
   auto cfg = class_image_config(root / "split", 5, 2);
   EXPECT_EQ(ensure_class_images(model, cfg, /*rank=*/1, /*world_size=*/2), 2);  // images 1 and 3
   EXPECT_TRUE(fs::exists(root / "split" / "class-1.png"));

@@ -5,7 +5,7 @@
 
 #include "test_util.h"
 
-using dreamlora::DataOrder;
+using dreamlora::train::DataOrder;
 
 TEST(DataOrder, EachEpochVisitsEveryItemOnce) {
   DataOrder order(7, 5);

@@ -6,23 +6,23 @@
 #include "dreamlora/train/distributed.h"
 #include "test_util.h"
 
-using dreamlora::DistributedEnv;
+using dreamlora::train::DistributedEnv;
 
 TEST(DistributedEnv, PlainCudaBecomesTheLocalRanksDeviceOnlyInADataParallelRun) {
   DistributedEnv env;
   env.world_size = 4;
   env.rank = 3;
   env.local_rank = 1;
-  EXPECT_EQ(dreamlora::worker_device("cuda", env), "cuda:1");
-  EXPECT_EQ(dreamlora::worker_device("cuda:0", env), "cuda:0");  // an explicit choice is kept
-  EXPECT_EQ(dreamlora::worker_device("cpu", env), "cpu");
+  EXPECT_EQ(dreamlora::train::worker_device("cuda", env), "cuda:1");
+  EXPECT_EQ(dreamlora::train::worker_device("cuda:0", env), "cuda:0");  // an explicit choice is kept
+  EXPECT_EQ(dreamlora::train::worker_device("cpu", env), "cpu");
   env.world_size = 1;
-  EXPECT_EQ(dreamlora::worker_device("cuda", env), "cuda");
+  EXPECT_EQ(dreamlora::train::worker_device("cuda", env), "cuda");
 }
 
 TEST(DistributedEnv, GlooAddressIsTheSourceOfTheRouteToTheMaster) {
-  EXPECT_EQ(dreamlora::local_address_towards("127.0.0.1"), "127.0.0.1");
-  EXPECT_EQ(dreamlora::local_address_towards("no-such-host.invalid"), "");
+  EXPECT_EQ(dreamlora::train::local_address_towards("127.0.0.1"), "127.0.0.1");
+  EXPECT_EQ(dreamlora::train::local_address_towards("no-such-host.invalid"), "");
 }
 
 TEST(DistributedEnv, MalformedVariableIsNamed) {

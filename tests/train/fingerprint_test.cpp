@@ -15,6 +15,7 @@
 #include "test_util.h"
 
 using namespace dreamlora;
+using namespace dreamlora::train;
 namespace fs = std::filesystem;
 
 namespace {
@@ -55,9 +56,9 @@ TEST(Fingerprint, AnInstanceImageIsNotHiddenByAClassImageOfTheSameName) {
   auto c = fingerprint_config(dir / "no-model");
   c.prior_preservation = true;
   auto before = same_named_images(dir, "instance image v1", "a photo of sks dog");
-  const Json a = make_fingerprint(c, before.instance, before.cls);
+  const io::Json a = make_fingerprint(c, before.instance, before.cls);
   auto after = same_named_images(dir, "instance image v2", "a photo of sks dog");
-  const Json b = make_fingerprint(c, after.instance, after.cls);
+  const io::Json b = make_fingerprint(c, after.instance, after.cls);
   const auto diffs = fingerprint_differences(a, b);
   ASSERT_EQ(diffs.size(), 1u) << joined_lines(diffs);
   EXPECT_EQ(diffs[0].rfind("instance-data.a.png", 0), 0u) << diffs[0];
@@ -80,9 +81,9 @@ TEST(Fingerprint, AnotherFineTuneOfTheSameArchitectureHashesDifferently) {
   auto tuned = big.clone();
   tuned[(1 << 15) + 7] += 1;  // inside the middle sample
   write_bytes(dir / "base" / "unet" / "diffusion_pytorch_model.safetensors",
-              safetensors::serialize({{"w", big}, {"b", torch::ones({3})}}));
+              io::safetensors::serialize({{"w", big}, {"b", torch::ones({3})}}));
   write_bytes(dir / "tuned" / "unet" / "diffusion_pytorch_model.safetensors",
-              safetensors::serialize({{"w", tuned}, {"b", torch::ones({3})}}));
+              io::safetensors::serialize({{"w", tuned}, {"b", torch::ones({3})}}));
   EXPECT_NE(weights_sample_hash(dir / "base" / "unet" / "diffusion_pytorch_model.safetensors"),
             weights_sample_hash(dir / "tuned" / "unet" / "diffusion_pytorch_model.safetensors"));
   auto images = same_named_images(dir, "instance", "x");
@@ -102,8 +103,8 @@ TEST(Fingerprint, NumStepsCountsOnlyWhenTheScheduleDependsOnItAndCanBeAllowed) {
                                    false)
                   .differences.empty());
   c.scheduler = longer.scheduler = "cosine";
-  const Json saved = make_fingerprint(c, images.instance, {});
-  const Json now = make_fingerprint(longer, images.instance, {});
+  const io::Json saved = make_fingerprint(c, images.instance, {});
+  const io::Json now = make_fingerprint(longer, images.instance, {});
   auto refused = compare_fingerprints(saved, now, false);
   ASSERT_EQ(refused.differences.size(), 1u) << joined_lines(refused.differences);
   EXPECT_NE(refused.differences[0].find("--num-steps: checkpoint 500, now 600"), std::string::npos);
@@ -118,10 +119,10 @@ TEST(Fingerprint, AnOlderCheckpointStillResumesAndItsDataIsStillCompared) {
   auto dir = dreamlora::testing::make_temp_dir("fp-old");
   auto c = fingerprint_config(dir / "no-model");
   auto images = same_named_images(dir, "instance", "x");
-  const Json now = make_fingerprint(c, images.instance, {});
-  Json old = now;
+  const io::Json now = make_fingerprint(c, images.instance, {});
+  io::Json old = now;
   for (const char* key : {"model-weights", "instance-data", "instance-captions"}) old.erase(key);
-  old["data"] = Json::object();
+  old["data"] = io::Json::object();
   old["data"]["a.png"] = checkpoint::xxh3_file_hex(images.instance[0].path);
   auto check = compare_fingerprints(old, now, false);
   EXPECT_TRUE(check.differences.empty()) << joined_lines(check.differences);
@@ -144,7 +145,7 @@ TEST(Fingerprint, DISABLED_WeightsSampleHashCostOnALargeFile) {
   auto dir = dreamlora::testing::make_temp_dir("fp-bench");
   const fs::path file = dir / "diffusion_pytorch_model.safetensors";
   {
-    Json header = Json::object();
+    io::Json header = io::Json::object();
     for (int i = 0; i < tensors; ++i)
       header[str("t", 10000 + i)] = {{"dtype", "F16"},
                                      {"shape", {static_cast<int64_t>(per_tensor / 2)}},

@@ -5,6 +5,7 @@
 #include "test_util.h"
 
 using namespace dreamlora;
+using namespace dreamlora::train;
 
 namespace {
 std::string late_setting_error(const TrainConfig& c) {

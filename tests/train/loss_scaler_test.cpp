@@ -13,6 +13,7 @@
 #include "test_util.h"
 
 using namespace dreamlora;
+using namespace dreamlora::train;
 
 TEST(LossScaler, StartsAtGradScalersDefaultsAndScalesTheLoss) {
   LossScaler s(true);
@@ -87,10 +88,10 @@ TEST(LossScaler, StateRoundTripsThroughTheOptimizerFileMetadata) {
   auto dir = dreamlora::testing::make_temp_dir("scaler");
   auto meta = s.to_metadata();
   meta["step"] = "125";
-  safetensors::save(dir / "optimizer.safetensors", safetensors::NamedTensors{{"x.exp_avg", torch::zeros({2})}}, meta);
+  io::safetensors::save(dir / "optimizer.safetensors", io::safetensors::NamedTensors{{"x.exp_avg", torch::zeros({2})}}, meta);
 
   LossScaler restored(true);
-  restored.load_metadata(safetensors::File::open(dir / "optimizer.safetensors").metadata(), "optimizer.safetensors");
+  restored.load_metadata(io::safetensors::File::open(dir / "optimizer.safetensors").metadata(), "optimizer.safetensors");
   EXPECT_EQ(restored.scale_value(), 16384.0f);
   EXPECT_EQ(restored.growth_tracker(), 123);
   // ... and continues the same schedule: 2000 - 123 more good steps double it.

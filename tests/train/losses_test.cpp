@@ -6,6 +6,7 @@
 #include "test_util.h"
 
 using namespace dreamlora;
+using namespace dreamlora::train;
 
 TEST(MinSnr, EpsilonWeightIsMinOfSnrAndGammaOverSnr) {
   auto snr = torch::tensor({0.5f, 5.0f, 20.0f});

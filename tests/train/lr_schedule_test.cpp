@@ -6,8 +6,8 @@
 #include "dreamlora/common/error.h"
 #include "test_util.h"
 
-using dreamlora::LRScheduleOptions;
-using dreamlora::lr_multiplier;
+using dreamlora::train::LRScheduleOptions;
+using dreamlora::train::lr_multiplier;
 
 namespace {
 LRScheduleOptions opts(const std::string& name, int64_t warmup, int64_t total) {
@@ -66,7 +66,7 @@ TEST(LRSchedule, PolynomialEndsAtLrEnd) {
 
 TEST(LRSchedule, UnknownNameNamesTheFlag) {
   try {
-    dreamlora::check_lr_schedule_name("cosine-ish");
+    dreamlora::train::check_lr_schedule_name("cosine-ish");
     FAIL();
   } catch (const dreamlora::Error& e) {
     EXPECT_NE(std::string(e.what()).find("--scheduler"), std::string::npos);

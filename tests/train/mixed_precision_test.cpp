@@ -13,6 +13,7 @@
 #include "test_util.h"
 
 using namespace dreamlora;
+using namespace dreamlora::train;
 using dreamlora::testing::fixtures_dir;
 
 namespace {
@@ -42,7 +43,7 @@ void enable_fixture_lora(unet::UNet2DConditionModel& model, const std::map<std::
     if (key.size() < a_suffix.size() || key.compare(key.size() - a_suffix.size(), a_suffix.size(), a_suffix) != 0)
       continue;
     const auto path = key.substr(0, key.size() - a_suffix.size());
-    auto* linear = modules[path]->as<nn::LinearImpl>();
+    auto* linear = modules[path]->as<nn::LinearWithLoraImpl>();
     ASSERT_NE(linear, nullptr) << path;
     linear->enable_lora({a.size(0), static_cast<double>(a.size(0)), 0.0});
     torch::NoGradGuard no_grad;
@@ -61,8 +62,8 @@ struct StepResult {
 StepResult train_step_in(torch::ScalarType dtype) {
   const auto dir = fixtures_dir() / "tiny-sd";
   auto model = unet::UNet2DConditionModelImpl::load(dir / "unet", "", dtype);
-  enable_fixture_lora(model, safetensors::File::open(dir / "lora" / "peft_state_dict.safetensors").load_all());
-  const auto ref = safetensors::File::open(dir / "reference.safetensors").load_all();
+  enable_fixture_lora(model, io::safetensors::File::open(dir / "lora" / "peft_state_dict.safetensors").load_all());
+  const auto ref = io::safetensors::File::open(dir / "reference.safetensors").load_all();
   model->train();
   ParamGroup group;
   group.lr = 1e-3;

@@ -6,6 +6,7 @@
 #include "gtest/gtest.h"
 
 using namespace dreamlora;
+using namespace dreamlora::train;
 
 namespace {
 

@@ -14,6 +14,10 @@
 #include "test_util.h"
 
 using namespace dreamlora;
+using namespace dreamlora::io;
+using namespace dreamlora::nn;
+using namespace dreamlora::pipeline;
+using namespace dreamlora::train;
 
 namespace {
 

@@ -14,15 +14,15 @@ namespace {
 
 using dreamlora::testing::fixtures_dir;
 
-Json tiny_sd_json() {
-  return Json::parse(R"({"_class_name": "UNet2DConditionModel", "attention_head_dim": 8,
+io::Json tiny_sd_json() {
+  return io::Json::parse(R"({"_class_name": "UNet2DConditionModel", "attention_head_dim": 8,
     "block_out_channels": [32, 64], "cross_attention_dim": 32,
     "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
     "layers_per_block": 2, "sample_size": 32})");
 }
 
 // The error message of from_json(json), or "" when it parses.
-std::string parse_error(const Json& json) {
+std::string parse_error(const io::Json& json) {
   try {
     UNet2DConditionConfig::from_json(json, "test/config.json");
   } catch (const Error& e) {
@@ -47,7 +47,7 @@ TEST(UNetConfig, DefaultsAndBroadcastFollowDiffusers) {
 }
 
 TEST(UNetConfig, UnsupportedValuesAreErrorsNamingTheKey) {
-  const std::vector<std::pair<std::string, Json>> cases = {
+  const std::vector<std::pair<std::string, io::Json>> cases = {
       {"class_embed_type", "timestep"},      {"time_cond_proj_dim", 256},
       {"encoder_hid_dim", 768},              {"encoder_hid_dim_type", "text_proj"},
       {"attention_type", "gated"},           {"resnet_time_scale_shift", "scale_shift"},
@@ -57,7 +57,7 @@ TEST(UNetConfig, UnsupportedValuesAreErrorsNamingTheKey) {
       {"time_embedding_type", "fourier"},    {"num_class_embeds", 10},
       {"act_fn", "gelu"},                    {"cross_attention_norm", "group_norm"},
       {"timestep_post_act", "silu"},         {"time_embedding_dim", 512},
-      {"class_embeddings_concat", true},     {"reverse_transformer_layers_per_block", Json::array({1, 1})},
+      {"class_embeddings_concat", true},     {"reverse_transformer_layers_per_block", io::Json::array({1, 1})},
       {"mid_block_type", nullptr},           {"_class_name", "UNet2DModel"},
   };
   for (const auto& [key, value] : cases) {
@@ -88,8 +88,8 @@ TEST(UNetConfig, ToJsonReproducesTheDiffusersConfigFiles) {
   REQUIRE_FIXTURES();
   for (const char* name : {"tiny-sd", "tiny-sdxl"}) {
     const auto path = fixtures_dir() / name / "unet" / "config.json";
-    const Json original = read_json(path);
-    const Json written = UNet2DConditionConfig::from_file(path).to_json();
+    const io::Json original = io::read_json(path);
+    const io::Json written = UNet2DConditionConfig::from_file(path).to_json();
     for (const auto& [key, value] : original.items()) {
       if (key == "_diffusers_version") continue;
       ASSERT_TRUE(written.contains(key)) << name << ": " << key;
@@ -103,12 +103,12 @@ TEST(UNetConfig, ToJsonReproducesTheDiffusersConfigFiles) {
 TEST(UNetLoading, MissingAndUnexpectedKeysAreListed) {
   REQUIRE_FIXTURES();
   const auto src = fixtures_dir() / "tiny-sd" / "unet";
-  auto weights = safetensors::File::open(src / "diffusion_pytorch_model.safetensors").load_all();
+  auto weights = io::safetensors::File::open(src / "diffusion_pytorch_model.safetensors").load_all();
   weights.erase("mid_block.attentions.0.proj_in.weight");
   weights["mid_block.attentions.0.bogus.weight"] = torch::zeros({1});
   const auto dir = dreamlora::testing::make_temp_dir("unet_strict");
   std::filesystem::copy_file(src / "config.json", dir / "config.json");
-  safetensors::save(dir / "diffusion_pytorch_model.safetensors", weights);
+  io::safetensors::save(dir / "diffusion_pytorch_model.safetensors", weights);
   std::string message;
   try {
     UNet2DConditionModelImpl::load(dir);
@@ -124,7 +124,7 @@ TEST(UNetLoading, ModuleTreeHasExactlyTheDiffusersKeys) {
   REQUIRE_FIXTURES();
   for (const char* name : {"tiny-sd", "tiny-sdxl"}) {
     const auto dir = fixtures_dir() / name / "unet";
-    const auto file = safetensors::File::open(dir / "diffusion_pytorch_model.safetensors");
+    const auto file = io::safetensors::File::open(dir / "diffusion_pytorch_model.safetensors");
     UNet2DConditionModel unet(UNet2DConditionConfig::from_file(dir / "config.json"));
     std::vector<std::string> ours;
     for (const auto& item : unet->named_parameters()) ours.push_back(item.key());

@@ -24,7 +24,7 @@ void attach_peft_lora(torch::nn::Module& model, const std::map<std::string, torc
   for (const auto& [key, a] : peft) {
     if (!ends_with(key, kA)) continue;
     const auto path = key.substr(0, key.size() - kA.size());
-    auto* linear = modules[path]->as<nn::LinearImpl>();
+    auto* linear = modules[path]->as<nn::LinearWithLoraImpl>();
     ASSERT_NE(linear, nullptr) << path;
     linear->enable_lora({a.size(0), static_cast<double>(a.size(0)), 0.0});
     torch::NoGradGuard no_grad;
@@ -47,8 +47,8 @@ LoraFixture load_lora_fixture() {
   LoraFixture f;
   const auto dir = fixtures_dir() / "tiny-sd";
   f.unet = UNet2DConditionModelImpl::load(dir / "unet");
-  attach_peft_lora(*f.unet, safetensors::File::open(dir / "lora" / "peft_state_dict.safetensors").load_all());
-  f.ref = safetensors::File::open(dir / "reference.safetensors").load_all();
+  attach_peft_lora(*f.unet, io::safetensors::File::open(dir / "lora" / "peft_state_dict.safetensors").load_all());
+  f.ref = io::safetensors::File::open(dir / "reference.safetensors").load_all();
   return f;
 }
 
@@ -135,7 +135,7 @@ TEST(UNetGradientCheckpointing, GivesTheSameGradientsAsThePlainBackward) {
   for (const auto& path : {"down_blocks.0.attentions.0.transformer_blocks.1.attn1.to_q",
                            "up_blocks.1.attentions.1.transformer_blocks.0.attn2.to_v",
                            "mid_block.attentions.0.transformer_blocks.0.ff.net.2"}) {
-    auto* linear = modules[path]->as<nn::LinearImpl>();
+    auto* linear = modules[path]->as<nn::LinearWithLoraImpl>();
     ASSERT_NE(linear, nullptr) << path;
     linear->enable_lora({2, 2.0, 0.0});
     torch::NoGradGuard no_grad;

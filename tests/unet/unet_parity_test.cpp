@@ -21,8 +21,8 @@ Fixture load_fixture(const std::string& name) {
   Fixture f;
   const auto dir = fixtures_dir() / name;
   f.unet = UNet2DConditionModelImpl::load(dir / "unet");
-  f.ref = safetensors::File::open(dir / "reference.safetensors").load_all();
-  f.inter = safetensors::File::open(dir / "intermediates.safetensors").load_all();
+  f.ref = io::safetensors::File::open(dir / "reference.safetensors").load_all();
+  f.inter = io::safetensors::File::open(dir / "intermediates.safetensors").load_all();
   return f;
 }
 

@@ -23,7 +23,7 @@ TEST_P(VaeParity, EncodeSampleScaleAndDecodeMatchDiffusers) {
   REQUIRE_FIXTURES();
   torch::NoGradGuard no_grad;
   const auto dir = dreamlora::testing::fixtures_dir() / GetParam();
-  auto ref = safetensors::File::open(dir / "reference.safetensors");
+  auto ref = io::safetensors::File::open(dir / "reference.safetensors");
   auto vae = AutoencoderKLImpl::load(dir / "vae");
 
   auto posterior = vae->encode(ref.get("vae.image"));
@@ -59,7 +59,7 @@ AutoencoderKLConfig small_config() {
 
 TEST(AutoencoderKL, ParameterNamesAreDiffusersKeys) {
   AutoencoderKL vae(small_config());
-  auto names = named_tensors(*vae);
+  auto names = nn::named_tensors(*vae);
   for (const char* key : {"encoder.conv_in.weight", "encoder.down_blocks.0.downsamplers.0.conv.weight",
                           "encoder.down_blocks.1.resnets.0.conv_shortcut.weight",
                           "encoder.mid_block.attentions.0.group_norm.weight", "encoder.mid_block.attentions.0.to_q.weight",
@@ -163,7 +163,7 @@ TEST(AutoencoderKL, LoadsDeprecatedAttentionKeysAndUpcastsFp16) {
   const auto src = dreamlora::testing::fixtures_dir() / "tiny-sd" / "vae";
   const auto dir = dreamlora::testing::make_temp_dir("vae-old-keys");
   std::filesystem::copy_file(src / "config.json", dir / "config.json");
-  auto file = safetensors::File::open(src / "diffusion_pytorch_model.safetensors");
+  auto file = io::safetensors::File::open(src / "diffusion_pytorch_model.safetensors");
   std::map<std::string, torch::Tensor> renamed;
   for (const auto& name : file.names()) {
     std::string key = name;
@@ -174,7 +174,7 @@ TEST(AutoencoderKL, LoadsDeprecatedAttentionKeysAndUpcastsFp16) {
     }
     renamed[key] = file.get(name).clone();
   }
-  safetensors::save(dir / "diffusion_pytorch_model.safetensors", renamed);
+  io::safetensors::save(dir / "diffusion_pytorch_model.safetensors", renamed);
   auto vae = AutoencoderKLImpl::load(dir, "", torch::kFloat16);
   EXPECT_EQ(vae->dtype(), torch::kFloat32);  // force_upcast keeps this VAE in float32
   auto original = AutoencoderKLImpl::load(src);

@@ -166,7 +166,7 @@ void write_file_synced(const fs::path& path, std::string_view bytes, bool may_cr
   size_t done = 0;
   auto write_until = [&](size_t limit) {
     while (done < limit) {
-      ssize_t n = sys::write(fd, bytes.data() + done, limit - done);
+      ssize_t n = io::sys::write(fd, bytes.data() + done, limit - done);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) close_and_fail("write failed", n < 0 ? errno : EIO);
       done += static_cast<size_t>(n);
@@ -179,7 +179,7 @@ void write_file_synced(const fs::path& path, std::string_view bytes, bool may_cr
     close_and_fail("write failed (injected by test hook)", injected);
   }
   write_until(bytes.size());
-  if (sys::fsync(fd) != 0) close_and_fail("fsync failed", errno);
+  if (io::sys::fsync(fd) != 0) close_and_fail("fsync failed", errno);
   if (::close(fd) != 0) fail(str(path.string(), ": close failed: ", std::strerror(errno)));
 }
 
@@ -188,7 +188,7 @@ void write_file_synced(const fs::path& path, std::string_view bytes, bool may_cr
 void fsync_dir(const fs::path& dir) {
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) fail(str(dir.string(), ": cannot open for fsync: ", std::strerror(errno)));
-  int rc = sys::fsync(fd);
+  int rc = io::sys::fsync(fd);
   int err = errno;
   ::close(fd);
   if (rc != 0 && err != EINVAL && err != ENOTSUP)
@@ -340,7 +340,7 @@ CommitResult CheckpointStore::commit(int64_t step, const CheckpointContents& con
     bool first = true;
     for (const auto& f : contents.files) {
       std::string serialized;
-      if (f.is_tensors) serialized = safetensors::serialize(f.tensors, f.metadata);
+      if (f.is_tensors) serialized = io::safetensors::serialize(f.tensors, f.metadata);
       std::string_view bytes = f.is_tensors ? std::string_view(serialized) : std::string_view(f.bytes);
       write_file_synced(tmp / f.name, bytes, first);
       manifest.files.push_back({f.name, bytes.size(), xxh3_hex(bytes)});
@@ -354,10 +354,10 @@ CommitResult CheckpointStore::commit(int64_t step, const CheckpointContents& con
     if (exists) {
       const fs::path aside = output_dir_ / temp_name("invalid", step);
       fs::remove_all(aside, ec);
-      if (sys::rename(final_dir.c_str(), aside.c_str()) != 0)
+      if (io::sys::rename(final_dir.c_str(), aside.c_str()) != 0)
         fail(str(final_dir.string(), ": cannot move the invalid checkpoint aside: ", std::strerror(errno)));
     }
-    if (sys::rename(tmp.c_str(), final_dir.c_str()) != 0)
+    if (io::sys::rename(tmp.c_str(), final_dir.c_str()) != 0)
       fail(str(tmp.string(), ": rename to ", final_dir.string(), " failed: ", std::strerror(errno)));
   } catch (...) {
     fs::remove_all(tmp, ec);
@@ -385,7 +385,7 @@ void CheckpointStore::remove(int64_t step) const {
   if (!fs::exists(fs::symlink_status(dir, ec))) return;
   const fs::path aside = output_dir_ / temp_name("deleting", step);
   fs::remove_all(aside, ec);
-  if (sys::rename(dir.c_str(), aside.c_str()) != 0)
+  if (io::sys::rename(dir.c_str(), aside.c_str()) != 0)
     fail(str(dir.string(), ": cannot move aside for deletion: ", std::strerror(errno)));
   crash_if_armed(CrashPoint::kPruneRenamed);
   fs::remove_all(aside, ec);
@@ -426,7 +426,7 @@ namespace {
 // The manifest of checkpoint directory `dir`, checked to be for `step`; throws naming the file.
 Manifest read_manifest(const fs::path& dir, int64_t step) {
   const fs::path path = dir / kManifestName;
-  Manifest m = Manifest::parse(read_file(path), path.string());
+  Manifest m = Manifest::parse(io::read_file(path), path.string());
   DL_CHECK(m.step == step, path.string(), ": is for step ", m.step, ", expected ", step);
   return m;
 }
@@ -451,20 +451,20 @@ CommitResult CheckpointStore::import_checkpoint(int64_t step, const fs::path& so
   if (::mkdir(tmp.c_str(), 0755) != 0) fail(str(tmp.string(), ": cannot create: ", std::strerror(errno)));
   try {
     for (const auto& f : manifest.files) {
-      write_file_synced(tmp / f.name, read_file(source / f.name), false);
+      write_file_synced(tmp / f.name, io::read_file(source / f.name), false);
       r.bytes += f.size;
     }
-    write_file_synced(tmp / kManifestName, read_file(source / kManifestName), false);
+    write_file_synced(tmp / kManifestName, io::read_file(source / kManifestName), false);
     fsync_dir(tmp);
     Verification copied = verify_checkpoint(tmp);
     DL_CHECK(copied.ok, source.string(), ": the copy in ", tmp.string(), " does not verify: ", copied.reason);
     const fs::path aside = output_dir_ / temp_name("invalid", step);
     if (fs::exists(fs::symlink_status(final_dir, ec))) {
       fs::remove_all(aside, ec);
-      if (sys::rename(final_dir.c_str(), aside.c_str()) != 0)
+      if (io::sys::rename(final_dir.c_str(), aside.c_str()) != 0)
         fail(str(final_dir.string(), ": cannot move the invalid checkpoint aside: ", std::strerror(errno)));
     }
-    if (sys::rename(tmp.c_str(), final_dir.c_str()) != 0)
+    if (io::sys::rename(tmp.c_str(), final_dir.c_str()) != 0)
       fail(str(tmp.string(), ": rename to ", final_dir.string(), " failed: ", std::strerror(errno)));
     fs::remove_all(aside, ec);
   } catch (...) {
@@ -526,7 +526,7 @@ void CheckpointSink::published(int64_t step) {
 void DirectorySink::publish(const fs::path& committed_dir, const Manifest& manifest) {
   CheckpointContents contents;
   for (const auto& f : manifest.files) {
-    std::string bytes = read_file(committed_dir / f.name);
+    std::string bytes = io::read_file(committed_dir / f.name);
     DL_CHECK(bytes.size() == f.size && xxh3_hex(bytes) == f.xxh3_64, (committed_dir / f.name).string(),
              ": changed since it was committed; not mirrored");
     contents.add_bytes(f.name, std::move(bytes));
@@ -546,7 +546,7 @@ void DirectorySink::publish_outputs(const fs::path& output_dir, const std::vecto
     std::error_code ec;
     fs::create_directories(target.parent_path(), ec);
     DL_CHECK(!ec, target.parent_path().string(), ": cannot create: ", ec.message());
-    write_file_durably(target, read_file(output_dir / name));
+    io::write_file_durably(target, io::read_file(output_dir / name));
   }
 }
 

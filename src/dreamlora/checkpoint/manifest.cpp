@@ -116,10 +116,10 @@ std::string checkpoint_dir_name(int64_t step) {
 }
 
 std::string Manifest::to_json() const {
-  Json files_json = Json::array();
+  io::Json files_json = io::Json::array();
   for (const auto& f : files)
     files_json.push_back({{"name", f.name}, {"size", f.size}, {"xxh3_64", f.xxh3_64}});
-  Json j = {{"format_version", format_version},
+  io::Json j = {{"format_version", format_version},
             {"step", step},
             {"files", files_json},
             {"created_at", created_at},
@@ -128,9 +128,9 @@ std::string Manifest::to_json() const {
 }
 
 Manifest Manifest::parse(std::string_view text, const std::string& source) {
-  Json j;
+  io::Json j;
   try {
-    j = Json::parse(text.begin(), text.end());
+    j = io::Json::parse(text.begin(), text.end());
   } catch (const std::exception& e) {
     fail(str(source, ": not valid JSON (", e.what(), ")"));
   }
@@ -152,7 +152,7 @@ Manifest Manifest::parse(std::string_view text, const std::string& source) {
   m.dreamlora_version = j.value("dreamlora_version", std::string());
   std::set<std::string> seen;
   for (size_t i = 0; i < j["files"].size(); ++i) {
-    const Json& f = j["files"][i];
+    const io::Json& f = j["files"][i];
     DL_CHECK(f.is_object() && f.contains("name") && f["name"].is_string() && f.contains("size") &&
                  f["size"].is_number_unsigned() && f.contains("xxh3_64") && f["xxh3_64"].is_string(),
              source, ": files[", i, "] needs string 'name', unsigned 'size', string 'xxh3_64': ", f.dump());

@@ -37,9 +37,9 @@ std::string fetch_into(const S3Client& client, const S3Location& loc, const Mani
       if (missing_object(e)) return str(f.name, ": listed in MANIFEST.json but missing remotely (s3://", loc.bucket, "/", key, ")");
       throw;
     }
-    fsync_path(tmp / f.name);
+    io::fsync_path(tmp / f.name);
   }
-  write_file_durably(tmp / kManifestName, manifest_bytes);
+  io::write_file_durably(tmp / kManifestName, manifest_bytes);
   return "";
 }
 
@@ -56,7 +56,7 @@ void rename_into_place(const fs::path& tmp, const fs::path& final_dir, int64_t s
   }
   if (::rename(tmp.c_str(), final_dir.c_str()) != 0)
     fail(str(tmp.string(), ": rename to ", final_dir.string(), " failed: ", std::strerror(errno)));
-  fsync_path(parent);
+  io::fsync_path(parent);
   if (replace) fs::remove_all(aside, ec);
 }
 
@@ -128,7 +128,7 @@ DownloadResult download_checkpoint(const S3Client& client, const S3Location& loc
       fs::remove_all(tmp, ec);
       return not_usable(reason);
     }
-    fsync_path(tmp);
+    io::fsync_path(tmp);
     rename_into_place(tmp, final_dir, step);
     DownloadResult r;
     r.ok = true;

@@ -122,7 +122,7 @@ void S3Sink::upload(const fs::path& dir, const Manifest& manifest) {
   std::string manifest_bytes = manifest.to_json();
   std::error_code ec;
   if (fs::exists(dir / kManifestName, ec)) {
-    std::string local = read_file(dir / kManifestName);
+    std::string local = io::read_file(dir / kManifestName);
     try {
       if (Manifest::parse(local, (dir / kManifestName).string()).step == step) manifest_bytes = std::move(local);
     } catch (const Error&) {

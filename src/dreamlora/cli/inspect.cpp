@@ -20,7 +20,7 @@ namespace fs = std::filesystem;
 namespace {
 
 int inspect_model_dir(const fs::path& path) {
-  auto dir = ModelDir::open(path);
+  auto dir = io::ModelDir::open(path);
   std::cout << "pipeline " << dir.pipeline_class() << (dir.is_sdxl() ? " (SDXL)" : "") << " at " << path.string()
             << "\n";
   for (const auto& c : dir.components()) {
@@ -32,8 +32,8 @@ int inspect_model_dir(const fs::path& path) {
     int64_t params = 0;
     uint64_t bytes = 0;
     std::map<std::string, int64_t> dtypes;
-    for (const auto& file : find_weight_files(dir.component_dir(c.name))) {
-      auto st = safetensors::File::open(file);
+    for (const auto& file : io::find_weight_files(dir.component_dir(c.name))) {
+      auto st = io::safetensors::File::open(file);
       bytes += st.data_bytes();
       for (const auto& name : st.names()) {
         int64_t n = c10::multiply_integers(st.info(name).shape);
@@ -49,7 +49,7 @@ int inspect_model_dir(const fs::path& path) {
 }
 
 int inspect_safetensors(const fs::path& path) {
-  auto file = safetensors::File::open(path);
+  auto file = io::safetensors::File::open(path);
   auto lora = lora::describe_lora_file(path);
   if (lora.format != lora::LoRAFormat::unknown) {
     std::cout << lora.to_string();
@@ -86,7 +86,7 @@ Runner add_inspect(CLI::App& app) {
       for (const auto& line : report.lines) std::cout << line << "\n";
       return report.exit_status;
     }
-    refuse_pickle(p);
+    io::refuse_pickle(p);
     return inspect_safetensors(p);
   };
 }

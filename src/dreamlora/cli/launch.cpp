@@ -12,7 +12,7 @@ namespace dreamlora::cli {
 Runner add_launch(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "launch", "Start this machine's data-parallel workers: dreamlora launch --nproc-per-node 2 -- train ...");
-  auto opts = std::make_shared<LaunchOptions>();
+  auto opts = std::make_shared<train::LaunchOptions>();
   auto worker_args = std::make_shared<std::vector<std::string>>();
   cmd->add_option("--nproc-per-node", opts->nproc_per_node, "workers to start")->required();
   cmd->add_option("--nnodes", opts->nnodes, "machines in the job, each running one launcher")
@@ -30,7 +30,7 @@ Runner add_launch(CLI::App& app) {
     char self[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
     std::string exe = n > 0 ? std::string(self, static_cast<size_t>(n)) : "dreamlora";
-    return launch_workers(exe, *worker_args, *opts);
+    return train::launch_workers(exe, *worker_args, *opts);
   };
 }
 

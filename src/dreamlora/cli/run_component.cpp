@@ -14,7 +14,7 @@ namespace dreamlora::cli {
 
 Runner add_run_component(CLI::App& app) {
   auto* cmd = app.add_subcommand("run-component", "Run one component (text_encoder, unet, vae_encoder, ...) on tensors from a file");
-  auto args = std::make_shared<ComponentRunArgs>();
+  auto args = std::make_shared<pipeline::ComponentRunArgs>();
   cmd->add_option("--model", args->model, "diffusers pipeline folder or single-file .safetensors checkpoint")->required();
   cmd->add_option("--model-config", args->model_config, "for a single-file --model: diffusers folder with its configs and tokenizers");
   cmd->add_option("--component", args->component,
@@ -27,8 +27,8 @@ Runner add_run_component(CLI::App& app) {
   cmd->add_option("--lora-scale", args->lora_scale, "LoRA strength");
   cmd->add_option("--variant", args->variant, "weight file variant");
   return [args]() -> int {
-    auto outputs = run_component(*args);
-    safetensors::save(args->out, outputs);
+    auto outputs = pipeline::run_component(*args);
+    io::safetensors::save(args->out, outputs);
     for (const auto& [name, t] : outputs) std::cout << name << " " << t.sizes() << "\n";
     return 0;
   };

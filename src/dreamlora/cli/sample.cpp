@@ -17,7 +17,7 @@ namespace fs = std::filesystem;
 
 namespace {
 struct SampleArgs {
-  SampleOptions options;
+  pipeline::SampleOptions options;
   std::string model, model_config, out = "samples", lora, variant, device = "cpu";
   double lora_scale = 1.0;
 };
@@ -44,26 +44,26 @@ Runner add_sample(CLI::App& app) {
   cmd->add_option("--out", a->out, "output folder")->capture_default_str();
   cmd->add_option("--device", a->device, "cpu or cuda[:N]")->capture_default_str();
   return [a]() -> int {
-    LoadOptions load;
+    pipeline::LoadOptions load;
     load.variant = a->variant;
     load.model_config = a->model_config;
     load.device = torch::Device(a->device);
-    auto model = ModelBundle::load(a->model, load);
-    check_sample_options(model, a->options);
+    auto model = pipeline::ModelBundle::load(a->model, load);
+    pipeline::check_sample_options(model, a->options);
     std::string lora_desc;
     if (!a->lora.empty()) {
-      apply_lora_file(model, a->lora, a->lora_scale);
+      pipeline::apply_lora_file(model, a->lora, a->lora_scale);
       lora_desc = fs::path(a->lora).filename().string() + ":" + std::to_string(a->lora_scale);
     }
     const bool tty = isatty(STDERR_FILENO) != 0;
-    auto images = text_to_image(model, a->options, [&](int64_t step, int64_t total) {
+    auto images = pipeline::text_to_image(model, a->options, [&](int64_t step, int64_t total) {
       if (tty) std::cerr << "\rsampling step " << step << "/" << total << std::flush;
     });
     if (tty) std::cerr << "\n";
     fs::create_directories(a->out);
     for (size_t i = 0; i < images.size(); ++i) {
       auto path = fs::path(a->out) / ("sample-" + std::to_string(a->options.seed) + "-" + std::to_string(i) + ".png");
-      save_png(path, images[i], sample_metadata(a->options, static_cast<int64_t>(i), lora_desc));
+      io::save_png(path, images[i], pipeline::sample_metadata(a->options, static_cast<int64_t>(i), lora_desc));
       std::cout << path.string() << "\n";
     }
     return 0;

@@ -18,7 +18,7 @@ Runner add_train(CLI::App& app) {
   cmd->add_option("--config", *config_file, "TOML file whose keys are the long flag names; flags override it");
   auto markdown = std::make_shared<bool>(false);
   cmd->add_flag("--flags-markdown", *markdown, "print the flag table (docs/CLI.md) and exit");
-  for (const auto& spec : train_options()) {
+  for (const auto& spec : train::train_options()) {
     std::string names = "--" + spec.name;
     for (const auto& a : spec.aliases) names += ",--" + a;
     auto& slot = (*values)[spec.name];
@@ -27,17 +27,17 @@ Runner add_train(CLI::App& app) {
   }
   return [values, options, config_file, markdown]() -> int {
     if (*markdown) {
-      std::cout << options_markdown();
+      std::cout << train::options_markdown();
       return 0;
     }
-    TrainConfig config;
-    if (!config_file->empty()) apply_toml_file(config, *config_file);
-    for (const auto& spec : train_options()) {
+    train::TrainConfig config;
+    if (!config_file->empty()) train::apply_toml_file(config, *config_file);
+    for (const auto& spec : train::train_options()) {
       CLI::Option* opt = options->at(spec.name);
       if (opt->count() == 0) continue;
       spec.set(config, spec.is_switch ? "true" : values->at(spec.name));
     }
-    return run_training(config);
+    return train::run_training(config);
   };
 }
 

@@ -23,7 +23,7 @@ std::string mib(uint64_t bytes) {
 
 }  // namespace
 
-std::string describe_single_file(const safetensors::File& file) {
+std::string describe_single_file(const io::safetensors::File& file) {
   if (!file.contains("model.diffusion_model.input_blocks.0.0.weight") &&
       !file.contains("model.diffusion_model.time_embed.0.weight"))
     return "";

@@ -40,7 +40,7 @@ std::string vae_ldm_to_diffusers(const std::string& name, int64_t num_blocks);
 std::string vae_diffusers_to_ldm(const std::string& name, int64_t num_blocks);
 
 // OpenCLIP text encoder (SD2 cond_stage_model.model., SDXL conditioner.embedders.1.model.) <-> transformers
-// CLIPTextModel(WithProjection). The fused attention input projection and the transposed text projection
+// text::CLIPTextModel(WithProjection). The fused attention input projection and the transposed text projection
 // are not renames: these say which name they correspond to and how the tensor changes.
 enum class TensorChange {
   none,

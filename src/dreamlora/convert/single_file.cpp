@@ -67,7 +67,7 @@ std::string to_string(CheckpointFamily family) {
   return "?";
 }
 
-FamilyDetection detect_family(const safetensors::File& file) {
+FamilyDetection detect_family(const io::safetensors::File& file) {
   const auto keys = file.names();
   const std::string what = file.path().string();
   DL_CHECK(any_key_starts_with(keys, kUnetPrefix), what, ": not a single-file Stable Diffusion checkpoint (no '",
@@ -116,7 +116,7 @@ std::map<std::string, std::string> component_prefixes(CheckpointFamily family) {
   return p;
 }
 
-SingleFileSources map_single_file(const safetensors::File& file, CheckpointFamily family,
+SingleFileSources map_single_file(const io::safetensors::File& file, CheckpointFamily family,
                                   const UNetLayout& unet_layout, int64_t vae_blocks) {
   const auto prefixes = component_prefixes(family);
   const auto keys = file.names();
@@ -166,7 +166,7 @@ SingleFileSources map_single_file(const safetensors::File& file, CheckpointFamil
   return out;
 }
 
-torch::Tensor read_source(const safetensors::File& file, const SourceTensor& source) {
+torch::Tensor read_source(const io::safetensors::File& file, const SourceTensor& source) {
   torch::Tensor t = file.get(source.key);
   switch (source.change) {
     case TensorChange::none:

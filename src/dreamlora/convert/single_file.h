@@ -23,7 +23,7 @@ struct FamilyDetection {
   bool inpainting = false;     // UNet input has 9 channels
 };
 // Throws naming what the file holds when it is not an SD1.x / SD2.x / SDXL base checkpoint.
-FamilyDetection detect_family(const safetensors::File& file);
+FamilyDetection detect_family(const io::safetensors::File& file);
 
 // Key prefix of each component in the file: "unet", "vae", "text_encoder", "text_encoder_2".
 std::map<std::string, std::string> component_prefixes(CheckpointFamily family);
@@ -42,14 +42,14 @@ struct SingleFileSources {
 
 // Maps every key of the file; keys that fit no component (and are not ones diffusers ignores) are one error
 // listing them. vae_blocks = len(block_out_channels) of the VAE.
-SingleFileSources map_single_file(const safetensors::File& file, CheckpointFamily family,
+SingleFileSources map_single_file(const io::safetensors::File& file, CheckpointFamily family,
                                   const UNetLayout& unet_layout, int64_t vae_blocks);
 
 // What `inspect` prints for a single-file checkpoint: family, the reason, tensors per component; "" when
 // the file is not one (no UNet keys in the original layout).
-std::string describe_single_file(const safetensors::File& file);
+std::string describe_single_file(const io::safetensors::File& file);
 
 // The tensor a source names, as a view of the mapped file where possible (transposes and q/k/v parts too).
-torch::Tensor read_source(const safetensors::File& file, const SourceTensor& source);
+torch::Tensor read_source(const io::safetensors::File& file, const SourceTensor& source);
 
 }  // namespace dreamlora::convert

@@ -15,7 +15,7 @@
 
 #include "dreamlora/common/error.h"
 
-namespace dreamlora {
+namespace dreamlora::io {
 
 // ---------------------------------------------------------------------------------------------------
 // Test-only fault injection (DREAMLORA_TEST_FAULT); see the header.
@@ -176,4 +176,4 @@ std::string read_file(const std::filesystem::path& path) {
   return ss.str();
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::io

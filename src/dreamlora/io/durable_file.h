@@ -7,7 +7,7 @@
 #include <string>
 #include <string_view>
 
-namespace dreamlora {
+namespace dreamlora::io {
 
 // Writes bytes to path via a temp sibling, fsync, rename, fsync of the parent directory.
 void write_file_durably(const std::filesystem::path& path, std::string_view bytes);
@@ -36,4 +36,4 @@ int rename(const char* from, const char* to);
 // set_test_faults() arms the same spec from a test ("" disarms) and restarts the counts.
 void set_test_faults(const std::string& spec);
 
-}  // namespace dreamlora
+}  // namespace dreamlora::io

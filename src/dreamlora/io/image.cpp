@@ -34,7 +34,7 @@
 #include <webp/decode.h>
 #endif
 
-namespace dreamlora {
+namespace dreamlora::io {
 
 namespace fs = std::filesystem;
 
@@ -253,4 +253,4 @@ TextChunks read_png_text(const fs::path& path) {
   return out;
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::io

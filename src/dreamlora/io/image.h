@@ -9,7 +9,7 @@
 #include <utility>
 #include <vector>
 
-namespace dreamlora {
+namespace dreamlora::io {
 
 struct Image {
   int width = 0;
@@ -39,4 +39,4 @@ TextChunks read_png_text(const std::filesystem::path& path);
 // Applies an EXIF orientation (1..8) to an image.
 Image apply_orientation(const Image& image, int orientation);
 
-}  // namespace dreamlora
+}  // namespace dreamlora::io

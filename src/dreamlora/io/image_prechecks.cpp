@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-namespace dreamlora {
+namespace dreamlora::io {
 
 namespace {
 
@@ -156,4 +156,4 @@ int64_t bmp_min_pixel_bytes(std::string_view b) {
   return (width * bits_per_pixel + 7) / 8 * height;
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::io

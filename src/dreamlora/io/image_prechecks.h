@@ -7,7 +7,7 @@
 #include <string>
 #include <string_view>
 
-namespace dreamlora {
+namespace dreamlora::io {
 
 // What a walk over a JPEG's markers tells before decoding it.
 struct JpegStructure {
@@ -30,4 +30,4 @@ PngChunks read_png_chunks(std::string_view png);
 // header is too short to tell.
 int64_t bmp_min_pixel_bytes(std::string_view bmp);
 
-}  // namespace dreamlora
+}  // namespace dreamlora::io

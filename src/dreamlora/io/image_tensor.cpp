@@ -2,7 +2,7 @@
 
 #include <torch/torch.h>
 
-namespace dreamlora {
+namespace dreamlora::io {
 
 torch::Tensor image_to_tensor(const Image& image) {
   auto hwc = torch::from_blob(const_cast<uint8_t*>(image.rgb.data()), {image.height, image.width, 3}, torch::kUInt8);
@@ -25,4 +25,4 @@ std::vector<Image> tensor_to_images(const torch::Tensor& batch) {
   return out;
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::io

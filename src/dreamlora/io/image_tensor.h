@@ -7,7 +7,7 @@
 
 #include "dreamlora/io/image.h"
 
-namespace dreamlora {
+namespace dreamlora::io {
 
 // [3, H, W] float in [0, 1]
 torch::Tensor image_to_tensor(const Image& image);
@@ -16,4 +16,4 @@ Image tensor_to_image(const torch::Tensor& chw);
 // [B, 3, H, W] in [0, 1] -> B images
 std::vector<Image> tensor_to_images(const torch::Tensor& batch);
 
-}  // namespace dreamlora
+}  // namespace dreamlora::io

@@ -2,7 +2,7 @@
 
 #include <fstream>
 
-namespace dreamlora {
+namespace dreamlora::io {
 
 Json read_json(const std::filesystem::path& path) {
   std::ifstream in(path);
@@ -40,4 +40,4 @@ void ConfigReader::require_value(const std::string& key, const Json& supported) 
            "' (dreamlora supports ", supported.dump(), ")");
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::io

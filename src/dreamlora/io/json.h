@@ -10,7 +10,7 @@
 
 #include "dreamlora/common/error.h"
 
-namespace dreamlora {
+namespace dreamlora::io {
 
 using Json = nlohmann::json;
 
@@ -51,4 +51,4 @@ class ConfigReader {
   std::string source_;
 };
 
-}  // namespace dreamlora
+}  // namespace dreamlora::io

@@ -4,7 +4,7 @@
 
 #include "dreamlora/io/safetensors.h"
 
-namespace dreamlora {
+namespace dreamlora::io {
 
 namespace fs = std::filesystem;
 
@@ -130,4 +130,4 @@ std::map<std::string, torch::Tensor> load_component_weights(const fs::path& comp
   return all;
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::io

@@ -11,7 +11,7 @@
 
 #include "dreamlora/io/json.h"
 
-namespace dreamlora {
+namespace dreamlora::io {
 
 struct ComponentEntry {
   std::string name;        // "unet"
@@ -48,4 +48,4 @@ std::map<std::string, torch::Tensor> load_component_weights(const std::filesyste
 // Throws the pickle refusal message when path names a pickle checkpoint.
 void refuse_pickle(const std::filesystem::path& path);
 
-}  // namespace dreamlora
+}  // namespace dreamlora::io

@@ -14,7 +14,7 @@
 #include "dreamlora/common/error.h"
 #include "dreamlora/io/durable_file.h"
 
-namespace dreamlora::safetensors {
+namespace dreamlora::io::safetensors {
 
 namespace {
 
@@ -279,4 +279,4 @@ void save(const std::filesystem::path& path, const std::map<std::string, torch::
   save(path, NamedTensors(tensors.begin(), tensors.end()), metadata);
 }
 
-}  // namespace dreamlora::safetensors
+}  // namespace dreamlora::io::safetensors

@@ -13,7 +13,7 @@
 #include <utility>
 #include <vector>
 
-namespace dreamlora::safetensors {
+namespace dreamlora::io::safetensors {
 
 struct TensorInfo {
   std::string name;
@@ -68,4 +68,4 @@ void save(const std::filesystem::path& path, const std::map<std::string, torch::
 std::string dtype_name(torch::ScalarType type);
 torch::ScalarType scalar_type(const std::string& dtype_name);  // throws on unknown names
 
-}  // namespace dreamlora::safetensors
+}  // namespace dreamlora::io::safetensors

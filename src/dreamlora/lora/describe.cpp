@@ -73,7 +73,7 @@ std::string join_numbers(const std::vector<double>& v) {
 }  // namespace
 
 LoRAFileInfo describe_lora_file(const std::filesystem::path& path) {
-  auto file = safetensors::File::open(path);
+  auto file = io::safetensors::File::open(path);
   auto tensors = file.load_all();
   LoRAFileInfo info;
   info.path = path.string();
@@ -97,7 +97,7 @@ LoRAFileInfo describe_lora_file(const std::filesystem::path& path) {
       if (!t->defined()) continue;
       info.num_tensors += 1;
       info.num_parameters += t->numel();
-      dtypes.insert(safetensors::dtype_name(t->scalar_type()));
+      dtypes.insert(io::safetensors::dtype_name(t->scalar_type()));
     }
     if (e.down.defined() && e.down.dim() >= 1) {
       ranks.insert(e.down.size(0));

@@ -117,7 +117,7 @@ std::string to_string(ModelFamily family) {
 
 LoRAModules collect_lora(torch::nn::Module& model) { return collect_lora(lora_layers(model)); }
 
-LoRAModules collect_lora(const std::vector<std::pair<std::string, nn::Linear>>& layers) {
+LoRAModules collect_lora(const std::vector<std::pair<std::string, nn::LinearWithLora>>& layers) {
   LoRAModules out;
   for (const auto& [path, linear] : layers) {
     LoRAModuleWeights w;
@@ -133,14 +133,14 @@ void apply_lora(torch::nn::Module& model, const LoRAModules& modules, const std:
   std::map<std::string, std::shared_ptr<torch::nn::Module>> by_path;
   for (const auto& item : model.named_modules("", /*include_self=*/false)) by_path[item.key()] = item.value();
   std::vector<std::string> problems;
-  std::vector<std::pair<std::shared_ptr<nn::LinearImpl>, const LoRAModuleWeights*>> plan;
+  std::vector<std::pair<std::shared_ptr<nn::LinearWithLoraImpl>, const LoRAModuleWeights*>> plan;
   for (const auto& [path, w] : modules) {
     auto it = by_path.find(path);
     if (it == by_path.end()) {
       problems.push_back(path + " (no such module)");
       continue;
     }
-    auto linear = std::dynamic_pointer_cast<nn::LinearImpl>(it->second);
+    auto linear = std::dynamic_pointer_cast<nn::LinearWithLoraImpl>(it->second);
     if (!linear) {
       problems.push_back(path + " (not a linear layer: conv LoRA is not supported)");
       continue;
@@ -211,7 +211,7 @@ void save_diffusers(const std::filesystem::path& path, const LoRAWeights& weight
       ": LoRA modules differ in rank/alpha, which the diffusers format cannot record unless alpha is baked "
       "into the up weights");
   md["dreamlora.alpha_in_weights"] = (options.bake_alpha_into_up && any_scaled) ? "true" : "false";
-  safetensors::save(path, to_diffusers_tensors(weights, options.bake_alpha_into_up), md);
+  io::safetensors::save(path, to_diffusers_tensors(weights, options.bake_alpha_into_up), md);
 }
 
 std::map<std::string, torch::Tensor> to_kohya_tensors(const LoRAWeights& weights,
@@ -244,11 +244,11 @@ void save_kohya(const std::filesystem::path& path, const LoRAWeights& weights, c
   md["ss_network_module"] = "networks.lora";
   md["ss_network_dim"] = md["dreamlora.rank"];
   md["ss_network_alpha"] = md["dreamlora.alpha"];
-  safetensors::save(path, to_kohya_tensors(weights, options), md);
+  io::safetensors::save(path, to_kohya_tensors(weights, options), md);
 }
 
 LoRAWeights load_lora_file(const std::filesystem::path& path, const std::optional<UNetLayout>& layout) {
-  auto file = safetensors::File::open(path);
+  auto file = io::safetensors::File::open(path);
   return parse_lora_tensors(file.load_all(), file.metadata(), path.string(), layout);
 }
 

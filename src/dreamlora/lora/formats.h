@@ -48,10 +48,10 @@ using convert::UNetLayout;
 std::string kohya_stem_to_path(const std::string& stem);
 std::string path_to_kohya_stem(const std::string& path);
 
-// Model -> canonical: every adapted nn::Linear of model under component.
+// Model -> canonical: every adapted nn::LinearWithLora of model under component.
 LoRAModules collect_lora(torch::nn::Module& model);
 // The same from layers already found with lora_layers().
-LoRAModules collect_lora(const std::vector<std::pair<std::string, nn::Linear>>& layers);
+LoRAModules collect_lora(const std::vector<std::pair<std::string, nn::LinearWithLora>>& layers);
 // Canonical -> model: enables an adapter of the file's rank/alpha where none exists and copies the
 // weights (cast to the adapter dtype). Modules absent from the model, or a rank that disagrees with an
 // existing adapter, are an error listing them, prefixed with `what`.

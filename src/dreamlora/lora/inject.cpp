@@ -55,7 +55,7 @@ InjectionReport inject_lora(torch::nn::Module& model, const std::vector<std::str
   DL_CHECK(options.rank > 0, "LoRA rank must be positive, got ", options.rank);
   InjectionReport report;
   for (const auto& t : targets) report.per_target[t] = 0;
-  std::vector<std::pair<std::string, nn::Linear>> chosen;
+  std::vector<std::pair<std::string, nn::LinearWithLora>> chosen;
   for (const auto& item : model.named_modules("", /*include_self=*/false)) {
     const std::string& path = item.key();
     if (inside_adapter(path)) continue;
@@ -63,7 +63,7 @@ InjectionReport inject_lora(torch::nn::Module& model, const std::vector<std::str
     for (const auto& t : targets)
       if (matches_target(path, t)) hits.push_back(t);
     if (hits.empty()) continue;
-    auto linear = std::dynamic_pointer_cast<nn::LinearImpl>(item.value());
+    auto linear = std::dynamic_pointer_cast<nn::LinearWithLoraImpl>(item.value());
     if (!linear) {
       std::string kind = module_kind(*item.value());
       fail(str("LoRA target '", hits.front(), "' matches module '", path, "', a ", kind,
@@ -75,7 +75,7 @@ InjectionReport inject_lora(torch::nn::Module& model, const std::vector<std::str
     }
     DL_CHECK(!linear->has_lora(), "inject_lora: module '", path, "' already has a LoRA adapter");
     for (const auto& t : hits) report.per_target[t] += 1;
-    chosen.emplace_back(path, nn::Linear(linear));
+    chosen.emplace_back(path, nn::LinearWithLora(linear));
   }
   for (const auto& [t, n] : report.per_target)
     DL_CHECK(n > 0, "LoRA target '", t,
@@ -98,11 +98,11 @@ InjectionReport inject_lora(torch::nn::Module& model, const std::vector<std::str
   return report;
 }
 
-std::vector<std::pair<std::string, nn::Linear>> lora_layers(torch::nn::Module& model) {
-  std::vector<std::pair<std::string, nn::Linear>> out;
+std::vector<std::pair<std::string, nn::LinearWithLora>> lora_layers(torch::nn::Module& model) {
+  std::vector<std::pair<std::string, nn::LinearWithLora>> out;
   for (const auto& item : model.named_modules("", /*include_self=*/true)) {
-    auto linear = std::dynamic_pointer_cast<nn::LinearImpl>(item.value());
-    if (linear && linear->has_lora()) out.emplace_back(item.key(), nn::Linear(linear));
+    auto linear = std::dynamic_pointer_cast<nn::LinearWithLoraImpl>(item.value());
+    if (linear && linear->has_lora()) out.emplace_back(item.key(), nn::LinearWithLora(linear));
   }
   return out;
 }

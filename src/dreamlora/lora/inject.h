@@ -1,4 +1,4 @@
-// LoRA injection into a model tree (peft-style target matching over nn::Linear layers), the list of
+// LoRA injection into a model tree (peft-style target matching over nn::LinearWithLora layers), the list of
 // adapter parameters a trainer optimises, freezing, and fuse/unfuse over a whole model.
 // Conv LoRA is not supported: a target that resolves to a Conv2d (SD1's 1x1 proj_in/proj_out when
 // use_linear_projection is false) is an error that says so.
@@ -34,14 +34,14 @@ struct InjectionReport {
 // peft's target_modules rule for a list: the path equals the target or ends with "." + target.
 bool matches_target(const std::string& module_path, const std::string& target);
 
-// Enables an adapter on every nn::Linear whose path matches a target, in named_modules order, so the
+// Enables an adapter on every nn::LinearWithLora whose path matches a target, in named_modules order, so the
 // gaussian init of A (N(0, 1/r)) draws from gen in named_parameters order as peft does; B starts at 0.
-// Errors: a target matching no module; a match that is not an nn::Linear (e.g. a Conv2d); an empty list.
+// Errors: a target matching no module; a match that is not an nn::LinearWithLora (e.g. a Conv2d); an empty list.
 InjectionReport inject_lora(torch::nn::Module& model, const std::vector<std::string>& targets,
                             const nn::LoRAOptions& options, at::Generator gen);
 
-// Every nn::Linear in the model that carries an adapter, by dotted path, in tree order.
-std::vector<std::pair<std::string, nn::Linear>> lora_layers(torch::nn::Module& model);
+// Every nn::LinearWithLora in the model that carries an adapter, by dotted path, in tree order.
+std::vector<std::pair<std::string, nn::LinearWithLora>> lora_layers(torch::nn::Module& model);
 
 // Adapter parameters ("<path>.lora.down.weight", "<path>.lora.up.weight") in named_parameters order.
 std::vector<std::pair<std::string, torch::Tensor>> lora_parameters(const torch::nn::Module& model);

@@ -23,21 +23,21 @@ torch::Tensor LoRAAdapterImpl::forward(const torch::Tensor& x) {
   return up(down(h)) * (lora_scale(options.alpha, options.rank) * multiplier);
 }
 
-LinearImpl::LinearImpl(int64_t in, int64_t out, bool with_bias) : in_features(in), out_features(out) {
+LinearWithLoraImpl::LinearWithLoraImpl(int64_t in, int64_t out, bool with_bias) : in_features(in), out_features(out) {
   // Same initialisation as torch.nn.Linear, so a randomly initialised model behaves like diffusers'.
   torch::nn::Linear init(torch::nn::LinearOptions(in, out).bias(with_bias));
   weight = register_parameter("weight", init->weight.detach().clone());
   if (with_bias) bias = register_parameter("bias", init->bias.detach().clone());
 }
 
-torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
+torch::Tensor LinearWithLoraImpl::forward(const torch::Tensor& x) {
   // [.., in] -> [.., out]; frozen weights may be fp16/bf16 while the adapter stays fp32.
   auto y = torch::nn::functional::linear(x.to(weight.scalar_type()), weight, bias);
   if (has_lora() && !fused_delta_.defined()) y = y + lora(x).to(y.scalar_type());
   return y;
 }
 
-void LinearImpl::enable_lora(const LoRAOptions& options, c10::optional<at::Generator> gen) {
+void LinearWithLoraImpl::enable_lora(const LoRAOptions& options, c10::optional<at::Generator> gen) {
   DL_CHECK(!has_lora(), "LoRA adapter already enabled on this layer");
   lora = register_module("lora", LoRAAdapter(in_features, out_features, options));
   lora->to(weight.device(), torch::kFloat32);
@@ -50,14 +50,14 @@ void LinearImpl::enable_lora(const LoRAOptions& options, c10::optional<at::Gener
   lora->up->weight.zero_();
 }
 
-void LinearImpl::remove_lora() {
+void LinearWithLoraImpl::remove_lora() {
   if (!has_lora()) return;
   unfuse_lora();
   unregister_module("lora");
   lora = nullptr;
 }
 
-void LinearImpl::fuse_lora(double multiplier) {
+void LinearWithLoraImpl::fuse_lora(double multiplier) {
   DL_CHECK(has_lora(), "fuse_lora: layer has no LoRA adapter");
   if (fused_delta_.defined()) unfuse_lora();
   torch::NoGradGuard no_grad;
@@ -67,7 +67,7 @@ void LinearImpl::fuse_lora(double multiplier) {
   weight.add_(delta.to(weight.scalar_type()));
 }
 
-void LinearImpl::unfuse_lora() {
+void LinearWithLoraImpl::unfuse_lora() {
   if (!fused_delta_.defined()) return;
   torch::NoGradGuard no_grad;
   weight.copy_(fused_delta_);

@@ -31,9 +31,9 @@ class LoRAAdapterImpl : public torch::nn::Module {
 };
 TORCH_MODULE(LoRAAdapter);
 
-class LinearImpl : public torch::nn::Module {
+class LinearWithLoraImpl : public torch::nn::Module {
  public:
-  LinearImpl(int64_t in_features, int64_t out_features, bool bias = true);
+  LinearWithLoraImpl(int64_t in_features, int64_t out_features, bool bias = true);
   // [.., in] -> [.., out]
   torch::Tensor forward(const torch::Tensor& x);
 
@@ -52,6 +52,6 @@ class LinearImpl : public torch::nn::Module {
  private:
   torch::Tensor fused_delta_;
 };
-TORCH_MODULE(Linear);
+TORCH_MODULE(LinearWithLora);
 
 }  // namespace dreamlora::nn

@@ -6,7 +6,7 @@
 
 #include "dreamlora/common/error.h"
 
-namespace dreamlora {
+namespace dreamlora::nn {
 
 namespace {
 bool is_lora_key(const std::string& key) { return key.find(".lora.") != std::string::npos || key.rfind("lora.", 0) == 0; }
@@ -60,4 +60,4 @@ int64_t count_parameters(const torch::nn::Module& module) {
   return n;
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::nn

@@ -6,7 +6,7 @@
 #include <map>
 #include <string>
 
-namespace dreamlora {
+namespace dreamlora::nn {
 
 // Every parameter and buffer of module, by dotted name.
 std::map<std::string, torch::Tensor> named_tensors(const torch::nn::Module& module);
@@ -20,4 +20,4 @@ void load_state_dict_strict(torch::nn::Module& module, const std::map<std::strin
 // Sum of element counts over parameters.
 int64_t count_parameters(const torch::nn::Module& module);
 
-}  // namespace dreamlora
+}  // namespace dreamlora::nn

@@ -17,7 +17,7 @@
 #include "dreamlora/unet/unet_2d_condition.h"
 #include "dreamlora/vae/autoencoder_kl.h"
 
-namespace dreamlora {
+namespace dreamlora::pipeline {
 
 namespace fs = std::filesystem;
 
@@ -46,14 +46,14 @@ void apply_to(torch::nn::Module& module, const std::string& component, const Com
 
 Tensors run_tokenizer(const ComponentRunArgs& args, const fs::path& dir) {
   DL_CHECK(!args.prompts.empty(), "--prompts FILE.json is required for component ", args.component);
-  auto prompts = read_json(args.prompts);
+  auto prompts = io::read_json(args.prompts);
   DL_CHECK(prompts.is_array(), args.prompts, ": expected a JSON list of strings");
   std::vector<std::string> texts;
   for (const auto& p : prompts) {
     DL_CHECK(p.is_string(), args.prompts, ": expected a JSON list of strings, found ", p.dump());
     texts.push_back(p.get<std::string>());
   }
-  auto tok = CLIPTokenizer::load(dir);
+  auto tok = text::CLIPTokenizer::load(dir);
   std::vector<int64_t> ids, mask;
   for (const auto& t : texts) {
     auto e = tok.encode(t);
@@ -89,13 +89,13 @@ Tensors run_component(const ComponentRunArgs& args) {
     single = SingleFileCheckpoint::open(args.model, args.model_config);
     model_dir = args.model_config;
   }
-  auto dir = ModelDir::open(model_dir);
+  auto dir = io::ModelDir::open(model_dir);
   if (c == "tokenizer" || c == "tokenizer_2") return run_tokenizer(args, dir.component_dir(c));
   DL_CHECK(!args.inputs.empty(), "--inputs FILE.safetensors is required for component ", c);
-  Tensors in = safetensors::File::open(args.inputs).load_all();
+  Tensors in = io::safetensors::File::open(args.inputs).load_all();
   torch::NoGradGuard no_grad;
   if (c == "text_encoder" || c == "text_encoder_2") {
-    auto te = single ? single->text_encoder(c, torch::kFloat32) : load_clip_text_model(dir.component_dir(c), args.variant);
+    auto te = single ? single->text_encoder(c, torch::kFloat32) : text::load_clip_text_model(dir.component_dir(c), args.variant);
     apply_to(*te, c, args, lora::UNetLayout::sdxl_base());
     auto ids = input(in, "input_ids", "int64 [B, 77]", torch::kInt64, 2);
     auto out = te->forward(ids, /*output_hidden_states=*/true);
@@ -132,4 +132,4 @@ Tensors run_component(const ComponentRunArgs& args) {
            "' (tokenizer, tokenizer_2, text_encoder, text_encoder_2, unet, vae_encoder, vae_decoder)"));
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::pipeline

@@ -7,7 +7,7 @@
 #include <map>
 #include <string>
 
-namespace dreamlora {
+namespace dreamlora::pipeline {
 
 struct ComponentRunArgs {
   std::string model, model_config, component, inputs, prompts, out, lora, variant;
@@ -25,4 +25,4 @@ std::map<std::string, torch::Tensor> run_component(const ComponentRunArgs& args)
 struct ModelBundle;
 void apply_lora_file(ModelBundle& model, const std::string& path, double scale);
 
-}  // namespace dreamlora
+}  // namespace dreamlora::pipeline

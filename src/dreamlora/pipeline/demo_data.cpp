@@ -5,14 +5,14 @@
 
 #include "dreamlora/io/image.h"
 
-namespace dreamlora {
+namespace dreamlora::pipeline {
 
 void write_demo_subject_images(const std::filesystem::path& dir, int64_t count, int64_t size, uint64_t seed) {
   std::filesystem::create_directories(dir);
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<double> u(0.0, 1.0);
   for (int64_t i = 0; i < count; ++i) {
-    Image img;
+    io::Image img;
     img.width = img.height = static_cast<int>(size);
     img.rgb.resize(static_cast<size_t>(size * size * 3));
     // background: a vertical gradient between two random muted colours
@@ -32,8 +32,8 @@ void write_demo_subject_images(const std::filesystem::path& dir, int64_t count, 
         for (int c = 0; c < 3; ++c) p[c] = static_cast<uint8_t>(std::lround(px[c]));
       }
     }
-    save_png(dir / ("subject-" + std::to_string(i) + ".png"), img);
+    io::save_png(dir / ("subject-" + std::to_string(i) + ".png"), img);
   }
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::pipeline

@@ -4,12 +4,12 @@
 
 #include "dreamlora/pipeline/single_file.h"
 
-namespace dreamlora {
+namespace dreamlora::pipeline {
 
 namespace fs = std::filesystem;
 
 namespace {
-void check_class(const ModelDir& dir, const std::string& component, const std::string& expected) {
+void check_class(const io::ModelDir& dir, const std::string& component, const std::string& expected) {
   DL_CHECK(dir.has_component(component), (dir.root() / "model_index.json").string(), ": missing component '",
            component, "'");
   const auto& c = dir.component(component);
@@ -18,25 +18,25 @@ void check_class(const ModelDir& dir, const std::string& component, const std::s
 }
 
 ModelBundle load_folder(const fs::path& root, const LoadOptions& options) {
-  auto dir = ModelDir::open(root);
+  auto dir = io::ModelDir::open(root);
   ModelBundle b;
   b.root = root;
   b.sdxl = dir.is_sdxl();
   check_class(dir, "unet", "UNet2DConditionModel");
   check_class(dir, "vae", "AutoencoderKL");
   check_class(dir, "text_encoder", "CLIPTextModel");
-  b.text.tokenizer = std::make_shared<const CLIPTokenizer>(CLIPTokenizer::load(dir.component_dir("tokenizer")));
-  b.text.text_encoder = load_clip_text_model(dir.component_dir("text_encoder"), options.variant, options.dtype);
+  b.text.tokenizer = std::make_shared<const text::CLIPTokenizer>(text::CLIPTokenizer::load(dir.component_dir("tokenizer")));
+  b.text.text_encoder = text::load_clip_text_model(dir.component_dir("text_encoder"), options.variant, options.dtype);
   if (b.sdxl) {
     check_class(dir, "text_encoder_2", "CLIPTextModelWithProjection");
-    b.text.tokenizer_2 = std::make_shared<const CLIPTokenizer>(CLIPTokenizer::load(dir.component_dir("tokenizer_2")));
-    b.text.text_encoder_2 = load_clip_text_model(dir.component_dir("text_encoder_2"), options.variant, options.dtype);
+    b.text.tokenizer_2 = std::make_shared<const text::CLIPTokenizer>(text::CLIPTokenizer::load(dir.component_dir("tokenizer_2")));
+    b.text.text_encoder_2 = text::load_clip_text_model(dir.component_dir("text_encoder_2"), options.variant, options.dtype);
   }
   b.unet = unet::UNet2DConditionModelImpl::load(dir.component_dir("unet"), options.variant, options.dtype);
   // The VAE stays fp32 when its config asks for it (force_upcast): SD-XL's VAE overflows in fp16.
   b.vae = vae::AutoencoderKLImpl::load(dir.component_dir("vae"), options.variant, torch::kFloat32);
   b.scheduler_config_path = dir.component_dir("scheduler") / "scheduler_config.json";
-  b.scheduler_config = read_json(b.scheduler_config_path);
+  b.scheduler_config = io::read_json(b.scheduler_config_path);
   return b;
 }
 }  // namespace
@@ -68,4 +68,4 @@ int64_t ModelBundle::vae_scale_factor() const {
   return vae->config().scale_factor();
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::pipeline

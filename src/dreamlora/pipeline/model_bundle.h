@@ -11,7 +11,7 @@
 #include "dreamlora/unet/unet_2d_condition.h"
 #include "dreamlora/vae/autoencoder_kl.h"
 
-namespace dreamlora {
+namespace dreamlora::pipeline {
 
 struct LoadOptions {
   std::string variant;                       // "" or e.g. "fp16"
@@ -24,10 +24,10 @@ struct LoadOptions {
 struct ModelBundle {
   std::filesystem::path root;
   bool sdxl = false;
-  TextEncoders text;
+  text::TextEncoders text;
   unet::UNet2DConditionModel unet{nullptr};
   vae::AutoencoderKL vae{nullptr};
-  Json scheduler_config;
+  io::Json scheduler_config;
   std::filesystem::path scheduler_config_path;
 
   // root: a diffusers pipeline folder, or a single-file checkpoint (original layout, see single_file.h).
@@ -36,4 +36,4 @@ struct ModelBundle {
   int64_t vae_scale_factor() const;
 };
 
-}  // namespace dreamlora
+}  // namespace dreamlora::pipeline

@@ -4,7 +4,7 @@
 
 #include "dreamlora/nn/state_dict.h"
 
-namespace dreamlora {
+namespace dreamlora::pipeline {
 
 namespace fs = std::filesystem;
 
@@ -19,10 +19,10 @@ bool differs_by_trailing_ones(at::IntArrayRef a, at::IntArrayRef b) {
   return a != b && strip(a) == strip(b);
 }
 
-void fill_module(torch::nn::Module& module, const safetensors::File& file, const convert::ComponentSources& sources,
+void fill_module(torch::nn::Module& module, const io::safetensors::File& file, const convert::ComponentSources& sources,
                  const std::string& what) {
   DL_CHECK(!sources.empty(), file.path().string(), ": the checkpoint has no ", what, " weights");
-  const auto targets = named_tensors(module);
+  const auto targets = nn::named_tensors(module);
   std::map<std::string, torch::Tensor> weights;
   for (const auto& [name, source] : sources) {
     torch::Tensor t = convert::read_source(file, source);
@@ -30,7 +30,7 @@ void fill_module(torch::nn::Module& module, const safetensors::File& file, const
     if (it != targets.end() && differs_by_trailing_ones(t.sizes(), it->second.sizes())) t = t.reshape(it->second.sizes());
     weights.emplace(name, t);
   }
-  load_state_dict_strict(module, weights, str(file.path().string(), " (", what, ")"));
+  nn::load_state_dict_strict(module, weights, str(file.path().string(), " (", what, ")"));
 }
 
 void check_config_dir(const fs::path& file, const fs::path& config_dir, const convert::FamilyDetection& d) {
@@ -39,7 +39,7 @@ void check_config_dir(const fs::path& file, const fs::path& config_dir, const co
   DL_CHECK(!config_dir.empty(), found,
            ". Pass --model-config DIR: a diffusers folder of the same architecture whose */config.json, "
            "tokenizer(s) and scheduler config are used (as diffusers' from_single_file(path, config=DIR))");
-  auto dir = ModelDir::open(config_dir);
+  auto dir = io::ModelDir::open(config_dir);
   DL_CHECK(dir.is_sdxl() == (d.family == convert::CheckpointFamily::sdxl), found, "; --model-config ",
            config_dir.string(), " is ", dir.is_sdxl() ? "an SDXL" : "a non-SDXL", " pipeline");
 }
@@ -49,11 +49,11 @@ void check_config_dir(const fs::path& file, const fs::path& config_dir, const co
 bool is_single_file_checkpoint(const fs::path& model) { return fs::is_regular_file(model); }
 
 SingleFileCheckpoint SingleFileCheckpoint::open(const fs::path& file, const fs::path& config_dir) {
-  refuse_pickle(file);
+  io::refuse_pickle(file);
   SingleFileCheckpoint c;
   c.path_ = file;
   c.config_dir_ = config_dir;
-  c.file_ = safetensors::File::open(file);
+  c.file_ = io::safetensors::File::open(file);
   c.detection_ = convert::detect_family(c.file_);
   check_config_dir(file, config_dir, c.detection_);
   auto unet_config = unet::UNet2DConditionConfig::from_file(config_dir / "unet" / "config.json");
@@ -87,12 +87,12 @@ vae::AutoencoderKL SingleFileCheckpoint::vae(torch::Dtype dtype) const {
   return model;
 }
 
-CLIPTextModel SingleFileCheckpoint::text_encoder(const std::string& component, torch::Dtype dtype) const {
-  auto config = CLIPTextConfig::from_file(config_dir_ / component / "config.json");
-  std::shared_ptr<CLIPTextModelImpl> impl;
-  if (config.with_projection()) impl = std::make_shared<CLIPTextModelWithProjectionImpl>(config);
-  else impl = std::make_shared<CLIPTextModelImpl>(config);
-  CLIPTextModel model(impl);
+text::CLIPTextModel SingleFileCheckpoint::text_encoder(const std::string& component, torch::Dtype dtype) const {
+  auto config = text::CLIPTextConfig::from_file(config_dir_ / component / "config.json");
+  std::shared_ptr<text::CLIPTextModelImpl> impl;
+  if (config.with_projection()) impl = std::make_shared<text::CLIPTextModelWithProjectionImpl>(config);
+  else impl = std::make_shared<text::CLIPTextModelImpl>(config);
+  text::CLIPTextModel model(impl);
   auto it = sources_.components.find(component);
   fill_module(*model, file_, it == sources_.components.end() ? convert::ComponentSources{} : it->second,
               str(component, ", ", config.architecture));
@@ -104,17 +104,17 @@ ModelBundle SingleFileCheckpoint::bundle(const LoadOptions& options) const {
   ModelBundle b;
   b.root = path_;
   b.sdxl = detection_.family == convert::CheckpointFamily::sdxl;
-  b.text.tokenizer = std::make_shared<const CLIPTokenizer>(CLIPTokenizer::load(config_dir_ / "tokenizer"));
+  b.text.tokenizer = std::make_shared<const text::CLIPTokenizer>(text::CLIPTokenizer::load(config_dir_ / "tokenizer"));
   b.text.text_encoder = text_encoder("text_encoder", options.dtype);
   if (b.sdxl) {
-    b.text.tokenizer_2 = std::make_shared<const CLIPTokenizer>(CLIPTokenizer::load(config_dir_ / "tokenizer_2"));
+    b.text.tokenizer_2 = std::make_shared<const text::CLIPTokenizer>(text::CLIPTokenizer::load(config_dir_ / "tokenizer_2"));
     b.text.text_encoder_2 = text_encoder("text_encoder_2", options.dtype);
   }
   b.unet = unet(options.dtype);
   b.vae = vae(torch::kFloat32);
   b.scheduler_config_path = config_dir_ / "scheduler" / "scheduler_config.json";
-  b.scheduler_config = read_json(b.scheduler_config_path);
+  b.scheduler_config = io::read_json(b.scheduler_config_path);
   return b;
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::pipeline

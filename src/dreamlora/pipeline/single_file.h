@@ -9,7 +9,7 @@
 #include "dreamlora/convert/single_file.h"
 #include "dreamlora/pipeline/model_bundle.h"
 
-namespace dreamlora {
+namespace dreamlora::pipeline {
 
 bool is_single_file_checkpoint(const std::filesystem::path& model);
 
@@ -23,14 +23,14 @@ class SingleFileCheckpoint {
   const std::filesystem::path& config_dir() const { return config_dir_; }
   unet::UNet2DConditionModel unet(torch::Dtype dtype) const;
   vae::AutoencoderKL vae(torch::Dtype dtype) const;
-  CLIPTextModel text_encoder(const std::string& component, torch::Dtype dtype) const;  // text_encoder(_2)
+  text::CLIPTextModel text_encoder(const std::string& component, torch::Dtype dtype) const;  // text_encoder(_2)
   ModelBundle bundle(const LoadOptions& options) const;
 
  private:
   std::filesystem::path path_, config_dir_;
-  safetensors::File file_;
+  io::safetensors::File file_;
   convert::FamilyDetection detection_;
   convert::SingleFileSources sources_;
 };
 
-}  // namespace dreamlora
+}  // namespace dreamlora::pipeline

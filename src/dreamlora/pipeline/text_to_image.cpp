@@ -9,7 +9,7 @@
 #include "dreamlora/io/image_tensor.h"
 #include "dreamlora/schedulers/sampler.h"
 
-namespace dreamlora {
+namespace dreamlora::pipeline {
 
 namespace {
 
@@ -35,7 +35,7 @@ void check_sample_options(const ModelBundle& model, const SampleOptions& o) {
   }
 }
 
-std::vector<Image> text_to_image(ModelBundle& model, const SampleOptions& o,
+std::vector<io::Image> text_to_image(ModelBundle& model, const SampleOptions& o,
                                  const std::function<void(int64_t, int64_t)>& progress) {
   check_sample_options(model, o);
   torch::NoGradGuard no_grad;
@@ -48,15 +48,15 @@ std::vector<Image> text_to_image(ModelBundle& model, const SampleOptions& o,
   auto dtype = model.unet->parameters().front().scalar_type();
 
   // prompt -> embeddings (negative first, as diffusers concatenates [uncond, cond])
-  auto pos = encode_prompt(model.text, std::vector<std::string>(n, o.prompt));
-  PromptEmbeddings neg;
+  auto pos = text::encode_prompt(model.text, std::vector<std::string>(n, o.prompt));
+  text::PromptEmbeddings neg;
   if (cfg) {
     if (model.sdxl && o.negative_prompt.empty()) {
       // force_zeros_for_empty_prompt: SDXL's unconditional embeddings are zeros
       neg.prompt_embeds = torch::zeros_like(pos.prompt_embeds);
       neg.pooled_prompt_embeds = torch::zeros_like(pos.pooled_prompt_embeds);
     } else {
-      neg = encode_prompt(model.text, std::vector<std::string>(n, o.negative_prompt));
+      neg = text::encode_prompt(model.text, std::vector<std::string>(n, o.negative_prompt));
     }
   }
   auto embeds = cfg ? torch::cat({neg.prompt_embeds, pos.prompt_embeds}) : pos.prompt_embeds;
@@ -107,10 +107,10 @@ std::vector<Image> text_to_image(ModelBundle& model, const SampleOptions& o,
   // VAE decode -> [0, 1]
   auto vae_dtype = model.vae->dtype();
   auto image = model.vae->decode(model.vae->unscale_latents(latents).to(device, vae_dtype));
-  return tensor_to_images((image.to(torch::kFloat32) / 2 + 0.5).clamp(0, 1));
+  return io::tensor_to_images((image.to(torch::kFloat32) / 2 + 0.5).clamp(0, 1));
 }
 
-TextChunks sample_metadata(const SampleOptions& o, int64_t image_index, const std::string& lora_description) {
+io::TextChunks sample_metadata(const SampleOptions& o, int64_t image_index, const std::string& lora_description) {
   std::ostringstream params;
   params << o.prompt << "\n";
   if (!o.negative_prompt.empty()) params << "Negative prompt: " << o.negative_prompt << "\n";
@@ -128,4 +128,4 @@ TextChunks sample_metadata(const SampleOptions& o, int64_t image_index, const st
           {"lora", lora_description}};
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::pipeline

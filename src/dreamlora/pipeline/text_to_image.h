@@ -11,7 +11,7 @@
 #include "dreamlora/io/image.h"
 #include "dreamlora/pipeline/model_bundle.h"
 
-namespace dreamlora {
+namespace dreamlora::pipeline {
 
 struct SampleOptions {
   std::string prompt;
@@ -34,10 +34,10 @@ struct SampleOptions {
 void check_sample_options(const ModelBundle& model, const SampleOptions& options);
 
 // Generates options.num_images images. progress(step, total) is called after each denoising step.
-std::vector<Image> text_to_image(ModelBundle& model, const SampleOptions& options,
+std::vector<io::Image> text_to_image(ModelBundle& model, const SampleOptions& options,
                                  const std::function<void(int64_t, int64_t)>& progress = {});
 
 // PNG text chunks describing how an image was made ("parameters" in A1111's format, plus prompt, seed...).
-TextChunks sample_metadata(const SampleOptions& options, int64_t image_index, const std::string& lora_description);
+io::TextChunks sample_metadata(const SampleOptions& options, int64_t image_index, const std::string& lora_description);
 
-}  // namespace dreamlora
+}  // namespace dreamlora::pipeline

@@ -11,15 +11,15 @@
 #include "dreamlora/unet/unet_2d_condition.h"
 #include "dreamlora/vae/autoencoder_kl.h"
 
-namespace dreamlora {
+namespace dreamlora::pipeline {
 
 namespace fs = std::filesystem;
 
 namespace {
 
 // Same shapes as the fixtures' tiny-sd / tiny-sdxl UNets (hf-internal-testing sized).
-Json unet_config(bool sdxl) {
-  Json c = {{"_class_name", "UNet2DConditionModel"},
+io::Json unet_config(bool sdxl) {
+  io::Json c = {{"_class_name", "UNet2DConditionModel"},
             {"block_out_channels", {32, 64}},
             {"layers_per_block", 2},
             {"in_channels", 4},
@@ -45,7 +45,7 @@ Json unet_config(bool sdxl) {
   return c;
 }
 
-Json vae_config() {
+io::Json vae_config() {
   return {{"_class_name", "AutoencoderKL"},
           {"act_fn", "silu"},
           {"block_out_channels", {32, 64}},
@@ -61,7 +61,7 @@ Json vae_config() {
           {"scaling_factor", 0.18215}};
 }
 
-Json text_encoder_config(int64_t vocab_size, bool with_projection) {
+io::Json text_encoder_config(int64_t vocab_size, bool with_projection) {
   return {{"architectures", {with_projection ? "CLIPTextModelWithProjection" : "CLIPTextModel"}},
           {"model_type", "clip_text_model"},
           {"bos_token_id", 0},
@@ -79,7 +79,7 @@ Json text_encoder_config(int64_t vocab_size, bool with_projection) {
           {"vocab_size", vocab_size}};
 }
 
-Json scheduler_config(bool sdxl) {
+io::Json scheduler_config(bool sdxl) {
   return {{"_class_name", sdxl ? "EulerDiscreteScheduler" : "PNDMScheduler"},
           {"beta_start", 0.00085},
           {"beta_end", 0.012},
@@ -94,13 +94,13 @@ Json scheduler_config(bool sdxl) {
           {"trained_betas", nullptr}};
 }
 
-void write_json(const fs::path& path, const Json& json) {
+void write_json(const fs::path& path, const io::Json& json) {
   fs::create_directories(path.parent_path());
-  write_file_durably(path, json.dump(2) + "\n");
+  io::write_file_durably(path, json.dump(2) + "\n");
 }
 
 void write_weights(const fs::path& path, const torch::nn::Module& module) {
-  safetensors::save(path, named_tensors(module));
+  io::safetensors::save(path, nn::named_tensors(module));
 }
 
 }  // namespace
@@ -108,7 +108,7 @@ void write_weights(const fs::path& path, const torch::nn::Module& module) {
 void write_tiny_model(const fs::path& dir, const TinyModelOptions& options) {
   fs::create_directories(dir);
   const bool sdxl = options.sdxl;
-  Json index = {{"_class_name", sdxl ? "StableDiffusionXLPipeline" : "StableDiffusionPipeline"},
+  io::Json index = {{"_class_name", sdxl ? "StableDiffusionXLPipeline" : "StableDiffusionPipeline"},
                 {"_diffusers_version", "0.27.2"},
                 {"scheduler", {"diffusers", sdxl ? "EulerDiscreteScheduler" : "PNDMScheduler"}},
                 {"text_encoder", {"transformers", "CLIPTextModel"}},
@@ -127,19 +127,19 @@ void write_tiny_model(const fs::path& dir, const TinyModelOptions& options) {
   write_json(dir / "model_index.json", index);
   write_json(dir / "scheduler" / "scheduler_config.json", scheduler_config(sdxl));
 
-  const int64_t vocab = write_tiny_bpe_tokenizer(dir / "tokenizer");
-  if (sdxl) write_tiny_bpe_tokenizer(dir / "tokenizer_2", "", 200, "!");
+  const int64_t vocab = text::write_tiny_bpe_tokenizer(dir / "tokenizer");
+  if (sdxl) text::write_tiny_bpe_tokenizer(dir / "tokenizer_2", "", 200, "!");
 
   torch::manual_seed(options.seed);
   auto te_json = text_encoder_config(vocab, false);
   write_json(dir / "text_encoder" / "config.json", te_json);
-  CLIPTextModel te(CLIPTextConfig::from_json(te_json, "text_encoder/config.json"));
+  text::CLIPTextModel te(text::CLIPTextConfig::from_json(te_json, "text_encoder/config.json"));
   write_weights(dir / "text_encoder" / "model.safetensors", *te);
   if (sdxl) {
     torch::manual_seed(options.seed + 1);
     auto te2_json = text_encoder_config(vocab, true);
     write_json(dir / "text_encoder_2" / "config.json", te2_json);
-    CLIPTextModelWithProjection te2(CLIPTextConfig::from_json(te2_json, "text_encoder_2/config.json"));
+    text::CLIPTextModelWithProjection te2(text::CLIPTextConfig::from_json(te2_json, "text_encoder_2/config.json"));
     write_weights(dir / "text_encoder_2" / "model.safetensors", *te2);
   }
 
@@ -156,4 +156,4 @@ void write_tiny_model(const fs::path& dir, const TinyModelOptions& options) {
   write_weights(dir / "vae" / "diffusion_pytorch_model.safetensors", *vae);
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::pipeline

@@ -59,7 +59,7 @@ std::vector<std::string> sampler_names() {
   return out;
 }
 
-std::unique_ptr<Sampler> make_sampler(const std::string& name, const Json& config_json, const std::string& source) {
+std::unique_ptr<Sampler> make_sampler(const std::string& name, const io::Json& config_json, const std::string& source) {
   std::string cls;
   bool karras = false;
   for (const auto& n : known_names()) {
@@ -83,7 +83,7 @@ std::unique_ptr<Sampler> make_sampler(const std::string& name, const Json& confi
 }
 
 std::unique_ptr<Sampler> make_sampler(const std::string& name, const std::filesystem::path& config_file) {
-  return make_sampler(name, read_json(config_file), config_file.string());
+  return make_sampler(name, io::read_json(config_file), config_file.string());
 }
 
 }  // namespace dreamlora::schedulers

@@ -60,7 +60,7 @@ class Sampler {
 
 // Names: "ddim", "euler", "euler-a", "dpmpp-2m", "euler-karras", "dpmpp-2m-karras" (the last two
 // force use_karras_sigmas), or a diffusers class name. config_json: scheduler_config.json of any class.
-std::unique_ptr<Sampler> make_sampler(const std::string& name, const Json& config_json,
+std::unique_ptr<Sampler> make_sampler(const std::string& name, const io::Json& config_json,
                                       const std::string& source = "scheduler_config.json");
 std::unique_ptr<Sampler> make_sampler(const std::string& name, const std::filesystem::path& config_file);
 // The short names make_sampler accepts.

@@ -102,7 +102,7 @@ SchedulerConfig SchedulerConfig::defaults_for(const std::string& target_class) {
   return c;
 }
 
-SchedulerConfig SchedulerConfig::from_json(const Json& json, const std::string& target_class,
+SchedulerConfig SchedulerConfig::from_json(const io::Json& json, const std::string& target_class,
                                            const std::string& source) {
   DL_CHECK(json.is_object(), source, ": expected a JSON object");
   SchedulerConfig c = defaults_for(target_class);
@@ -111,7 +111,7 @@ SchedulerConfig SchedulerConfig::from_json(const Json& json, const std::string& 
 
   // Keys the saving class recorded as its own defaults fall back to the target's defaults
   // (diffusers' `_use_default_values`); keys the target does not take are ignored.
-  Json filtered = Json::object();
+  io::Json filtered = io::Json::object();
   std::set<std::string> use_defaults;
   if (json.contains("_use_default_values") && json["_use_default_values"].is_array()) {
     for (const auto& k : json["_use_default_values"]) {
@@ -121,7 +121,7 @@ SchedulerConfig SchedulerConfig::from_json(const Json& json, const std::string& 
   for (auto it = json.begin(); it != json.end(); ++it) {
     if (keys.count(it.key()) && !use_defaults.count(it.key())) filtered[it.key()] = it.value();
   }
-  ConfigReader r(filtered, source);
+  io::ConfigReader r(filtered, source);
 
   c.num_train_timesteps = r.get<int64_t>("num_train_timesteps", c.num_train_timesteps);
   c.beta_start = r.get<double>("beta_start", c.beta_start);
@@ -158,20 +158,20 @@ SchedulerConfig SchedulerConfig::from_json(const Json& json, const std::string& 
 }
 
 SchedulerConfig SchedulerConfig::from_file(const std::filesystem::path& path, const std::string& target_class) {
-  return from_json(read_json(path), target_class, path.string());
+  return from_json(io::read_json(path), target_class, path.string());
 }
 
-Json SchedulerConfig::to_json() const {
-  Json all = {{"num_train_timesteps", num_train_timesteps},
+io::Json SchedulerConfig::to_json() const {
+  io::Json all = {{"num_train_timesteps", num_train_timesteps},
               {"beta_start", beta_start},
               {"beta_end", beta_end},
               {"beta_schedule", beta_schedule},
-              {"trained_betas", trained_betas ? Json(*trained_betas) : Json(nullptr)},
+              {"trained_betas", trained_betas ? io::Json(*trained_betas) : io::Json(nullptr)},
               {"prediction_type", prediction_type},
               {"timestep_spacing", timestep_spacing},
               {"steps_offset", steps_offset},
               {"rescale_betas_zero_snr", rescale_betas_zero_snr},
-              {"variance_type", variance_type ? Json(*variance_type) : Json(nullptr)},
+              {"variance_type", variance_type ? io::Json(*variance_type) : io::Json(nullptr)},
               {"clip_sample", clip_sample},
               {"thresholding", thresholding},
               {"dynamic_thresholding_ratio", 0.995},
@@ -180,8 +180,8 @@ Json SchedulerConfig::to_json() const {
               {"set_alpha_to_one", set_alpha_to_one},
               {"interpolation_type", interpolation_type},
               {"use_karras_sigmas", use_karras_sigmas},
-              {"sigma_min", sigma_min ? Json(*sigma_min) : Json(nullptr)},
-              {"sigma_max", sigma_max ? Json(*sigma_max) : Json(nullptr)},
+              {"sigma_min", sigma_min ? io::Json(*sigma_min) : io::Json(nullptr)},
+              {"sigma_max", sigma_max ? io::Json(*sigma_max) : io::Json(nullptr)},
               {"timestep_type", timestep_type},
               {"solver_order", solver_order},
               {"algorithm_type", algorithm_type},
@@ -191,8 +191,8 @@ Json SchedulerConfig::to_json() const {
               {"use_lu_lambdas", use_lu_lambdas},
               {"final_sigmas_type", final_sigmas_type},
               // JSON has no -inf; diffusers writes Python's -Infinity, which nlohmann cannot read back.
-              {"lambda_min_clipped", std::isinf(lambda_min_clipped) ? Json(-1e30) : Json(lambda_min_clipped)}};
-  Json out = Json::object();
+              {"lambda_min_clipped", std::isinf(lambda_min_clipped) ? io::Json(-1e30) : io::Json(lambda_min_clipped)}};
+  io::Json out = io::Json::object();
   out["_class_name"] = target_class;
   for (const auto& k : keys_of(target_class)) out[k] = all.at(k);
   return out;

@@ -63,11 +63,11 @@ struct SchedulerConfig {
   // Defaults of target_class (one of the k* names above); unknown classes are an error.
   static SchedulerConfig defaults_for(const std::string& target_class);
   // Parses json for target_class. Errors name source and the key for unsupported values.
-  static SchedulerConfig from_json(const Json& json, const std::string& target_class,
+  static SchedulerConfig from_json(const io::Json& json, const std::string& target_class,
                                    const std::string& source = "scheduler_config.json");
   static SchedulerConfig from_file(const std::filesystem::path& path, const std::string& target_class);
   // The keys target_class takes, with `_class_name` = target_class (diffusers' save_config form).
-  Json to_json() const;
+  io::Json to_json() const;
 };
 
 }  // namespace dreamlora::schedulers

@@ -10,7 +10,7 @@
 #include "dreamlora/text/clip_text_cleanup.h"
 #include "dreamlora/text/clip_tokenizer.h"
 
-namespace dreamlora {
+namespace dreamlora::text {
 namespace {
 
 constexpr const char* kBuiltinCorpus =
@@ -87,8 +87,8 @@ std::map<Word, int64_t> apply_merge(const std::map<Word, int64_t>& words, const 
   return out;
 }
 
-Json added_token(const std::string& content, bool normalized) {
-  return Json{{"content", content},
+io::Json added_token(const std::string& content, bool normalized) {
+  return io::Json{{"content", content},
               {"lstrip", false},
               {"normalized", normalized},
               {"rstrip", false},
@@ -129,7 +129,7 @@ int64_t write_tiny_bpe_tokenizer(const std::filesystem::path& dir, const std::st
   vocab.push_back("<|startoftext|>");
   vocab.push_back("<|endoftext|>");
 
-  Json vocab_json = Json::object();
+  io::Json vocab_json = io::Json::object();
   for (size_t i = 0; i < vocab.size(); ++i) vocab_json[vocab[i]] = static_cast<int64_t>(i);
   DL_CHECK(vocab_json.contains(pad_token), "write_tiny_bpe_tokenizer: pad token '", pad_token,
            "' is not in the vocabulary (use \"<|endoftext|>\" or \"!\")");
@@ -140,7 +140,7 @@ int64_t write_tiny_bpe_tokenizer(const std::filesystem::path& dir, const std::st
   write_file(dir / "merges.txt", merges_text);
 
   const int64_t bos_id = static_cast<int64_t>(vocab.size()) - 2, eos_id = bos_id + 1;
-  Json decoder = Json::object();
+  io::Json decoder = io::Json::object();
   bool pad_is_special = pad_token == "<|startoftext|>" || pad_token == "<|endoftext|>";
   if (!pad_is_special) {
     decoder[std::to_string(vocab_json[pad_token].get<int64_t>())] = added_token(pad_token, false);
@@ -151,7 +151,7 @@ int64_t write_tiny_bpe_tokenizer(const std::filesystem::path& dir, const std::st
     decoder[std::to_string(id)] = added_token(content, true);
     decoder[std::to_string(id)]["special"] = true;
   }
-  Json config = {{"added_tokens_decoder", decoder},
+  io::Json config = {{"added_tokens_decoder", decoder},
                  {"bos_token", "<|startoftext|>"},
                  {"clean_up_tokenization_spaces", true},
                  {"eos_token", "<|endoftext|>"},
@@ -162,7 +162,7 @@ int64_t write_tiny_bpe_tokenizer(const std::filesystem::path& dir, const std::st
                  {"unk_token", "<|endoftext|>"}};
   write_file(dir / "tokenizer_config.json", config.dump(2) + "\n");
 
-  Json special = {{"bos_token", added_token("<|startoftext|>", true)},
+  io::Json special = {{"bos_token", added_token("<|startoftext|>", true)},
                   {"eos_token", added_token("<|endoftext|>", true)},
                   {"pad_token", added_token(pad_token, pad_is_special)},
                   {"unk_token", added_token("<|endoftext|>", true)}};
@@ -170,4 +170,4 @@ int64_t write_tiny_bpe_tokenizer(const std::filesystem::path& dir, const std::st
   return static_cast<int64_t>(vocab.size());
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::text

@@ -6,7 +6,7 @@
 
 #include <cstdlib>
 
-namespace dreamlora::clip_text {
+namespace dreamlora::text::clip_text {
 namespace {
 
 constexpr char32_t kReplacement = 0xFFFD;
@@ -322,4 +322,4 @@ std::vector<std::string> pre_tokenize(const std::u32string& s) {
   return pieces;
 }
 
-}  // namespace dreamlora::clip_text
+}  // namespace dreamlora::text::clip_text

@@ -8,7 +8,7 @@
 #include <string_view>
 #include <vector>
 
-namespace dreamlora::clip_text {
+namespace dreamlora::text::clip_text {
 
 // UTF-8 -> code points; an invalid or truncated sequence becomes U+FFFD (which the clean-up drops).
 std::u32string decode_utf8(std::string_view text);
@@ -28,4 +28,4 @@ const std::array<std::string, 256>& byte_encoder();
 // The bytes in the order of that dict (printable ranges first), which is CLIP's vocab order.
 const std::array<unsigned char, 256>& byte_vocab_order();
 
-}  // namespace dreamlora::clip_text
+}  // namespace dreamlora::text::clip_text

@@ -9,13 +9,13 @@
 #include "dreamlora/nn/state_dict.h"
 #include "dreamlora/nn/norms.h"
 
-namespace dreamlora {
+namespace dreamlora::text {
 
-CLIPTextConfig CLIPTextConfig::from_json(const Json& json, const std::string& source) {
-  ConfigReader r(json, source);
+CLIPTextConfig CLIPTextConfig::from_json(const io::Json& json, const std::string& source) {
+  io::ConfigReader r(json, source);
   CLIPTextConfig c;
   if (r.has("architectures")) {
-    const Json& a = r.raw()["architectures"];
+    const io::Json& a = r.raw()["architectures"];
     DL_CHECK(a.is_array() && a.size() == 1 && a[0].is_string(), source,
              ": key 'architectures' must list one class, got ", a.dump());
     c.architecture = a[0].get<std::string>();
@@ -49,11 +49,11 @@ CLIPTextConfig CLIPTextConfig::from_json(const Json& json, const std::string& so
 }
 
 CLIPTextConfig CLIPTextConfig::from_file(const std::filesystem::path& path) {
-  return from_json(ConfigReader::from_file(path).raw(), path.string());
+  return from_json(io::ConfigReader::from_file(path).raw(), path.string());
 }
 
-Json CLIPTextConfig::to_json() const {
-  return Json{{"architectures", {architecture}},
+io::Json CLIPTextConfig::to_json() const {
+  return io::Json{{"architectures", {architecture}},
               {"attention_dropout", 0.0},
               {"bos_token_id", bos_token_id},
               {"eos_token_id", eos_token_id},
@@ -75,10 +75,10 @@ Json CLIPTextConfig::to_json() const {
 }
 
 CLIPAttentionImpl::CLIPAttentionImpl(int64_t hidden_size, int64_t heads) : num_heads(heads) {
-  k_proj = register_module("k_proj", nn::Linear(hidden_size, hidden_size));
-  v_proj = register_module("v_proj", nn::Linear(hidden_size, hidden_size));
-  q_proj = register_module("q_proj", nn::Linear(hidden_size, hidden_size));
-  out_proj = register_module("out_proj", nn::Linear(hidden_size, hidden_size));
+  k_proj = register_module("k_proj", nn::LinearWithLora(hidden_size, hidden_size));
+  v_proj = register_module("v_proj", nn::LinearWithLora(hidden_size, hidden_size));
+  q_proj = register_module("q_proj", nn::LinearWithLora(hidden_size, hidden_size));
+  out_proj = register_module("out_proj", nn::LinearWithLora(hidden_size, hidden_size));
 }
 
 torch::Tensor CLIPAttentionImpl::forward(const torch::Tensor& x) {
@@ -92,8 +92,8 @@ torch::Tensor CLIPAttentionImpl::forward(const torch::Tensor& x) {
 
 CLIPMLPImpl::CLIPMLPImpl(int64_t hidden_size, int64_t intermediate_size, std::string act)
     : hidden_act(std::move(act)) {
-  fc1 = register_module("fc1", nn::Linear(hidden_size, intermediate_size));
-  fc2 = register_module("fc2", nn::Linear(intermediate_size, hidden_size));
+  fc1 = register_module("fc1", nn::LinearWithLora(hidden_size, intermediate_size));
+  fc2 = register_module("fc2", nn::LinearWithLora(intermediate_size, hidden_size));
 }
 
 torch::Tensor CLIPMLPImpl::forward(const torch::Tensor& x) {
@@ -180,7 +180,7 @@ CLIPTextOutput CLIPTextModelImpl::forward(const torch::Tensor& input_ids, bool o
 CLIPTextModelWithProjectionImpl::CLIPTextModelWithProjectionImpl(const CLIPTextConfig& c)
     : CLIPTextModelImpl(c) {
   text_projection =
-      register_module("text_projection", nn::Linear(c.hidden_size, c.projection_dim, /*bias=*/false));
+      register_module("text_projection", nn::LinearWithLora(c.hidden_size, c.projection_dim, /*bias=*/false));
 }
 
 CLIPTextOutput CLIPTextModelWithProjectionImpl::forward(const torch::Tensor& input_ids,
@@ -200,11 +200,11 @@ CLIPTextModel load_clip_text_model(const std::filesystem::path& dir, const std::
     impl = std::make_shared<CLIPTextModelImpl>(config);
   }
   CLIPTextModel model(impl);
-  auto weights = load_component_weights(dir, variant);
+  auto weights = io::load_component_weights(dir, variant);
   weights.erase("text_model.embeddings.position_ids");
-  load_state_dict_strict(*model, weights, str(dir.string(), " (", config.architecture, ")"));
+  nn::load_state_dict_strict(*model, weights, str(dir.string(), " (", config.architecture, ")"));
   model->to(dtype);
   return model;
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::text

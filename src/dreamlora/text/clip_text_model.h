@@ -16,7 +16,7 @@
 #include "dreamlora/io/json.h"
 #include "dreamlora/nn/linear.h"
 
-namespace dreamlora {
+namespace dreamlora::text {
 
 // config.json of a CLIP text encoder; fields spelled like its keys, defaults as transformers' CLIPTextConfig.
 struct CLIPTextConfig {
@@ -35,9 +35,9 @@ struct CLIPTextConfig {
   int64_t bos_token_id = 49406;
   int64_t eos_token_id = 49407;  // 2 in SD's configs: pooling then takes argmax(input_ids)
 
-  static CLIPTextConfig from_json(const Json& json, const std::string& source);
+  static CLIPTextConfig from_json(const io::Json& json, const std::string& source);
   static CLIPTextConfig from_file(const std::filesystem::path& path);
-  Json to_json() const;  // a config.json transformers 4.38 loads
+  io::Json to_json() const;  // a config.json transformers 4.38 loads
   bool with_projection() const { return architecture == "CLIPTextModelWithProjection"; }
 };
 
@@ -55,7 +55,7 @@ class CLIPAttentionImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
 
   int64_t num_heads;
-  nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, out_proj{nullptr};
+  nn::LinearWithLora q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, out_proj{nullptr};
 };
 TORCH_MODULE(CLIPAttention);
 
@@ -65,7 +65,7 @@ class CLIPMLPImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
 
   std::string hidden_act;
-  nn::Linear fc1{nullptr}, fc2{nullptr};
+  nn::LinearWithLora fc1{nullptr}, fc2{nullptr};
 };
 TORCH_MODULE(CLIPMLP);
 
@@ -126,7 +126,7 @@ class CLIPTextModelWithProjectionImpl : public CLIPTextModelImpl {
   explicit CLIPTextModelWithProjectionImpl(const CLIPTextConfig& config);
   CLIPTextOutput forward(const torch::Tensor& input_ids, bool output_hidden_states = false) override;
 
-  nn::Linear text_projection{nullptr};  // [projection_dim, hidden_size], no bias
+  nn::LinearWithLora text_projection{nullptr};  // [projection_dim, hidden_size], no bias
 };
 TORCH_MODULE(CLIPTextModelWithProjection);
 
@@ -136,4 +136,4 @@ TORCH_MODULE(CLIPTextModelWithProjection);
 CLIPTextModel load_clip_text_model(const std::filesystem::path& dir, const std::string& variant = "",
                                    torch::Dtype dtype = torch::kFloat32);
 
-}  // namespace dreamlora
+}  // namespace dreamlora::text

@@ -17,7 +17,7 @@
 #include "dreamlora/io/json.h"
 #include "dreamlora/text/clip_text_cleanup.h"
 
-namespace dreamlora {
+namespace dreamlora::text {
 namespace {
 
 constexpr const char* kStartOfText = "<|startoftext|>";
@@ -33,7 +33,7 @@ struct Piece {
 
 // A special token value of tokenizer_config.json / special_tokens_map.json: a string or an
 // AddedToken dict ({"content": ..., ...}).
-std::string token_content(const Json& value, const std::string& key, const std::string& source) {
+std::string token_content(const io::Json& value, const std::string& key, const std::string& source) {
   if (value.is_string()) return value.get<std::string>();
   if (value.is_object() && value.contains("content") && value["content"].is_string())
     return value["content"].get<std::string>();
@@ -50,7 +50,7 @@ std::string read_text_file(const std::filesystem::path& path) {
 
 // vocab.json streamed into the map ({"token": id, ...}): no JSON tree of 49k nodes is built
 // (measured: half of the tokenizer's load time).
-class VocabReader : public nlohmann::json_sax<Json> {
+class VocabReader : public nlohmann::json_sax<io::Json> {
  public:
   VocabReader(std::unordered_map<std::string, int64_t>& vocab, std::string source)
       : vocab_(vocab), source_(std::move(source)) {}
@@ -235,7 +235,7 @@ CLIPTokenizer CLIPTokenizer::load(const std::filesystem::path& dir) {
     const std::string text = read_text_file(vocab_path);
     impl->vocab.reserve(65536);
     VocabReader reader(impl->vocab, vocab_path.string());
-    Json::sax_parse(text, &reader);
+    io::Json::sax_parse(text, &reader);
   }
 
   // merges.txt: Python reads text.strip().split("\n")[1 : 48895] (first line skipped unconditionally).
@@ -271,12 +271,12 @@ CLIPTokenizer CLIPTokenizer::load(const std::filesystem::path& dir) {
   }
 
   // Special and added tokens: tokenizer_config.json, overridden by special_tokens_map.json.
-  Json config = Json::object();
+  io::Json config = io::Json::object();
   auto config_path = dir / "tokenizer_config.json";
-  if (std::filesystem::exists(config_path)) config = read_json(config_path);
+  if (std::filesystem::exists(config_path)) config = io::read_json(config_path);
   auto map_path = dir / "special_tokens_map.json";
   if (std::filesystem::exists(map_path)) {
-    Json map = read_json(map_path);  // a named object: items() of a temporary would dangle
+    io::Json map = io::read_json(map_path);  // a named object: items() of a temporary would dangle
     for (auto& [key, value] : map.items()) config[key] = value;
   }
   auto special = [&](const char* key, const char* fallback) {
@@ -290,7 +290,7 @@ CLIPTokenizer CLIPTokenizer::load(const std::filesystem::path& dir) {
   impl->unk = special("unk_token", kEndOfText);
   // transformers' default is "unlimited"; every CLIP tokenizer of SD sets 77 (the position count).
   if (config.contains("model_max_length")) {
-    const Json& v = config["model_max_length"];
+    const io::Json& v = config["model_max_length"];
     DL_CHECK(v.is_number_integer() && v.get<double>() >= 2 && v.get<double>() <= 1e6, config_path.string(),
              ": model_max_length must be an integer in [2, 1000000] (bos + tokens + eos), got ", v.dump());
     impl->model_max_length = v.get<int64_t>();
@@ -302,7 +302,7 @@ CLIPTokenizer CLIPTokenizer::load(const std::filesystem::path& dir) {
           std::stoll(id);
   }
   if (auto added_path = dir / "added_tokens.json"; std::filesystem::exists(added_path)) {
-    Json added = read_json(added_path);
+    io::Json added = io::read_json(added_path);
     for (auto& [token, id] : added.items()) impl->added_ids[token] = id.get<int64_t>();
   }
   for (const std::string* token : {&impl->bos, &impl->eos, &impl->pad, &impl->unk}) {
@@ -382,4 +382,4 @@ int64_t CLIPTokenizer::vocab_size() const {
   return static_cast<int64_t>(impl_->vocab.size());
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::text

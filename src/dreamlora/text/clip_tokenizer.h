@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-namespace dreamlora {
+namespace dreamlora::text {
 
 class CLIPTokenizer {
  public:
@@ -54,4 +54,4 @@ class CLIPTokenizer {
 int64_t write_tiny_bpe_tokenizer(const std::filesystem::path& dir, const std::string& corpus = "",
                                  int64_t num_merges = 200, const std::string& pad_token = "<|endoftext|>");
 
-}  // namespace dreamlora
+}  // namespace dreamlora::text

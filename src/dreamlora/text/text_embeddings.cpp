@@ -6,7 +6,7 @@
 #include "dreamlora/common/error.h"
 #include "dreamlora/nn/norms.h"
 
-namespace dreamlora {
+namespace dreamlora::text {
 namespace {
 
 torch::Tensor reference_weight(const CLIPTextModel& encoder) {
@@ -73,4 +73,4 @@ PromptEmbeddings encode_prompt(const TextEncoders& e, const std::vector<std::str
   return encode_prompt_ids(e, ids, ids_2, clip_skip);
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::text

@@ -12,7 +12,7 @@
 #include "dreamlora/text/clip_text_model.h"
 #include "dreamlora/text/clip_tokenizer.h"
 
-namespace dreamlora {
+namespace dreamlora::text {
 
 struct PromptEmbeddings {
   torch::Tensor prompt_embeds;         // [B, 77, D] (SDXL: D = D1 + D2)
@@ -42,4 +42,4 @@ PromptEmbeddings encode_prompt(const TextEncoders& encoders, const std::vector<s
 PromptEmbeddings encode_prompt_ids(const TextEncoders& encoders, const torch::Tensor& input_ids,
                                    const torch::Tensor& input_ids_2, int64_t clip_skip = 0);
 
-}  // namespace dreamlora
+}  // namespace dreamlora::text

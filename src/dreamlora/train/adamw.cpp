@@ -7,7 +7,7 @@
 
 #include "dreamlora/common/error.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 namespace {
 
@@ -142,4 +142,4 @@ void AdamW::load_state(const std::map<std::string, torch::Tensor>& tensors, int6
   steps_ = step_count;
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

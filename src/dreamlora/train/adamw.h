@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 struct AdamWOptions {
   double beta1 = 0.9;
@@ -60,4 +60,4 @@ class AdamW {
   int64_t steps_ = 0;
 };
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

@@ -6,7 +6,7 @@
 #include "dreamlora/io/durable_file.h"
 #include "dreamlora/train/train_log.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 namespace fs = std::filesystem;
 
@@ -65,8 +65,8 @@ std::optional<fs::path> find_resume_checkpoint(const TrainConfig& cfg, Checkpoin
   return dir;
 }
 
-TrainerState read_resumable_state(const fs::path& dir, const Json& fingerprint, bool allow_schedule_change) {
-  auto state = TrainerState::from_json(read_json(dir / "trainer_state.json"), dir.string());
+TrainerState read_resumable_state(const fs::path& dir, const io::Json& fingerprint, bool allow_schedule_change) {
+  auto state = TrainerState::from_json(io::read_json(dir / "trainer_state.json"), dir.string());
   auto check = compare_fingerprints(state.fingerprint, fingerprint, allow_schedule_change);
   for (const auto& note : check.notes) train_log(note);
   if (!check.differences.empty()) {
@@ -84,7 +84,7 @@ void redraw_loss_curve_with(checkpoint::CheckpointContents& contents, std::vecto
                       svg](checkpoint::CheckpointContents& c) {
     prepare(c);
     try {
-      write_file_atomically(svg, render_loss_svg(points));
+      io::write_file_atomically(svg, render_loss_svg(points));
     } catch (const std::exception& e) {
       train_log(str("warning: ", svg.string(), " not updated: ", e.what()));
     }
@@ -106,4 +106,4 @@ checkpoint::CheckpointScheduleOptions checkpoint_schedule_options(const TrainCon
   return o;
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

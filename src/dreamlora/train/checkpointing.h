@@ -16,7 +16,7 @@
 #include "dreamlora/train/train_config.h"
 #include "dreamlora/train/trainer_state.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 struct CheckpointPlaces {
   std::unique_ptr<checkpoint::CheckpointStore> store;
@@ -36,7 +36,7 @@ std::optional<std::filesystem::path> find_resume_checkpoint(const TrainConfig& c
 
 // trainer_state.json of checkpoint dir, after its settings fingerprint matched `fingerprint` (an error
 // lists the settings that differ).
-TrainerState read_resumable_state(const std::filesystem::path& dir, const Json& fingerprint,
+TrainerState read_resumable_state(const std::filesystem::path& dir, const io::Json& fingerprint,
                                   bool allow_schedule_change);
 
 // Makes `contents` also redraw the loss curve (svg) from points on the writer thread, after its own
@@ -50,4 +50,4 @@ checkpoint::WriterOptions checkpoint_writer_options(const TrainConfig& config);
 // --checkpointing-steps, --checkpointing-minutes, --expected-uptime, --num-steps.
 checkpoint::CheckpointScheduleOptions checkpoint_schedule_options(const TrainConfig& config);
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

@@ -9,7 +9,7 @@
 #include "dreamlora/io/image.h"
 #include "dreamlora/pipeline/text_to_image.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 namespace fs = std::filesystem;
 
@@ -17,13 +17,13 @@ namespace {
 fs::path class_image_path(const fs::path& dir, int64_t i) { return dir / ("class-" + std::to_string(i) + ".png"); }
 }  // namespace
 
-int64_t ensure_class_images(ModelBundle& model, const TrainConfig& config, int rank, int world_size) {
+int64_t ensure_class_images(pipeline::ModelBundle& model, const TrainConfig& config, int rank, int world_size) {
   const fs::path dir = config.class_image_path;
   fs::create_directories(dir);
   int64_t generated = 0;
   int64_t existing = 0;
   for (const auto& e : fs::directory_iterator(dir))
-    if (e.is_regular_file() && is_image_file(e.path())) ++existing;
+    if (e.is_regular_file() && io::is_image_file(e.path())) ++existing;
   if (existing >= config.num_class_images) return 0;
   std::cerr << "dreamlora: generating " << config.num_class_images - existing << " class images for \""
             << config.class_prompt << "\" in " << dir.string() << std::endl;
@@ -39,20 +39,20 @@ int64_t ensure_class_images(ModelBundle& model, const TrainConfig& config, int r
   const auto batch = static_cast<size_t>(std::max<int64_t>(1, config.sample_batch_size));
   for (size_t first = 0; first < mine.size(); first += batch) {
     const std::vector<int64_t> part(mine.begin() + first, mine.begin() + std::min(mine.size(), first + batch));
-    SampleOptions o;
+    pipeline::SampleOptions o;
     o.prompt = config.class_prompt;
     o.steps = config.validation_inference_steps;
     o.sampler = config.validation_sampler;
     o.width = o.height = config.resolution;
     for (int64_t i : part) o.seeds.push_back(config.seed + static_cast<uint64_t>(i));
-    auto images = text_to_image(model, o);
+    auto images = pipeline::text_to_image(model, o);
     for (size_t j = 0; j < part.size(); ++j) {
       o.seed = o.seeds[j];
-      save_png(class_image_path(dir, part[j]), images.at(j), sample_metadata(o, 0, "none (class image)"));
+      io::save_png(class_image_path(dir, part[j]), images.at(j), pipeline::sample_metadata(o, 0, "none (class image)"));
     }
     generated += static_cast<int64_t>(part.size());
   }
   return generated;
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

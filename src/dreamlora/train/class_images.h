@@ -7,10 +7,10 @@
 #include "dreamlora/pipeline/model_bundle.h"
 #include "dreamlora/train/train_config.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 // Returns how many images were generated. With several workers, worker `rank` makes the images whose
 // index modulo world_size is its rank.
-int64_t ensure_class_images(ModelBundle& model, const TrainConfig& config, int rank = 0, int world_size = 1);
+int64_t ensure_class_images(pipeline::ModelBundle& model, const TrainConfig& config, int rank = 0, int world_size = 1);
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

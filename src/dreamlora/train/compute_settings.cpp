@@ -4,7 +4,7 @@
 
 #include <cstdlib>
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 std::string apply_compute_settings(const ComputeSettings& s) {
   auto& ctx = at::globalContext();
@@ -33,4 +33,4 @@ std::string apply_compute_settings(const ComputeSettings& s) {
   return line;
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

@@ -4,7 +4,7 @@
 
 #include <string>
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 struct ComputeSettings {
   bool deterministic = false;  // deterministic kernels + cuDNN: a resumed GPU run ends byte-identical
@@ -14,4 +14,4 @@ struct ComputeSettings {
 // Applies the settings before any CUDA work; returns one log line saying what is in effect.
 std::string apply_compute_settings(const ComputeSettings& settings);
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

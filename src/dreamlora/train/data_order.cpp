@@ -5,7 +5,7 @@
 
 #include "dreamlora/common/error.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 DataOrder::DataOrder(uint64_t seed, int64_t num_items) : seed_(seed), num_items_(num_items) {
   DL_CHECK(num_items > 0, "DataOrder: no items to visit");
@@ -25,4 +25,4 @@ const std::vector<int64_t>& DataOrder::permutation(int64_t epoch) {
 
 int64_t DataOrder::item(int64_t n) { return permutation(n / num_items_)[n % num_items_]; }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <vector>
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 class DataOrder {
  public:
@@ -24,4 +24,4 @@ class DataOrder {
   std::vector<int64_t> cached_;
 };
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

@@ -9,7 +9,7 @@
 #include "dreamlora/common/error.h"
 #include "dreamlora/io/image_tensor.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 namespace fs = std::filesystem;
 
@@ -30,7 +30,7 @@ std::vector<TrainingImage> list_training_images(const fs::path& dir, const std::
   DL_CHECK(fs::is_directory(dir), flag, " ", dir.string(), ": not a folder");
   std::vector<fs::path> files;
   for (const auto& e : fs::directory_iterator(dir))
-    if (e.is_regular_file() && is_image_file(e.path())) files.push_back(e.path());
+    if (e.is_regular_file() && io::is_image_file(e.path())) files.push_back(e.path());
   DL_CHECK(!files.empty(), flag, " ", dir.string(), ": no images (png, jpg, jpeg, bmp, webp) in the folder");
   std::sort(files.begin(), files.end());
   std::vector<TrainingImage> out;
@@ -69,11 +69,11 @@ ImageSet::ImageSet(std::vector<TrainingImage> images, const DatasetOptions& opti
 const ImageSet::Decoded& ImageSet::decoded(int64_t index) {
   auto it = decoded_.find(index);
   if (it != decoded_.end()) return it->second;
-  Image img = load_image(images_.at(index).path);
+  io::Image img = io::load_image(images_.at(index).path);
   Decoded d;
   d.orig_h = img.height;
   d.orig_w = img.width;
-  d.resized = resize_shorter_side(image_to_tensor(img), options_.resolution);
+  d.resized = resize_shorter_side(io::image_to_tensor(img), options_.resolution);
   return decoded_.emplace(index, std::move(d)).first->second;
 }
 
@@ -101,7 +101,7 @@ torch::Tensor ImageSet::cropped_pixels(int64_t index, const Crop& crop) {
   return pixels * 2.0 - 1.0;  // [3, r, r] in [-1, 1]
 }
 
-std::vector<ExampleTensors> ImageSet::examples(const std::vector<int64_t>& indices, ModelBundle& model,
+std::vector<ExampleTensors> ImageSet::examples(const std::vector<int64_t>& indices, pipeline::ModelBundle& model,
                                                std::vector<at::Generator>& gens) {
   DL_CHECK(indices.size() == gens.size(), "ImageSet::examples: one generator per example");
   const auto device = model.vae->parameters().front().device();
@@ -142,27 +142,27 @@ std::vector<ExampleTensors> ImageSet::examples(const std::vector<int64_t>& indic
   return out;
 }
 
-ExampleTensors ImageSet::example(int64_t index, ModelBundle& model, at::Generator& gen) {
+ExampleTensors ImageSet::example(int64_t index, pipeline::ModelBundle& model, at::Generator& gen) {
   std::vector<at::Generator> gens{gen};
   return examples({index}, model, gens).front();
 }
 
-PromptEmbeddings CaptionEmbedder::embed(ModelBundle& model, const std::vector<std::string>& captions) {
-  if (!cache_) return encode_prompt(model.text, captions);
+text::PromptEmbeddings CaptionEmbedder::embed(pipeline::ModelBundle& model, const std::vector<std::string>& captions) {
+  if (!cache_) return text::encode_prompt(model.text, captions);
   std::vector<torch::Tensor> embeds, pooled;
   for (const auto& c : captions) {
     auto it = cache_map_.find(c);
     if (it == cache_map_.end()) {
       torch::NoGradGuard no_grad;
-      it = cache_map_.emplace(c, encode_prompt(model.text, {c})).first;
+      it = cache_map_.emplace(c, text::encode_prompt(model.text, {c})).first;
     }
     embeds.push_back(it->second.prompt_embeds);
     if (it->second.pooled_prompt_embeds.defined()) pooled.push_back(it->second.pooled_prompt_embeds);
   }
-  PromptEmbeddings out;
+  text::PromptEmbeddings out;
   out.prompt_embeds = torch::cat(embeds, 0);
   if (!pooled.empty()) out.pooled_prompt_embeds = torch::cat(pooled, 0);
   return out;
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

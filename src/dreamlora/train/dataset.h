@@ -15,7 +15,7 @@
 #include "dreamlora/io/image.h"
 #include "dreamlora/pipeline/model_bundle.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 struct TrainingImage {
   std::filesystem::path path;
@@ -53,9 +53,9 @@ class ImageSet {
   // VAE's device: cached ones as they are, the others from one VAE pass over all of them. Images with a
   // deterministic crop are encoded alone on first use, so the cache never depends on batch composition
   // (a resumed run sees the same latents as an uninterrupted one).
-  std::vector<ExampleTensors> examples(const std::vector<int64_t>& indices, ModelBundle& model,
+  std::vector<ExampleTensors> examples(const std::vector<int64_t>& indices, pipeline::ModelBundle& model,
                                        std::vector<at::Generator>& gens);
-  ExampleTensors example(int64_t index, ModelBundle& model, at::Generator& gen);
+  ExampleTensors example(int64_t index, pipeline::ModelBundle& model, at::Generator& gen);
 
  private:
   struct Decoded {
@@ -80,11 +80,11 @@ class CaptionEmbedder {
  public:
   explicit CaptionEmbedder(bool cache) : cache_(cache) {}
   // prompt_embeds [B, 77, D] (+ pooled [B, P] for SDXL) for the captions, in order.
-  PromptEmbeddings embed(ModelBundle& model, const std::vector<std::string>& captions);
+  text::PromptEmbeddings embed(pipeline::ModelBundle& model, const std::vector<std::string>& captions);
 
  private:
   bool cache_;
-  std::map<std::string, PromptEmbeddings> cache_map_;
+  std::map<std::string, text::PromptEmbeddings> cache_map_;
 };
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

@@ -21,7 +21,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 namespace {
 
@@ -299,4 +299,4 @@ void Distributed::wait_for_main(const std::string& what) {
   }
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

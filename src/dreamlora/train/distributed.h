@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 struct DistributedEnv {
   int rank = 0;
@@ -63,4 +63,4 @@ class Distributed {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

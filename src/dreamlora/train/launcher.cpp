@@ -16,7 +16,7 @@
 
 #include "dreamlora/common/error.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 namespace {
 
@@ -163,4 +163,4 @@ int launch_workers(const std::string& executable, const std::vector<std::string>
   return 0;
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 struct LaunchOptions {
   int nproc_per_node = 1;
@@ -24,4 +24,4 @@ int launch_workers(const std::string& executable, const std::vector<std::string>
 // A free TCP port on the loopback interface.
 int free_loopback_port();
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

@@ -2,7 +2,7 @@
 
 #include <torch/torch.h>
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 void PendingLosses::add(int64_t step, const torch::Tensor& loss, double lr, double unix_time) {
   pending_.push_back({step, loss, lr, unix_time});
@@ -24,4 +24,4 @@ std::optional<float> PendingLosses::flush(Distributed& dist, MetricsLog* metrics
   return last;
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

@@ -11,7 +11,7 @@
 #include "dreamlora/train/distributed.h"
 #include "dreamlora/train/metrics.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 class PendingLosses {
  public:
@@ -30,4 +30,4 @@ class PendingLosses {
   std::vector<Pending> pending_;
 };
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

@@ -7,7 +7,7 @@
 
 #include "dreamlora/common/error.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 namespace {
 
@@ -103,4 +103,4 @@ void LossScaler::load_metadata(const std::map<std::string, std::string>& metadat
   }
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

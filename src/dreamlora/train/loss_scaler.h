@@ -12,7 +12,7 @@
 
 #include <torch/types.h>
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 struct LossScalerOptions {
   float init_scale = 65536.0f;  // 2^16
@@ -51,4 +51,4 @@ class LossScaler {
   int64_t growth_tracker_ = 0;
 };
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

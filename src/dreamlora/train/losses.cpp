@@ -4,7 +4,7 @@
 
 #include "dreamlora/common/error.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 torch::Tensor min_snr_weights(const torch::Tensor& snr, double gamma, const std::string& prediction_type) {
   auto clipped = torch::clamp_max(snr, gamma);  // min(snr, gamma)
@@ -44,4 +44,4 @@ LossParts dreambooth_loss(const torch::Tensor& pred, const torch::Tensor& target
   return parts;
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

@@ -4,7 +4,7 @@
 
 #include <torch/types.h>
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 // Min-SNR-gamma weights per sample (Hang et al. 2023, diffusers' formula): min(snr, gamma) / snr for
 // epsilon prediction, min(snr, gamma) / (snr + 1) for v_prediction. snr: [B] -> [B]
@@ -21,4 +21,4 @@ struct LossParts {
 LossParts dreambooth_loss(const torch::Tensor& pred, const torch::Tensor& target, bool prior_preservation,
                           double prior_loss_weight, const torch::Tensor& snr_weights);
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

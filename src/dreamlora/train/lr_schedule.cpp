@@ -5,7 +5,7 @@
 
 #include "dreamlora/common/error.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 void check_lr_schedule_name(const std::string& name) {
   static const char* kNames[] = {"constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
@@ -40,4 +40,4 @@ double lr_multiplier(const LRScheduleOptions& o, double base_lr, int64_t step) {
   return 1.0;
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

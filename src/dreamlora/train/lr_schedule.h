@@ -4,7 +4,7 @@
 
 #include <string>
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 struct LRScheduleOptions {
   std::string name = "constant";  // constant | constant_with_warmup | linear | cosine | cosine_with_restarts | polynomial
@@ -21,4 +21,4 @@ void check_lr_schedule_name(const std::string& name);
 // Multiplier of the base learning rate for the optimizer step `step` (0-based: the first update uses 0).
 double lr_multiplier(const LRScheduleOptions& options, double base_lr, int64_t step);
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

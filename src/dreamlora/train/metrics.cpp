@@ -13,7 +13,7 @@
 #include "dreamlora/io/durable_file.h"
 #include "dreamlora/io/json.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 namespace {
 double now_seconds() {
@@ -31,7 +31,7 @@ MetricsLog::MetricsLog(const std::filesystem::path& dir, int64_t resume_step) : 
     std::string line;
     while (std::getline(in, line)) {
       try {
-        auto j = Json::parse(line);
+        auto j = io::Json::parse(line);
         if (j.value("step", int64_t{0}) > resume_step) continue;
         if (j.contains("loss")) points_.push_back({j["step"].get<int64_t>(), j["loss"].get<double>(), j["lr"].get<double>(), j.value("time", 0.0)});
         kept.push_back(line);
@@ -42,13 +42,13 @@ MetricsLog::MetricsLog(const std::filesystem::path& dir, int64_t resume_step) : 
   }
   std::string text;
   for (const auto& l : kept) text += l + "\n";
-  write_file_durably(path_, text);
+  io::write_file_durably(path_, text);
   out_.open(path_, std::ios::app);
 }
 
 void MetricsLog::record(int64_t step, double loss, double lr, double unix_time) {
   const double time = unix_time < 0 ? unix_seconds() : unix_time;
-  Json j = {{"step", step}, {"loss", loss}, {"lr", lr}, {"time", time}};
+  io::Json j = {{"step", step}, {"loss", loss}, {"lr", lr}, {"time", time}};
   out_ << j.dump() << "\n";
   out_.flush();
   points_.push_back({step, loss, lr, time});
@@ -56,7 +56,7 @@ void MetricsLog::record(int64_t step, double loss, double lr, double unix_time) 
 
 void MetricsLog::record_checkpoint(int64_t step, double stall_seconds) {
   stalls_.push_back(stall_seconds);
-  Json j = {{"step", step}, {"checkpoint_stall_s", stall_seconds}, {"time", unix_seconds()}};
+  io::Json j = {{"step", step}, {"checkpoint_stall_s", stall_seconds}, {"time", unix_seconds()}};
   out_ << j.dump() << "\n";
   out_.flush();
 }
@@ -103,7 +103,7 @@ std::string render_loss_svg(const std::vector<MetricsLog::Point>& points) {
   return svg.str();
 }
 
-void MetricsLog::write_svg(const std::filesystem::path& path) const { write_file_atomically(path, render_loss_svg(points_)); }
+void MetricsLog::write_svg(const std::filesystem::path& path) const { io::write_file_atomically(path, render_loss_svg(points_)); }
 
 void MetricsLog::print_summary(const std::vector<checkpoint::WriteStats>& writes) const {
   if (points_.empty()) return;
@@ -155,4 +155,4 @@ void ProgressBar::finish() {
   if (tty_) std::cerr << "\n";
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

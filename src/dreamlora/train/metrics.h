@@ -10,7 +10,7 @@
 
 #include "dreamlora/checkpoint/background_writer.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 class MetricsLog {
  public:
@@ -52,4 +52,4 @@ class ProgressBar {
   double t0_;
 };
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

@@ -5,7 +5,7 @@
 #include "dreamlora/common/error.h"
 #include "dreamlora/train/train_log.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 void OptionalSteps::run(const std::string& what, const std::function<void()>& step) {
   try {
@@ -29,4 +29,4 @@ void OptionalSteps::print_summary(const std::filesystem::path& out) const {
   for (const auto& w : warnings_) train_log("  warning: " + w);
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 class OptionalSteps {
  public:
@@ -22,4 +22,4 @@ class OptionalSteps {
   std::vector<std::string> warnings_;
 };
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

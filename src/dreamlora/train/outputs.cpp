@@ -6,7 +6,7 @@
 #include "dreamlora/checkpoint/manifest.h"
 #include "dreamlora/io/durable_file.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 namespace fs = std::filesystem;
 
@@ -63,7 +63,7 @@ std::vector<std::string> final_output_files(const fs::path& out) {
   return files;
 }
 
-void write_final_lora(const fs::path& out, const TrainConfig& c, const ModelBundle& model,
+void write_final_lora(const fs::path& out, const TrainConfig& c, const pipeline::ModelBundle& model,
                       const lora::LoRAWeights& weights) {
   lora::SaveOptions save;
   save.rank = c.rank;
@@ -87,7 +87,7 @@ void write_model_card(const fs::path& out, const TrainConfig& c, bool sdxl) {
       if (e.path().extension() == ".png" && (sample.empty() || e.path().filename().string() > sample))
         sample = "validation/" + e.path().filename().string();
   }
-  write_file_durably(out / "README.md", model_card(c, sdxl, sample));
+  io::write_file_durably(out / "README.md", model_card(c, sdxl, sample));
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

@@ -11,13 +11,13 @@
 #include "dreamlora/pipeline/model_bundle.h"
 #include "dreamlora/train/train_config.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 // safetensors metadata of our LoRA files: format pt (diffusers reads it) plus rank, alpha, targets, base.
 std::map<std::string, std::string> lora_metadata(const TrainConfig& config, bool alpha_baked);
 
 // The result of the run: the LoRA files of --save-format. Written before anything optional.
-void write_final_lora(const std::filesystem::path& out, const TrainConfig& config, const ModelBundle& model,
+void write_final_lora(const std::filesystem::path& out, const TrainConfig& config, const pipeline::ModelBundle& model,
                       const lora::LoRAWeights& weights);
 // README.md, showing the newest validation image when there is one.
 void write_model_card(const std::filesystem::path& out, const TrainConfig& config, bool sdxl);
@@ -28,4 +28,4 @@ std::vector<std::string> final_output_files(const std::filesystem::path& out);
 
 std::string model_card(const TrainConfig& config, bool sdxl, const std::string& sample_image);
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

@@ -5,7 +5,7 @@
 
 #include "dreamlora/train/host_copy.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 at::Generator sample_generator(uint64_t seed, uint64_t stream, int64_t n) {
   uint64_t z = seed * 0x9E3779B97F4A7C15ull + stream * 0xBF58476D1CE4E5B9ull + static_cast<uint64_t>(n) + 1;
@@ -25,7 +25,7 @@ NoiseDraws draw_noise(at::Generator& gen, at::IntArrayRef latent_shape, const No
 }
 
 std::vector<TrainingSample> draw_samples(const SampleStream& source, int64_t first_n, int64_t count, uint64_t seed,
-                                         ModelBundle& model, const NoiseOptions& options, torch::Device device) {
+                                         pipeline::ModelBundle& model, const NoiseOptions& options, torch::Device device) {
   std::vector<at::Generator> gens;
   std::vector<int64_t> indices;
   for (int64_t n = first_n; n < first_n + count; ++n) {
@@ -45,4 +45,4 @@ std::vector<TrainingSample> draw_samples(const SampleStream& source, int64_t fir
   return out;
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

@@ -14,7 +14,7 @@
 #include "dreamlora/train/data_order.h"
 #include "dreamlora/train/dataset.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 constexpr uint64_t kInstanceStream = 1, kClassStream = 2;
 
@@ -50,6 +50,6 @@ struct SampleStream {
 // Samples first_n .. first_n + count - 1 of a stream: crops drawn and latents encoded as one batch, then
 // each sample's noise draws from its own generator, moved to the device.
 std::vector<TrainingSample> draw_samples(const SampleStream& source, int64_t first_n, int64_t count, uint64_t seed,
-                                         ModelBundle& model, const NoiseOptions& options, torch::Device device);
+                                         pipeline::ModelBundle& model, const NoiseOptions& options, torch::Device device);
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

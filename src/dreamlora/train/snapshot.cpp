@@ -9,7 +9,7 @@
 #include "dreamlora/lora/formats.h"
 #include "dreamlora/train/host_copy.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 namespace {
 
@@ -111,7 +111,7 @@ lora::LoRAWeights copy_lora_weights(const LoRALayers& layers) {
   return w;
 }
 
-void restore_snapshot(const std::filesystem::path& dir, const TrainerState& state, ModelBundle& model,
+void restore_snapshot(const std::filesystem::path& dir, const TrainerState& state, pipeline::ModelBundle& model,
                       bool train_text_encoder, AdamW& optimizer, LossScaler& scaler, torch::Device device) {
   auto lora_file = lora::load_lora_file(dir / "pytorch_lora_weights.safetensors");
   lora::apply_lora(*model.unet, lora_file.components.at("unet"), dir.string());
@@ -121,10 +121,10 @@ void restore_snapshot(const std::filesystem::path& dir, const TrainerState& stat
       lora::apply_lora(*model.text.text_encoder_2, lora_file.components.at("text_encoder_2"), dir.string());
   }
   const auto optimizer_file = dir / "optimizer.safetensors";
-  auto opt = safetensors::File::open(optimizer_file);
+  auto opt = io::safetensors::File::open(optimizer_file);
   optimizer.load_state(opt.load_all(), std::stoll(opt.metadata().at("step")), optimizer_file.string());
   scaler.load_metadata(opt.metadata(), optimizer_file.string());
   restore_rng_states(state, device);
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

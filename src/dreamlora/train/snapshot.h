@@ -21,10 +21,10 @@
 #include "dreamlora/train/loss_scaler.h"
 #include "dreamlora/train/trainer_state.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 // The LoRA layers being trained, by component (unet, text_encoder, text_encoder_2), each as (path, layer).
-using LoRALayers = std::map<std::string, std::vector<std::pair<std::string, nn::Linear>>>;
+using LoRALayers = std::map<std::string, std::vector<std::pair<std::string, nn::LinearWithLora>>>;
 
 // Views of the trainable tensors in checkpoint order, made once: they follow the in-place updates, so a
 // capture is one torch::cat per kind whatever the number of layers.
@@ -60,7 +60,7 @@ void restore_rng_states(const TrainerState& state, torch::Device device);
 
 // Loads checkpoint `dir` into the injected LoRA layers (unet; text encoders when trained), the optimizer,
 // the loss scaler and the default generators. `state` is the checkpoint's trainer_state.json.
-void restore_snapshot(const std::filesystem::path& dir, const TrainerState& state, ModelBundle& model,
+void restore_snapshot(const std::filesystem::path& dir, const TrainerState& state, pipeline::ModelBundle& model,
                       bool train_text_encoder, AdamW& optimizer, LossScaler& scaler, torch::Device device);
 
 // The trained LoRA weights (alpha as trained, up weights not baked), copied to fp32 on the CPU.
@@ -69,4 +69,4 @@ lora::LoRAWeights copy_lora_weights(const LoRALayers& layers);
 // Views of consecutive pieces of a flat tensor, one per shape.
 std::vector<torch::Tensor> split_flat(const torch::Tensor& flat, const std::vector<std::vector<int64_t>>& shapes);
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

@@ -12,7 +12,7 @@
 #include "dreamlora/schedulers/sampler.h"
 #include "dreamlora/train/lr_schedule.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 namespace {
 
@@ -59,14 +59,14 @@ OptionSpec text(std::string name, std::vector<std::string> aliases, std::string 
                 bool changes_result = false) {
   OptionSpec s{std::move(name), std::move(aliases), std::move(help), false, changes_result, false, {}, {}};
   s.set = [field](TrainConfig& c, const std::string& v) { c.*field = v; };
-  s.get = [field](const TrainConfig& c) { return Json(c.*field); };
+  s.get = [field](const TrainConfig& c) { return io::Json(c.*field); };
   return s;
 }
 OptionSpec integer(std::string name, std::vector<std::string> aliases, std::string help, int64_t TrainConfig::*field,
                    bool changes_result = false) {
   OptionSpec s{name, std::move(aliases), std::move(help), false, changes_result, false, {}, {}};
   s.set = [field, name](TrainConfig& c, const std::string& v) { c.*field = parse_int(name, v); };
-  s.get = [field](const TrainConfig& c) { return Json(c.*field); };
+  s.get = [field](const TrainConfig& c) { return io::Json(c.*field); };
   return s;
 }
 OptionSpec unsigned_integer(std::string name, std::vector<std::string> aliases, std::string help,
@@ -77,21 +77,21 @@ OptionSpec unsigned_integer(std::string name, std::vector<std::string> aliases, 
     DL_CHECK(n >= 0, "--", name, ": must not be negative, got ", n);
     c.*field = static_cast<uint64_t>(n);
   };
-  s.get = [field](const TrainConfig& c) { return Json(c.*field); };
+  s.get = [field](const TrainConfig& c) { return io::Json(c.*field); };
   return s;
 }
 OptionSpec number(std::string name, std::vector<std::string> aliases, std::string help, double TrainConfig::*field,
                   bool changes_result = false) {
   OptionSpec s{name, std::move(aliases), std::move(help), false, changes_result, false, {}, {}};
   s.set = [field, name](TrainConfig& c, const std::string& v) { c.*field = parse_double(name, v); };
-  s.get = [field](const TrainConfig& c) { return Json(c.*field); };
+  s.get = [field](const TrainConfig& c) { return io::Json(c.*field); };
   return s;
 }
 OptionSpec flag(std::string name, std::vector<std::string> aliases, std::string help, bool TrainConfig::*field,
                 bool changes_result = false) {
   OptionSpec s{name, std::move(aliases), std::move(help), true, changes_result, false, {}, {}};
   s.set = [field, name](TrainConfig& c, const std::string& v) { c.*field = parse_bool(name, v); };
-  s.get = [field](const TrainConfig& c) { return Json(c.*field); };
+  s.get = [field](const TrainConfig& c) { return io::Json(c.*field); };
   return s;
 }
 OptionSpec required(OptionSpec s) {
@@ -334,8 +334,8 @@ void apply_toml_file(TrainConfig& config, const std::string& path) {
   }
 }
 
-Json config_to_json(const TrainConfig& config) {
-  Json out = Json::object();
+io::Json config_to_json(const TrainConfig& config) {
+  io::Json out = io::Json::object();
   for (const auto& o : train_options()) out[o.name] = o.get(config);
   return out;
 }
@@ -347,7 +347,7 @@ std::string options_markdown() {
   for (const auto& o : train_options()) {
     std::string aliases;
     for (const auto& a : o.aliases) aliases += (aliases.empty() ? "" : ", ") + std::string("`--") + a + "`";
-    Json d = o.get(defaults);
+    io::Json d = o.get(defaults);
     std::string def = o.required ? "required" : d.is_string() ? (d.get<std::string>().empty() ? "" : "`" + d.get<std::string>() + "`")
                                                             : "`" + d.dump() + "`";
     md << "| `--" << o.name << "` | " << aliases << " | " << def << " | " << (o.changes_result ? "yes" : "") << " | "
@@ -356,11 +356,11 @@ std::string options_markdown() {
   return md.str();
 }
 
-Json result_settings(const TrainConfig& config) {
-  Json out = Json::object();
+io::Json result_settings(const TrainConfig& config) {
+  io::Json out = io::Json::object();
   for (const auto& o : train_options())
     if (o.changes_result) out[o.name] = o.get(config);
   return out;
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

@@ -10,7 +10,7 @@
 
 #include "dreamlora/io/json.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 struct TrainConfig {
   // model and data
@@ -103,7 +103,7 @@ struct OptionSpec {
   bool changes_result = false;       // part of the checkpoint fingerprint
   bool required = false;
   std::function<void(TrainConfig&, const std::string&)> set;  // parses; error names the flag
-  std::function<Json(const TrainConfig&)> get;
+  std::function<io::Json(const TrainConfig&)> get;
 };
 
 const std::vector<OptionSpec>& train_options();
@@ -112,10 +112,10 @@ const OptionSpec* find_train_option(const std::string& name_or_alias);
 // Applies a TOML file whose keys are long flag names (dashes or underscores). Unknown keys are an error.
 void apply_toml_file(TrainConfig& config, const std::string& path);
 // All options with their values (the resolved config written to the output dir).
-Json config_to_json(const TrainConfig& config);
+io::Json config_to_json(const TrainConfig& config);
 // The flag table of docs/CLI.md and the README (flag, aliases, default, changes results, help).
 std::string options_markdown();
 // The settings that change results, by option name.
-Json result_settings(const TrainConfig& config);
+io::Json result_settings(const TrainConfig& config);
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

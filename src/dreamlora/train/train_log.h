@@ -4,8 +4,8 @@
 #include <iostream>
 #include <string>
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 inline void train_log(const std::string& line) { std::cerr << "dreamlora: " << line << std::endl; }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

@@ -27,7 +27,7 @@
 #include "dreamlora/train/training_step.h"
 #include "dreamlora/train/validation.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -57,7 +57,7 @@ class Trainer {
   fs::path out_;
   torch::Device device_ = torch::kCPU;
   std::unique_ptr<Distributed> dist_;
-  ModelBundle model_;
+  pipeline::ModelBundle model_;
   std::unique_ptr<schedulers::DDPMScheduler> ddpm_;
   TrainingData data_;
   std::unique_ptr<AdamW> optimizer_;
@@ -70,7 +70,7 @@ class Trainer {
   std::unique_ptr<MetricsLog> metrics_;
   std::unique_ptr<checkpoint::CheckpointSchedule> schedule_due_;
   TrainerState state_;
-  Json fingerprint_;
+  io::Json fingerprint_;
   int64_t last_checkpoint_step_ = -1;
   float last_loss_ = 0;
   PendingLosses pending_losses_;
@@ -239,7 +239,7 @@ int Trainer::run() {
                      "every worker must read the same --output-dir (on several machines: shared storage)");
   if (dist_->is_main()) metrics_ = std::make_unique<MetricsLog>(out_, resumed ? state_.global_step : 0);
   writer_ = std::make_unique<checkpoint::CheckpointWriter>(*checkpoints_.store, checkpoint_writer_options(cfg_));
-  if (dist_->is_main()) write_file_durably(out_ / "training_config.json", config_to_json(cfg_).dump(2) + "\n");
+  if (dist_->is_main()) io::write_file_durably(out_ / "training_config.json", config_to_json(cfg_).dump(2) + "\n");
   // The run that was killed may have died mid-upload: finish that upload (a no-op when it is complete).
   if (resumed && checkpoints_.mirror) writer_->republish(last_checkpoint_step_);
 
@@ -304,4 +304,4 @@ int run_training(const TrainConfig& config) {
   return trainer.run();
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

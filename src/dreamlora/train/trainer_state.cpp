@@ -16,7 +16,7 @@
 #include "dreamlora/io/model_dir.h"
 #include "dreamlora/io/safetensors.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 namespace fs = std::filesystem;
 
@@ -62,7 +62,7 @@ std::string base64_decode(const std::string& text, const std::string& what) {
   return out;
 }
 
-Json TrainerState::to_json() const {
+io::Json TrainerState::to_json() const {
   return {{"global_step", global_step},
           {"instance_samples", instance_samples},
           {"class_samples", class_samples},
@@ -76,7 +76,7 @@ Json TrainerState::to_json() const {
           {"created_at", checkpoint::utc_timestamp_now()}};
 }
 
-TrainerState TrainerState::from_json(const Json& j, const std::string& what) {
+TrainerState TrainerState::from_json(const io::Json& j, const std::string& what) {
   TrainerState s;
   try {
     s.global_step = j.at("global_step").get<int64_t>();
@@ -97,7 +97,7 @@ TrainerState TrainerState::from_json(const Json& j, const std::string& what) {
 // The samples are read with pread and POSIX_FADV_RANDOM, not through the mapping: page faults read ahead,
 // which on a cold page cache made a 2 GiB file's hash take 3.2 s instead of 0.7 s.
 std::string weights_sample_hash(const fs::path& file) {
-  auto st = safetensors::File::open(file);  // validated header: names, dtypes, shapes, offsets
+  auto st = io::safetensors::File::open(file);  // validated header: names, dtypes, shapes, offsets
   const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
   DL_CHECK(fd >= 0, file.string(), ": cannot open: ", std::strerror(errno));
   std::unique_ptr<int, void (*)(int*)> closer(new int(fd), [](int* f) {
@@ -147,8 +147,8 @@ namespace {
 
 // Image bytes and caption of each file, by name; instance and class sets go to keys of their own, so a
 // class image named like an instance image cannot hide it.
-void add_image_set(Json& fp, const std::string& kind, const std::vector<TrainingImage>& images) {
-  Json data = Json::object(), captions = Json::object();
+void add_image_set(io::Json& fp, const std::string& kind, const std::vector<TrainingImage>& images) {
+  io::Json data = io::Json::object(), captions = io::Json::object();
   for (const auto& image : images) {
     const std::string name = image.path.filename().string();
     data[name] = checkpoint::xxh3_file_hex(image.path);
@@ -160,27 +160,27 @@ void add_image_set(Json& fp, const std::string& kind, const std::vector<Training
 
 }  // namespace
 
-Json make_fingerprint(const TrainConfig& config, const std::vector<TrainingImage>& instance_images,
+io::Json make_fingerprint(const TrainConfig& config, const std::vector<TrainingImage>& instance_images,
                       const std::vector<TrainingImage>& class_images, int world_size) {
-  Json fp = result_settings(config);
+  io::Json fp = result_settings(config);
   fp.erase("batch-size");
   fp["global-batch-size"] = config.batch_size * world_size;
   if (schedule_depends_on_total_steps(config.scheduler)) fp["num-steps"] = config.num_steps;
   // The model by content, not path: a resume on a fresh machine may mount it elsewhere.
-  Json model = Json::object();
+  io::Json model = io::Json::object();
   for (const char* rel : {"unet/config.json", "vae/config.json", "text_encoder/config.json",
                           "text_encoder_2/config.json", "scheduler/scheduler_config.json"}) {
     auto p = fs::path(config.model) / rel;
-    if (fs::exists(p)) model[rel] = checkpoint::xxh3_hex(read_file(p));
+    if (fs::exists(p)) model[rel] = checkpoint::xxh3_hex(io::read_file(p));
   }
   fp["model"] = model;
   // The weights by sampled content: another fine-tune of the same architecture has the same configs,
   // keys, shapes and sizes.
-  Json weights = Json::object();
+  io::Json weights = io::Json::object();
   for (const char* component : {"unet", "vae", "text_encoder", "text_encoder_2"}) {
     const fs::path dir = fs::path(config.model) / component;
     if (!fs::is_directory(dir)) continue;
-    for (const auto& file : find_weight_files(dir, config.variant))
+    for (const auto& file : io::find_weight_files(dir, config.variant))
       weights[std::string(component) + "/" + file.filename().string()] = weights_sample_hash(file);
   }
   fp["model-weights"] = weights;
@@ -189,9 +189,9 @@ Json make_fingerprint(const TrainConfig& config, const std::vector<TrainingImage
   return fp;
 }
 
-FingerprintCheck compare_fingerprints(const Json& saved, const Json& current, bool allow_schedule_change) {
+FingerprintCheck compare_fingerprints(const io::Json& saved, const io::Json& current, bool allow_schedule_change) {
   FingerprintCheck check;
-  Json now = current;
+  io::Json now = current;
   // Fields an older dreamlora did not record cannot be compared: resume, and say so.
   for (auto it = current.begin(); it != current.end(); ++it)
     if (!saved.contains(it.key())) {
@@ -199,10 +199,10 @@ FingerprintCheck compare_fingerprints(const Json& saved, const Json& current, bo
                                 "' is not recorded in this checkpoint (an older dreamlora wrote it): not checked"));
       now.erase(it.key());
     }
-  Json old = saved;
+  io::Json old = saved;
   if (old.contains("data") && !now.contains("data")) {
     // Older checkpoints kept instance and class images in one map by file name, class images last.
-    Json merged = Json::object();
+    io::Json merged = io::Json::object();
     for (const char* key : {"instance-data", "class-data"})
       if (current.contains(key))
         for (auto it = current[key].begin(); it != current[key].end(); ++it) merged[it.key()] = it.value();
@@ -223,7 +223,7 @@ FingerprintCheck compare_fingerprints(const Json& saved, const Json& current, bo
   return check;
 }
 
-std::vector<std::string> fingerprint_differences(const Json& saved, const Json& current) {
+std::vector<std::string> fingerprint_differences(const io::Json& saved, const io::Json& current) {
   std::vector<std::string> diffs;
   for (auto it = current.begin(); it != current.end(); ++it) {
     if (!saved.contains(it.key())) {
@@ -243,4 +243,4 @@ std::vector<std::string> fingerprint_differences(const Json& saved, const Json& 
   return diffs;
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

@@ -11,7 +11,7 @@
 #include "dreamlora/train/dataset.h"
 #include "dreamlora/train/train_config.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 struct TrainerState {
   int64_t global_step = 0;
@@ -26,18 +26,18 @@ struct TrainerState {
   // checkpoint resumed on the CPU (or the reverse) ignores it: the dropout masks then differ.
   std::string cuda_rng_state;
   int64_t world_size = 1;         // workers that wrote the checkpoint (informational)
-  Json fingerprint;               // result-changing settings + model and data identity
+  io::Json fingerprint;               // result-changing settings + model and data identity
   double lr_multiplier = 1.0;     // LR schedule value at the next step (informational; recomputed)
 
-  Json to_json() const;
-  static TrainerState from_json(const Json& json, const std::string& what);
+  io::Json to_json() const;
+  static TrainerState from_json(const io::Json& json, const std::string& what);
 };
 
 // The settings that decide the result, plus content hashes of the model configs, the model weights
 // (sampled: weights_sample_hash), the instance and class images and their captions, and --num-steps when
 // the LR schedule depends on it. The per-worker batch size is replaced by the global batch (batch x
 // workers), so a run may resume on another number of workers with the same global batch.
-Json make_fingerprint(const TrainConfig& config, const std::vector<TrainingImage>& instance_images,
+io::Json make_fingerprint(const TrainConfig& config, const std::vector<TrainingImage>& instance_images,
                       const std::vector<TrainingImage>& class_images, int world_size = 1);
 
 // Bytes of each tensor hashed from its start, middle and end (the whole tensor when it is smaller).
@@ -55,11 +55,11 @@ struct FingerprintCheck {
 // A checkpoint's fingerprint against this run's: fields the checkpoint lacks (older versions) are
 // unknown, not different; an older checkpoint's merged "data" map is compared with this run's images;
 // a changed --num-steps under a step-dependent schedule is refused unless allow_schedule_change.
-FingerprintCheck compare_fingerprints(const Json& saved, const Json& current, bool allow_schedule_change);
+FingerprintCheck compare_fingerprints(const io::Json& saved, const io::Json& current, bool allow_schedule_change);
 // Human-readable differences ("lr: checkpoint 0.0001, now 0.0002"); empty when they match.
-std::vector<std::string> fingerprint_differences(const Json& saved, const Json& current);
+std::vector<std::string> fingerprint_differences(const io::Json& saved, const io::Json& current);
 
 std::string base64_encode(const std::string& bytes);
 std::string base64_decode(const std::string& text, const std::string& what);
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

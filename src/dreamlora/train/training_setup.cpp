@@ -13,7 +13,7 @@
 #include "dreamlora/train/compute_settings.h"
 #include "dreamlora/train/train_log.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 torch::Dtype weight_dtype(const std::string& mixed_precision) {
   if (mixed_precision == "fp16") return torch::kFloat16;
@@ -30,13 +30,13 @@ torch::Device training_device(const TrainConfig& cfg) {
   return device;
 }
 
-ModelBundle load_base_model(const TrainConfig& cfg, torch::Device device) {
-  LoadOptions load;
+pipeline::ModelBundle load_base_model(const TrainConfig& cfg, torch::Device device) {
+  pipeline::LoadOptions load;
   load.variant = cfg.variant;
   load.model_config = cfg.model_config;
   load.dtype = weight_dtype(cfg.mixed_precision);
   load.device = device;
-  return ModelBundle::load(cfg.model, load);
+  return pipeline::ModelBundle::load(cfg.model, load);
 }
 
 namespace {
@@ -73,7 +73,7 @@ TrainingData load_instance_data(TrainConfig& cfg, int world_size) {
   return data;
 }
 
-void load_class_data(TrainingData& data, ModelBundle& model, const TrainConfig& cfg, Distributed& dist) {
+void load_class_data(TrainingData& data, pipeline::ModelBundle& model, const TrainConfig& cfg, Distributed& dist) {
   ensure_class_images(model, cfg, dist.rank(), dist.world_size());
   dist.barrier();
   auto images = list_training_images(cfg.class_image_path, cfg.class_prompt, "--class-image-path");
@@ -85,18 +85,18 @@ void load_class_data(TrainingData& data, ModelBundle& model, const TrainConfig& 
 
 // On SD 1.5 the text encoder is 470 MB of fp32 weights, on SDXL the two are 2.8 GB, kept for nothing
 // during the whole run otherwise (diffusers' scripts free them too).
-void release_text_encoders(ModelBundle& model, TrainingData& data) {
+void release_text_encoders(pipeline::ModelBundle& model, TrainingData& data) {
   std::set<std::string> captions;
   for (const auto* set : {data.instances.get(), data.classes.get()})
     if (set)
       for (const auto& image : set->images()) captions.insert(image.caption);
   for (const auto& caption : captions) data.embedder->embed(model, {caption});
-  model.text = TextEncoders{};
+  model.text = text::TextEncoders{};
   train_log(str("text encoders released after embedding ", captions.size(), " caption",
                 captions.size() == 1 ? "" : "s"));
 }
 
-void inject_training_lora(ModelBundle& model, const TrainConfig& cfg, torch::Device device) {
+void inject_training_lora(pipeline::ModelBundle& model, const TrainConfig& cfg, torch::Device device) {
   // A generator of its own for the LoRA init: the training draws do not depend on the LoRA size.
   auto init_gen = at::detail::createCPUGenerator(cfg.seed);
   nn::LoRAOptions opts{cfg.rank, cfg.effective_lora_alpha(), cfg.lora_dropout};
@@ -119,7 +119,7 @@ void inject_training_lora(ModelBundle& model, const TrainConfig& cfg, torch::Dev
   if (cfg.gradient_checkpointing) model.unet->set_gradient_checkpointing(true);
 }
 
-LoRALayers find_lora_layers(ModelBundle& model, bool train_text_encoder) {
+LoRALayers find_lora_layers(pipeline::ModelBundle& model, bool train_text_encoder) {
   LoRALayers layers;
   layers["unet"] = lora::lora_layers(*model.unet);
   if (train_text_encoder) {
@@ -129,7 +129,7 @@ LoRALayers find_lora_layers(ModelBundle& model, bool train_text_encoder) {
   return layers;
 }
 
-std::unique_ptr<AdamW> make_optimizer(ModelBundle& model, const TrainConfig& cfg) {
+std::unique_ptr<AdamW> make_optimizer(pipeline::ModelBundle& model, const TrainConfig& cfg) {
   double lr = cfg.lr, te_lr = cfg.text_encoder_lr;
   if (cfg.scale_lr) {
     lr *= static_cast<double>(cfg.batch_size * cfg.gradient_accumulation);
@@ -191,4 +191,4 @@ LossScaling make_loss_scaling(const TrainConfig& cfg) {
   return s;
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

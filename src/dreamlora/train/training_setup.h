@@ -21,7 +21,7 @@
 #include "dreamlora/train/train_config.h"
 #include "dreamlora/train/training_step.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 // The dtype of the frozen weights for --mixed-precision (no, fp16, bf16).
 torch::Dtype weight_dtype(const std::string& mixed_precision);
@@ -30,7 +30,7 @@ torch::Dtype weight_dtype(const std::string& mixed_precision);
 torch::Device training_device(const TrainConfig& config);
 
 // The base model (--model, --variant) with its frozen weights in the --mixed-precision dtype on device.
-ModelBundle load_base_model(const TrainConfig& config, torch::Device device);
+pipeline::ModelBundle load_base_model(const TrainConfig& config, torch::Device device);
 
 struct TrainingData {
   std::vector<TrainingImage> instance_images, class_images;  // as listed (instances before --repeats)
@@ -45,21 +45,21 @@ TrainingData load_instance_data(TrainConfig& config, int world_size);
 
 // Prior preservation: each worker generates its share of the missing class images, all wait for the
 // full set, then the first --num-class-images of them become the class set.
-void load_class_data(TrainingData& data, ModelBundle& model, const TrainConfig& config, Distributed& dist);
+void load_class_data(TrainingData& data, pipeline::ModelBundle& model, const TrainConfig& config, Distributed& dist);
 
 // Frozen text encoders and no validation prompt: embeds every caption of the run now and frees the
 // tokenizers and encoders.
-void release_text_encoders(ModelBundle& model, TrainingData& data);
+void release_text_encoders(pipeline::ModelBundle& model, TrainingData& data);
 
 // LoRA layers (--rank, --lora-alpha, --lora-dropout, the target lists) on the UNet and, with
 // --train-text-encoder, the text encoder(s); everything else frozen; the UNet on `device` in training mode.
-void inject_training_lora(ModelBundle& model, const TrainConfig& config, torch::Device device);
+void inject_training_lora(pipeline::ModelBundle& model, const TrainConfig& config, torch::Device device);
 
 // The injected LoRA layers by component (unet; text_encoder, text_encoder_2 when they are trained).
-LoRALayers find_lora_layers(ModelBundle& model, bool train_text_encoder);
+LoRALayers find_lora_layers(pipeline::ModelBundle& model, bool train_text_encoder);
 
 // AdamW over the LoRA parameters: one group for the UNet, one for the text encoder(s) at their own LR.
-std::unique_ptr<AdamW> make_optimizer(ModelBundle& model, const TrainConfig& config);
+std::unique_ptr<AdamW> make_optimizer(pipeline::ModelBundle& model, const TrainConfig& config);
 
 LRScheduleOptions lr_schedule_options(const TrainConfig& config);
 
@@ -74,4 +74,4 @@ struct LossScaling {
 // fp16 gradients underflow without a loss scale; bf16 has fp32's exponent range and needs none.
 LossScaling make_loss_scaling(const TrainConfig& config);
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

@@ -6,7 +6,7 @@
 
 #include "dreamlora/train/host_copy.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 MicroBatch stack_samples(const std::vector<TrainingSample>& samples) {
   std::vector<torch::Tensor> means, stds, eps, noises, time_ids;
@@ -91,4 +91,4 @@ std::vector<torch::Tensor> trainable_parameters(const AdamW& optimizer) {
   return out;
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

@@ -20,7 +20,7 @@
 #include "dreamlora/train/lr_schedule.h"
 #include "dreamlora/train/sample_draws.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 // One micro-batch, stacked: the instance samples, then as many class samples (prior preservation).
 struct MicroBatch {
@@ -35,7 +35,7 @@ MicroBatch stack_samples(const std::vector<TrainingSample>& samples);
 
 // What the forward pass reads and the update writes. Not owned.
 struct StepParts {
-  ModelBundle& model;
+  pipeline::ModelBundle& model;
   schedulers::DDPMScheduler& ddpm;
   CaptionEmbedder& embedder;
   AdamW& optimizer;
@@ -74,4 +74,4 @@ StepResult training_step(const StepParts& parts, const StepOptions& options,
 // Every tensor the optimizer updates, in its order.
 std::vector<torch::Tensor> trainable_parameters(const AdamW& optimizer);
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

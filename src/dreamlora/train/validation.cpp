@@ -11,11 +11,11 @@
 #include "dreamlora/pipeline/text_to_image.h"
 #include "dreamlora/train/train_log.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 namespace fs = std::filesystem;
 
-void write_validation_images(ModelBundle& model, const TrainConfig& cfg, int64_t step, const fs::path& out,
+void write_validation_images(pipeline::ModelBundle& model, const TrainConfig& cfg, int64_t step, const fs::path& out,
                              Distributed& dist) {
   if (cfg.validation_prompt.empty()) return;
   // The other workers wait without a time limit: sampling may outlast --dist-timeout.
@@ -24,7 +24,7 @@ void write_validation_images(ModelBundle& model, const TrainConfig& cfg, int64_t
     std::this_thread::sleep_for(std::chrono::duration<double>(std::atof(delay)));
   torch::NoGradGuard no_grad;
   model.unet->eval();
-  SampleOptions o;
+  pipeline::SampleOptions o;
   o.prompt = cfg.validation_prompt;
   o.steps = cfg.validation_inference_steps;
   o.sampler = cfg.validation_sampler;
@@ -39,10 +39,10 @@ void write_validation_images(ModelBundle& model, const TrainConfig& cfg, int64_t
   auto images = text_to_image(model, o);
   fs::create_directories(out / "validation");
   for (size_t i = 0; i < images.size(); ++i)
-    save_png(out / "validation" / str("step-", step, "-", i, ".png"), images[i],
-             sample_metadata(o, static_cast<int64_t>(i), "training LoRA at step " + std::to_string(step)));
+    io::save_png(out / "validation" / str("step-", step, "-", i, ".png"), images[i],
+             pipeline::sample_metadata(o, static_cast<int64_t>(i), "training LoRA at step " + std::to_string(step)));
   train_log(str("validation images for step ", step, " in ", (out / "validation").string()));
   dist.wait_for_main("validation images");
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

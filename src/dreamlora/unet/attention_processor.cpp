@@ -20,10 +20,10 @@ AttentionImpl::AttentionImpl(const AttentionOptions& opts) : options(opts) {
         "group_norm",
         torch::nn::GroupNorm(torch::nn::GroupNormOptions(options.norm_num_groups, options.query_dim).eps(options.eps)));
   }
-  to_q = register_module("to_q", nn::Linear(options.query_dim, inner, options.bias));
-  to_k = register_module("to_k", nn::Linear(options.cross_attention_dim, inner, options.bias));
-  to_v = register_module("to_v", nn::Linear(options.cross_attention_dim, inner, options.bias));
-  to_out_proj = nn::Linear(inner, options.query_dim, options.out_bias);
+  to_q = register_module("to_q", nn::LinearWithLora(options.query_dim, inner, options.bias));
+  to_k = register_module("to_k", nn::LinearWithLora(options.cross_attention_dim, inner, options.bias));
+  to_v = register_module("to_v", nn::LinearWithLora(options.cross_attention_dim, inner, options.bias));
+  to_out_proj = nn::LinearWithLora(inner, options.query_dim, options.out_bias);
   to_out = register_module("to_out", torch::nn::ModuleList(to_out_proj, torch::nn::Dropout(options.dropout)));
 }
 

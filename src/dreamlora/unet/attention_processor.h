@@ -33,7 +33,7 @@ struct AttentionOptions {
   bool residual_connection = false;
 };
 
-// Keys: to_q, to_k, to_v, to_out.0 (nn::Linear, LoRA-targetable), to_out.1 (dropout, no params),
+// Keys: to_q, to_k, to_v, to_out.0 (nn::LinearWithLora, LoRA-targetable), to_out.1 (dropout, no params),
 // group_norm (optional).
 class AttentionImpl : public torch::nn::Module {
  public:
@@ -46,9 +46,9 @@ class AttentionImpl : public torch::nn::Module {
 
   AttentionOptions options;
   torch::nn::GroupNorm group_norm{nullptr};
-  nn::Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr};
-  torch::nn::ModuleList to_out{nullptr};  // [0] nn::Linear(inner, query_dim), [1] Dropout
-  nn::Linear to_out_proj{nullptr};        // the same module as to_out[0], typed
+  nn::LinearWithLora to_q{nullptr}, to_k{nullptr}, to_v{nullptr};
+  torch::nn::ModuleList to_out{nullptr};  // [0] nn::LinearWithLora(inner, query_dim), [1] Dropout
+  nn::LinearWithLora to_out_proj{nullptr};        // the same module as to_out[0], typed
 };
 TORCH_MODULE(Attention);
 

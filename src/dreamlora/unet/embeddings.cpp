@@ -36,8 +36,8 @@ TimestepEmbeddingImpl::TimestepEmbeddingImpl(int64_t in_channels, int64_t time_e
                                              int64_t out_dim) {
   DL_CHECK(act_fn == "silu" || act_fn == "swish", "TimestepEmbedding: act_fn '", act_fn,
            "' is not supported (supported: silu)");
-  linear_1 = register_module("linear_1", nn::Linear(in_channels, time_embed_dim));
-  linear_2 = register_module("linear_2", nn::Linear(time_embed_dim, out_dim > 0 ? out_dim : time_embed_dim));
+  linear_1 = register_module("linear_1", nn::LinearWithLora(in_channels, time_embed_dim));
+  linear_2 = register_module("linear_2", nn::LinearWithLora(time_embed_dim, out_dim > 0 ? out_dim : time_embed_dim));
 }
 
 torch::Tensor TimestepEmbeddingImpl::forward(const torch::Tensor& sample) {

@@ -37,7 +37,7 @@ class TimestepEmbeddingImpl : public torch::nn::Module {
   // [N, in] -> [N, out]
   torch::Tensor forward(const torch::Tensor& sample);
 
-  nn::Linear linear_1{nullptr}, linear_2{nullptr};
+  nn::LinearWithLora linear_1{nullptr}, linear_2{nullptr};
 };
 TORCH_MODULE(TimestepEmbedding);
 

@@ -32,7 +32,7 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& opts) : options
   norm1 = register_module("norm1", make_group_norm(options.groups, in, options.eps));
   conv1 = register_module("conv1", make_conv(in, out, 3, 1, 1));
   if (options.temb_channels > 0) {
-    time_emb_proj = register_module("time_emb_proj", nn::Linear(options.temb_channels, out));
+    time_emb_proj = register_module("time_emb_proj", nn::LinearWithLora(options.temb_channels, out));
   }
   norm2 = register_module("norm2", make_group_norm(options.groups_out, out, options.eps));
   dropout = register_module("dropout", torch::nn::Dropout(options.dropout));

@@ -42,7 +42,7 @@ class ResnetBlock2DImpl : public torch::nn::Module {
   ResnetBlock2DOptions options;
   torch::nn::GroupNorm norm1{nullptr};
   torch::nn::Conv2d conv1{nullptr};
-  nn::Linear time_emb_proj{nullptr};  // null when temb_channels == 0
+  nn::LinearWithLora time_emb_proj{nullptr};  // null when temb_channels == 0
   torch::nn::GroupNorm norm2{nullptr};
   torch::nn::Dropout dropout{nullptr};
   torch::nn::Conv2d conv2{nullptr};

@@ -10,7 +10,7 @@
 namespace dreamlora::unet {
 
 GEGLUImpl::GEGLUImpl(int64_t dim_in, int64_t dim_out, bool bias) {
-  proj = register_module("proj", nn::Linear(dim_in, dim_out * 2, bias));
+  proj = register_module("proj", nn::LinearWithLora(dim_in, dim_out * 2, bias));
 }
 
 torch::Tensor GEGLUImpl::forward(const torch::Tensor& x) {
@@ -21,7 +21,7 @@ torch::Tensor GEGLUImpl::forward(const torch::Tensor& x) {
 FeedForwardImpl::FeedForwardImpl(int64_t dim, int64_t mult, double drop, bool bias) : dropout(drop) {
   const int64_t inner = dim * mult;
   geglu = GEGLU(dim, inner, bias);
-  proj_out = nn::Linear(inner, dim, bias);
+  proj_out = nn::LinearWithLora(inner, dim, bias);
   net = register_module("net", torch::nn::ModuleList(geglu, torch::nn::Dropout(drop), proj_out));
 }
 
@@ -71,7 +71,7 @@ Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DModelOptions& 
   norm = register_module(
       "norm", torch::nn::GroupNorm(torch::nn::GroupNormOptions(options.norm_num_groups, in).eps(1e-6).affine(true)));
   if (options.use_linear_projection) {
-    proj_in_linear = register_module("proj_in", nn::Linear(in, inner));
+    proj_in_linear = register_module("proj_in", nn::LinearWithLora(in, inner));
   } else {
     proj_in_conv = register_module("proj_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, inner, 1)));
   }
@@ -90,7 +90,7 @@ Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DModelOptions& 
     transformer_blocks->push_back(blocks.back());
   }
   if (options.use_linear_projection) {
-    proj_out_linear = register_module("proj_out", nn::Linear(inner, in));
+    proj_out_linear = register_module("proj_out", nn::LinearWithLora(inner, in));
   } else {
     proj_out_conv = register_module("proj_out", torch::nn::Conv2d(torch::nn::Conv2dOptions(inner, in, 1)));
   }

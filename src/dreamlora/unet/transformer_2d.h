@@ -21,7 +21,7 @@ class GEGLUImpl : public torch::nn::Module {
   GEGLUImpl(int64_t dim_in, int64_t dim_out, bool bias = true);
   // [.., dim_in] -> [.., dim_out]
   torch::Tensor forward(const torch::Tensor& x);
-  nn::Linear proj{nullptr};
+  nn::LinearWithLora proj{nullptr};
 };
 TORCH_MODULE(GEGLU);
 
@@ -34,7 +34,7 @@ class FeedForwardImpl : public torch::nn::Module {
 
   torch::nn::ModuleList net{nullptr};
   GEGLU geglu{nullptr};        // net[0]
-  nn::Linear proj_out{nullptr};  // net[2]
+  nn::LinearWithLora proj_out{nullptr};  // net[2]
   double dropout = 0.0;
 };
 TORCH_MODULE(FeedForward);
@@ -91,7 +91,7 @@ class Transformer2DModelImpl : public torch::nn::Module {
   torch::nn::GroupNorm norm{nullptr};
   // Exactly one of each pair is set, by use_linear_projection; both register as proj_in / proj_out.
   torch::nn::Conv2d proj_in_conv{nullptr}, proj_out_conv{nullptr};
-  nn::Linear proj_in_linear{nullptr}, proj_out_linear{nullptr};
+  nn::LinearWithLora proj_in_linear{nullptr}, proj_out_linear{nullptr};
   torch::nn::ModuleList transformer_blocks{nullptr};
   std::vector<BasicTransformerBlock> blocks;  // typed view of transformer_blocks
   bool gradient_checkpointing = false;

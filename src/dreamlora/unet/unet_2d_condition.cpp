@@ -23,7 +23,7 @@ std::string strip_unetres(const std::string& type) {
   return type.rfind("UNetRes", 0) == 0 ? type.substr(7) : type;
 }
 
-std::vector<std::string> read_types(const ConfigReader& r, const std::string& key, std::vector<std::string> fallback,
+std::vector<std::string> read_types(const io::ConfigReader& r, const std::string& key, std::vector<std::string> fallback,
                                     const std::set<std::string>& supported) {
   auto types = r.get<std::vector<std::string>>(key, fallback);
   for (size_t i = 0; i < types.size(); ++i) {
@@ -36,9 +36,9 @@ std::vector<std::string> read_types(const ConfigReader& r, const std::string& ke
   return types;
 }
 
-std::vector<bool> read_bool_per_block(const ConfigReader& r, const std::string& key, size_t n) {
+std::vector<bool> read_bool_per_block(const io::ConfigReader& r, const std::string& key, size_t n) {
   if (!r.has(key)) return std::vector<bool>(n, false);
-  const Json& v = r.raw().at(key);
+  const io::Json& v = r.raw().at(key);
   if (v.is_boolean()) return std::vector<bool>(n, v.get<bool>());
   DL_CHECK(v.is_array() && v.size() == n, r.source(), ": key '", key, "' must be a bool or a list of ", n,
            " bools, got ", v.dump());
@@ -51,11 +51,11 @@ std::vector<bool> read_bool_per_block(const ConfigReader& r, const std::string& 
 }
 
 // Keys whose non-default values change the network in ways this port does not implement.
-void reject_unsupported(const ConfigReader& r) {
+void reject_unsupported(const io::ConfigReader& r) {
   for (const char* key : {"class_embed_type", "num_class_embeds", "time_cond_proj_dim", "encoder_hid_dim",
                           "encoder_hid_dim_type", "time_embedding_dim", "time_embedding_act_fn", "timestep_post_act",
                           "cross_attention_norm", "reverse_transformer_layers_per_block"}) {
-    r.require_value(key, Json());
+    r.require_value(key, io::Json());
   }
   r.require_value("attention_type", "default");
   r.require_value("resnet_time_scale_shift", "default");
@@ -76,19 +76,19 @@ void reject_unsupported(const ConfigReader& r) {
 
 // Writes an int when every entry is equal (the form diffusers' own configs use), else the list.
 template <typename T>
-Json compact(const std::vector<T>& values) {
+io::Json compact(const std::vector<T>& values) {
   bool uniform = std::all_of(values.begin(), values.end(), [&](const T& v) { return v == values.front(); });
-  if (uniform && !values.empty()) return Json(static_cast<T>(values.front()));
-  Json list = Json::array();
+  if (uniform && !values.empty()) return io::Json(static_cast<T>(values.front()));
+  io::Json list = io::Json::array();
   for (const auto& v : values) list.push_back(static_cast<T>(v));
   return list;
 }
 
 }  // namespace
 
-UNet2DConditionConfig UNet2DConditionConfig::from_json(const Json& json, const std::string& source) {
+UNet2DConditionConfig UNet2DConditionConfig::from_json(const io::Json& json, const std::string& source) {
   DL_CHECK(json.is_object(), source, ": expected a JSON object");
-  ConfigReader r(json, source);
+  io::ConfigReader r(json, source);
   reject_unsupported(r);
   UNet2DConditionConfig c;
   c.sample_size = r.get_optional<int64_t>("sample_size");
@@ -131,7 +131,7 @@ UNet2DConditionConfig UNet2DConditionConfig::from_json(const Json& json, const s
 }
 
 UNet2DConditionConfig UNet2DConditionConfig::from_file(const std::filesystem::path& path) {
-  return from_json(read_json(path), path.string());
+  return from_json(io::read_json(path), path.string());
 }
 
 void UNet2DConditionConfig::validate() const {
@@ -160,14 +160,14 @@ void UNet2DConditionConfig::validate() const {
   }
 }
 
-Json UNet2DConditionConfig::to_json() const {
-  Json j;
+io::Json UNet2DConditionConfig::to_json() const {
+  io::Json j;
   j["_class_name"] = "UNet2DConditionModel";
   j["_diffusers_version"] = "0.27.2";
   j["act_fn"] = "silu";
-  j["addition_embed_type"] = addition_embed_type ? Json(*addition_embed_type) : Json();
+  j["addition_embed_type"] = addition_embed_type ? io::Json(*addition_embed_type) : io::Json();
   j["addition_embed_type_num_heads"] = 64;
-  j["addition_time_embed_dim"] = addition_time_embed_dim ? Json(*addition_time_embed_dim) : Json();
+  j["addition_time_embed_dim"] = addition_time_embed_dim ? io::Json(*addition_time_embed_dim) : io::Json();
   j["attention_head_dim"] = compact(attention_head_dim);
   j["attention_type"] = "default";
   j["block_out_channels"] = block_out_channels;
@@ -198,12 +198,12 @@ Json UNet2DConditionConfig::to_json() const {
   j["only_cross_attention"] = compact(only_cross_attention);
   j["out_channels"] = out_channels;
   j["projection_class_embeddings_input_dim"] =
-      projection_class_embeddings_input_dim ? Json(*projection_class_embeddings_input_dim) : Json();
+      projection_class_embeddings_input_dim ? io::Json(*projection_class_embeddings_input_dim) : io::Json();
   j["resnet_out_scale_factor"] = resnet_out_scale_factor;
   j["resnet_skip_time_act"] = resnet_skip_time_act;
   j["resnet_time_scale_shift"] = "default";
   j["reverse_transformer_layers_per_block"] = nullptr;
-  j["sample_size"] = sample_size ? Json(*sample_size) : Json();
+  j["sample_size"] = sample_size ? io::Json(*sample_size) : io::Json();
   j["time_cond_proj_dim"] = nullptr;
   j["time_embedding_act_fn"] = nullptr;
   j["time_embedding_dim"] = nullptr;
@@ -388,8 +388,8 @@ UNet2DConditionModel UNet2DConditionModelImpl::load(const std::filesystem::path&
   auto config = UNet2DConditionConfig::from_file(dir / "config.json");
   UNet2DConditionModel model(config);
   model->to(dtype);
-  const auto weights = load_component_weights(dir, variant);
-  load_state_dict_strict(*model, weights, dir.string() + " (UNet weights" +
+  const auto weights = io::load_component_weights(dir, variant);
+  nn::load_state_dict_strict(*model, weights, dir.string() + " (UNet weights" +
                                               (variant.empty() ? std::string() : ", variant " + variant) + ")");
   for (auto& p : model->parameters()) p.requires_grad_(false);
   model->eval();

@@ -63,11 +63,11 @@ struct UNet2DConditionConfig {
   std::optional<int64_t> projection_class_embeddings_input_dim;
 
   // Builds the config; defaults fill missing/null keys; unsupported values throw naming the key.
-  static UNet2DConditionConfig from_json(const Json& json, const std::string& source = "unet/config.json");
+  static UNet2DConditionConfig from_json(const io::Json& json, const std::string& source = "unet/config.json");
   static UNet2DConditionConfig from_file(const std::filesystem::path& path);
   // A full diffusers-style config.json (all keys, _class_name, _diffusers_version) that from_json and
   // diffusers' UNet2DConditionModel.from_config both read back to the same network.
-  Json to_json() const;
+  io::Json to_json() const;
   void validate() const;  // cross-field checks (list lengths, divisibility, text_time dims)
 
   size_t num_blocks() const { return block_out_channels.size(); }

@@ -12,9 +12,9 @@ namespace dreamlora::vae {
 
 // ---------------------------------------------------------------------------------------------- config
 
-AutoencoderKLConfig AutoencoderKLConfig::from_json(const Json& json, const std::string& source) {
+AutoencoderKLConfig AutoencoderKLConfig::from_json(const io::Json& json, const std::string& source) {
   DL_CHECK(json.is_object(), source, ": expected a JSON object");
-  ConfigReader r(json, source);
+  io::ConfigReader r(json, source);
   AutoencoderKLConfig c;
   c.in_channels = r.get<int64_t>("in_channels", c.in_channels);
   c.out_channels = r.get<int64_t>("out_channels", c.out_channels);
@@ -27,7 +27,7 @@ AutoencoderKLConfig AutoencoderKLConfig::from_json(const Json& json, const std::
   c.norm_num_groups = r.get<int64_t>("norm_num_groups", c.norm_num_groups);
   if (r.has("sample_size")) {
     // diffusers accepts an int or a [h, w] list and tiles with its first entry.
-    const Json& s = json.at("sample_size");
+    const io::Json& s = json.at("sample_size");
     c.sample_size = s.is_array() && !s.empty() ? s[0].get<int64_t>() : r.get<int64_t>("sample_size", 0);
   }
   c.scaling_factor = r.get<double>("scaling_factor", c.scaling_factor);
@@ -66,12 +66,12 @@ AutoencoderKLConfig AutoencoderKLConfig::from_json(const Json& json, const std::
 }
 
 AutoencoderKLConfig AutoencoderKLConfig::from_file(const std::filesystem::path& path) {
-  return from_json(read_json(path), path.string());
+  return from_json(io::read_json(path), path.string());
 }
 
-Json AutoencoderKLConfig::to_json() const {
-  auto opt = [](const auto& v) { return v ? Json(*v) : Json(nullptr); };
-  return Json{{"_class_name", "AutoencoderKL"},
+io::Json AutoencoderKLConfig::to_json() const {
+  auto opt = [](const auto& v) { return v ? io::Json(*v) : io::Json(nullptr); };
+  return io::Json{{"_class_name", "AutoencoderKL"},
               {"in_channels", in_channels},
               {"out_channels", out_channels},
               {"down_block_types", down_block_types},
@@ -324,9 +324,9 @@ AutoencoderKL AutoencoderKLImpl::load(const std::filesystem::path& vae_dir, cons
   if (dtype == torch::kFloat16 && config.force_upcast) dtype = torch::kFloat32;
   AutoencoderKL model(config);
   model->to(dtype);
-  auto weights = load_component_weights(vae_dir, variant);
+  auto weights = io::load_component_weights(vae_dir, variant);
   convert_deprecated_attention_keys(weights);
-  load_state_dict_strict(*model, weights,
+  nn::load_state_dict_strict(*model, weights,
                          vae_dir.string() + " (VAE weights" + (variant.empty() ? "" : ", variant " + variant) + ")");
   for (auto& p : model->parameters()) p.requires_grad_(false);
   model->eval();

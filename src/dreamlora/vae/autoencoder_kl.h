@@ -38,9 +38,9 @@ struct AutoencoderKLConfig {
   bool use_post_quant_conv = true;
   bool mid_block_add_attention = true;
 
-  static AutoencoderKLConfig from_json(const Json& json, const std::string& source = "vae/config.json");
+  static AutoencoderKLConfig from_json(const io::Json& json, const std::string& source = "vae/config.json");
   static AutoencoderKLConfig from_file(const std::filesystem::path& path);
-  Json to_json() const;
+  io::Json to_json() const;
   // Pixels per latent along one side: 2^(len(block_out_channels) - 1) (8 for SD, 2 for the fixtures).
   int64_t scale_factor() const;
 };
