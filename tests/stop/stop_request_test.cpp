@@ -14,8 +14,8 @@
 namespace dreamlora::stop {
 namespace {
 
-using testing::exit_code;
-using testing::run_in_child;
+using checkpoint::testing::exit_code;
+using checkpoint::testing::run_in_child;
 
 // In a child: install, raise `sig`, and exit 0 iff the flag and reason are right.
 int child_raises(int sig, StopReason expected) {
