@@ -23,6 +23,8 @@ timed() {  # runs a command, prints its duration, returns its status
   return $rc
 }
 status=0
+# Every C++ file formatted with the pinned clang-format (requirements.txt); scripts/format.sh fixes them.
+timed bash scripts/format.sh --check || status=1
 for f in "${flavours[@]}"; do
   echo "=== $f"
   extra=()

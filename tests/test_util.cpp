@@ -17,6 +17,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "dreamlora/common/error.h"
+
 namespace dreamlora::testing {
 
 int free_loopback_port() {
@@ -103,6 +105,15 @@ ProcessResult run_dreamlora(const std::vector<std::string>& args, const std::vec
   r.exit_status = wait_process(spawn_dreamlora(args, log, env));
   r.output = read_text(log);
   return r;
+}
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
 }
 
 double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {

@@ -5,6 +5,7 @@
 #include <torch/types.h>
 
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -35,6 +36,9 @@ std::string read_text(const std::filesystem::path& path);
 // A loopback TCP port that was free a moment ago (bound, then closed): for a test server, or for a
 // connection that must be refused.
 int free_loopback_port();
+
+// The message of the dreamlora::Error that fn throws; "" when it throws none.
+std::string error_of(const std::function<void()>& fn);
 
 // Max |a - b| (shapes must match).
 double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b);

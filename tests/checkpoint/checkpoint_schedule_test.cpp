@@ -9,8 +9,11 @@
 #include <vector>
 
 #include "dreamlora/common/error.h"
+#include "test_util.h"
 
 namespace dreamlora::checkpoint {
+
+using dreamlora::testing::error_of;
 namespace {
 
 // A schedule on a fake clock whose steps advance the clock by their own duration.
@@ -39,15 +42,6 @@ struct Harness {
     return saved;
   }
 };
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST(CheckpointScheduleOptions, ParsesStepsAutoMinutesAndUptime) {
   auto o = CheckpointScheduleOptions::parse("250", 0, "");

@@ -21,7 +21,7 @@
 #include <string>
 #include <thread>
 
-#include "dreamlora/checkpoint/s3_client.h"
+#include "dreamlora/remote/s3_client.h"
 #include "s3_test_support.h"
 #include "test_util.h"
 
@@ -99,7 +99,7 @@ class MotoServer {
   const std::string& error() const { return error_; }
   const std::string& key_id() const { return key_id_; }
 
-  S3Config config() const {
+  remote::S3Config config() const {
     auto c = local_s3_config(endpoint(), key_id_, secret_, /*max_attempts=*/2);
     c.region = "us-east-1";
     return c;

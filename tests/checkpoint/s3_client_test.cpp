@@ -56,8 +56,8 @@ void clear_aws_env(ScopedEnv& env) {
 }
 
 TEST(S3Url, EncodesEverythingButUnreservedCharactersAndOptionallySlashes) {
-  EXPECT_EQ(s3_uri_encode("run 1/checkpoint-10/a+b=c~._-", true), "run%201/checkpoint-10/a%2Bb%3Dc~._-");
-  EXPECT_EQ(s3_uri_encode("a/b", false), "a%2Fb");
+  EXPECT_EQ(remote::s3_uri_encode("run 1/checkpoint-10/a+b=c~._-", true), "run%201/checkpoint-10/a%2Bb%3Dc~._-");
+  EXPECT_EQ(remote::s3_uri_encode("a/b", false), "a%2Fb");
 }
 
 TEST(S3Location, ParsesBucketAndPrefixAndBuildsCheckpointKeys) {
@@ -78,7 +78,7 @@ TEST(S3Location, RejectsUrlsWithoutBucketOrWithInvalidBucketNames) {
   EXPECT_THROW(make_mirror("gs://bucket/x"), Error);
 }
 
-TEST(S3Config, ReadsEndpointRegionAndCredentialsFromEnvironment) {
+TEST(remote::S3Config, ReadsEndpointRegionAndCredentialsFromEnvironment) {
   ScopedEnv env;
   clear_aws_env(env);
   env.set("AWS_ACCESS_KEY_ID", "AKID1");
@@ -86,28 +86,28 @@ TEST(S3Config, ReadsEndpointRegionAndCredentialsFromEnvironment) {
   env.set("AWS_SESSION_TOKEN", "TOKEN1");
   env.set("AWS_REGION", "eu-west-3");
   env.set("AWS_ENDPOINT_URL", "http://127.0.0.1:9000/");
-  S3Config c = S3Config::from_environment();
+  remote::S3Config c = remote::S3Config::from_environment();
   EXPECT_EQ(c.endpoint, "http://127.0.0.1:9000");
   EXPECT_TRUE(c.path_style);
   EXPECT_EQ(c.region, "eu-west-3");
   EXPECT_EQ(c.access_key_id, "AKID1");
   EXPECT_EQ(c.session_token, "TOKEN1");
-  EXPECT_EQ(S3Config::from_environment("https://minio.local:9000").endpoint, "https://minio.local:9000");
+  EXPECT_EQ(remote::S3Config::from_environment("https://minio.local:9000").endpoint, "https://minio.local:9000");
   EXPECT_EQ(c.describe().find("SECRET1"), std::string::npos);
 }
 
-TEST(S3Config, DefaultsToAwsVirtualHostedInUsEast1) {
+TEST(remote::S3Config, DefaultsToAwsVirtualHostedInUsEast1) {
   ScopedEnv env;
   clear_aws_env(env);
   env.set("AWS_ACCESS_KEY_ID", "AKID1");
   env.set("AWS_SECRET_ACCESS_KEY", "SECRET1");
-  S3Config c = S3Config::from_environment();
+  remote::S3Config c = remote::S3Config::from_environment();
   EXPECT_EQ(c.endpoint, "");
   EXPECT_FALSE(c.path_style);
   EXPECT_EQ(c.region, "us-east-1");
 }
 
-TEST(S3Config, ReadsTheSelectedProfileOfTheSharedCredentialsFile) {
+TEST(remote::S3Config, ReadsTheSelectedProfileOfTheSharedCredentialsFile) {
   ScopedEnv env;
   clear_aws_env(env);
   auto dir = dreamlora::testing::make_temp_dir("s3-creds");
@@ -118,21 +118,21 @@ TEST(S3Config, ReadsTheSelectedProfileOfTheSharedCredentialsFile) {
          "aws_session_token = TRAINTOKEN\n";
   }
   env.set("AWS_SHARED_CREDENTIALS_FILE", (dir / "credentials").c_str());
-  EXPECT_EQ(S3Config::from_environment().access_key_id, "DEF");
+  EXPECT_EQ(remote::S3Config::from_environment().access_key_id, "DEF");
   env.set("AWS_PROFILE", "train");
-  S3Config c = S3Config::from_environment();
+  remote::S3Config c = remote::S3Config::from_environment();
   EXPECT_EQ(c.access_key_id, "TRAINKEY");
   EXPECT_EQ(c.secret_access_key, "TRAINSECRET");
   EXPECT_EQ(c.session_token, "TRAINTOKEN");
   std::filesystem::remove_all(dir);
 }
 
-TEST(S3Config, MissingCredentialsSayWhereTheyAreLookedFor) {
+TEST(remote::S3Config, MissingCredentialsSayWhereTheyAreLookedFor) {
   ScopedEnv env;
   clear_aws_env(env);
   env.set("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials");
   try {
-    S3Config::from_environment();
+    remote::S3Config::from_environment();
     FAIL() << "expected an error";
   } catch (const Error& e) {
     const std::string m = e.what();
@@ -141,7 +141,7 @@ TEST(S3Config, MissingCredentialsSayWhereTheyAreLookedFor) {
   }
   env.set("AWS_SECRET_ACCESS_KEY", "ONLYSECRET");
   try {
-    S3Config::from_environment();
+    remote::S3Config::from_environment();
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_EQ(std::string(e.what()).find("ONLYSECRET"), std::string::npos) << e.what();
@@ -151,12 +151,12 @@ TEST(S3Config, MissingCredentialsSayWhereTheyAreLookedFor) {
 TEST(S3ClientStub, WrongCredentialsGiveAClear403ErrorWithoutTheSecret) {
   StubHttpServer stub({{403, error_xml("InvalidAccessKeyId",
                                        "The AWS Access Key Id you provided does not exist in our records.")}});
-  S3Config config = stub_config(stub.endpoint());
+  remote::S3Config config = stub_config(stub.endpoint());
   S3Sink sink(S3Location::parse("s3://train-bucket/run1"), config);
   try {
     sink.check_access();
     FAIL() << "expected an error";
-  } catch (const S3Error& e) {
+  } catch (const remote::S3Error& e) {
     const std::string m = e.what();
     EXPECT_EQ(e.http_status, 403);
     EXPECT_EQ(e.s3_code, "InvalidAccessKeyId");
@@ -184,7 +184,7 @@ TEST(S3ClientStub, AccessDeniedNamesTheMissingPermission) {
   try {
     sink.check_access();
     FAIL() << "expected an error";
-  } catch (const S3Error& e) {
+  } catch (const remote::S3Error& e) {
     const std::string m = e.what();
     EXPECT_EQ(e.s3_code, "AccessDenied");
     EXPECT_NE(m.find("s3:PutObject"), std::string::npos) << m;
@@ -199,18 +199,18 @@ TEST(S3ClientStub, ServerErrorsAreRetriedWithBackoffUntilSuccess) {
   StubHttpServer stub({{503, error_xml("SlowDown", "Please reduce your request rate.")},
                        {500, error_xml("InternalError", "We encountered an internal error.")},
                        {200, ""}});
-  S3Client client(stub_config(stub.endpoint()));
+  remote::S3Client client(stub_config(stub.endpoint()));
   client.put_bytes("train-bucket", "k", "hello");
   EXPECT_EQ(stub.requests().size(), 3u);
 }
 
 TEST(S3ClientStub, PersistentServerErrorsFailWithStatusCodeAndAttempts) {
   StubHttpServer stub({{503, error_xml("SlowDown", "Please reduce your request rate.")}});
-  S3Client client(stub_config(stub.endpoint()));
+  remote::S3Client client(stub_config(stub.endpoint()));
   try {
     client.put_bytes("train-bucket", "run/checkpoint-5/x", "hello");
     FAIL() << "expected an error";
-  } catch (const S3Error& e) {
+  } catch (const remote::S3Error& e) {
     const std::string m = e.what();
     EXPECT_EQ(e.http_status, 503);
     EXPECT_EQ(e.s3_code, "SlowDown");
@@ -226,7 +226,7 @@ TEST(S3ClientStub, ListingFollowsContinuationTokensEncodedInTheQuery) {
                              "<NextContinuationToken>1ab/+c=</NextContinuationToken></ListBucketResult>"},
                        {200, "<ListBucketResult><Contents><Key>p/c</Key><Size>3</Size></Contents>"
                              "<IsTruncated>false</IsTruncated></ListBucketResult>"}});
-  S3Client client(stub_config(stub.endpoint()));
+  remote::S3Client client(stub_config(stub.endpoint()));
   auto objects = client.list("train-bucket", "p/", 2);
   ASSERT_EQ(objects.size(), 3u);
   EXPECT_EQ(objects[0].key, "p/a");
@@ -245,11 +245,11 @@ TEST(S3ClientStub, UnreachableEndpointIsANetworkError) {
     StubHttpServer stub({{200, ""}});
     port = std::stoi(stub.endpoint().substr(stub.endpoint().rfind(':') + 1));
   }  // closed: nothing listens there now
-  S3Client client(stub_config("http://127.0.0.1:" + std::to_string(port)));
+  remote::S3Client client(stub_config("http://127.0.0.1:" + std::to_string(port)));
   try {
     client.get_bytes("train-bucket", "x");
     FAIL() << "expected an error";
-  } catch (const S3Error& e) {
+  } catch (const remote::S3Error& e) {
     EXPECT_TRUE(e.network);
     EXPECT_EQ(e.http_status, 0);
     EXPECT_NE(std::string(e.what()).find("network error"), std::string::npos) << e.what();

@@ -60,7 +60,7 @@ TEST_F(S3MirrorTest, CommittedCheckpointResumesOnAFreshMachineByteForByte) {
   EXPECT_EQ(remote[1].objects, 4u);
 
   // A second machine with an empty output dir and its own client.
-  S3Client fresh(server_->config());
+  remote::S3Client fresh(server_->config());
   const fs::path out_b = root_ / "machine-b";
   LatestRemoteResult r = latest_remote_valid(fresh, sink->location(), out_b);
   ASSERT_TRUE(r.latest.has_value());
@@ -79,7 +79,7 @@ TEST_F(S3MirrorTest, CommittedCheckpointResumesOnAFreshMachineByteForByte) {
 }
 
 TEST_F(S3MirrorTest, LargeFilesUseMultipartUploadAndListingPaginates) {
-  S3Config config = server_->config();
+  remote::S3Config config = server_->config();
   config.multipart_threshold = 100 * 1024;  // the 300 KiB optimizer file goes in 3 parts + 1
   config.part_size = 96 * 1024;
   auto sink = std::make_shared<S3Sink>(S3Location::parse("s3://test-bucket/mp"), config);
@@ -150,7 +150,7 @@ TEST_F(S3MirrorTest, RemoteCheckpointWithoutManifestOrWithCorruptedObjectIsNever
   CheckpointStore store(root_ / "a");
   store.add_mirror(sink);
   for (int64_t step : {10, 20, 30}) store.commit(step, sample_contents(step));
-  const S3Client& c = sink->client();
+  const remote::S3Client& c = sink->client();
   // 30: one object replaced by bytes of the same size; 20: manifest gone.
   const std::string key30 = sink->location().key(30, "optimizer.safetensors");
   std::string bytes = c.get_bytes("test-bucket", key30);
@@ -206,7 +206,7 @@ TEST_F(S3MirrorTest, MissingBucketGivesAClearErrorBeforeTraining) {
   try {
     sink->check_access();
     FAIL() << "expected an error";
-  } catch (const S3Error& e) {
+  } catch (const remote::S3Error& e) {
     const std::string m = e.what();
     EXPECT_EQ(e.http_status, 404);
     EXPECT_EQ(e.s3_code, "NoSuchBucket");
@@ -214,17 +214,17 @@ TEST_F(S3MirrorTest, MissingBucketGivesAClearErrorBeforeTraining) {
     EXPECT_NE(m.find("bucket does not exist"), std::string::npos) << m;
   }
   // Resume from a missing bucket is an error too, not "no checkpoint".
-  EXPECT_THROW(latest_remote_valid(sink->client(), sink->location(), root_ / "b"), S3Error);
+  EXPECT_THROW(latest_remote_valid(sink->client(), sink->location(), root_ / "b"), remote::S3Error);
 }
 
 TEST_F(S3MirrorTest, UnknownAccessKeyGivesAClearErrorBeforeTraining) {
-  S3Config config = server_->config();
+  remote::S3Config config = server_->config();
   config.access_key_id = "NOT-A-KEY";
   S3Sink sink(S3Location::parse("s3://test-bucket/run"), config);
   try {
     sink.check_access();
     FAIL() << "expected an error";
-  } catch (const S3Error& e) {
+  } catch (const remote::S3Error& e) {
     EXPECT_EQ(e.http_status, 403);
     EXPECT_EQ(e.s3_code, "InvalidAccessKeyId");
     EXPECT_NE(std::string(e.what()).find("(access key id NOT-A-KEY) are wrong"), std::string::npos) << e.what();
@@ -282,7 +282,7 @@ TEST_F(S3MirrorTest, RepublishAfterAKilledUploadCompletesTheRemoteCheckpoint) {
   ASSERT_EQ(remote.size(), 1u);
   EXPECT_TRUE(remote[0].has_manifest);
   EXPECT_EQ(restarted->uploaded_checkpoints(), 1);
-  S3Client fresh(server_->config());
+  remote::S3Client fresh(server_->config());
   EXPECT_TRUE(download_checkpoint(fresh, sink->location(), 6, root_ / "b").ok);
 }
 

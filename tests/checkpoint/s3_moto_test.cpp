@@ -33,7 +33,7 @@ class S3SignatureTest : public ::testing::Test {
 };
 
 TEST_F(S3SignatureTest, SignedUploadMultipartListDownloadAndDeleteAreAccepted) {
-  S3Config config = server_->config();
+  remote::S3Config config = server_->config();
   config.multipart_threshold = 5u << 20;  // S3's (and moto's) smallest part is 5 MiB
   config.part_size = 5u << 20;
   auto sink = std::make_shared<S3Sink>(S3Location::parse("s3://moto-bucket/runs/dog"), config);
@@ -51,7 +51,7 @@ TEST_F(S3SignatureTest, SignedUploadMultipartListDownloadAndDeleteAreAccepted) {
   store.prune(2);  // DELETE of checkpoint 10's objects
   ASSERT_TRUE(sink->failures().empty()) << sink->summary();
 
-  S3Client fresh(server_->config());
+  remote::S3Client fresh(server_->config());
   auto remote = list_remote_checkpoints(fresh, sink->location());
   ASSERT_EQ(remote.size(), 2u);
   EXPECT_EQ(remote[0].step, 20);
@@ -74,7 +74,7 @@ void expect_rejected_naming_key(const std::function<void()>& call, const std::st
   try {
     call();
     ADD_FAILURE() << "the server accepted a request signed with the wrong credentials";
-  } catch (const S3Error& e) {
+  } catch (const remote::S3Error& e) {
     const std::string m = e.what();
     EXPECT_EQ(e.http_status, 403) << m;
     if (!code.empty()) EXPECT_EQ(e.s3_code, code) << m;
@@ -84,7 +84,7 @@ void expect_rejected_naming_key(const std::function<void()>& call, const std::st
 }
 
 TEST_F(S3SignatureTest, WrongSecretIsRejectedWithAnErrorNamingTheKeyId) {
-  S3Config config = server_->config();
+  remote::S3Config config = server_->config();
   config.secret_access_key = "not-the-secret";
   S3Sink sink(S3Location::parse("s3://moto-bucket/run"), config);
   const std::string key = server_->key_id();
@@ -97,13 +97,13 @@ TEST_F(S3SignatureTest, WrongSecretIsRejectedWithAnErrorNamingTheKeyId) {
   expect_rejected_naming_key([&] { latest_remote_valid(sink.client(), sink.location(), root_ / "b"); }, key,
                              "SignatureDoesNotMatch");
 
-  S3Config unknown = server_->config();
+  remote::S3Config unknown = server_->config();
   unknown.access_key_id = "AKIAUNKNOWNKEY000000";
   S3Sink sink2(S3Location::parse("s3://moto-bucket/run"), unknown);
   expect_rejected_naming_key([&] { sink2.check_access(); }, "AKIAUNKNOWNKEY000000", "InvalidAccessKeyId");
 
   // The right secret still works afterwards: nothing above was accepted by accident.
-  S3Client good(server_->config());
+  remote::S3Client good(server_->config());
   EXPECT_TRUE(good.list("moto-bucket", "run/").empty());
 }
 

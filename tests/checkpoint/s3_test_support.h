@@ -21,15 +21,15 @@
 #include <thread>
 #include <vector>
 
-#include "dreamlora/checkpoint/s3_client.h"
+#include "dreamlora/remote/s3_client.h"
 #include "test_util.h"
 
 namespace dreamlora::checkpoint::testing {
 
 // A path-style S3 client config for a server on this machine, retrying fast.
-inline S3Config local_s3_config(const std::string& endpoint, const std::string& key_id, const std::string& secret,
+inline remote::S3Config local_s3_config(const std::string& endpoint, const std::string& key_id, const std::string& secret,
                                 int max_attempts) {
-  S3Config c;
+  remote::S3Config c;
   c.endpoint = endpoint;
   c.path_style = true;
   c.access_key_id = key_id;
@@ -120,7 +120,7 @@ class S3rver {
   std::string endpoint() const { return "http://127.0.0.1:" + std::to_string(port_); }
   const std::string& error() const { return error_; }
 
-  S3Config config() const { return local_s3_config(endpoint(), kAccessKey, kSecretKey, /*max_attempts=*/2); }
+  remote::S3Config config() const { return local_s3_config(endpoint(), kAccessKey, kSecretKey, /*max_attempts=*/2); }
 
  private:
   bool fail_with(const std::string& e) {
@@ -227,7 +227,7 @@ class StubHttpServer {
   std::vector<std::string> requests_;
 };
 
-inline S3Config stub_config(const std::string& endpoint) {
+inline remote::S3Config stub_config(const std::string& endpoint) {
   auto c = local_s3_config(endpoint, "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", /*max_attempts=*/3);
   c.backoff_max_s = 0.02;
   return c;

@@ -14,8 +14,8 @@
 
 #include "dreamlora/checkpoint/manifest.h"
 #include "dreamlora/io/safetensors.h"
-#include "dreamlora/pipeline/demo_data.h"
-#include "dreamlora/pipeline/tiny_model.h"
+#include "dreamlora/synth/demo_data.h"
+#include "dreamlora/synth/tiny_model.h"
 #include "dreamlora/train/launcher.h"
 #include "test_util.h"
 
@@ -31,8 +31,8 @@ const DistWorld& dist_world() {
   static DistWorld w = [] {
     auto root = make_temp_dir("dist-world");
     DistWorld w{root / "tiny-sd", root / "subject"};
-    dreamlora::pipeline::write_tiny_model(w.model, {});
-    dreamlora::pipeline::write_demo_subject_images(w.images, 4, 40, 2);
+    dreamlora::synth::write_tiny_model(w.model, {});
+    dreamlora::synth::write_demo_subject_images(w.images, 4, 40, 2);
     return w;
   }();
   return w;

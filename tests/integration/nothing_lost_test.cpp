@@ -7,8 +7,8 @@
 #include <fstream>
 #include <thread>
 
-#include "dreamlora/pipeline/demo_data.h"
-#include "dreamlora/pipeline/tiny_model.h"
+#include "dreamlora/synth/demo_data.h"
+#include "dreamlora/synth/tiny_model.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -27,11 +27,11 @@ const SafetyWorld& safety_world() {
     w.model = root / "tiny-sd";
     w.other_tune = root / "tiny-sd-other-tune";
     w.images = root / "subject";
-    dreamlora::pipeline::write_tiny_model(w.model, {});
-    dreamlora::pipeline::TinyModelOptions other;
+    dreamlora::synth::write_tiny_model(w.model, {});
+    dreamlora::synth::TinyModelOptions other;
     other.seed = 7;
-    dreamlora::pipeline::write_tiny_model(w.other_tune, other);
-    dreamlora::pipeline::write_demo_subject_images(w.images, 3, 40, 1);
+    dreamlora::synth::write_tiny_model(w.other_tune, other);
+    dreamlora::synth::write_demo_subject_images(w.images, 3, 40, 1);
     return w;
   }();
   return w;

@@ -15,8 +15,8 @@
 #include "dreamlora/checkpoint/s3_sink.h"
 #include "dreamlora/io/safetensors.h"
 #include <nlohmann/json.hpp>
-#include "dreamlora/pipeline/demo_data.h"
-#include "dreamlora/pipeline/tiny_model.h"
+#include "dreamlora/synth/demo_data.h"
+#include "dreamlora/synth/tiny_model.h"
 #include "../checkpoint/s3_test_support.h"
 #include "test_util.h"
 
@@ -35,8 +35,8 @@ const World& world() {
     w.root = make_temp_dir("train-world");
     w.model = w.root / "tiny-sd";
     w.images = w.root / "subject";
-    dreamlora::pipeline::write_tiny_model(w.model, {});
-    dreamlora::pipeline::write_demo_subject_images(w.images, 3, 40, 1);
+    dreamlora::synth::write_tiny_model(w.model, {});
+    dreamlora::synth::write_demo_subject_images(w.images, 3, 40, 1);
     return w;
   }();
   return w;
@@ -261,7 +261,7 @@ TEST(TrainMirror, AnUploadCutShortByAKilledTrainerIsFinishedByTheNextRunAndOutpu
   killed_env.push_back("DREAMLORA_TEST_CRASH_AFTER_UPLOADS=5");
   auto first = run_dreamlora(a, killed_env);
   ASSERT_EQ(first.exit_status, 99) << first.output;
-  dreamlora::checkpoint::S3Client client(server.config());
+  dreamlora::remote::S3Client client(server.config());
   const auto location = dreamlora::checkpoint::S3Location::parse(std::string("s3://") + server.kBucket + "/run2");
   auto remote = dreamlora::checkpoint::list_remote_checkpoints(client, location);
   ASSERT_EQ(remote.size(), 2u);
@@ -318,7 +318,7 @@ TEST(TrainMirror, WrongCredentialsFailBeforeTraining) {
 TEST(TrainQuality, LossFallsOverAShortRunOnTheFixtureModel) {
   REQUIRE_FIXTURES();
   auto images = make_temp_dir("loss-images");
-  dreamlora::pipeline::write_demo_subject_images(images, 1, 32, 3);
+  dreamlora::synth::write_demo_subject_images(images, 1, 32, 3);
   auto out = make_temp_dir("loss-falls");
   auto r = run_dreamlora({"--threads", "1", "train", "--model", (fixtures_dir() / "tiny-sd").string(), "--image-path",
                           images.string(), "--prompt", "a photo of sks toy", "--resolution", "32", "--num-steps", "60",

@@ -11,18 +11,11 @@
 
 using namespace dreamlora;
 using namespace dreamlora::io;
+using dreamlora::testing::error_of;
 using dreamlora::testing::fixtures_dir;
 using dreamlora::testing::make_temp_dir;
 
 namespace {
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 void touch(const std::filesystem::path& p, const std::string& text = "x") { std::ofstream(p) << text; }
 }  // namespace
 

@@ -6,7 +6,7 @@
 #include "dreamlora/io/model_dir.h"
 #include "dreamlora/pipeline/model_bundle.h"
 #include "dreamlora/pipeline/text_to_image.h"
-#include "dreamlora/pipeline/tiny_model.h"
+#include "dreamlora/synth/tiny_model.h"
 #include "test_util.h"
 
 using namespace dreamlora;

@@ -2,6 +2,8 @@
 // hand-derived expectations for the clean-up, the pattern and BPE.
 #include "dreamlora/text/clip_tokenizer.h"
 
+#include "dreamlora/synth/clip_bpe_writer.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -218,7 +220,7 @@ TEST(CLIPTokenizer, ConcurrentEncodingAgreesWithSerial) {
 
 TEST(CLIPTokenizer, MalformedVocabIsReportedWithTheFileAndTheToken) {
   auto dir = testing::make_temp_dir("clip_tok_vocab");
-  write_tiny_bpe_tokenizer(dir, "", 10);
+  synth::write_tiny_bpe_tokenizer(dir, "", 10);
   const std::pair<const char*, const char*> cases[] = {
       {R"({"a</w>": 1, "b</w>": "two"})", "'b</w>'"},
       {R"(["a", "b"])", "expected an object"},
@@ -247,7 +249,7 @@ TEST(CLIPTokenizer, MissingFilesAndBadConfigAreReportedByPath) {
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find("vocab.json"), std::string::npos) << e.what();
   }
-  write_tiny_bpe_tokenizer(dir, "", 10);
+  synth::write_tiny_bpe_tokenizer(dir, "", 10);
   std::ofstream(dir / "tokenizer_config.json") << R"({"model_max_length": 1})";
   try {
     CLIPTokenizer::load(dir);
@@ -260,7 +262,7 @@ TEST(CLIPTokenizer, MissingFilesAndBadConfigAreReportedByPath) {
 
 TEST(TinyBpeTokenizer, RoundTripsAndTokenizesThePromptIntoKnownPieces) {
   auto dir = testing::make_temp_dir("tiny_bpe");
-  int64_t n = write_tiny_bpe_tokenizer(dir, "", 120);
+  int64_t n = synth::write_tiny_bpe_tokenizer(dir, "", 120);
   auto tok = CLIPTokenizer::load(dir);
   EXPECT_EQ(tok.vocab_size(), n);
   EXPECT_GT(n, 512 + 2);
@@ -283,7 +285,7 @@ TEST(TinyBpeTokenizer, RoundTripsAndTokenizesThePromptIntoKnownPieces) {
   EXPECT_EQ(e.input_ids[0], n - 2);
   // Deterministic: a second write gives the same files.
   auto dir2 = testing::make_temp_dir("tiny_bpe2");
-  write_tiny_bpe_tokenizer(dir2, "", 120);
+  synth::write_tiny_bpe_tokenizer(dir2, "", 120);
   auto slurp = [](const std::filesystem::path& p) {
     std::ifstream in(p);
     return std::string(std::istreambuf_iterator<char>(in), {});
@@ -297,13 +299,13 @@ TEST(TinyBpeTokenizer, RoundTripsAndTokenizesThePromptIntoKnownPieces) {
 
 TEST(TinyBpeTokenizer, BangPadTokenIsWrittenAsAnAddedTokenWithIdZero) {
   auto dir = testing::make_temp_dir("tiny_bpe_bang");
-  write_tiny_bpe_tokenizer(dir, "a photo of a dog", 5, "!");
+  synth::write_tiny_bpe_tokenizer(dir, "a photo of a dog", 5, "!");
   auto tok = CLIPTokenizer::load(dir);
   EXPECT_EQ(tok.pad_token_id(), 0);
   auto expected = tok.tokenize("dog");
   expected.push_back("!");
   EXPECT_EQ(tok.tokenize("dog!"), expected);
-  EXPECT_THROW(write_tiny_bpe_tokenizer(dir, "", 5, "<pad>"), std::exception);
+  EXPECT_THROW(synth::write_tiny_bpe_tokenizer(dir, "", 5, "<pad>"), std::exception);
   std::filesystem::remove_all(dir);
 }
 

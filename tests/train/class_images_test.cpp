@@ -4,7 +4,7 @@
 #include "dreamlora/io/image.h"
 #include "dreamlora/io/image_tensor.h"
 #include "dreamlora/pipeline/model_bundle.h"
-#include "dreamlora/pipeline/tiny_model.h"
+#include "dreamlora/synth/tiny_model.h"
 #include "dreamlora/train/class_images.h"
 #include "test_util.h"
 
@@ -31,7 +31,7 @@ torch::Tensor pixels_of(const fs::path& file) { return io::image_to_tensor(io::l
 
 TEST(ClassImages, GeneratedInSampleBatchSizeBatchesEqualOneByOne) {
   auto root = dreamlora::testing::make_temp_dir("class-images");
-  pipeline::write_tiny_model(root / "model", {});
+  synth::write_tiny_model(root / "model", {});
   auto model = pipeline::ModelBundle::load((root / "model").string(), {});
   EXPECT_EQ(ensure_class_images(model, class_image_config(root / "one", 5, 1)), 5);
   EXPECT_EQ(ensure_class_images(model, class_image_config(root / "batched", 5, 3)), 5);
@@ -48,7 +48,7 @@ TEST(ClassImages, GeneratedInSampleBatchSizeBatchesEqualOneByOne) {
 
 TEST(ClassImages, WorkersSplitTheMissingImagesByIndex) {
   auto root = dreamlora::testing::make_temp_dir("class-images-split");
-  pipeline::write_tiny_model(root / "model", {});
+  synth::write_tiny_model(root / "model", {});
   auto model = pipeline::ModelBundle::load((root / "model").string(), {});
   auto cfg = class_image_config(root / "split", 5, 2);
   EXPECT_EQ(ensure_class_images(model, cfg, /*rank=*/1, /*world_size=*/2), 2);  // images 1 and 3

@@ -8,7 +8,7 @@
 
 #include "dreamlora/io/safetensors.h"
 #include "dreamlora/nn/state_dict.h"
-#include "dreamlora/unet/attention_processor.h"
+#include "dreamlora/blocks/attention_processor.h"
 #include "dreamlora/vae/autoencoder_kl.h"
 #include "test_util.h"
 
@@ -178,8 +178,8 @@ TEST(AutoencoderKL, LoadsDeprecatedAttentionKeysAndUpcastsFp16) {
   auto vae = AutoencoderKLImpl::load(dir, "", torch::kFloat16);
   EXPECT_EQ(vae->dtype(), torch::kFloat32);  // force_upcast keeps this VAE in float32
   auto original = AutoencoderKLImpl::load(src);
-  EXPECT_TRUE(torch::equal(vae->encoder->mid_block->attentions[0]->as<unet::AttentionImpl>()->to_q->weight,
-                           original->encoder->mid_block->attentions[0]->as<unet::AttentionImpl>()->to_q->weight));
+  EXPECT_TRUE(torch::equal(vae->encoder->mid_block->attentions[0]->as<blocks::AttentionImpl>()->to_q->weight,
+                           original->encoder->mid_block->attentions[0]->as<blocks::AttentionImpl>()->to_q->weight));
   std::filesystem::remove_all(dir);
 }
 

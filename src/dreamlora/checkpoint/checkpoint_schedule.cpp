@@ -8,7 +8,7 @@
 #include <cstdio>
 #include <iostream>
 
-#include "dreamlora/checkpoint/signals.h"
+#include "dreamlora/common/duration.h"
 #include "dreamlora/common/error.h"
 
 namespace dreamlora::checkpoint {

@@ -16,18 +16,13 @@
 
 #include "dreamlora/common/error.h"
 #include "dreamlora/io/json.h"
+#include "dreamlora/version.h"
 
 namespace dreamlora::checkpoint {
 
 namespace fs = std::filesystem;
 
-const char* dreamlora_version() {
-#ifdef DREAMLORA_VERSION
-  return DREAMLORA_VERSION;
-#else
-  return "0.1.0";
-#endif
-}
+const char* dreamlora_version() { return DREAMLORA_VERSION; }
 
 namespace {
 

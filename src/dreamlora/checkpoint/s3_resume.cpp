@@ -15,7 +15,7 @@ namespace fs = std::filesystem;
 namespace {
 
 // A 404 that means "this object is not there" rather than "this bucket is not there".
-bool missing_object(const S3Error& e) { return e.http_status == 404 && e.s3_code != "NoSuchBucket"; }
+bool missing_object(const remote::S3Error& e) { return e.http_status == 404 && e.s3_code != "NoSuchBucket"; }
 
 std::string temp_sibling(const char* kind, int64_t step) { return str(".checkpoint-", step, ".", kind, "-", ::getpid()); }
 
@@ -27,13 +27,13 @@ DownloadResult not_usable(std::string reason) {
 
 // Downloads every listed file and the manifest into `tmp`; returns a reason when the remote copy is
 // unusable, empty when all arrived.
-std::string fetch_into(const S3Client& client, const S3Location& loc, const Manifest& manifest,
+std::string fetch_into(const remote::S3Client& client, const S3Location& loc, const Manifest& manifest,
                        const std::string& manifest_bytes, const fs::path& tmp) {
   for (const auto& f : manifest.files) {
     const std::string key = loc.key(manifest.step, f.name);
     try {
       client.get_to_file(loc.bucket, key, tmp / f.name);
-    } catch (const S3Error& e) {
+    } catch (const remote::S3Error& e) {
       if (missing_object(e)) return str(f.name, ": listed in MANIFEST.json but missing remotely (s3://", loc.bucket, "/", key, ")");
       throw;
     }
@@ -62,7 +62,7 @@ void rename_into_place(const fs::path& tmp, const fs::path& final_dir, int64_t s
 
 }  // namespace
 
-std::vector<RemoteCheckpoint> list_remote_checkpoints(const S3Client& client, const S3Location& location) {
+std::vector<RemoteCheckpoint> list_remote_checkpoints(const remote::S3Client& client, const S3Location& location) {
   const std::string base = location.prefix.empty() ? "" : location.prefix + "/";
   std::map<int64_t, RemoteCheckpoint> by_step;
   for (const auto& obj : client.list(location.bucket, base + "checkpoint-")) {
@@ -83,7 +83,7 @@ std::vector<RemoteCheckpoint> list_remote_checkpoints(const S3Client& client, co
   return out;
 }
 
-DownloadResult download_checkpoint(const S3Client& client, const S3Location& location, int64_t step,
+DownloadResult download_checkpoint(const remote::S3Client& client, const S3Location& location, int64_t step,
                                    const fs::path& local_output_dir) {
   const fs::path final_dir = local_output_dir / checkpoint_dir_name(step);
   std::error_code ec;
@@ -141,7 +141,7 @@ DownloadResult download_checkpoint(const S3Client& client, const S3Location& loc
   }
 }
 
-LatestRemoteResult latest_remote_valid(const S3Client& client, const S3Location& location,
+LatestRemoteResult latest_remote_valid(const remote::S3Client& client, const S3Location& location,
                                        const fs::path& local_output_dir, int64_t after_step,
                                        const std::function<void(const std::string&)>& report) {
   LatestRemoteResult result;

@@ -49,8 +49,8 @@ std::string S3Location::key(int64_t step, const std::string& file_name) const {
 // ---------------------------------------------------------------------------------------------------
 // S3Sink
 
-S3Sink::S3Sink(S3Location location, S3Config config)
-    : location_(std::move(location)), client_(std::make_unique<S3Client>(std::move(config))) {
+S3Sink::S3Sink(S3Location location, remote::S3Config config)
+    : location_(std::move(location)), client_(std::make_unique<remote::S3Client>(std::move(config))) {
   warn_ = [](const std::string& m) { std::cerr << "dreamlora: warning: " << m << std::endl; };
 }
 
@@ -85,7 +85,7 @@ void S3Sink::record_failure(int64_t step, const std::string& operation, const st
   f.step = step;
   f.operation = operation;
   f.message = e.what();
-  if (const auto* s3 = dynamic_cast<const S3Error*>(&e)) {
+  if (const auto* s3 = dynamic_cast<const remote::S3Error*>(&e)) {
     f.http_status = s3->http_status;
     f.s3_code = s3->s3_code;
   }
@@ -212,26 +212,26 @@ bool S3Sink::retry_failed_upload() {
 }
 
 void S3Sink::check_access(bool write_probe) const {
-  auto rethrow = [&](const S3Error& e, const std::string& what) {
-    throw S3Error(str("mirror ", location_.url(), " (", client_->config().describe(), "): ", what, ": ", e.what()),
+  auto rethrow = [&](const remote::S3Error& e, const std::string& what) {
+    throw remote::S3Error(str("mirror ", location_.url(), " (", client_->config().describe(), "): ", what, ": ", e.what()),
                   e.http_status, e.s3_code, e.network);
   };
   const std::string list_prefix = location_.prefix.empty() ? "" : location_.prefix + "/";
   try {
     client_->list(location_.bucket, list_prefix, 1, 1);
-  } catch (const S3Error& e) {
+  } catch (const remote::S3Error& e) {
     rethrow(e, "cannot list the bucket (needs s3:ListBucket)");
   }
   if (!write_probe) return;
   const std::string probe = str(list_prefix, ".dreamlora-access-check-", ::getpid());
   try {
     client_->put_bytes(location_.bucket, probe, "dreamlora mirror access check; safe to delete\n");
-  } catch (const S3Error& e) {
+  } catch (const remote::S3Error& e) {
     rethrow(e, "cannot write (needs s3:PutObject)");
   }
   try {
     client_->remove(location_.bucket, probe);
-  } catch (const S3Error& e) {
+  } catch (const remote::S3Error& e) {
     rethrow(e, str("cannot delete the probe object ", probe, " (needs s3:DeleteObject)"));
   }
 }
@@ -274,7 +274,7 @@ std::string S3Sink::summary() const {
 std::shared_ptr<CheckpointSink> make_mirror(const std::string& url, const std::string& s3_endpoint) {
   DL_CHECK(!url.empty(), "--mirror: empty URL");
   if (url.rfind("s3://", 0) == 0)
-    return std::make_shared<S3Sink>(S3Location::parse(url), S3Config::from_environment(s3_endpoint));
+    return std::make_shared<S3Sink>(S3Location::parse(url), remote::S3Config::from_environment(s3_endpoint));
   DL_CHECK(url.find("://") == std::string::npos, "--mirror '", url,
            "': unsupported scheme; expected s3://bucket[/prefix] or a local directory");
   return std::make_shared<DirectorySink>(fs::path(url));

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "dreamlora/checkpoint/checkpoint_store.h"
-#include "dreamlora/checkpoint/s3_client.h"
+#include "dreamlora/remote/s3_client.h"
 
 namespace dreamlora::checkpoint {
 
@@ -45,7 +45,7 @@ struct MirrorFailure {
 // reads the summary).
 class S3Sink : public CheckpointSink {
  public:
-  S3Sink(S3Location location, S3Config config);
+  S3Sink(S3Location location, remote::S3Config config);
 
   std::string describe() const override;
   void publish(const std::filesystem::path& committed_dir, const Manifest& manifest) override;
@@ -68,7 +68,7 @@ class S3Sink : public CheckpointSink {
   bool retry_failed_upload();
 
   const S3Location& location() const { return location_; }
-  const S3Client& client() const { return *client_; }
+  const remote::S3Client& client() const { return *client_; }
 
   std::vector<MirrorFailure> failures() const;
   int64_t uploaded_checkpoints() const;
@@ -94,7 +94,7 @@ class S3Sink : public CheckpointSink {
   void warn(const std::string& message) const;
 
   S3Location location_;
-  std::unique_ptr<S3Client> client_;
+  std::unique_ptr<remote::S3Client> client_;
   mutable std::mutex mutex_;  // guards everything below; publish/remove run one at a time
   std::function<void(const std::string&)> warn_;
   std::function<void(const std::string&)> after_upload_;
@@ -124,7 +124,7 @@ struct RemoteCheckpoint {
 
 // Every checkpoint-<N>/ prefix found under the location, ascending by step (has_manifest false for an
 // interrupted upload or a half-done removal: such a checkpoint is never used).
-std::vector<RemoteCheckpoint> list_remote_checkpoints(const S3Client& client, const S3Location& location);
+std::vector<RemoteCheckpoint> list_remote_checkpoints(const remote::S3Client& client, const S3Location& location);
 
 struct DownloadResult {
   bool ok = false;
@@ -140,7 +140,7 @@ struct DownloadResult {
 // local checkpoint-<N> is replaced, a valid one kept). Never throws for a defect of the remote
 // checkpoint (missing manifest, missing or corrupted object): ok=false with the reason. Throws S3Error
 // for access errors (403, missing bucket) and dreamlora::Error for local disk errors.
-DownloadResult download_checkpoint(const S3Client& client, const S3Location& location, int64_t step,
+DownloadResult download_checkpoint(const remote::S3Client& client, const S3Location& location, int64_t step,
                                    const std::filesystem::path& local_output_dir);
 
 struct RemoteSkip {
@@ -156,7 +156,7 @@ struct LatestRemoteResult {
 // Newest-first over remote checkpoints with step > `after_step` (pass the local latest valid step, or
 // -1): the first that downloads and verifies is returned; each one skipped is reported (and through
 // `report` when given, e.g. the trainer's log).
-LatestRemoteResult latest_remote_valid(const S3Client& client, const S3Location& location,
+LatestRemoteResult latest_remote_valid(const remote::S3Client& client, const S3Location& location,
                                        const std::filesystem::path& local_output_dir, int64_t after_step = -1,
                                        const std::function<void(const std::string&)>& report = nullptr);
 

@@ -7,6 +7,7 @@
 #include "dreamlora/cli/commands.h"
 #include "dreamlora/common/error.h"
 #include "dreamlora/common/threads.h"
+#include "dreamlora/version.h"
 
 namespace {
 
@@ -32,7 +33,7 @@ int main(int argc, char** argv) {
   // given twice takes its last value, as argparse does (scripts append overrides to a base command line).
   app.fallthrough();
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-  app.set_version_flag("--version", "dreamlora 0.1.0");
+  app.set_version_flag("--version", "dreamlora " DREAMLORA_VERSION);
   dreamlora::ThreadSettings threads;
   app.add_option("--threads", threads.torch_threads, "CPU threads for libtorch (default: one per core)")
       ->check(CLI::NonNegativeNumber);

@@ -2,7 +2,7 @@
 #include <iostream>
 
 #include "dreamlora/cli/commands.h"
-#include "dreamlora/pipeline/demo_data.h"
+#include "dreamlora/synth/demo_data.h"
 
 namespace dreamlora::cli {
 
@@ -17,7 +17,7 @@ Runner add_make_demo_data(CLI::App& app) {
   cmd->add_option("--size", *size, "image size in pixels")->capture_default_str();
   cmd->add_option("--seed", *seed, "random seed")->capture_default_str();
   return [dir, count, size, seed]() -> int {
-    pipeline::write_demo_subject_images(*dir, *count, *size, *seed);
+    synth::write_demo_subject_images(*dir, *count, *size, *seed);
     std::cout << "wrote " << *count << " subject images to " << *dir << "\n";
     return 0;
   };

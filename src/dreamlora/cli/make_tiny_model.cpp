@@ -2,20 +2,20 @@
 #include <iostream>
 
 #include "dreamlora/cli/commands.h"
-#include "dreamlora/pipeline/tiny_model.h"
+#include "dreamlora/synth/tiny_model.h"
 
 namespace dreamlora::cli {
 
 Runner add_make_tiny_model(CLI::App& app) {
   auto* cmd = app.add_subcommand("make-tiny-model",
                                  "Write a small randomly initialised SD1.x-style (or SDXL-style) pipeline in diffusers layout");
-  auto opts = std::make_shared<pipeline::TinyModelOptions>();
+  auto opts = std::make_shared<synth::TinyModelOptions>();
   auto dir = std::make_shared<std::string>();
   cmd->add_option("dir", *dir, "output folder")->required();
   cmd->add_flag("--sdxl", opts->sdxl, "SDXL-style pipeline (two text encoders, text_time conditioning)");
   cmd->add_option("--seed", opts->seed, "initialisation seed");
   return [opts, dir]() -> int {
-    pipeline::write_tiny_model(*dir, *opts);
+    synth::write_tiny_model(*dir, *opts);
     std::cout << "wrote tiny " << (opts->sdxl ? "SDXL" : "SD") << " pipeline to " << *dir << "\n";
     return 0;
   };

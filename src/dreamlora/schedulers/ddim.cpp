@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "dreamlora/schedulers/noise_schedule.h"
+#include "dreamlora/schedulers/timestep_spacing.h"
 
 namespace dreamlora::schedulers {
 
@@ -18,18 +19,7 @@ void DDIMScheduler::set_timesteps(int64_t n) {
   const int64_t T = config_.num_train_timesteps;
   DL_CHECK(n >= 1 && n <= T, "DDIMScheduler: num_inference_steps must be in [1, ", T, "], got ", n);
   num_inference_steps_ = n;
-  std::vector<double> ts;
-  if (config_.timestep_spacing == "linspace") {
-    for (double v : np::linspace(0, static_cast<double>(T - 1), n)) ts.push_back(np::round(v));
-    std::reverse(ts.begin(), ts.end());
-  } else if (config_.timestep_spacing == "leading") {
-    const int64_t step_ratio = T / n;
-    for (int64_t i = n - 1; i >= 0; --i) ts.push_back(static_cast<double>(i * step_ratio + config_.steps_offset));
-  } else {  // trailing
-    const double step_ratio = static_cast<double>(T) / static_cast<double>(n);
-    for (double v : np::arange(static_cast<double>(T), 0, -step_ratio)) ts.push_back(np::round(v) - 1);
-  }
-  timesteps_ = to_long_tensor(ts);
+  timesteps_ = to_long_tensor(spaced_timesteps(config_, n, {/*last_timestep=*/T}));
 }
 
 StepOutput DDIMScheduler::step(const torch::Tensor& model_output, double timestep, const torch::Tensor& sample,

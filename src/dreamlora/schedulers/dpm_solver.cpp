@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "dreamlora/schedulers/noise_schedule.h"
+#include "dreamlora/schedulers/timestep_spacing.h"
 
 namespace dreamlora::schedulers {
 
@@ -39,17 +40,8 @@ void DPMSolverMultistepScheduler::set_timesteps(int64_t n) {
           .item<int64_t>();
   const int64_t last_timestep = T - clipped_idx;
 
-  std::vector<double> ts;
-  if (config_.timestep_spacing == "linspace") {
-    auto v = np::linspace(0, static_cast<double>(last_timestep - 1), n + 1);
-    for (int64_t i = n; i >= 1; --i) ts.push_back(np::round(v[i]));
-  } else if (config_.timestep_spacing == "leading") {
-    const int64_t step_ratio = last_timestep / (n + 1);
-    for (int64_t i = n; i >= 1; --i) ts.push_back(static_cast<double>(i * step_ratio + config_.steps_offset));
-  } else {  // trailing
-    const double step_ratio = static_cast<double>(T) / static_cast<double>(n);
-    for (double v : np::arange(static_cast<double>(last_timestep), 0, -step_ratio)) ts.push_back(np::round(v) - 1);
-  }
+  // diffusers computes n + 1 points and drops the last one.
+  auto ts = spaced_timesteps(config_, n, {last_timestep, /*extra_points=*/1});
 
   const auto train_sigmas = to_doubles(sigmas_from_alphas_cumprod(alphas_cumprod_));  // float32 values
   std::vector<double> sigmas;

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "dreamlora/schedulers/noise_schedule.h"
+#include "dreamlora/schedulers/timestep_spacing.h"
 
 namespace dreamlora::schedulers {
 
@@ -23,19 +24,7 @@ void EulerSamplerBase::set_timesteps(int64_t n) {
   DL_CHECK(n >= 1 && n <= T, class_name(), ": num_inference_steps must be in [1, ", T, "], got ", n);
   num_inference_steps_ = n;
   // Timesteps are float32 in diffusers; round through float so interp sees the same values.
-  std::vector<double> ts;
-  if (config_.timestep_spacing == "linspace") {
-    for (double v : np::linspace(0, static_cast<double>(T - 1), n)) ts.push_back(static_cast<float>(v));
-    std::reverse(ts.begin(), ts.end());
-  } else if (config_.timestep_spacing == "leading") {
-    const int64_t step_ratio = T / n;
-    for (int64_t i = n - 1; i >= 0; --i) ts.push_back(static_cast<double>(i * step_ratio + config_.steps_offset));
-  } else {  // trailing
-    const double step_ratio = static_cast<double>(T) / static_cast<double>(n);
-    for (double v : np::arange(static_cast<double>(T), 0, -step_ratio)) {
-      ts.push_back(static_cast<float>(np::round(v)) - 1.0f);
-    }
-  }
+  auto ts = spaced_timesteps(config_, n, {/*last_timestep=*/T, /*extra_points=*/0, /*round_linspace=*/false});
   const auto train_sigmas = to_doubles(sigmas_from_alphas_cumprod(alphas_cumprod_));  // float32 values
   auto sigmas = np::interp(ts, train_sigmas);
   if (config_.use_karras_sigmas) {

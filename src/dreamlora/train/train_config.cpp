@@ -6,9 +6,9 @@
 #include <sstream>
 
 #include "dreamlora/checkpoint/checkpoint_schedule.h"
-#include "dreamlora/checkpoint/preemption_watcher.h"
-#include "dreamlora/checkpoint/signals.h"
+#include "dreamlora/common/duration.h"
 #include "dreamlora/common/error.h"
+#include "dreamlora/remote/preemption_watcher.h"
 #include "dreamlora/schedulers/sampler.h"
 #include "dreamlora/train/lr_schedule.h"
 
@@ -264,7 +264,7 @@ void TrainConfig::validate() const {
   DL_CHECK(on_checkpoint_error == "stop" || on_checkpoint_error == "continue",
            "--on-checkpoint-error must be stop or continue, got '", on_checkpoint_error, "'");
   checkpoint::CheckpointScheduleOptions::parse(checkpointing_steps, checkpointing_minutes, expected_uptime);
-  if (!watch_preemption.empty()) checkpoint::PreemptionWatcherOptions::parse(watch_preemption);
+  if (!watch_preemption.empty()) remote::PreemptionWatcherOptions::parse(watch_preemption);
   DL_CHECK(checkpoints_total_limit >= 0, "--checkpoints-total-limit must not be negative");
   DL_CHECK(snr_gamma >= 0, "--snr-gamma must not be negative");
   DL_CHECK(!lora_target_list().empty(), "--lora-targets is empty");
@@ -292,7 +292,7 @@ void TrainConfig::validate_late_settings() const {
   DL_CHECK(dist_timeout >= 1, "--dist-timeout must be at least 1 second, got ", dist_timeout);
   DL_CHECK(log_every >= 1, "--log-every must be at least 1, got ", log_every);
   DL_CHECK(!output_dir.empty(), "--output-dir must not be empty");
-  if (!max_runtime.empty()) checkpoint::parse_duration(max_runtime);
+  if (!max_runtime.empty()) parse_duration(max_runtime);
   DL_CHECK(validation_steps >= 0, "--validation-steps must not be negative (0: at the end), got ", validation_steps);
   // Checked whether or not a validation prompt is given: a TOML file may add the prompt later.
   const auto samplers = schedulers::sampler_names();

@@ -7,9 +7,9 @@
 #include <optional>
 
 #include "dreamlora/checkpoint/output_lock.h"
-#include "dreamlora/checkpoint/preemption_watcher.h"
 #include "dreamlora/checkpoint/s3_sink.h"
-#include "dreamlora/checkpoint/signals.h"
+#include "dreamlora/stop/stop_request.h"
+#include "dreamlora/stop/stop_sources.h"
 #include "dreamlora/common/error.h"
 #include "dreamlora/io/durable_file.h"
 #include "dreamlora/schedulers/ddpm.h"
@@ -246,13 +246,8 @@ int Trainer::run() {
   const auto schedule_options = checkpoint_schedule_options(cfg_);
   schedule_due_ = std::make_unique<checkpoint::CheckpointSchedule>(schedule_options);
 
-  checkpoint::install_stop_handlers();
-  // A cloud's preemption notice behaves exactly like SIGTERM (request_stop), so a preemption costs no steps.
-  std::unique_ptr<checkpoint::PreemptionWatcher> watcher;
-  if (!cfg_.watch_preemption.empty())
-    watcher = std::make_unique<checkpoint::PreemptionWatcher>(checkpoint::PreemptionWatcherOptions::parse(cfg_.watch_preemption));
-  checkpoint::Deadline deadline;
-  if (!cfg_.max_runtime.empty()) deadline = checkpoint::Deadline(checkpoint::parse_duration(cfg_.max_runtime));
+  // Signals, a cloud's preemption notice (--watch-preemption) and --max-runtime, as one source.
+  const stop::StopSources stop_sources(cfg_.watch_preemption, cfg_.max_runtime);
 
   ProgressBar progress(cfg_.num_steps, state_.global_step, cfg_.log_every);
   // Test hook: behave as if SIGTERM arrived during step N (deterministic interruption for resume tests).
@@ -260,11 +255,11 @@ int Trainer::run() {
   const int64_t test_stop_step = stop_at ? std::atoll(stop_at) : -1;
   while (state_.global_step < cfg_.num_steps) {
     // All workers stop at the same step boundary when any of them is told to.
-    if (dist_->any(checkpoint::stop_requested() || deadline.check())) break;
+    if (dist_->any(stop_sources.requested())) break;
     const auto step_start = Clock::now();
     train_step();
     schedule_due_->on_step(state_.global_step, std::chrono::duration<double>(Clock::now() - step_start).count());
-    if (state_.global_step == test_stop_step) checkpoint::request_stop("DREAMLORA_TEST_STOP_AT_STEP");
+    if (state_.global_step == test_stop_step) stop::request_stop("DREAMLORA_TEST_STOP_AT_STEP");
     if (dist_->is_main()) progress.update(state_.global_step, last_loss_, cfg_.lr * state_.lr_multiplier);
     // Every worker must agree (the time trigger could fire on one worker only).
     if (dist_->any(schedule_due_->due(state_.global_step))) save_checkpoint();
@@ -274,14 +269,14 @@ int Trainer::run() {
   progress.finish();
   if (state_.global_step < cfg_.num_steps) {
     // Stopped early: the step in flight is finished; checkpoint it and tell the restart loop to go on.
-    train_log(str("stop requested (", checkpoint::stop_requested() ? checkpoint::stop_reason_text() : "by another worker",
+    train_log(str("stop requested (", stop::stop_requested() ? stop::stop_reason_text() : "by another worker",
                   "): writing a checkpoint at step ", state_.global_step));
     save_checkpoint();
     writer_->shutdown();
     dist_->wait_for_main("the checkpoint write");
     train_log(str("checkpoint at step ", state_.global_step, " written; exiting with status ",
-                  checkpoint::kExitStoppedEarly, " (run the same command to resume)"));
-    return checkpoint::kExitStoppedEarly;
+                  stop::kExitStoppedEarly, " (run the same command to resume)"));
+    return stop::kExitStoppedEarly;
   }
   if (schedule_options.any_trigger()) save_checkpoint();  // a re-run finds the run complete
   finalize();
@@ -294,7 +289,7 @@ int Trainer::run() {
     train_log(s3->summary());
   }
   if (dist_->is_main()) optional_.print_summary(out_);
-  return checkpoint::kExitFinished;
+  return stop::kExitFinished;
 }
 
 }  // namespace

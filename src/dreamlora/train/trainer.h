@@ -6,7 +6,7 @@
 
 namespace dreamlora::train {
 
-// Runs (or resumes) training; returns the process exit status (checkpoint/signals.h: 0 finished,
+// Runs (or resumes) training; returns the process exit status (stop/stop_request.h: 0 finished,
 // 75 stopped early with a checkpoint, 1 error). Errors in the configuration or data throw before
 // any training step.
 int run_training(const TrainConfig& config);

@@ -36,7 +36,7 @@ BasicTransformerBlockImpl::BasicTransformerBlockImpl(const BasicTransformerBlock
   auto layer_norm = [&] {
     return torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(options.norm_eps).elementwise_affine(true));
   };
-  AttentionOptions a1;
+  blocks::AttentionOptions a1;
   a1.query_dim = dim;
   a1.heads = options.num_attention_heads;
   a1.dim_head = options.attention_head_dim;
@@ -45,12 +45,12 @@ BasicTransformerBlockImpl::BasicTransformerBlockImpl(const BasicTransformerBlock
   a1.upcast_attention = options.upcast_attention;
   a1.cross_attention_dim = options.only_cross_attention ? options.cross_attention_dim : 0;
   norm1 = register_module("norm1", layer_norm());
-  attn1 = register_module("attn1", Attention(a1));
+  attn1 = register_module("attn1", blocks::Attention(a1));
   if (options.cross_attention_dim > 0) {
-    AttentionOptions a2 = a1;
+    blocks::AttentionOptions a2 = a1;
     a2.cross_attention_dim = options.cross_attention_dim;
     norm2 = register_module("norm2", layer_norm());
-    attn2 = register_module("attn2", Attention(a2));
+    attn2 = register_module("attn2", blocks::Attention(a2));
   }
   norm3 = register_module("norm3", layer_norm());
   ff = register_module("ff", FeedForward(dim, 4, options.dropout, true));

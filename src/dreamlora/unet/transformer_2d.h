@@ -11,7 +11,7 @@
 #include <torch/nn/modules/normalization.h>
 
 #include "dreamlora/nn/linear.h"
-#include "dreamlora/unet/attention_processor.h"
+#include "dreamlora/blocks/attention_processor.h"
 
 namespace dreamlora::unet {
 
@@ -60,7 +60,7 @@ class BasicTransformerBlockImpl : public torch::nn::Module {
 
   BasicTransformerBlockOptions options;
   torch::nn::LayerNorm norm1{nullptr}, norm2{nullptr}, norm3{nullptr};
-  Attention attn1{nullptr}, attn2{nullptr};
+  blocks::Attention attn1{nullptr}, attn2{nullptr};
   FeedForward ff{nullptr};
 };
 TORCH_MODULE(BasicTransformerBlock);

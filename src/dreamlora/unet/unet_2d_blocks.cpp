@@ -11,8 +11,8 @@ namespace dreamlora::unet {
 
 namespace {
 
-ResnetBlock2D make_resnet(const UNetBlockOptions& o, int64_t in, int64_t out) {
-  ResnetBlock2DOptions r;
+blocks::ResnetBlock2D make_resnet(const UNetBlockOptions& o, int64_t in, int64_t out) {
+  blocks::ResnetBlock2DOptions r;
   r.in_channels = in;
   r.out_channels = out;
   r.temb_channels = o.temb_channels;
@@ -21,7 +21,7 @@ ResnetBlock2D make_resnet(const UNetBlockOptions& o, int64_t in, int64_t out) {
   r.dropout = o.dropout;
   r.output_scale_factor = o.output_scale_factor;
   r.skip_time_act = o.resnet_skip_time_act;
-  return ResnetBlock2D(r);
+  return blocks::ResnetBlock2D(r);
 }
 
 Transformer2DModel make_transformer(const UNetBlockOptions& o, int64_t channels, size_t layer) {
@@ -49,7 +49,7 @@ void add_attentions(torch::nn::Module& block, BlockLayers& l, const UNetBlockOpt
   }
 }
 
-void add_resnets(torch::nn::Module& block, BlockLayers& l, std::vector<ResnetBlock2D> resnets) {
+void add_resnets(torch::nn::Module& block, BlockLayers& l, std::vector<blocks::ResnetBlock2D> resnets) {
   l.resnets = std::move(resnets);
   l.resnets_list = block.register_module("resnets", torch::nn::ModuleList());
   for (auto& r : l.resnets) l.resnets_list->push_back(r);
@@ -57,29 +57,29 @@ void add_resnets(torch::nn::Module& block, BlockLayers& l, std::vector<ResnetBlo
 
 void add_downsampler(torch::nn::Module& block, BlockLayers& l, const UNetBlockOptions& o) {
   if (!o.add_downsample) return;
-  Downsample2DOptions d;
+  blocks::Downsample2DOptions d;
   d.channels = o.out_channels;
   d.use_conv = true;
   d.out_channels = o.out_channels;
   d.padding = o.downsample_padding;
-  l.downsampler = Downsample2D(d);
+  l.downsampler = blocks::Downsample2D(d);
   l.samplers_list = block.register_module("downsamplers", torch::nn::ModuleList(l.downsampler));
 }
 
 void add_upsampler(torch::nn::Module& block, BlockLayers& l, const UNetBlockOptions& o) {
   if (!o.add_upsample) return;
-  Upsample2DOptions u;
+  blocks::Upsample2DOptions u;
   u.channels = o.out_channels;
   u.use_conv = true;
   u.out_channels = o.out_channels;
-  l.upsampler = Upsample2D(u);
+  l.upsampler = blocks::Upsample2D(u);
   l.samplers_list = block.register_module("upsamplers", torch::nn::ModuleList(l.upsampler));
 }
 
 // Up-block resnets: input = previous h (prev_output_channel first, then out) + a skip tensor
 // (in_channels for the last layer, out_channels otherwise).
-std::vector<ResnetBlock2D> up_resnets(const UNetBlockOptions& o) {
-  std::vector<ResnetBlock2D> out;
+std::vector<blocks::ResnetBlock2D> up_resnets(const UNetBlockOptions& o) {
+  std::vector<blocks::ResnetBlock2D> out;
   for (int64_t i = 0; i < o.num_layers; ++i) {
     const int64_t skip = i == o.num_layers - 1 ? o.in_channels : o.out_channels;
     const int64_t in = i == 0 ? o.prev_output_channel : o.out_channels;
@@ -88,8 +88,8 @@ std::vector<ResnetBlock2D> up_resnets(const UNetBlockOptions& o) {
   return out;
 }
 
-std::vector<ResnetBlock2D> down_resnets(const UNetBlockOptions& o) {
-  std::vector<ResnetBlock2D> out;
+std::vector<blocks::ResnetBlock2D> down_resnets(const UNetBlockOptions& o) {
+  std::vector<blocks::ResnetBlock2D> out;
   for (int64_t i = 0; i < o.num_layers; ++i) out.push_back(make_resnet(o, i == 0 ? o.in_channels : o.out_channels,
                                                                       o.out_channels));
   return out;
@@ -160,7 +160,7 @@ std::pair<torch::Tensor, std::vector<torch::Tensor>> DownBlock2DImpl::forward(co
 UNetMidBlock2DCrossAttnImpl::UNetMidBlock2DCrossAttnImpl(const UNetBlockOptions& o) {
   const int64_t c = o.in_channels;
   add_attentions(*this, layers, o, c, o.num_layers);
-  std::vector<ResnetBlock2D> resnets;
+  std::vector<blocks::ResnetBlock2D> resnets;
   for (int64_t i = 0; i <= o.num_layers; ++i) resnets.push_back(make_resnet(o, c, c));
   add_resnets(*this, layers, std::move(resnets));
 }

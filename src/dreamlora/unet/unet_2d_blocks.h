@@ -10,7 +10,7 @@
 #include <utility>
 #include <vector>
 
-#include "dreamlora/unet/resnet.h"
+#include "dreamlora/blocks/resnet.h"
 #include "dreamlora/unet/transformer_2d.h"
 
 namespace dreamlora::unet {
@@ -65,10 +65,10 @@ class UNetUpBlock : public torch::nn::Module {
 // Shared layer lists of the blocks below; each block registers only the lists it has.
 struct BlockLayers {
   torch::nn::ModuleList resnets_list{nullptr}, attentions_list{nullptr}, samplers_list{nullptr};
-  std::vector<ResnetBlock2D> resnets;
+  std::vector<blocks::ResnetBlock2D> resnets;
   std::vector<Transformer2DModel> attentions;
-  Downsample2D downsampler{nullptr};
-  Upsample2D upsampler{nullptr};
+  blocks::Downsample2D downsampler{nullptr};
+  blocks::Upsample2D upsampler{nullptr};
   bool gradient_checkpointing = false;
 
   // ResnetBlock2D (checkpointed when enabled and training).

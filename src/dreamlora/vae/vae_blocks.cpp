@@ -5,8 +5,8 @@
 #include <torch/torch.h>
 
 #include "dreamlora/common/error.h"
-#include "dreamlora/unet/attention_processor.h"
-#include "dreamlora/unet/resnet.h"
+#include "dreamlora/blocks/attention_processor.h"
+#include "dreamlora/blocks/resnet.h"
 
 namespace dreamlora::vae {
 
@@ -14,18 +14,18 @@ namespace {
 
 constexpr double kEps = 1e-6;
 
-unet::ResnetBlock2D make_resnet(int64_t in, int64_t out, int64_t groups) {
-  unet::ResnetBlock2DOptions o;
+blocks::ResnetBlock2D make_resnet(int64_t in, int64_t out, int64_t groups) {
+  blocks::ResnetBlock2DOptions o;
   o.in_channels = in;
   o.out_channels = out;
   o.temb_channels = 0;  // the VAE has no time embedding
   o.groups = groups;
   o.eps = kEps;
-  return unet::ResnetBlock2D(o);
+  return blocks::ResnetBlock2D(o);
 }
 
 torch::Tensor run_resnets(torch::nn::ModuleList& resnets, torch::Tensor h) {
-  for (size_t i = 0; i < resnets->size(); ++i) h = resnets[i]->as<unet::ResnetBlock2DImpl>()->forward(h);
+  for (size_t i = 0; i < resnets->size(); ++i) h = resnets[i]->as<blocks::ResnetBlock2DImpl>()->forward(h);
   return h;
 }
 
@@ -45,19 +45,19 @@ DownEncoderBlock2DImpl::DownEncoderBlock2DImpl(const VaeBlockOptions& o) {
     resnets->push_back(make_resnet(i == 0 ? o.in_channels : o.out_channels, o.out_channels, o.groups));
   }
   if (o.add_sample) {
-    unet::Downsample2DOptions d;
+    blocks::Downsample2DOptions d;
     d.channels = o.out_channels;
     d.use_conv = true;
     d.out_channels = o.out_channels;
     d.padding = 0;  // asymmetric right/bottom pad, as the LDM VAE was trained
-    downsamplers = register_module("downsamplers", torch::nn::ModuleList(unet::Downsample2D(d)));
+    downsamplers = register_module("downsamplers", torch::nn::ModuleList(blocks::Downsample2D(d)));
   }
 }
 
 torch::Tensor DownEncoderBlock2DImpl::forward(const torch::Tensor& x) {
   // [B, in, H, W] -> [B, out, H, W] -> [B, out, H/2, W/2]
   auto h = run_resnets(resnets, x);
-  if (downsamplers) h = downsamplers[0]->as<unet::Downsample2DImpl>()->forward(h);
+  if (downsamplers) h = downsamplers[0]->as<blocks::Downsample2DImpl>()->forward(h);
   return h;
 }
 
@@ -67,18 +67,18 @@ UpDecoderBlock2DImpl::UpDecoderBlock2DImpl(const VaeBlockOptions& o) {
     resnets->push_back(make_resnet(i == 0 ? o.in_channels : o.out_channels, o.out_channels, o.groups));
   }
   if (o.add_sample) {
-    unet::Upsample2DOptions u;
+    blocks::Upsample2DOptions u;
     u.channels = o.out_channels;
     u.use_conv = true;
     u.out_channels = o.out_channels;
-    upsamplers = register_module("upsamplers", torch::nn::ModuleList(unet::Upsample2D(u)));
+    upsamplers = register_module("upsamplers", torch::nn::ModuleList(blocks::Upsample2D(u)));
   }
 }
 
 torch::Tensor UpDecoderBlock2DImpl::forward(const torch::Tensor& x) {
   // [B, in, H, W] -> [B, out, H, W] -> [B, out, 2H, 2W]
   auto h = run_resnets(resnets, x);
-  if (upsamplers) h = upsamplers[0]->as<unet::Upsample2DImpl>()->forward(h);
+  if (upsamplers) h = upsamplers[0]->as<blocks::Upsample2DImpl>()->forward(h);
   return h;
 }
 
@@ -87,7 +87,7 @@ UNetMidBlock2DImpl::UNetMidBlock2DImpl(int64_t channels, int64_t groups, bool ad
   resnets = register_module("resnets", torch::nn::ModuleList());
   resnets->push_back(make_resnet(channels, channels, groups));
   if (add_attention) {
-    unet::AttentionOptions a;
+    blocks::AttentionOptions a;
     a.query_dim = channels;
     a.heads = 1;  // channels / attention_head_dim with attention_head_dim = channels
     a.dim_head = channels;
@@ -97,16 +97,16 @@ UNetMidBlock2DImpl::UNetMidBlock2DImpl(int64_t channels, int64_t groups, bool ad
     a.eps = kEps;
     a.residual_connection = true;
     a.rescale_output_factor = 1.0;
-    attentions->push_back(unet::Attention(a));
+    attentions->push_back(blocks::Attention(a));
   }
   resnets->push_back(make_resnet(channels, channels, groups));
 }
 
 torch::Tensor UNetMidBlock2DImpl::forward(const torch::Tensor& x) {
   // [B, C, H, W]
-  auto h = resnets[0]->as<unet::ResnetBlock2DImpl>()->forward(x);
-  if (!attentions->is_empty()) h = attentions[0]->as<unet::AttentionImpl>()->forward(h);
-  return resnets[1]->as<unet::ResnetBlock2DImpl>()->forward(h);
+  auto h = resnets[0]->as<blocks::ResnetBlock2DImpl>()->forward(x);
+  if (!attentions->is_empty()) h = attentions[0]->as<blocks::AttentionImpl>()->forward(h);
+  return resnets[1]->as<blocks::ResnetBlock2DImpl>()->forward(h);
 }
 
 EncoderImpl::EncoderImpl(const EncoderDecoderOptions& o) {

@@ -1,5 +1,5 @@
 // diffusers Attention (default processor): see attention_processor.h.
-#include "dreamlora/unet/attention_processor.h"
+#include "dreamlora/blocks/attention_processor.h"
 
 #include <torch/torch.h>
 
@@ -7,7 +7,7 @@
 #include "dreamlora/nn/attention.h"
 #include "dreamlora/nn/norms.h"
 
-namespace dreamlora::unet {
+namespace dreamlora::blocks {
 
 AttentionImpl::AttentionImpl(const AttentionOptions& opts) : options(opts) {
   DL_CHECK(options.query_dim > 0 && options.heads > 0 && options.dim_head > 0,
@@ -53,4 +53,4 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   return o;
 }
 
-}  // namespace dreamlora::unet
+}  // namespace dreamlora::blocks

@@ -1,5 +1,5 @@
 // ResnetBlock2D, Downsample2D, Upsample2D: see resnet.h.
-#include "dreamlora/unet/resnet.h"
+#include "dreamlora/blocks/resnet.h"
 
 #include <torch/nn/functional/padding.h>
 #include <torch/torch.h>
@@ -7,7 +7,7 @@
 #include "dreamlora/common/error.h"
 #include "dreamlora/nn/norms.h"
 
-namespace dreamlora::unet {
+namespace dreamlora::blocks {
 
 namespace {
 torch::nn::Conv2d make_conv(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t padding,
@@ -118,4 +118,4 @@ torch::Tensor Upsample2DImpl::forward(const torch::Tensor& x, const std::vector<
   return conv ? conv(h) : h;
 }
 
-}  // namespace dreamlora::unet
+}  // namespace dreamlora::blocks

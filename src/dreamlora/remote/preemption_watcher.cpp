@@ -1,6 +1,6 @@
 // Polling of AWS IMDSv2 spot/instance-action, GCP instance/preempted, Azure Scheduled Events or any
-// URL with libcurl, on a background thread that turns a notice into request_stop().
-#include "dreamlora/checkpoint/preemption_watcher.h"
+// URL with libcurl, on a background thread that hands a notice to options.on_notice.
+#include "dreamlora/remote/preemption_watcher.h"
 
 #include <curl/curl.h>
 
@@ -12,11 +12,10 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
-#include "dreamlora/checkpoint/signals.h"
 #include "dreamlora/common/error.h"
 #include "dreamlora/common/strings.h"
 
-namespace dreamlora::checkpoint {
+namespace dreamlora::remote {
 
 namespace {
 
@@ -290,7 +289,7 @@ void PreemptionWatcher::run() {
         }
         noticed_ = true;
         log(reason + "; finishing this step, writing a checkpoint and exiting");
-        request_stop(reason);
+        if (options_.on_notice) options_.on_notice(reason);
         return;  // one notice is all it takes
       }
       if (!sleep_for(options_.poll_interval_s)) return;
@@ -365,4 +364,4 @@ std::optional<std::string> PreemptionWatcher::poll_once(Http& http) {
   }
 }
 
-}  // namespace dreamlora::checkpoint
+}  // namespace dreamlora::remote

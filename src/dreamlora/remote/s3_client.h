@@ -13,7 +13,7 @@
 
 #include "dreamlora/common/error.h"
 
-namespace dreamlora::checkpoint {
+namespace dreamlora::remote {
 
 struct S3Config {
   // Empty: AWS (https://s3.<region>.amazonaws.com, virtual-hosted buckets). Else scheme://host[:port]
@@ -104,4 +104,4 @@ class S3Client {
 // S3's URI encoding (RFC 3986 unreserved characters kept); '/' kept when `keep_slash`.
 std::string s3_uri_encode(const std::string& s, bool keep_slash);
 
-}  // namespace dreamlora::checkpoint
+}  // namespace dreamlora::remote

@@ -1,6 +1,6 @@
 // S3Client: requests built in canonical form (curl 7.88 signs the path and query exactly as sent, so
 // the query is sorted and encoded here), SigV4 by libcurl, XML bodies parsed with tinyxml2.
-#include "dreamlora/checkpoint/s3_client.h"
+#include "dreamlora/remote/s3_client.h"
 
 #include <curl/curl.h>
 #include <tinyxml2.h>
@@ -18,7 +18,7 @@
 
 #include "dreamlora/common/strings.h"
 
-namespace dreamlora::checkpoint {
+namespace dreamlora::remote {
 
 namespace fs = std::filesystem;
 
@@ -604,4 +604,4 @@ std::vector<S3ObjectInfo> S3Client::list(const std::string& bucket, const std::s
   return out;
 }
 
-}  // namespace dreamlora::checkpoint
+}  // namespace dreamlora::remote

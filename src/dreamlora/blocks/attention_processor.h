@@ -10,7 +10,7 @@
 
 #include "dreamlora/nn/linear.h"
 
-namespace dreamlora::unet {
+namespace dreamlora::blocks {
 
 // Mirrors Attention.__init__ keyword arguments (Python defaults).
 //   UNet transformer block: {query_dim=C, cross_attention_dim=D or 0, heads, dim_head=C/heads, bias=false,
@@ -52,4 +52,4 @@ class AttentionImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Attention);
 
-}  // namespace dreamlora::unet
+}  // namespace dreamlora::blocks

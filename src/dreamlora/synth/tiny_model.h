@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <filesystem>
 
-namespace dreamlora::pipeline {
+namespace dreamlora::synth {
 
 struct TinyModelOptions {
   bool sdxl = false;
@@ -16,4 +16,4 @@ struct TinyModelOptions {
 // (+ tokenizer_2/), scheduler/ into dir (created if missing).
 void write_tiny_model(const std::filesystem::path& dir, const TinyModelOptions& options);
 
-}  // namespace dreamlora::pipeline
+}  // namespace dreamlora::synth

@@ -1,4 +1,4 @@
-#include "dreamlora/pipeline/tiny_model.h"
+#include "dreamlora/synth/tiny_model.h"
 
 #include <torch/torch.h>
 
@@ -7,11 +7,11 @@
 #include "dreamlora/io/safetensors.h"
 #include "dreamlora/nn/state_dict.h"
 #include "dreamlora/text/clip_text_model.h"
-#include "dreamlora/text/clip_tokenizer.h"
+#include "dreamlora/synth/clip_bpe_writer.h"
 #include "dreamlora/unet/unet_2d_condition.h"
 #include "dreamlora/vae/autoencoder_kl.h"
 
-namespace dreamlora::pipeline {
+namespace dreamlora::synth {
 
 namespace fs = std::filesystem;
 
@@ -127,8 +127,8 @@ void write_tiny_model(const fs::path& dir, const TinyModelOptions& options) {
   write_json(dir / "model_index.json", index);
   write_json(dir / "scheduler" / "scheduler_config.json", scheduler_config(sdxl));
 
-  const int64_t vocab = text::write_tiny_bpe_tokenizer(dir / "tokenizer");
-  if (sdxl) text::write_tiny_bpe_tokenizer(dir / "tokenizer_2", "", 200, "!");
+  const int64_t vocab = write_tiny_bpe_tokenizer(dir / "tokenizer");
+  if (sdxl) write_tiny_bpe_tokenizer(dir / "tokenizer_2", "", 200, "!");
 
   torch::manual_seed(options.seed);
   auto te_json = text_encoder_config(vocab, false);
@@ -156,4 +156,4 @@ void write_tiny_model(const fs::path& dir, const TinyModelOptions& options) {
   write_weights(dir / "vae" / "diffusion_pytorch_model.safetensors", *vae);
 }
 
-}  // namespace dreamlora::pipeline
+}  // namespace dreamlora::synth

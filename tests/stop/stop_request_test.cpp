@@ -1,6 +1,6 @@
 // Graceful stop: signals set the flag (in forked children, so the test runner keeps its own handlers),
 // a second SIGINT exits with 130, request_stop from another thread, the deadline and duration parsing.
-#include "dreamlora/checkpoint/signals.h"
+#include "dreamlora/stop/stop_request.h"
 
 #include <gtest/gtest.h>
 
@@ -9,12 +9,13 @@
 
 #include "checkpoint/checkpoint_test_helpers.h"
 #include "dreamlora/common/error.h"
+#include "dreamlora/common/duration.h"
 
-namespace dreamlora::checkpoint {
+namespace dreamlora::stop {
 namespace {
 
-using testing::exit_code;
-using testing::run_in_child;
+using checkpoint::testing::exit_code;
+using checkpoint::testing::run_in_child;
 
 // In a child: install, raise `sig`, and exit 0 iff the flag and reason are right.
 int child_raises(int sig, StopReason expected) {
@@ -152,4 +153,4 @@ TEST(Duration, RejectsMalformedValuesNamingTheFlag) {
 }
 
 }  // namespace
-}  // namespace dreamlora::checkpoint
+}  // namespace dreamlora::stop

@@ -1,11 +1,11 @@
-#include "dreamlora/pipeline/demo_data.h"
+#include "dreamlora/synth/demo_data.h"
 
 #include <cmath>
 #include <random>
 
 #include "dreamlora/io/image.h"
 
-namespace dreamlora::pipeline {
+namespace dreamlora::synth {
 
 void write_demo_subject_images(const std::filesystem::path& dir, int64_t count, int64_t size, uint64_t seed) {
   std::filesystem::create_directories(dir);
@@ -36,4 +36,4 @@ void write_demo_subject_images(const std::filesystem::path& dir, int64_t count, 
   }
 }
 
-}  // namespace dreamlora::pipeline
+}  // namespace dreamlora::synth

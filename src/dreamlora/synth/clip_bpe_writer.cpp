@@ -8,9 +8,9 @@
 #include "dreamlora/common/error.h"
 #include "dreamlora/io/json.h"
 #include "dreamlora/text/clip_text_cleanup.h"
-#include "dreamlora/text/clip_tokenizer.h"
+#include "dreamlora/synth/clip_bpe_writer.h"
 
-namespace dreamlora::text {
+namespace dreamlora::synth {
 namespace {
 
 constexpr const char* kBuiltinCorpus =
@@ -41,9 +41,9 @@ using Word = std::vector<std::string>;
 
 // Word frequencies of the corpus after CLIP's own clean-up and pre-tokenisation, as symbol lists.
 std::map<Word, int64_t> corpus_words(const std::string& corpus) {
-  const auto& enc = clip_text::byte_encoder();
+  const auto& enc = text::clip_text::byte_encoder();
   std::map<Word, int64_t> words;
-  for (const std::string& piece : clip_text::pre_tokenize(clip_text::basic_clean(corpus))) {
+  for (const std::string& piece : text::clip_text::pre_tokenize(text::clip_text::basic_clean(corpus))) {
     if (piece == "<|startoftext|>" || piece == "<|endoftext|>") continue;
     Word w;
     for (unsigned char b : piece) w.push_back(enc[b]);
@@ -110,9 +110,9 @@ int64_t write_tiny_bpe_tokenizer(const std::filesystem::path& dir, const std::st
   std::filesystem::create_directories(dir);
 
   // Vocabulary in openai's SimpleTokenizer order: bytes, bytes + "</w>", merges, specials.
-  const auto& enc = clip_text::byte_encoder();
+  const auto& enc = text::clip_text::byte_encoder();
   std::vector<std::string> vocab;
-  for (unsigned char b : clip_text::byte_vocab_order()) vocab.push_back(enc[b]);
+  for (unsigned char b : text::clip_text::byte_vocab_order()) vocab.push_back(enc[b]);
   for (size_t i = 0; i < 256; ++i) vocab.push_back(vocab[i] + "</w>");
   std::set<std::string> known(vocab.begin(), vocab.end());
 
@@ -170,4 +170,4 @@ int64_t write_tiny_bpe_tokenizer(const std::filesystem::path& dir, const std::st
   return static_cast<int64_t>(vocab.size());
 }
 
-}  // namespace dreamlora::text
+}  // namespace dreamlora::synth

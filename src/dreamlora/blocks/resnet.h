@@ -14,7 +14,7 @@
 
 #include "dreamlora/nn/linear.h"
 
-namespace dreamlora::unet {
+namespace dreamlora::blocks {
 
 // Mirrors ResnetBlock2D.__init__ keyword arguments (Python defaults).
 struct ResnetBlock2DOptions {
@@ -96,4 +96,4 @@ class Upsample2DImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Upsample2D);
 
-}  // namespace dreamlora::unet
+}  // namespace dreamlora::blocks

@@ -1,6 +1,6 @@
 // PreemptionWatcher against a loopback HTTP stub: notices from a URL, AWS IMDSv2 (token PUT then GET),
 // GCP and Azure (their required headers), an unreachable endpoint, prompt shutdown; answer parsing.
-#include "dreamlora/checkpoint/preemption_watcher.h"
+#include "dreamlora/remote/preemption_watcher.h"
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
@@ -21,11 +21,11 @@
 #include <thread>
 #include <vector>
 
-#include "dreamlora/checkpoint/signals.h"
+#include "dreamlora/stop/stop_request.h"
 #include "dreamlora/common/error.h"
 #include "test_util.h"
 
-namespace dreamlora::checkpoint {
+namespace dreamlora::remote {
 namespace {
 
 // --- a tiny HTTP/1.1 server on 127.0.0.1 (ephemeral port): one thread, one request per connection,
@@ -198,6 +198,7 @@ PreemptionWatcherOptions fast(PreemptionWatcherOptions o, const std::string& bas
   o.base_url = base;
   o.poll_interval_s = 0.02;
   o.log = log.sink();
+  o.on_notice = [](const std::string& reason) { stop::request_stop(reason); };
   return o;
 }
 
@@ -207,8 +208,8 @@ bool contains(const std::string& haystack, const std::string& needle) {
 
 class PreemptionWatcherTest : public ::testing::Test {
  protected:
-  void SetUp() override { reset_stop_for_tests(); }
-  void TearDown() override { reset_stop_for_tests(); }
+  void SetUp() override { stop::reset_stop_for_tests(); }
+  void TearDown() override { stop::reset_stop_for_tests(); }
 };
 
 // --- behaviour ----------------------------------------------------------------------------------
@@ -221,10 +222,10 @@ TEST_F(PreemptionWatcherTest, UrlAnswering200WithABodyAfterThreeEmptyPollsReques
   LogLines log;
   auto o = fast(PreemptionWatcherOptions::parse(stub.base() + "/preempt"), "", log);
   PreemptionWatcher w(o);
-  ASSERT_TRUE(wait_until([] { return stop_requested(); }));
-  EXPECT_EQ(stop_reason(), StopReason::kRequested);
-  EXPECT_TRUE(contains(stop_reason_text(), "preemption notice from url"));
-  EXPECT_TRUE(contains(stop_reason_text(), "node draining at 01:02"));
+  ASSERT_TRUE(wait_until([] { return stop::stop_requested(); }));
+  EXPECT_EQ(stop::stop_reason(), stop::StopReason::kRequested);
+  EXPECT_TRUE(contains(stop::stop_reason_text(), "preemption notice from url"));
+  EXPECT_TRUE(contains(stop::stop_reason_text(), "node draining at 01:02"));
   EXPECT_TRUE(w.notice_seen());
   EXPECT_EQ(w.notice_text(), "node draining at 01:02");
   EXPECT_EQ(stub.requests()[0].target, "/preempt");
@@ -239,7 +240,7 @@ TEST_F(PreemptionWatcherTest, UrlAnswering200EmptyOr404IsNoNotice) {
   LogLines log;
   PreemptionWatcher w(fast(PreemptionWatcherOptions::parse(stub.base() + "/x"), "", log));
   ASSERT_TRUE(wait_until([&] { return w.polls() >= 6; }));
-  EXPECT_FALSE(stop_requested());
+  EXPECT_FALSE(stop::stop_requested());
   EXPECT_FALSE(w.notice_seen());
   EXPECT_EQ(log.count_containing("warning"), 0);
 }
@@ -259,9 +260,9 @@ TEST_F(PreemptionWatcherTest, AwsGetsAnImdsV2TokenByPutThenPollsInstanceActionWi
   });
   LogLines log;
   PreemptionWatcher w(fast(PreemptionWatcherOptions::parse("aws"), stub.base(), log));
-  ASSERT_TRUE(wait_until([] { return stop_requested(); }));
-  EXPECT_TRUE(contains(stop_reason_text(), "preemption notice from aws"));
-  EXPECT_TRUE(contains(stop_reason_text(), "\"action\": \"terminate\""));
+  ASSERT_TRUE(wait_until([] { return stop::stop_requested(); }));
+  EXPECT_TRUE(contains(stop::stop_reason_text(), "preemption notice from aws"));
+  EXPECT_TRUE(contains(stop::stop_reason_text(), "\"action\": \"terminate\""));
   auto reqs = stub.requests();
   ASSERT_GE(reqs.size(), 5u);
   EXPECT_EQ(reqs[0].method, "PUT");
@@ -281,8 +282,8 @@ TEST_F(PreemptionWatcherTest, AwsRenewsARejectedTokenWithoutAWarning) {
   });
   LogLines log;
   PreemptionWatcher w(fast(PreemptionWatcherOptions::parse("aws"), stub.base(), log));
-  ASSERT_TRUE(wait_until([] { return stop_requested(); }));
-  EXPECT_TRUE(contains(stop_reason_text(), "stop"));
+  ASSERT_TRUE(wait_until([] { return stop::stop_requested(); }));
+  EXPECT_TRUE(contains(stop::stop_reason_text(), "stop"));
   EXPECT_EQ(tokens.load(), 2);
   EXPECT_EQ(log.count_containing("warning"), 0);
 }
@@ -295,8 +296,8 @@ TEST_F(PreemptionWatcherTest, AwsFallsBackToImdsV1WhenNoTokenIsGiven) {
   });
   LogLines log;
   PreemptionWatcher w(fast(PreemptionWatcherOptions::parse("aws"), stub.base(), log));
-  ASSERT_TRUE(wait_until([] { return stop_requested(); }));
-  EXPECT_TRUE(contains(stop_reason_text(), "hibernate"));
+  ASSERT_TRUE(wait_until([] { return stop::stop_requested(); }));
+  EXPECT_TRUE(contains(stop::stop_reason_text(), "hibernate"));
   EXPECT_EQ(log.count_containing("using IMDSv1"), 1);
   int puts = 0;
   for (const auto& r : stub.requests()) puts += r.method == "PUT";
@@ -312,8 +313,8 @@ TEST_F(PreemptionWatcherTest, GcpSendsMetadataFlavorAndStopsOnTrue) {
   });
   LogLines log;
   PreemptionWatcher w(fast(PreemptionWatcherOptions::parse("gcp"), stub.base(), log));
-  ASSERT_TRUE(wait_until([] { return stop_requested(); }));
-  EXPECT_TRUE(contains(stop_reason_text(), "preemption notice from gcp"));
+  ASSERT_TRUE(wait_until([] { return stop::stop_requested(); }));
+  EXPECT_TRUE(contains(stop::stop_reason_text(), "preemption notice from gcp"));
   EXPECT_EQ(stub.count(), 4);
   EXPECT_EQ(log.count_containing("warning"), 0) << "every request carried the header";
 }
@@ -326,7 +327,7 @@ TEST_F(PreemptionWatcherTest, GcpBaseCanComeFromTheEnvironment) {
   LogLines log;
   auto o = fast(PreemptionWatcherOptions::parse("gcp"), "", log);
   PreemptionWatcher w(o);
-  const bool stopped = wait_until([] { return stop_requested(); });
+  const bool stopped = wait_until([] { return stop::stop_requested(); });
   ::unsetenv("DREAMLORA_METADATA_BASE");
   ASSERT_TRUE(stopped);
   EXPECT_GE(stub.count(), 1);
@@ -358,9 +359,9 @@ TEST_F(PreemptionWatcherTest, AzureSendsMetadataTrueAndStopsOnAPreemptEventForTh
   });
   LogLines log;
   PreemptionWatcher w(fast(PreemptionWatcherOptions::parse("azure"), stub.base(), log));
-  ASSERT_TRUE(wait_until([] { return stop_requested(); }));
-  EXPECT_TRUE(contains(stop_reason_text(), "preemption notice from azure"));
-  EXPECT_TRUE(contains(stop_reason_text(), "E-ours"));
+  ASSERT_TRUE(wait_until([] { return stop::stop_requested(); }));
+  EXPECT_TRUE(contains(stop::stop_reason_text(), "preemption notice from azure"));
+  EXPECT_TRUE(contains(stop::stop_reason_text(), "E-ours"));
   EXPECT_EQ(event_polls.load(), 4);
   EXPECT_EQ(log.count_containing("warning"), 0);
 }
@@ -370,7 +371,7 @@ TEST_F(PreemptionWatcherTest, UnreachableEndpointIsOneWarningAndPollingGoesOn) {
   PreemptionWatcher w(fast(PreemptionWatcherOptions::parse("gcp"),
                            "http://127.0.0.1:" + std::to_string(StubServer::closed_port()), log));
   ASSERT_TRUE(wait_until([&] { return w.polls() >= 5; }));
-  EXPECT_FALSE(stop_requested());
+  EXPECT_FALSE(stop::stop_requested());
   EXPECT_EQ(log.count_containing("warning"), 1);
   EXPECT_EQ(log.count_containing("127.0.0.1"), 2) << "the start line and the warning name the endpoint";
 }
@@ -389,7 +390,7 @@ TEST_F(PreemptionWatcherTest, DestructionAbortsARequestInFlightPromptly) {
   const auto t0 = Clock::now();
   w.reset();
   EXPECT_LT(std::chrono::duration<double>(Clock::now() - t0).count(), 1.5);
-  EXPECT_FALSE(stop_requested());
+  EXPECT_FALSE(stop::stop_requested());
 }
 
 TEST_F(PreemptionWatcherTest, DestructionDuringTheWaitBetweenPollsIsPrompt) {
@@ -463,4 +464,4 @@ TEST(MetadataAnswer, UrlIsANoticeOnlyFor200WithABody) {
 }
 
 }  // namespace
-}  // namespace dreamlora::checkpoint
+}  // namespace dreamlora::remote

@@ -5,9 +5,9 @@
 #include <cstdint>
 #include <filesystem>
 
-namespace dreamlora::pipeline {
+namespace dreamlora::synth {
 
 // Writes `count` PNGs of size x size into dir (subject-<i>.png); deterministic for a seed.
 void write_demo_subject_images(const std::filesystem::path& dir, int64_t count, int64_t size, uint64_t seed);
 
-}  // namespace dreamlora::pipeline
+}  // namespace dreamlora::synth

@@ -6,7 +6,7 @@
 #include <chrono>
 #include <string>
 
-namespace dreamlora::checkpoint {
+namespace dreamlora::stop {
 
 // Exit statuses of `dreamlora train`.
 constexpr int kExitFinished = 0;       // reached --num-steps and finalised
@@ -33,10 +33,6 @@ void request_stop(const std::string& reason);
 void request_stop(StopReason reason);
 void reset_stop_for_tests();
 
-// "90s", "30m", "2h", "1h30m", "1d2h", "1.5h", or a bare number of seconds. Error naming `flag`
-// for anything else, or a duration that is not positive.
-std::chrono::seconds parse_duration(const std::string& text, const std::string& flag = "--max-runtime");
-
 // --max-runtime: started at construction; check() requests a stop (kMaxRuntime) once expired.
 class Deadline {
  public:
@@ -53,4 +49,4 @@ class Deadline {
   std::chrono::steady_clock::time_point end_{};
 };
 
-}  // namespace dreamlora::checkpoint
+}  // namespace dreamlora::stop

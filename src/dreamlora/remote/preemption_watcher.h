@@ -1,6 +1,6 @@
 // PreemptionWatcher (--watch-preemption aws|gcp|azure|URL): a background thread polls the cloud's
-// instance metadata for a spot/preemption notice and, on one, calls request_stop() so the trainer
-// checkpoints and exits exactly as on SIGTERM.
+// instance metadata for a spot/preemption notice and, on one, calls options.on_notice (stop::StopSources
+// turns it into a stop request, so the trainer checkpoints and exits exactly as on SIGTERM).
 #pragma once
 
 #include <atomic>
@@ -12,7 +12,7 @@
 #include <string>
 #include <thread>
 
-namespace dreamlora::checkpoint {
+namespace dreamlora::remote {
 
 enum class MetadataProvider { kAws, kGcp, kAzure, kUrl };
 const char* provider_name(MetadataProvider p);  // "aws", "gcp", "azure", "url"
@@ -29,6 +29,8 @@ struct PreemptionWatcherOptions {
   // or $DREAMLORA_METADATA_BASE when set).
   std::string base_url;
   std::function<void(const std::string&)> log;  // one line, no "dreamlora: " prefix; default stderr
+  // Called once, from the watcher's thread, with "preemption notice from <provider>: <text>".
+  std::function<void(const std::string&)> on_notice;
 
   // "aws" | "gcp" | "azure" | an http:// or https:// URL; anything else is an Error naming the flag.
   static PreemptionWatcherOptions parse(const std::string& flag_text);
@@ -78,4 +80,4 @@ class PreemptionWatcher {
   std::thread thread_;
 };
 
-}  // namespace dreamlora::checkpoint
+}  // namespace dreamlora::remote
