@@ -58,8 +58,8 @@ LossParts micro_batch_loss(const StepParts& p, const MicroBatch& b, const StepOp
   return dreambooth_loss(pred, target, o.prior_preservation, o.prior_loss_weight, snr_weights);
 }
 
-StepResult training_step(const StepParts& p, const StepOptions& o, const std::function<MicroBatch()>& next_micro_batch) {
-  StepResult r;
+StepOutcome training_step(const StepParts& p, const StepOptions& o, const std::function<MicroBatch()>& next_micro_batch) {
+  StepOutcome r;
   // The schedule counts optimizer steps taken: a step the loss scaler skips does not advance it (as
   // accelerate's scheduler after a skipped GradScaler step). Without fp16 this is the global step.
   r.lr_multiplier = lr_multiplier(o.schedule, o.base_lr, p.optimizer.step_count());

@@ -60,7 +60,7 @@ struct StepOptions {
 // The loss of one micro-batch, fp32 on the device, with its graph.
 LossParts micro_batch_loss(const StepParts& parts, const MicroBatch& batch, const StepOptions& options);
 
-struct StepResult {
+struct StepOutcome {
   torch::Tensor loss;  // mean over the micro-batches, 0-dim fp32 on the device (detached)
   double lr_multiplier = 1;
   bool skipped = false;  // inf/nan in the fp16 gradients: no AdamW update
@@ -68,7 +68,7 @@ struct StepResult {
 
 // gradient_accumulation micro-batches from next_micro_batch (this worker's share of each global batch),
 // then the update. Nothing here reads the device except the fp16 overflow flag.
-StepResult training_step(const StepParts& parts, const StepOptions& options,
+StepOutcome training_step(const StepParts& parts, const StepOptions& options,
                          const std::function<MicroBatch()>& next_micro_batch);
 
 // Every tensor the optimizer updates, in its order.
