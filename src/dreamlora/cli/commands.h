@@ -12,6 +12,7 @@ using Runner = std::function<int()>;
 
 Runner add_inspect(CLI::App& app);
 Runner add_make_tiny_model(CLI::App& app);
+Runner add_make_model(CLI::App& app);
 Runner add_run_component(CLI::App& app);
 Runner add_sample(CLI::App& app);
 Runner add_train(CLI::App& app);

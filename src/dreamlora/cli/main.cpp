@@ -50,6 +50,7 @@ int main(int argc, char** argv) {
   };
   add(dreamlora::cli::add_inspect);
   add(dreamlora::cli::add_make_tiny_model);
+  add(dreamlora::cli::add_make_model);
   add(dreamlora::cli::add_run_component);
   add(dreamlora::cli::add_sample);
   add(dreamlora::cli::add_train);

@@ -279,4 +279,9 @@ void save(const std::filesystem::path& path, const std::map<std::string, torch::
   save(path, NamedTensors(tensors.begin(), tensors.end()), metadata);
 }
 
+void File::release_pages() const {
+  if (mapping_ && mapping_->addr != nullptr && mapping_->addr != MAP_FAILED)
+    madvise(mapping_->addr, mapping_->size, MADV_DONTNEED);
+}
+
 }  // namespace dreamlora::io::safetensors

@@ -43,6 +43,9 @@ class File {
   // All tensors, by name.
   std::map<std::string, torch::Tensor> load_all() const;
   uint64_t data_bytes() const;
+  // Drops the mapped pages read so far from this process's memory (they are re-read from the file if
+  // touched again): a large file read part by part then does not keep every part resident.
+  void release_pages() const;
 
  private:
   struct Mapping;

@@ -31,6 +31,8 @@ void fill_module(torch::nn::Module& module, const io::safetensors::File& file, c
     weights.emplace(name, t);
   }
   nn::load_state_dict_strict(module, weights, str(file.path().string(), " (", what, ")"));
+  weights.clear();
+  file.release_pages();  // one component at a time resident, as when loading a folder
 }
 
 void check_config_dir(const fs::path& file, const fs::path& config_dir, const convert::FamilyDetection& d) {
