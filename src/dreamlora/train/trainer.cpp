@@ -164,7 +164,7 @@ class Trainer {
   struct PendingLoss {
     int64_t step;
     torch::Tensor loss;  // 0-dim fp32, on the device
-    double lr, unix_time;
+    double lr, unix_time, loss_scale;  // loss_scale < 0: not fp16
   };
   std::vector<PendingLoss> pending_losses_;
   std::optional<checkpoint::OutputLock> lock_;  // held by the main worker for the trainer's whole life
@@ -503,7 +503,8 @@ void Trainer::train_step() {
             scaler_->scale_value()));
   const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   pending_losses_.push_back(
-      {state_.global_step, loss_sum / static_cast<double>(cfg_.gradient_accumulation), cfg_.lr * lr_mult, now});
+      {state_.global_step, loss_sum / static_cast<double>(cfg_.gradient_accumulation), cfg_.lr * lr_mult, now,
+       scaler_->enabled() ? scaler_->scale_value() : -1.0});
   if (state_.global_step % std::max<int64_t>(1, cfg_.log_every) == 0 || state_.global_step == cfg_.num_steps)
     record_losses();
 }
@@ -519,7 +520,7 @@ void Trainer::record_losses() {
   for (size_t i = 0; i < pending_losses_.size(); ++i) {
     const auto& p = pending_losses_[i];
     last_loss_ = static_cast<float>(dist_->mean(values[i]));
-    if (dist_->is_main()) metrics_->record(p.step, last_loss_, p.lr, p.unix_time);
+    if (dist_->is_main()) metrics_->record(p.step, last_loss_, p.lr, p.unix_time, p.loss_scale);
   }
   pending_losses_.clear();
 }
@@ -665,6 +666,7 @@ void Trainer::run_validation() {
   for (size_t i = 0; i < images.size(); ++i)
     save_png(out_ / "validation" / str("step-", state_.global_step, "-", i, ".png"), images[i],
              sample_metadata(o, static_cast<int64_t>(i), "training LoRA at step " + std::to_string(state_.global_step)));
+  metrics_->record_images(state_.global_step, images);
   log(str("validation images for step ", state_.global_step, " in ", (out_ / "validation").string()));
   dist_->wait_for_main("validation images");
 }
@@ -718,7 +720,7 @@ int Trainer::run() {
   const bool resumed = resume();
   dist_->check_equal(static_cast<double>(state_.global_step), "the step resumed from",
                      "every worker must read the same --output-dir (on several machines: shared storage)");
-  if (dist_->is_main()) metrics_ = std::make_unique<MetricsLog>(out_, resumed ? state_.global_step : 0);
+  if (dist_->is_main()) metrics_ = std::make_unique<MetricsLog>(out_, resumed ? state_.global_step : 0, cfg_.report_to);
   checkpoint::WriterOptions wopt;
   wopt.total_limit = static_cast<int>(cfg_.checkpoints_total_limit);
   wopt.on_error = checkpoint::parse_error_policy(cfg_.on_checkpoint_error);
