@@ -246,12 +246,11 @@ def train_with_diffusers(args, work):
     images = work / "images"
     write_images(images)
     out = work / "diffusers-out"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent / "shim"), HF_HUB_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="2")
-    run([sys.executable, script, "--pretrained_model_name_or_path", args.model, "--instance_data_dir", images,
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="2")
+    run([sys.executable, Path(__file__).parent / "shim" / "run_with_transforms_shim.py", script, "--pretrained_model_name_or_path", args.model, "--instance_data_dir", images,
          "--instance_prompt", "a photo of sks toy", "--resolution", "32", "--train_batch_size", "1",
          "--max_train_steps", "3", "--learning_rate", "5e-2", "--lr_warmup_steps", "0", "--seed", "0",
-         "--rank", "4", "--train_text_encoder", "--output_dir", out, "--report_to", "tensorboard",
+         "--rank", "4", "--output_dir", out, "--report_to", "tensorboard",
          "--checkpointing_steps", "1000"], env=env)
     return out / "pytorch_lora_weights.safetensors"
 
@@ -260,8 +259,10 @@ def cmd_reverse(args):
     work = Path(args.work)
     result = {"arch": args.arch}
     if args.arch == "sd" and args.diffusers_script:
+        # UNet only: with --train_text_encoder the script calls transformers' add_adapter, which in
+        # transformers 5.24 demands peft >= 0.22.0, newer than any peft release (0.21.2)
         lora = train_with_diffusers(args, work)
-        components = ["unet", "text_encoder"]
+        components = ["unet"]
         label = "train_dreambooth_lora.py"
     else:
         # no diffusers SDXL training here: dreamlora's LoRA goes through diffusers and comes back as peft's dict

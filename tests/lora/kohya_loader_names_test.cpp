@@ -276,6 +276,24 @@ TEST(KohyaLoaderNames, EveryKeyDreamloraWritesIsMappedByAutomatic1111) {
   }
 }
 
+// The checks above can fail: names of modules the real model lacks, or in the wrong numbering, are refused.
+TEST(KohyaLoaderNames, TheRestatedRulesRefuseNamesTheLoadersWouldNotMap) {
+  const Family& sdxl = kFamilies[2];
+  const auto comfy = comfyui_stems(sdxl);
+  const auto a1111 = a1111_modules(sdxl);
+  std::string key;
+  // SDXL's first down block has no attention; text_encoder_2 written with the SD1 prefix.
+  for (const char* stem : {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+                           "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q",
+                           "lora_te_text_model_encoder_layers_31_mlp_fc1"}) {
+    EXPECT_EQ(comfy.count(stem), 0u) << stem;
+    EXPECT_EQ(a1111_resolve(stem, a1111, false, &key), "") << stem;
+  }
+  // SD2 without its OpenCLIP rename: transformers' names do not exist in A1111's SD2 model.
+  EXPECT_EQ(a1111_resolve("lora_te_text_model_encoder_layers_0_mlp_fc1", a1111_modules(kFamilies[1]), false, &key), "");
+  EXPECT_NE(a1111_resolve("lora_te_text_model_encoder_layers_0_mlp_fc1", a1111_modules(kFamilies[1]), true, &key), "");
+}
+
 TEST(KohyaLoaderNames, SdxlUnetKeysUseLdmBlockNames) {
   const auto file = dreamlora_kohya_file(kFamilies[2]);
   EXPECT_TRUE(file.count("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight"));

@@ -1,5 +1,7 @@
 #include "dreamlora/train/tensorboard_writer.h"
 
+#include "dreamlora/train/metrics.h"
+
 #include <gtest/gtest.h>
 
 #include <set>
@@ -127,6 +129,30 @@ TEST(TensorBoardWriter, TrimDropsATornTail) {
   EXPECT_EQ(trim_event_file(file, 10), 0);
   EXPECT_EQ(read_records(read_file(file)).size(), 1u);
   EXPECT_EQ(read_file(file).size(), frame_record(scalar_event(1, 1, "a", 1)).size());
+}
+
+TEST(ReportTo, EachChoiceWritesOnlyItsLogs) {
+  for (const std::string choice : {"jsonl", "tensorboard", "all", "none"}) {
+    const fs::path dir = make_temp_dir("report_to");
+    {
+      MetricsLog log(dir, 0, choice);
+      log.record(1, 0.5, 1e-4, 100.0, 65536.0);
+      log.record(2, 0.4, 1e-4, 101.5, 65536.0);
+      log.record_images(2, {Image{2, 1, {255, 0, 0, 0, 255, 0}}});
+    }
+    const bool jsonl = choice == "jsonl" || choice == "all", tb = choice == "tensorboard" || choice == "all";
+    EXPECT_EQ(fs::exists(dir / "metrics.jsonl"), jsonl) << choice;
+    EXPECT_EQ(fs::exists(dir / "logs"), tb) << choice;
+    if (!tb) continue;
+    const auto files = event_files(dir / "logs");
+    ASSERT_EQ(files.size(), 1u);
+    // file version, then loss, lr, loss scale at step 1; loss, lr, step time, loss scale at step 2; one image
+    const auto records = read_records(read_file(files[0]));
+    EXPECT_EQ(records.size(), 1u + 3 + 4 + 1) << choice;
+    EXPECT_NE(records[6].find("train/step_time_s"), std::string::npos);
+    EXPECT_NE(records.back().find("validation/0"), std::string::npos);
+    EXPECT_NE(records.back().find("\x89PNG"), std::string::npos);
+  }
 }
 
 }  // namespace

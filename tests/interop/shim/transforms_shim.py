@@ -1,4 +1,4 @@
-"""The transforms diffusers' train_dreambooth_lora.py uses, with torchvision's semantics for PIL inputs."""
+"""A stand-in for the torchvision.transforms that diffusers' example script uses (PIL inputs, torchvision's rules)."""
 import enum
 import random
 
