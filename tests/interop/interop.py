@@ -171,8 +171,8 @@ def compare_with_dreamlora(args, pipe, arch, model, lora, work, tag, components)
     figures = {}
     if "unet" in components:
         inputs = unet_inputs(pipe, arch)
-        ours = dreamlora_component(args, model, "unet", inputs, lora, work, tag)["sample"]
-        figures["unet"] = (diffusers_unet(pipe, arch, inputs) - ours).abs().max().item()
+        ours_unet = dreamlora_component(args, model, "unet", inputs, lora, work, tag)["sample"]
+        figures["unet"] = (diffusers_unet(pipe, arch, inputs) - ours_unet).abs().max().item()
     for name in ("text_encoder", "text_encoder_2"):
         if name not in components:
             continue
@@ -182,6 +182,15 @@ def compare_with_dreamlora(args, pipe, arch, model, lora, work, tag, components)
     for k, v in figures.items():
         if not v <= TOL:
             fail("%s: %s output differs from dreamlora's by %g (> %g)" % (tag, k, v, TOL))
+    # the comparison means something only if the LoRA moves the outputs well beyond the tolerance
+    pipe.disable_lora()
+    effect = {}
+    if "unet" in components:
+        effect["unet"] = (diffusers_unet(pipe, arch, inputs) - ours_unet).abs().max().item()
+    pipe.enable_lora()
+    if "unet" in effect and effect["unet"] < 10 * TOL:
+        fail("%s: the LoRA changes the UNet output by only %g" % (tag, effect["unet"]))
+    figures["lora_effect_on_unet"] = effect.get("unet")
     return figures
 
 
@@ -255,6 +264,16 @@ def train_with_diffusers(args, work):
     return out / "pytorch_lora_weights.safetensors"
 
 
+def dreamlora_sample(args, model, lora, out):
+    """`dreamlora sample --lora` takes the file (the same loader as run-component) and writes an image."""
+    run([args.dreamlora, "--threads", "2", "sample", "--model", model, "--lora", lora, "--prompt", "a photo of sks toy",
+         "--steps", "2", "--num-images", "1", "--width", "32", "--height", "32", "--out", out])
+    pngs = sorted(Path(out).glob("*.png"))
+    if not pngs:
+        fail("dreamlora sample --lora %s wrote no image" % lora)
+    return len(pngs)
+
+
 def cmd_reverse(args):
     work = Path(args.work)
     result = {"arch": args.arch}
@@ -275,10 +294,12 @@ def cmd_reverse(args):
     counts = check_module_counts(pipe, lora, components)
     result[label] = {"max_abs_diff": compare_with_dreamlora(args, pipe, args.arch, args.model, lora, work, "trained",
                                                             components), "modules": counts}
+    result[label]["sample_images"] = dreamlora_sample(args, args.model, lora, work / "sample-trained")
     peft_file = work / "peft_state_dict.safetensors"
     tensors = save_peft_state_dict(pipe, peft_file, components)
     result["peft_state_dict"] = {"tensors": tensors, "max_abs_diff": compare_with_dreamlora(
-        args, pipe, args.arch, args.model, peft_file, work, "peft", components)}
+        args, pipe, args.arch, args.model, peft_file, work, "peft", components),
+        "sample_images": dreamlora_sample(args, args.model, peft_file, work / "sample-peft")}
     print("interop-result " + json.dumps(result), flush=True)
 
 
