@@ -14,7 +14,7 @@ export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-15G}  # three libtorch flavours, each wi
 
 bash scripts/install-deps.sh "${flavours[@]}"
 bash scripts/install-s3rver.sh   # S3-compatible server for the checkpoint-mirror tests
-bash scripts/install-python-clients.sh   # moto: an S3 server that verifies SigV4 signatures (build/pyenv)
+bash scripts/install-python-clients.sh   # moto (build/pyenv); diffusers, peft, TensorBoard (build/pyenv-interop)
 
 timed() {  # runs a command, prints its duration, returns its status
   local t0=$SECONDS rc=0

@@ -67,15 +67,25 @@ std::optional<KeyParts> parse_kohya(const std::string& key, const UNetLayout& la
   return std::nullopt;
 }
 
+// transformers 5 dropped CLIPTextModel's `text_model` submodule, so files saved with it name text-encoder
+// modules "encoder.layers.N..." where transformers 4 wrote "text_model.encoder.layers.N...": both are read.
+std::string with_text_model_prefix(const std::string& path) {
+  return starts_with(path, "encoder.layers.") ? "text_model." + path : path;
+}
+
 std::optional<KeyParts> parse_dotted(std::string key) {
   if (starts_with(key, kPeftWrapper)) key = key.substr(kPeftWrapper.size());
   for (const auto& sfx : kDottedSuffixes) {
     if (!ends_with(key, sfx.text)) continue;
     std::string rest = key.substr(0, key.size() - std::string(sfx.text).size());
-    for (const auto& c : kComponents)
-      if (starts_with(rest, c + ".")) return KeyParts{c, rest.substr(c.size() + 1), sfx.role};
+    for (const auto& c : kComponents) {
+      if (!starts_with(rest, c + ".")) continue;
+      const std::string path = rest.substr(c.size() + 1);
+      return KeyParts{c, c == "unet" ? path : with_text_model_prefix(path), sfx.role};
+    }
     // peft state dicts of one model carry no component prefix.
-    return KeyParts{starts_with(rest, "text_model.") ? "text_encoder" : "unet", rest, sfx.role};
+    const bool text = starts_with(rest, "text_model.") || starts_with(rest, "encoder.layers.");
+    return KeyParts{text ? "text_encoder" : "unet", text ? with_text_model_prefix(rest) : rest, sfx.role};
   }
   return std::nullopt;
 }

@@ -4,8 +4,8 @@
 
 namespace dreamlora::train {
 
-void PendingLosses::add(int64_t step, const torch::Tensor& loss, double lr, double unix_time) {
-  pending_.push_back({step, loss, lr, unix_time});
+void PendingLosses::add(int64_t step, const torch::Tensor& loss, double lr, double unix_time, double loss_scale) {
+  pending_.push_back({step, loss, lr, unix_time, loss_scale});
 }
 
 std::optional<float> PendingLosses::flush(Distributed& dist, MetricsLog* metrics) {
@@ -18,7 +18,7 @@ std::optional<float> PendingLosses::flush(Distributed& dist, MetricsLog* metrics
   for (size_t i = 0; i < pending_.size(); ++i) {
     const auto& p = pending_[i];
     last = static_cast<float>(dist.mean(values[i]));
-    if (metrics) metrics->record(p.step, last, p.lr, p.unix_time);
+    if (metrics) metrics->record(p.step, last, p.lr, p.unix_time, p.loss_scale);
   }
   pending_.clear();
   return last;

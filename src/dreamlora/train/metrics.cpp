@@ -24,7 +24,11 @@ double unix_seconds() {
 }
 }  // namespace
 
-MetricsLog::MetricsLog(const std::filesystem::path& dir, int64_t resume_step) : path_(dir / "metrics.jsonl"), start_(now_seconds()) {
+MetricsLog::MetricsLog(const std::filesystem::path& dir, int64_t resume_step, const std::string& report_to)
+    : start_(now_seconds()) {
+  if (report_to == "tensorboard" || report_to == "all") tensorboard_ = std::make_unique<TensorBoardWriter>(dir / "logs", resume_step);
+  if (report_to != "jsonl" && report_to != "all") return;
+  path_ = dir / "metrics.jsonl";
   std::vector<std::string> kept;
   {
     std::ifstream in(path_);
@@ -46,16 +50,32 @@ MetricsLog::MetricsLog(const std::filesystem::path& dir, int64_t resume_step) : 
   out_.open(path_, std::ios::app);
 }
 
-void MetricsLog::record(int64_t step, double loss, double lr, double unix_time) {
+void MetricsLog::record(int64_t step, double loss, double lr, double unix_time, double loss_scale) {
   const double time = unix_time < 0 ? unix_seconds() : unix_time;
-  io::Json j = {{"step", step}, {"loss", loss}, {"lr", lr}, {"time", time}};
-  out_ << j.dump() << "\n";
-  out_.flush();
+  if (out_.is_open()) {
+    io::Json j = {{"step", step}, {"loss", loss}, {"lr", lr}, {"time", time}};
+    out_ << j.dump() << "\n";
+    out_.flush();
+  }
+  if (tensorboard_) {
+    tensorboard_->add_scalar(step, "train/loss", loss, time);
+    tensorboard_->add_scalar(step, "train/lr", lr, time);
+    if (previous_step_time_ >= 0) tensorboard_->add_scalar(step, "train/step_time_s", time - previous_step_time_, time);
+    if (loss_scale >= 0) tensorboard_->add_scalar(step, "train/loss_scale", loss_scale, time);
+  }
+  previous_step_time_ = time;
   points_.push_back({step, loss, lr, time});
+}
+
+void MetricsLog::record_images(int64_t step, const std::vector<Image>& images) {
+  if (!tensorboard_) return;
+  for (size_t i = 0; i < images.size(); ++i)
+    tensorboard_->add_image(step, "validation/" + std::to_string(i), images[i].width, images[i].height, images[i].rgb);
 }
 
 void MetricsLog::record_checkpoint(int64_t step, double stall_seconds) {
   stalls_.push_back(stall_seconds);
+  if (!out_.is_open()) return;
   io::Json j = {{"step", step}, {"checkpoint_stall_s", stall_seconds}, {"time", unix_seconds()}};
   out_ << j.dump() << "\n";
   out_.flush();

@@ -179,6 +179,8 @@ std::vector<OptionSpec> build_table() {
       integer("validation-inference-steps", {}, "sampler steps for validation images", &C::validation_inference_steps),
       text("validation-sampler", {}, "sampler for validation images", &C::validation_sampler),
       integer("log-every", {"logging_steps"}, "log a line every N steps when not on a terminal", &C::log_every),
+      text("report-to", {"report_to"}, "jsonl (metrics.jsonl), tensorboard (event files in <output-dir>/logs), all "
+           "or none", &C::report_to),
       text("output-dir", {"output_dir", "project-name", "project_name"}, "where checkpoints and the final LoRA go",
            &C::output_dir),
       text("checkpointing-steps", {"checkpointing_steps"},
@@ -291,6 +293,8 @@ void TrainConfig::validate_late_settings() const {
   DL_CHECK(!train_text_encoder || !text_encoder_target_list().empty(), "--text-encoder-targets is empty");
   DL_CHECK(dist_timeout >= 1, "--dist-timeout must be at least 1 second, got ", dist_timeout);
   DL_CHECK(log_every >= 1, "--log-every must be at least 1, got ", log_every);
+  DL_CHECK(report_to == "jsonl" || report_to == "tensorboard" || report_to == "all" || report_to == "none",
+           "--report-to must be jsonl, tensorboard, all or none, got '", report_to, "'");
   DL_CHECK(!output_dir.empty(), "--output-dir must not be empty");
   if (!max_runtime.empty()) parse_duration(max_runtime);
   DL_CHECK(validation_steps >= 0, "--validation-steps must not be negative (0: at the end), got ", validation_steps);

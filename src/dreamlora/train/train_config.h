@@ -71,6 +71,7 @@ struct TrainConfig {
   int64_t validation_inference_steps = 20;
   std::string validation_sampler = "euler";
   int64_t log_every = 10;
+  std::string report_to = "all";  // jsonl (metrics.jsonl), tensorboard (logs/), all or none
   // checkpoints
   std::string output_dir = "output";
   std::string checkpointing_steps = "500";  // N, 0 (off) or auto

@@ -143,7 +143,8 @@ void Trainer::train_step() {
     train_log(str("step ", state_.global_step, ": inf/nan in the fp16 gradients; optimizer step skipped, loss scale now ",
                   scaling_.scaler->scale_value()));
   const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-  pending_losses_.add(state_.global_step, step.loss, cfg_.lr * step.lr_multiplier, now);
+  pending_losses_.add(state_.global_step, step.loss, cfg_.lr * step.lr_multiplier, now,
+                      scaling_.scaler->enabled() ? scaling_.scaler->scale_value() : -1.0);
   if (state_.global_step % std::max<int64_t>(1, cfg_.log_every) == 0 || state_.global_step == cfg_.num_steps)
     record_losses();
 }
@@ -155,7 +156,7 @@ void Trainer::record_losses() {
 
 // Validation images of the current step; a failure is only a warning.
 void Trainer::validate(const std::string& what) {
-  optional_.run(what, [&] { write_validation_images(model_, cfg_, state_.global_step, out_, *dist_); });
+  optional_.run(what, [&] { write_validation_images(model_, cfg_, state_.global_step, out_, *dist_, metrics_.get()); });
 }
 
 const LoRALayers& Trainer::lora_layers() {
@@ -237,7 +238,7 @@ int Trainer::run() {
   const bool resumed = resume();
   dist_->check_equal(static_cast<double>(state_.global_step), "the step resumed from",
                      "every worker must read the same --output-dir (on several machines: shared storage)");
-  if (dist_->is_main()) metrics_ = std::make_unique<MetricsLog>(out_, resumed ? state_.global_step : 0);
+  if (dist_->is_main()) metrics_ = std::make_unique<MetricsLog>(out_, resumed ? state_.global_step : 0, cfg_.report_to);
   writer_ = std::make_unique<checkpoint::CheckpointWriter>(*checkpoints_.store, checkpoint_writer_options(cfg_));
   if (dist_->is_main()) io::write_file_durably(out_ / "training_config.json", config_to_json(cfg_).dump(2) + "\n");
   // The run that was killed may have died mid-upload: finish that upload (a no-op when it is complete).
