@@ -23,10 +23,28 @@ std::string read_caption(const fs::path& path) {
   text.erase(text.find_last_not_of(" \t\r\n") + 1);
   return text;
 }
+
+void replace_all(std::string& text, const std::string& from, const std::string& to) {
+  for (size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size()))
+    text.replace(at, from.size(), to);
+}
 }  // namespace
 
+std::string caption_for(const fs::path& image, const std::string& default_caption, const CaptionOptions& captions,
+                        const std::string& flag) {
+  const auto caption_file = fs::path(image).replace_extension(captions.extension);
+  if (!fs::exists(caption_file)) return default_caption;
+  std::string text = read_caption(caption_file);
+  DL_CHECK(!text.empty(), flag, ": caption ", caption_file.string(), " is empty");
+  if (captions.templ.empty()) return text;
+  std::string out = captions.templ;
+  replace_all(out, "{prompt}", default_caption);
+  replace_all(out, "{caption}", text);
+  return out;
+}
+
 std::vector<TrainingImage> list_training_images(const fs::path& dir, const std::string& default_caption,
-                                                const std::string& flag) {
+                                                const std::string& flag, const CaptionOptions& captions) {
   DL_CHECK(fs::is_directory(dir), flag, " ", dir.string(), ": not a folder");
   std::vector<fs::path> files;
   for (const auto& e : fs::directory_iterator(dir))
@@ -36,9 +54,8 @@ std::vector<TrainingImage> list_training_images(const fs::path& dir, const std::
   std::vector<TrainingImage> out;
   for (const auto& f : files) {
     DL_CHECK(fs::file_size(f) > 0, flag, ": ", f.string(), " is empty (0 bytes)");
-    auto caption_file = fs::path(f).replace_extension(".txt");
-    std::string caption = fs::exists(caption_file) ? read_caption(caption_file) : default_caption;
-    DL_CHECK(!caption.empty(), flag, ": caption ", caption_file.string(), " is empty");
+    std::string caption = caption_for(f, default_caption, captions, flag);
+    DL_CHECK(!caption.empty(), flag, ": ", f.string(), " has no caption (and the default caption is empty)");
     out.push_back({f, caption});
   }
   return out;

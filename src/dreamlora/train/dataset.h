@@ -22,10 +22,21 @@ struct TrainingImage {
   std::string caption;
 };
 
-// Every image in dir (sorted by name), with the caption from NAME.txt beside it or default_caption.
-// Errors (naming `flag` and the path): missing or empty folder, unreadable or zero-size image.
+// How captions are read (kohya's and SimpleTuner's convention): NAME<extension> beside each image; an
+// image without one gets the default caption. A template ("a photo of sks dog, {caption}") wraps the
+// text of each caption file; "{prompt}" in it stands for the default caption.
+struct CaptionOptions {
+  std::string extension = ".txt";
+  std::string templ;  // empty: caption files are used as they are
+};
+
+// Every image in dir (sorted by name), with its caption (see CaptionOptions) or default_caption.
+// Errors (naming `flag` and the path): missing or empty folder, unreadable or zero-size image, empty caption.
 std::vector<TrainingImage> list_training_images(const std::filesystem::path& dir, const std::string& default_caption,
-                                                const std::string& flag);
+                                                const std::string& flag, const CaptionOptions& captions = {});
+// The caption of one image: the caption file's text through the template, or default_caption.
+std::string caption_for(const std::filesystem::path& image, const std::string& default_caption,
+                        const CaptionOptions& captions, const std::string& flag);
 
 // Resize so the shorter side equals size (bilinear with antialiasing, as torchvision's Resize on PIL).
 torch::Tensor resize_shorter_side(const torch::Tensor& chw, int64_t size);

@@ -30,7 +30,6 @@
 #include "dreamlora/nn/state_dict.h"
 #include "dreamlora/pipeline/text_to_image.h"
 #include "dreamlora/schedulers/ddpm.h"
-#include "dreamlora/train/adamw.h"
 #include "dreamlora/train/class_images.h"
 #include "dreamlora/train/compute_settings.h"
 #include "dreamlora/train/data_order.h"
@@ -41,6 +40,7 @@
 #include "dreamlora/train/losses.h"
 #include "dreamlora/train/lr_schedule.h"
 #include "dreamlora/train/metrics.h"
+#include "dreamlora/train/optimizer.h"
 #include "dreamlora/train/outputs.h"
 #include "dreamlora/train/trainer_state.h"
 
@@ -105,7 +105,8 @@ class Trainer {
   bool resume();
   struct Sample {
     ExampleTensors example;
-    torch::Tensor eps, noise;  // posterior sample eps, diffusion noise: [C, h, w]
+    torch::Tensor eps, noise;  // posterior sample eps, diffusion noise (the target): [C, h, w]
+    torch::Tensor input_noise;  // the noise added to the input: noise, or noise + input perturbation
     int64_t timestep = 0;
   };
   std::vector<Sample> draw_samples(ImageSet& set, DataOrder& order, uint64_t stream, int64_t first_n, int64_t count);
@@ -132,7 +133,7 @@ class Trainer {
   std::unique_ptr<ImageSet> instances_, classes_;
   std::unique_ptr<DataOrder> instance_order_, class_order_;
   std::unique_ptr<CaptionEmbedder> embedder_;
-  std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<LossScaler> scaler_;
   std::set<int64_t> test_nan_steps_;  // DREAMLORA_TEST_LOSS_SCALER: steps whose gradients are poisoned
   LRScheduleOptions schedule_;
@@ -181,7 +182,8 @@ void Trainer::load_everything() {
   fs::create_directories(out_);
 
   // Data errors come before the (slow) model load.
-  auto instance_images = list_training_images(cfg_.image_path, cfg_.prompt, "--image-path");
+  auto instance_images = list_training_images(cfg_.image_path, cfg_.prompt, "--image-path",
+                                              {cfg_.caption_extension, cfg_.caption_template});
   DL_CHECK(static_cast<int64_t>(instance_images.size()) * cfg_.repeats >= cfg_.batch_size, "--batch-size ",
            cfg_.batch_size, " is larger than the ", instance_images.size(), " instance images in ", cfg_.image_path,
            " (x", cfg_.repeats, " repeats)");
@@ -216,7 +218,8 @@ void Trainer::load_everything() {
     // Each worker generates its share of the missing class images, then all wait for the full set.
     ensure_class_images(model_, cfg_, dist_->rank(), dist_->world_size());
     dist_->barrier();
-    class_images = list_training_images(cfg_.class_image_path, cfg_.class_prompt, "--class-image-path");
+    class_images = list_training_images(cfg_.class_image_path, cfg_.class_prompt, "--class-image-path",
+                                        {cfg_.caption_extension, ""});
     class_images.resize(std::min<size_t>(class_images.size(), static_cast<size_t>(cfg_.num_class_images)));
     classes_ = std::make_unique<ImageSet>(class_images, dopt);
     class_order_ = std::make_unique<DataOrder>(cfg_.seed + 1, classes_->size());
@@ -285,8 +288,7 @@ void Trainer::build_optimizer() {
         te.params.emplace_back("text_encoder_2." + name, p);
     groups.push_back(te);
   }
-  optimizer_ = std::make_unique<AdamW>(groups, AdamWOptions{cfg_.adam_beta1, cfg_.adam_beta2, cfg_.adam_epsilon,
-                                                            cfg_.adam_weight_decay});
+  optimizer_ = make_optimizer(cfg_, std::move(groups));
   schedule_.name = cfg_.scheduler;
   schedule_.warmup_steps = cfg_.warmup_steps;
   schedule_.total_steps = cfg_.num_steps;
@@ -369,7 +371,8 @@ bool Trainer::resume() {
     if (model_.sdxl) lora::apply_lora(*model_.text.text_encoder_2, lora_file.components.at("text_encoder_2"), dir.string());
   }
   auto opt = safetensors::File::open(dir / "optimizer.safetensors");
-  optimizer_->load_state(opt.load_all(), std::stoll(opt.metadata().at("step")), (dir / "optimizer.safetensors").string());
+  optimizer_->load_state(opt.load_all(), opt.metadata(), std::stoll(opt.metadata().at("step")),
+                         (dir / "optimizer.safetensors").string());
   scaler_->load_metadata(opt.metadata(), (dir / "optimizer.safetensors").string());
   at::Generator default_gen = at::detail::getDefaultCPUGenerator();  // a handle sharing the default generator
   default_gen.set_state(bytes_tensor(base64_decode(state.default_rng_state, "default_rng_state")));
@@ -406,9 +409,9 @@ std::vector<Trainer::Sample> Trainer::draw_samples(ImageSet& set, DataOrder& ord
     s.example = std::move(examples[i]);
     const auto shape = s.example.latent_mean.sizes();
     s.eps = train::to_device_async(torch::randn(shape, gen), device_);
-    auto noise = torch::randn(shape, gen);
-    if (cfg_.noise_offset > 0) noise = noise + cfg_.noise_offset * torch::randn({noise.size(0), 1, 1}, gen);
-    s.noise = train::to_device_async(noise, device_);
+    auto noise = draw_training_noise(shape, cfg_.noise_offset, cfg_.input_perturbation, gen);
+    s.noise = train::to_device_async(noise.target, device_);
+    s.input_noise = cfg_.input_perturbation > 0 ? train::to_device_async(noise.input, device_) : s.noise;
     s.timestep = torch::randint(0, ddpm_->num_train_timesteps(), {1}, gen).item<int64_t>();
   }
   return out;
@@ -444,7 +447,7 @@ void Trainer::train_step() {
       batch.insert(batch.end(), std::make_move_iterator(prior.begin()), std::make_move_iterator(prior.end()));
       state_.class_samples += global;
     }
-    std::vector<torch::Tensor> means, stds, eps, noises, time_ids;
+    std::vector<torch::Tensor> means, stds, eps, noises, input_noises, time_ids;
     std::vector<int64_t> ts;
     std::vector<std::string> captions;
     for (auto& s : batch) {
@@ -452,6 +455,7 @@ void Trainer::train_step() {
       stds.push_back(s.example.latent_std);
       eps.push_back(s.eps);
       noises.push_back(s.noise);
+      input_noises.push_back(s.input_noise);
       ts.push_back(s.timestep);
       time_ids.push_back(s.example.time_ids);
       captions.push_back(s.example.caption);
@@ -462,7 +466,7 @@ void Trainer::train_step() {
     auto noise = torch::stack(noises);
     auto timesteps_host = torch::tensor(ts, torch::kInt64);
     auto timesteps = train::to_device_async(timesteps_host, device_);
-    auto noisy = ddpm_->add_noise(latents, noise, timesteps);
+    auto noisy = ddpm_->add_noise(latents, cfg_.input_perturbation > 0 ? torch::stack(input_noises) : noise, timesteps);
     // predict
     auto emb = embedder_->embed(model_, captions);
     torch::Tensor pooled, tids;
@@ -582,6 +586,7 @@ checkpoint::CheckpointContents Trainer::snapshot() {
   checkpoint::CheckpointContents c;
   auto optimizer_metadata = scaler_->to_metadata();
   optimizer_metadata["step"] = std::to_string(optimizer_->step_count());
+  for (const auto& [key, value] : optimizer_->state_metadata()) optimizer_metadata[key] = value;
   c.prepare = [layout = flat_, lora_flat, moments_flat, s, optimizer_metadata,
                metadata = lora_metadata(cfg_, /*baked=*/false)](checkpoint::CheckpointContents& c) {
     lora_flat.wait();
