@@ -136,6 +136,13 @@ std::vector<OptionSpec> build_table() {
       integer("resolution", {}, "training resolution (images are resized and cropped to it)", &C::resolution, R),
       flag("center-crop", {"center_crop"}, "center crop instead of a random crop", &C::center_crop, R),
       flag("random-flip", {"random_flip"}, "randomly flip images horizontally", &C::random_flip, R),
+      flag("enable-bucket", {"enable_bucket"},
+           "aspect-ratio bucketing (kohya): each image to the bucket of nearest aspect ratio with about --resolution^2 "
+           "pixels, resized to cover it and cropped; batches come from one bucket", &C::enable_bucket, R),
+      integer("min-bucket-reso", {"min_bucket_reso"}, "smallest bucket side", &C::min_bucket_reso, R),
+      integer("max-bucket-reso", {"max_bucket_reso"}, "largest bucket side", &C::max_bucket_reso, R),
+      integer("bucket-reso-steps", {"bucket_reso_steps"}, "bucket sides are multiples of this (a multiple of 8)",
+              &C::bucket_reso_steps, R),
       integer("repeats", {}, "how many times each instance image is repeated per epoch", &C::repeats, R),
       integer("batch-size", {"train_batch_size", "train-batch-size"}, "images per step (instance images; prior doubles it)",
               &C::batch_size, R),
@@ -277,6 +284,15 @@ void TrainConfig::validate() const {
   DL_CHECK(caption_template.empty() || caption_template.find("{caption}") != std::string::npos,
            "--caption-template \"", caption_template, "\" has no {caption} placeholder");
   DL_CHECK(resolution >= 8 && resolution % 8 == 0, "--resolution must be a positive multiple of 8, got ", resolution);
+  if (enable_bucket) {
+    DL_CHECK(!prior_preservation, "--enable-bucket with --prior-preservation is not supported: the class images are "
+             "square, the instance batches are not (use one or the other)");
+    DL_CHECK(bucket_reso_steps >= 8 && bucket_reso_steps % 8 == 0,
+             "--bucket-reso-steps must be a positive multiple of 8, got ", bucket_reso_steps);
+    DL_CHECK(min_bucket_reso >= bucket_reso_steps && min_bucket_reso <= resolution && resolution <= max_bucket_reso,
+             "--min-bucket-reso (", min_bucket_reso, ") <= --resolution (", resolution, ") <= --max-bucket-reso (",
+             max_bucket_reso, ") is needed, with --min-bucket-reso at least --bucket-reso-steps (", bucket_reso_steps, ")");
+  }
   DL_CHECK(batch_size >= 1, "--batch-size must be at least 1, got ", batch_size);
   DL_CHECK(gradient_accumulation >= 1, "--gradient-accumulation must be at least 1, got ", gradient_accumulation);
   DL_CHECK(num_steps >= 1 || epochs >= 1, "--num-steps must be at least 1, got ", num_steps);

@@ -27,6 +27,10 @@ struct TrainConfig {
   int64_t resolution = 512;
   bool center_crop = false;
   bool random_flip = false;
+  bool enable_bucket = false;  // aspect-ratio buckets (kohya) instead of square crops
+  int64_t min_bucket_reso = 256;
+  int64_t max_bucket_reso = 1024;
+  int64_t bucket_reso_steps = 64;
   int64_t repeats = 1;
   std::string identifier;  // e.g. "sks": must appear in --prompt (checked when given)
   std::string caption_extension = ".txt";

@@ -202,8 +202,13 @@ void Trainer::load_everything() {
   dopt.center_crop = cfg_.center_crop;
   dopt.random_flip = cfg_.random_flip;
   dopt.cache_text = !cfg_.train_text_encoder;
+  dopt.buckets = {cfg_.enable_bucket, cfg_.resolution, cfg_.min_bucket_reso, cfg_.max_bucket_reso,
+                  cfg_.bucket_reso_steps};
   instances_ = std::make_unique<ImageSet>(repeated, dopt);
-  instance_order_ = std::make_unique<DataOrder>(cfg_.seed, instances_->size());
+  instance_order_ = cfg_.enable_bucket
+                        ? std::make_unique<DataOrder>(cfg_.seed, instances_->bucket_ids(), cfg_.batch_size)
+                        : std::make_unique<DataOrder>(cfg_.seed, instances_->size());
+  if (cfg_.enable_bucket) log(bucket_summary(*instances_));
 
   LoadOptions load;
   load.variant = cfg_.variant;
@@ -221,6 +226,7 @@ void Trainer::load_everything() {
     class_images = list_training_images(cfg_.class_image_path, cfg_.class_prompt, "--class-image-path",
                                         {cfg_.caption_extension, ""});
     class_images.resize(std::min<size_t>(class_images.size(), static_cast<size_t>(cfg_.num_class_images)));
+    dopt.buckets.enabled = false;
     classes_ = std::make_unique<ImageSet>(class_images, dopt);
     class_order_ = std::make_unique<DataOrder>(cfg_.seed + 1, classes_->size());
   }
