@@ -8,6 +8,7 @@
 
 #include "dreamlora/io/image.h"
 #include "dreamlora/pipeline/text_to_image.h"
+#include "dreamlora/train/progress.h"
 
 namespace dreamlora {
 
@@ -37,6 +38,8 @@ int64_t ensure_class_images(ModelBundle& model, const TrainConfig& config, int r
     if (i % world_size == rank) mine.push_back(i);
   }
   const auto batch = static_cast<size_t>(std::max<int64_t>(1, config.sample_batch_size));
+  TaskProgress progress("class images", static_cast<int64_t>(mine.size()));
+  const bool log_batches = !stderr_is_terminal() && mine.size() > batch;
   for (size_t first = 0; first < mine.size(); first += batch) {
     const std::vector<int64_t> part(mine.begin() + first, mine.begin() + std::min(mine.size(), first + batch));
     SampleOptions o;
@@ -51,7 +54,11 @@ int64_t ensure_class_images(ModelBundle& model, const TrainConfig& config, int r
       save_png(class_image_path(dir, part[j]), images.at(j), sample_metadata(o, 0, "none (class image)"));
     }
     generated += static_cast<int64_t>(part.size());
+    progress.update(generated);
+    if (log_batches)
+      std::cerr << "dreamlora: class images " << generated << "/" << mine.size() << std::endl;
   }
+  progress.finish();
   return generated;
 }
 

@@ -43,13 +43,17 @@ std::string render_loss_svg(const std::vector<MetricsLog::Point>& points);
 class ProgressBar {
  public:
   ProgressBar(int64_t total, int64_t start, int64_t log_every);
-  void update(int64_t step, double loss, double lr);
+  // last_checkpoint_step: the step of the newest checkpoint (< 0: none); its age is timed from the
+  // first update that reports it.
+  void update(int64_t step, double loss, double lr, int64_t last_checkpoint_step = -1);
   void finish();
 
  private:
   int64_t total_, start_, log_every_;
   bool tty_;
   double t0_;
+  int64_t checkpoint_step_ = -1;
+  double checkpoint_time_ = -1;
 };
 
 }  // namespace dreamlora

@@ -42,6 +42,7 @@
 #include "dreamlora/train/metrics.h"
 #include "dreamlora/train/optimizer.h"
 #include "dreamlora/train/outputs.h"
+#include "dreamlora/train/progress.h"
 #include "dreamlora/train/trainer_state.h"
 
 namespace dreamlora {
@@ -671,7 +672,9 @@ void Trainer::run_validation() {
     ~TrainModeAgain() { unet->train(); }
   } train_mode_again{model_.unet};
   // The validation images must not disturb the training stream: their generator is their own.
-  auto images = text_to_image(model_, o);
+  TaskProgress progress(str("validation images (step ", state_.global_step, ")"), o.steps);
+  auto images = text_to_image(model_, o, [&](int64_t done, int64_t total) { progress.update(done, total); });
+  progress.finish();
   fs::create_directories(out_ / "validation");
   for (size_t i = 0; i < images.size(); ++i)
     save_png(out_ / "validation" / str("step-", state_.global_step, "-", i, ".png"), images[i],
@@ -763,7 +766,8 @@ int Trainer::run() {
     train_step();
     schedule_due_->on_step(state_.global_step, std::chrono::duration<double>(Clock::now() - step_start).count());
     if (state_.global_step == test_stop_step) checkpoint::request_stop("DREAMLORA_TEST_STOP_AT_STEP");
-    if (dist_->is_main()) progress.update(state_.global_step, last_loss_, cfg_.lr * state_.lr_multiplier);
+    if (dist_->is_main())
+      progress.update(state_.global_step, last_loss_, cfg_.lr * state_.lr_multiplier, last_checkpoint_step_);
     // Every worker must agree (the time trigger could fire on one worker only).
     if (dist_->any(schedule_due_->due(state_.global_step))) save_checkpoint();
     if (cfg_.validation_steps > 0 && state_.global_step % cfg_.validation_steps == 0)
