@@ -78,7 +78,7 @@ TEST(S3Location, RejectsUrlsWithoutBucketOrWithInvalidBucketNames) {
   EXPECT_THROW(make_mirror("gs://bucket/x"), Error);
 }
 
-TEST(remote::S3Config, ReadsEndpointRegionAndCredentialsFromEnvironment) {
+TEST(S3Config, ReadsEndpointRegionAndCredentialsFromEnvironment) {
   ScopedEnv env;
   clear_aws_env(env);
   env.set("AWS_ACCESS_KEY_ID", "AKID1");
@@ -96,7 +96,7 @@ TEST(remote::S3Config, ReadsEndpointRegionAndCredentialsFromEnvironment) {
   EXPECT_EQ(c.describe().find("SECRET1"), std::string::npos);
 }
 
-TEST(remote::S3Config, DefaultsToAwsVirtualHostedInUsEast1) {
+TEST(S3Config, DefaultsToAwsVirtualHostedInUsEast1) {
   ScopedEnv env;
   clear_aws_env(env);
   env.set("AWS_ACCESS_KEY_ID", "AKID1");
@@ -107,7 +107,7 @@ TEST(remote::S3Config, DefaultsToAwsVirtualHostedInUsEast1) {
   EXPECT_EQ(c.region, "us-east-1");
 }
 
-TEST(remote::S3Config, ReadsTheSelectedProfileOfTheSharedCredentialsFile) {
+TEST(S3Config, ReadsTheSelectedProfileOfTheSharedCredentialsFile) {
   ScopedEnv env;
   clear_aws_env(env);
   auto dir = dreamlora::testing::make_temp_dir("s3-creds");
@@ -127,7 +127,7 @@ TEST(remote::S3Config, ReadsTheSelectedProfileOfTheSharedCredentialsFile) {
   std::filesystem::remove_all(dir);
 }
 
-TEST(remote::S3Config, MissingCredentialsSayWhereTheyAreLookedFor) {
+TEST(S3Config, MissingCredentialsSayWhereTheyAreLookedFor) {
   ScopedEnv env;
   clear_aws_env(env);
   env.set("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials");

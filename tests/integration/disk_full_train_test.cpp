@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "dreamlora/pipeline/demo_data.h"
-#include "dreamlora/pipeline/tiny_model.h"
+#include "dreamlora/synth/demo_data.h"
+#include "dreamlora/synth/tiny_model.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -25,8 +25,8 @@ const DiskFullWorld& disk_full_world() {
     auto root = make_temp_dir("disk-full-world");
     w.model = root / "tiny-sd";
     w.images = root / "subject";
-    dreamlora::pipeline::write_tiny_model(w.model, {});
-    dreamlora::pipeline::write_demo_subject_images(w.images, 3, 40, 1);
+    dreamlora::synth::write_tiny_model(w.model, {});
+    dreamlora::synth::write_demo_subject_images(w.images, 3, 40, 1);
     return w;
   }();
   return w;

@@ -9,7 +9,7 @@
 #include <filesystem>
 
 #include "dreamlora/nn/state_dict.h"
-#include "dreamlora/pipeline/demo_data.h"
+#include "dreamlora/synth/demo_data.h"
 #include "dreamlora/pipeline/model_bundle.h"
 #include "test_util.h"
 
@@ -40,7 +40,7 @@ TEST(FullSizePreset, Sd15SingleFileTakesATrainingStepAt256pxInUnderAMinute) {
   REQUIRE_FULL_SIZE();
   auto root = make_temp_dir("sd15-preset");
   make_model("sd15", root / "sd15", true);
-  dreamlora::write_demo_subject_images(root / "images", 1, 256, 1);
+  dreamlora::synth::write_demo_subject_images(root / "images", 1, 256, 1);
   const auto t0 = std::chrono::steady_clock::now();
   auto r = run_dreamlora({"--threads", "2", "train", "--model", (root / "sd15" / "model.safetensors").string(),
                           "--model-config", (root / "sd15" / "config").string(), "--image-path",
@@ -58,14 +58,14 @@ TEST(FullSizePreset, Sd21vSingleFileLoadsToTheSameWeightsAsTheFolder) {
   auto root = make_temp_dir("sd21v-preset");
   make_model("sd21-v", root / "folder", false);
   make_model("sd21-v", root / "file", true);
-  dreamlora::LoadOptions from_file;
+  dreamlora::pipeline::LoadOptions from_file;
   from_file.model_config = root / "file" / "config";
-  auto a = dreamlora::ModelBundle::load(root / "folder", {});
-  auto b = dreamlora::ModelBundle::load(root / "file" / "model.safetensors", from_file);
+  auto a = dreamlora::pipeline::ModelBundle::load(root / "folder", {});
+  auto b = dreamlora::pipeline::ModelBundle::load(root / "file" / "model.safetensors", from_file);
   for (auto [x, y] : {std::pair<torch::nn::Module*, torch::nn::Module*>{a.unet.get(), b.unet.get()},
                       {a.vae.get(), b.vae.get()},
                       {a.text.text_encoder.get(), b.text.text_encoder.get()}}) {
-    auto wa = dreamlora::named_tensors(*x), wb = dreamlora::named_tensors(*y);
+    auto wa = dreamlora::nn::named_tensors(*x), wb = dreamlora::nn::named_tensors(*y);
     ASSERT_EQ(wa.size(), wb.size());
     for (const auto& [name, t] : wa) EXPECT_TRUE(torch::equal(t, wb.at(name))) << name;
   }

@@ -2,7 +2,7 @@
 // byte, as training from the diffusers folder the file was converted from (diffusers' own scripts).
 #include <filesystem>
 
-#include "dreamlora/pipeline/demo_data.h"
+#include "dreamlora/synth/demo_data.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -28,7 +28,7 @@ TEST_P(SingleFileTrain, OneLoraStepIsByteIdenticalToTheDiffusersFolder) {
   REQUIRE_FIXTURES();
   const fs::path set = fixtures_dir() / GetParam();
   auto root = make_temp_dir("single-file-train");
-  dreamlora::pipeline::write_demo_subject_images(root / "images", 2, 64, 1);
+  dreamlora::synth::write_demo_subject_images(root / "images", 2, 64, 1);
   auto folder = run_dreamlora(one_step(root / "images", root / "folder", {"--model", set.string()}));
   ASSERT_EQ(folder.exit_status, 0) << folder.output;
   auto file = run_dreamlora(one_step(root / "images", root / "file",

@@ -7,7 +7,7 @@
 #include "dreamlora/common/error.h"
 #include "dreamlora/io/json.h"
 
-namespace dreamlora {
+namespace dreamlora::io {
 namespace {
 
 std::string config_error(const ConfigReader& r, const std::string& key, bool list) {
@@ -36,4 +36,4 @@ TEST(ConfigReaderIntegers, AFloatOutOfTheIntegerRangeIsAnErrorNamingTheFileAndKe
 }
 
 }  // namespace
-}  // namespace dreamlora
+}  // namespace dreamlora::io

@@ -19,9 +19,9 @@ ModelBundle& tiny(bool sdxl) {
   auto it = bundles.find(sdxl);
   if (it != bundles.end()) return it->second;
   auto dir = dreamlora::testing::make_temp_dir(sdxl ? "tiny-xl" : "tiny-sd");
-  TinyModelOptions o;
+  synth::TinyModelOptions o;
   o.sdxl = sdxl;
-  write_tiny_model(dir, o);
+  synth::write_tiny_model(dir, o);
   return bundles.emplace(sdxl, ModelBundle::load(dir, {})).first->second;
 }
 std::string png_bytes(const io::Image& img) { return io::encode_png(img); }

@@ -1,6 +1,7 @@
 // Min-SNR weights and the prior-preservation split follow diffusers' training scripts.
 #include "dreamlora/train/losses.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
 #include "test_util.h"
@@ -37,4 +38,30 @@ TEST(DreamBoothLoss, SnrWeightsScalePerSampleLosses) {
   auto target = torch::tensor({1.0f, 2.0f}).view({2, 1, 1, 1});
   auto parts = dreambooth_loss(pred, target, false, 1.0, torch::tensor({1.0f, 0.5f}));
   EXPECT_FLOAT_EQ(parts.total.item<float>(), (1.0f * 1.0f + 4.0f * 0.5f) / 2.0f);
+}
+
+// diffusers' train_text_to_image: noise = randn; noise += offset * randn(C, 1, 1); new_noise = noise +
+// input_perturbation * randn_like(noise); the input uses new_noise, the target the plain noise.
+TEST(InputPerturbation, InputNoiseFollowsDiffusersFormulaAndTargetStaysThePlainNoise) {
+  auto gen = at::detail::createCPUGenerator(11);
+  auto drawn = draw_training_noise({4, 8, 8}, 0.1, 0.2, gen);
+  auto ref_gen = at::detail::createCPUGenerator(11);
+  auto noise = torch::randn({4, 8, 8}, ref_gen);
+  noise = noise + 0.1 * torch::randn({4, 1, 1}, ref_gen);
+  auto new_noise = noise + 0.2 * torch::randn({4, 8, 8}, ref_gen);
+  EXPECT_TRUE(torch::equal(drawn.target, noise));
+  EXPECT_TRUE(torch::equal(drawn.input, new_noise));
+  // Off: nothing more is drawn, so runs without it keep their random streams.
+  auto off_gen = at::detail::createCPUGenerator(11);
+  auto off = draw_training_noise({4, 8, 8}, 0.1, 0.0, off_gen);
+  EXPECT_TRUE(torch::equal(off.input, off.target));
+  EXPECT_TRUE(torch::equal(off.target, noise));
+}
+
+TEST(InputPerturbation, RaisesTheLossOfAPerfectNoisePredictorByThePerturbationSquared) {
+  // A model that recovers the input noise exactly has loss E[(p * randn)^2] = p^2 against the target.
+  auto gen = at::detail::createCPUGenerator(5);
+  auto drawn = draw_training_noise({4, 128, 128}, 0.0, 0.1, gen);
+  auto loss = dreambooth_loss(drawn.input.unsqueeze(0), drawn.target.unsqueeze(0), false, 1.0, {});
+  EXPECT_NEAR(loss.total.item<double>(), 0.01, 0.0005);
 }

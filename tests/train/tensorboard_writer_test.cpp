@@ -9,8 +9,12 @@
 #include "dreamlora/io/durable_file.h"
 #include "test_util.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 namespace {
+
+using io::Image;
+using io::read_file;
+using io::write_file_durably;
 
 namespace fs = std::filesystem;
 using namespace tensorboard;
@@ -92,7 +96,7 @@ std::vector<fs::path> event_files(const fs::path& dir) {
 std::multiset<int64_t> summary_steps(const std::vector<fs::path>& files) {
   std::multiset<int64_t> steps;
   for (const auto& f : files)
-    for (const auto& r : read_records(read_file(f))) {
+    for (const auto& r : read_records(io::read_file(f))) {
       auto info = parse_event(r);
       if (info.has_summary) steps.insert(info.step);
     }
@@ -114,7 +118,7 @@ TEST(TensorBoardWriter, ResumeTrimsOrphanedStepsAndStartsASessionInANewLaterFile
   ASSERT_EQ(files.size(), 2u);
   EXPECT_EQ(summary_steps(files), (std::multiset<int64_t>{1, 2, 3, 4, 5, 6}));
   // The second file (later in name order) opens with the file version, then SessionLog START at step 4.
-  const auto records = read_records(read_file(files[1]));
+  const auto records = read_records(io::read_file(files[1]));
   ASSERT_GE(records.size(), 2u);
   EXPECT_NE(records[0].find("brain.Event:2"), std::string::npos);
   EXPECT_EQ(parse_event(records[1]).step, 4);
@@ -125,10 +129,10 @@ TEST(TensorBoardWriter, TrimDropsATornTail) {
   const fs::path dir = make_temp_dir("tb_torn");
   const fs::path file = dir / "events.out.tfevents.1";
   const std::string whole = frame_record(scalar_event(1, 1, "a", 1)) + frame_record(scalar_event(1, 2, "a", 2));
-  write_file_durably(file, whole.substr(0, whole.size() - 5));
+  io::write_file_durably(file, whole.substr(0, whole.size() - 5));
   EXPECT_EQ(trim_event_file(file, 10), 0);
-  EXPECT_EQ(read_records(read_file(file)).size(), 1u);
-  EXPECT_EQ(read_file(file).size(), frame_record(scalar_event(1, 1, "a", 1)).size());
+  EXPECT_EQ(read_records(io::read_file(file)).size(), 1u);
+  EXPECT_EQ(io::read_file(file).size(), frame_record(scalar_event(1, 1, "a", 1)).size());
 }
 
 TEST(ReportTo, EachChoiceWritesOnlyItsLogs) {
@@ -138,7 +142,7 @@ TEST(ReportTo, EachChoiceWritesOnlyItsLogs) {
       MetricsLog log(dir, 0, choice);
       log.record(1, 0.5, 1e-4, 100.0, 65536.0);
       log.record(2, 0.4, 1e-4, 101.5, 65536.0);
-      log.record_images(2, {Image{2, 1, {255, 0, 0, 0, 255, 0}}});
+      log.record_images(2, {io::Image{2, 1, {255, 0, 0, 0, 255, 0}}});
     }
     const bool jsonl = choice == "jsonl" || choice == "all", tb = choice == "tensorboard" || choice == "all";
     EXPECT_EQ(fs::exists(dir / "metrics.jsonl"), jsonl) << choice;
@@ -147,7 +151,7 @@ TEST(ReportTo, EachChoiceWritesOnlyItsLogs) {
     const auto files = event_files(dir / "logs");
     ASSERT_EQ(files.size(), 1u);
     // file version, then loss, lr, loss scale at step 1; loss, lr, step time, loss scale at step 2; one image
-    const auto records = read_records(read_file(files[0]));
+    const auto records = read_records(io::read_file(files[0]));
     EXPECT_EQ(records.size(), 1u + 3 + 4 + 1) << choice;
     EXPECT_NE(records[6].find("train/step_time_s"), std::string::npos);
     EXPECT_NE(records.back().find("validation/0"), std::string::npos);
@@ -156,4 +160,4 @@ TEST(ReportTo, EachChoiceWritesOnlyItsLogs) {
 }
 
 }  // namespace
-}  // namespace dreamlora
+}  // namespace dreamlora::train

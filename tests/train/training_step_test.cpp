@@ -7,7 +7,7 @@
 #include <filesystem>
 
 #include "dreamlora/lora/inject.h"
-#include "dreamlora/pipeline/tiny_model.h"
+#include "dreamlora/synth/tiny_model.h"
 #include "dreamlora/train/training_setup.h"
 #include "dreamlora/train/training_step.h"
 #include "gtest/gtest.h"
@@ -18,6 +18,7 @@ using namespace dreamlora::io;
 using namespace dreamlora::nn;
 using namespace dreamlora::pipeline;
 using namespace dreamlora::train;
+using namespace dreamlora::synth;
 
 namespace {
 
@@ -26,7 +27,7 @@ struct TinyTraining {
   ModelBundle model;
   std::unique_ptr<schedulers::DDPMScheduler> ddpm;
   CaptionEmbedder embedder{true};
-  std::unique_ptr<AdamW> optimizer;
+  std::unique_ptr<Optimizer> optimizer;
   LossScaler scaler{true};  // as fp16 training runs it
   Distributed dist{DistributedEnv{}, torch::kCPU, std::chrono::seconds(10)};
 
@@ -38,7 +39,7 @@ struct TinyTraining {
     ddpm = std::make_unique<schedulers::DDPMScheduler>(
         schedulers::DDPMScheduler::from_file(model.scheduler_config_path));
     inject_training_lora(model, config, torch::kCPU);
-    optimizer = make_optimizer(model, config);
+    optimizer = make_training_optimizer(model, config);
   }
   ~TinyTraining() { std::filesystem::remove_all(dir); }
   StepParts parts() { return {model, *ddpm, embedder, *optimizer, scaler, dist, torch::kCPU, torch::kFloat32}; }

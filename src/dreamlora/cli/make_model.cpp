@@ -4,7 +4,7 @@
 
 #include "dreamlora/cli/commands.h"
 #include "dreamlora/common/error.h"
-#include "dreamlora/pipeline/model_presets.h"
+#include "dreamlora/synth/model_presets.h"
 
 namespace dreamlora::cli {
 
@@ -22,7 +22,7 @@ Runner add_make_model(CLI::App& app) {
       "make-model",
       "Write a full-size pipeline (published SD 1.5 / 2.1 / SDXL base architecture) with RANDOM weights, for "
       "benchmarks and tests only: it generates noise, not images");
-  auto opts = std::make_shared<ModelPresetOptions>();
+  auto opts = std::make_shared<synth::ModelPresetOptions>();
   auto out = std::make_shared<std::string>();
   auto dtype = std::make_shared<std::string>("fp16");
   opts->tokenizer = "../shared/fixtures/tiny-sd/tokenizer";
@@ -41,7 +41,7 @@ Runner add_make_model(CLI::App& app) {
   return [opts, out, dtype]() -> int {
     opts->dtype = parse_dtype(*dtype);
     const auto t0 = std::chrono::steady_clock::now();
-    const uint64_t bytes = write_model_preset(*out, *opts);
+    const uint64_t bytes = synth::write_model_preset(*out, *opts);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::cout << "wrote " << opts->preset << " (random weights, " << *dtype << ", " << bytes / (1024 * 1024)
               << " MiB) to " << *out << (opts->single_file ? " as one file + config/" : "") << " in " << s << " s\n";

@@ -26,12 +26,16 @@
 #include <cstdint>
 #include <string_view>
 #include <cstring>
+#include <memory>
 
 #include "dreamlora/common/error.h"
 #include "dreamlora/io/durable_file.h"
 
 #ifdef DREAMLORA_HAVE_WEBP
 #include <webp/decode.h>
+#endif
+#ifdef DREAMLORA_HAVE_WEBPDEMUX
+#include <webp/demux.h>
 #endif
 
 namespace dreamlora::io {
@@ -80,12 +84,46 @@ void check_dimensions(int width, int height, const std::string& name) {
            kMaxImagePixels, " pixels in all are accepted");
 }
 
+#ifdef DREAMLORA_HAVE_WEBP
+// An animated WebP trains on its first frame, placed on its canvas (PIL and A1111 read the same frame).
+Image decode_webp_first_frame(std::string_view bytes, const std::string& name) {
+#ifdef DREAMLORA_HAVE_WEBPDEMUX
+  WebPData webp{reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()};
+  std::unique_ptr<WebPDemuxer, void (*)(WebPDemuxer*)> demux(WebPDemux(&webp), WebPDemuxDelete);
+  DL_CHECK(demux != nullptr, name, ": not a readable animated WebP image");
+  Image img;
+  img.width = static_cast<int>(WebPDemuxGetI(demux.get(), WEBP_FF_CANVAS_WIDTH));
+  img.height = static_cast<int>(WebPDemuxGetI(demux.get(), WEBP_FF_CANVAS_HEIGHT));
+  check_dimensions(img.width, img.height, name);
+  WebPIterator frame;
+  DL_CHECK(WebPDemuxGetFrame(demux.get(), 1, &frame) != 0, name, ": animated WebP without a first frame");
+  int fw = 0, fh = 0;
+  uint8_t* out = WebPDecodeRGB(frame.fragment.bytes, frame.fragment.size, &fw, &fh);
+  const int x0 = frame.x_offset, y0 = frame.y_offset;
+  WebPDemuxReleaseIterator(&frame);
+  DL_CHECK(out != nullptr, name, ": the first frame of the animated WebP cannot be decoded");
+  img.rgb.assign(static_cast<size_t>(img.width) * img.height * 3, 0);
+  for (int y = 0; y < fh && y0 + y < img.height; ++y)
+    for (int x = 0; x < fw && x0 + x < img.width; ++x)
+      std::memcpy(&img.rgb[(static_cast<size_t>(y0 + y) * img.width + x0 + x) * 3], &out[(static_cast<size_t>(y) * fw + x) * 3], 3);
+  WebPFree(out);
+  return img;
+#else
+  fail(str(name, ": an animated WebP; this build reads only still WebPs (install libwebpdemux and rebuild, or "
+                 "save its first frame as PNG)"));
+#endif
+}
+#endif
+
 Image decode_webp(std::string_view bytes, const std::string& name) {
 #ifdef DREAMLORA_HAVE_WEBP
   const auto* data = reinterpret_cast<const uint8_t*>(bytes.data());
   Image img;
   DL_CHECK(WebPGetInfo(data, bytes.size(), &img.width, &img.height) != 0, name, ": not a readable WebP image");
   check_dimensions(img.width, img.height, name);
+  WebPBitstreamFeatures features;
+  DL_CHECK(WebPGetFeatures(data, bytes.size(), &features) == VP8_STATUS_OK, name, ": not a readable WebP image");
+  if (features.has_animation) return decode_webp_first_frame(bytes, name);
   uint8_t* out = WebPDecodeRGB(data, bytes.size(), &img.width, &img.height);
   DL_CHECK(out != nullptr, name, ": not a readable WebP image");
   img.rgb.assign(out, out + static_cast<size_t>(img.width) * img.height * 3);

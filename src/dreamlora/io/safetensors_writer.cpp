@@ -11,7 +11,7 @@
 #include "dreamlora/common/error.h"
 #include "dreamlora/io/durable_file.h"
 
-namespace dreamlora::safetensors {
+namespace dreamlora::io::safetensors {
 
 namespace {
 
@@ -69,4 +69,4 @@ void save_streamed(const std::filesystem::path& path, const NamedTensors& tensor
   fsync_path(path.parent_path());
 }
 
-}  // namespace dreamlora::safetensors
+}  // namespace dreamlora::io::safetensors

@@ -6,9 +6,9 @@
 
 #include "dreamlora/io/safetensors.h"
 
-namespace dreamlora::safetensors {
+namespace dreamlora::io::safetensors {
 
 // Same format as save() (tensors in name order); durable: temp file, fsync, rename, fsync the folder.
 void save_streamed(const std::filesystem::path& path, const NamedTensors& tensors);
 
-}  // namespace dreamlora::safetensors
+}  // namespace dreamlora::io::safetensors

@@ -1,7 +1,6 @@
 #include "dreamlora/train/adamw.h"
 
 #include <torch/torch.h>
-#include <torch/version.h>
 
 #include <cmath>
 
@@ -9,20 +8,8 @@
 
 namespace dreamlora::train {
 
-namespace {
-
-// tensors[i] *= factor (a 0-dim tensor on their device), without reading factor on the host.
-void foreach_mul_by_tensor(const std::vector<torch::Tensor>& tensors, const torch::Tensor& factor) {
-#if TORCH_VERSION_MAJOR >= 3 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
-  at::_foreach_mul_(tensors, factor);
-#else
-  for (const auto& t : tensors) t.mul_(factor);  // _foreach_mul_(TensorList, Tensor) arrived in 2.1
-#endif
-}
-
-}  // namespace
-
-AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions options) : groups_(std::move(groups)), options_(options) {
+AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions options) : Optimizer(std::move(groups)), options_(options) {
+  foreach_ = options.foreach;
   for (const auto& g : groups_)
     for (const auto& [name, p] : g.params) {
       DL_CHECK(state_.count(name) == 0, "AdamW: parameter '", name, "' given twice");
@@ -82,42 +69,6 @@ void AdamW::step_foreach(const ParamGroup& group, double lr, double bias_correct
   at::_foreach_addcdiv_(params, exp_avgs, denoms, -step_size);
 }
 
-void AdamW::zero_grad() {
-  for (auto& g : groups_)
-    for (auto& [name, p] : g.params)
-      if (p.grad().defined()) p.mutable_grad() = torch::Tensor();
-}
-
-std::vector<torch::Tensor> AdamW::gradients() const {
-  std::vector<torch::Tensor> grads;
-  for (const auto& g : groups_)
-    for (const auto& [name, p] : g.params)
-      if (p.grad().defined()) grads.push_back(p.grad());
-  return grads;
-}
-
-torch::Tensor AdamW::clip_grad_norm(double max_norm) {
-  torch::NoGradGuard no_grad;
-  const auto grads = gradients();
-  if (grads.empty()) return torch::zeros({});
-  std::vector<torch::Tensor> norms;
-  if (options_.foreach) {
-    norms = at::_foreach_norm(grads, 2);
-  } else {
-    for (const auto& g : grads) norms.push_back(g.norm(2));
-  }
-  auto total = torch::stack(norms).norm(2);
-  // clip_grad_norm_: clip_coef = max_norm / (total + 1e-6), clamped to 1, multiplied in unconditionally
-  // (no host-side branch on the norm, so no sync).
-  auto coef = torch::clamp_max(max_norm / (total + 1e-6), 1.0);
-  if (options_.foreach) {
-    foreach_mul_by_tensor(grads, coef);
-  } else {
-    for (const auto& g : grads) g.mul_(coef);
-  }
-  return total;
-}
-
 std::vector<std::pair<std::string, torch::Tensor>> AdamW::state_tensors() const {
   std::vector<std::pair<std::string, torch::Tensor>> out;
   for (const auto& [name, m] : state_) {
@@ -125,21 +76,6 @@ std::vector<std::pair<std::string, torch::Tensor>> AdamW::state_tensors() const 
     out.emplace_back(name + ".exp_avg_sq", m.exp_avg_sq);
   }
   return out;
-}
-
-void AdamW::load_state(const std::map<std::string, torch::Tensor>& tensors, int64_t step_count, const std::string& what) {
-  torch::NoGradGuard no_grad;
-  for (auto& [name, m] : state_) {
-    for (auto* pair : {&m.exp_avg, &m.exp_avg_sq}) {
-      const std::string key = name + (pair == &m.exp_avg ? ".exp_avg" : ".exp_avg_sq");
-      auto it = tensors.find(key);
-      DL_CHECK(it != tensors.end(), what, ": optimizer state for '", key, "' is missing");
-      DL_CHECK(it->second.sizes() == pair->sizes(), what, ": optimizer state '", key, "' has shape ",
-               it->second.sizes(), ", expected ", pair->sizes());
-      pair->copy_(it->second);
-    }
-  }
-  steps_ = step_count;
 }
 
 }  // namespace dreamlora::train

@@ -11,6 +11,8 @@
 #include <utility>
 #include <vector>
 
+#include "dreamlora/train/optimizer.h"
+
 namespace dreamlora::train {
 
 struct AdamWOptions {
@@ -21,31 +23,13 @@ struct AdamWOptions {
   bool foreach = true;  // false: one tensor at a time (_single_tensor_adamw), the reference
 };
 
-struct ParamGroup {
-  std::vector<std::pair<std::string, torch::Tensor>> params;  // named, requires_grad
-  double lr = 1e-4;                                            // base LR; scaled by the schedule each step
-};
-
-class AdamW {
+class AdamW : public Optimizer {
  public:
   AdamW(std::vector<ParamGroup> groups, AdamWOptions options);
 
-  // One update of every parameter that has a gradient, at lr = group.lr * lr_multiplier.
-  void step(double lr_multiplier);
-  void zero_grad();
-  // Clips the global L2 norm of all gradients to max_norm (torch.nn.utils.clip_grad_norm_). Returns the
-  // norm as a tensor on the parameters' device: reading it is the caller's choice (a host sync).
-  torch::Tensor clip_grad_norm(double max_norm);
-  // The gradients that exist, in parameter order.
-  std::vector<torch::Tensor> gradients() const;
-
-  // "<param>.exp_avg", "<param>.exp_avg_sq" tensors and the step count, for checkpoints.
-  std::vector<std::pair<std::string, torch::Tensor>> state_tensors() const;
-  int64_t step_count() const { return steps_; }
-  // Restores from state_tensors(); every parameter must be present with the right shape.
-  void load_state(const std::map<std::string, torch::Tensor>& tensors, int64_t step_count, const std::string& what);
-
-  const std::vector<ParamGroup>& groups() const { return groups_; }
+  void step(double lr_multiplier) override;
+  // "<param>.exp_avg", "<param>.exp_avg_sq" tensors, for checkpoints.
+  std::vector<std::pair<std::string, torch::Tensor>> state_tensors() const override;
 
  private:
   struct Moments {
@@ -54,10 +38,8 @@ class AdamW {
   void step_single_tensor(const ParamGroup& group, double lr, double bias_correction2_sqrt, double step_size);
   void step_foreach(const ParamGroup& group, double lr, double bias_correction2_sqrt, double step_size);
 
-  std::vector<ParamGroup> groups_;
   AdamWOptions options_;
   std::map<std::string, Moments> state_;
-  int64_t steps_ = 0;
 };
 
 }  // namespace dreamlora::train

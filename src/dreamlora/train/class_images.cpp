@@ -8,6 +8,7 @@
 
 #include "dreamlora/io/image.h"
 #include "dreamlora/pipeline/text_to_image.h"
+#include "dreamlora/train/progress.h"
 
 namespace dreamlora::train {
 
@@ -37,6 +38,8 @@ int64_t ensure_class_images(pipeline::ModelBundle& model, const TrainConfig& con
     if (i % world_size == rank) mine.push_back(i);
   }
   const auto batch = static_cast<size_t>(std::max<int64_t>(1, config.sample_batch_size));
+  TaskProgress progress("class images", static_cast<int64_t>(mine.size()));
+  const bool log_batches = !stderr_is_terminal() && mine.size() > batch;
   for (size_t first = 0; first < mine.size(); first += batch) {
     const std::vector<int64_t> part(mine.begin() + first, mine.begin() + std::min(mine.size(), first + batch));
     pipeline::SampleOptions o;
@@ -51,7 +54,11 @@ int64_t ensure_class_images(pipeline::ModelBundle& model, const TrainConfig& con
       io::save_png(class_image_path(dir, part[j]), images.at(j), pipeline::sample_metadata(o, 0, "none (class image)"));
     }
     generated += static_cast<int64_t>(part.size());
+    progress.update(generated);
+    if (log_batches)
+      std::cerr << "dreamlora: class images " << generated << "/" << mine.size() << std::endl;
   }
+  progress.finish();
   return generated;
 }
 

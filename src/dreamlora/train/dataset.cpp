@@ -23,10 +23,28 @@ std::string read_caption(const fs::path& path) {
   text.erase(text.find_last_not_of(" \t\r\n") + 1);
   return text;
 }
+
+void replace_all(std::string& text, const std::string& from, const std::string& to) {
+  for (size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size()))
+    text.replace(at, from.size(), to);
+}
 }  // namespace
 
+std::string caption_for(const fs::path& image, const std::string& default_caption, const CaptionOptions& captions,
+                        const std::string& flag) {
+  const auto caption_file = fs::path(image).replace_extension(captions.extension);
+  if (!fs::exists(caption_file)) return default_caption;
+  std::string text = read_caption(caption_file);
+  DL_CHECK(!text.empty(), flag, ": caption ", caption_file.string(), " is empty");
+  if (captions.templ.empty()) return text;
+  std::string out = captions.templ;
+  replace_all(out, "{prompt}", default_caption);
+  replace_all(out, "{caption}", text);
+  return out;
+}
+
 std::vector<TrainingImage> list_training_images(const fs::path& dir, const std::string& default_caption,
-                                                const std::string& flag) {
+                                                const std::string& flag, const CaptionOptions& captions) {
   DL_CHECK(fs::is_directory(dir), flag, " ", dir.string(), ": not a folder");
   std::vector<fs::path> files;
   for (const auto& e : fs::directory_iterator(dir))
@@ -36,12 +54,22 @@ std::vector<TrainingImage> list_training_images(const fs::path& dir, const std::
   std::vector<TrainingImage> out;
   for (const auto& f : files) {
     DL_CHECK(fs::file_size(f) > 0, flag, ": ", f.string(), " is empty (0 bytes)");
-    auto caption_file = fs::path(f).replace_extension(".txt");
-    std::string caption = fs::exists(caption_file) ? read_caption(caption_file) : default_caption;
-    DL_CHECK(!caption.empty(), flag, ": caption ", caption_file.string(), " is empty");
+    std::string caption = caption_for(f, default_caption, captions, flag);
+    DL_CHECK(!caption.empty(), flag, ": ", f.string(), " has no caption (and the default caption is empty)");
     out.push_back({f, caption});
   }
   return out;
+}
+
+torch::Tensor resize_to(const torch::Tensor& chw, int64_t height, int64_t width) {
+  if (chw.size(1) == height && chw.size(2) == width) return chw;
+  namespace F = torch::nn::functional;
+  auto out = F::interpolate(chw.unsqueeze(0), F::InterpolateFuncOptions()
+                                                  .size(std::vector<int64_t>{height, width})
+                                                  .mode(torch::kBilinear)
+                                                  .align_corners(false)
+                                                  .antialias(true));
+  return out.squeeze(0).clamp_(0, 1);
 }
 
 torch::Tensor resize_shorter_side(const torch::Tensor& chw, int64_t size) {
@@ -62,8 +90,24 @@ torch::Tensor resize_shorter_side(const torch::Tensor& chw, int64_t size) {
 
 ImageSet::ImageSet(std::vector<TrainingImage> images, const DatasetOptions& options)
     : images_(std::move(images)), options_(options) {
+  if (options_.buckets.enabled) {
+    buckets_ = make_bucket_resolutions(options_.buckets);
+  } else {
+    buckets_ = {{options_.resolution, options_.resolution}};
+  }
   // Decode everything now: a bad image is reported by name before any training step.
   for (int64_t i = 0; i < size(); ++i) decoded(i);
+}
+
+std::vector<int64_t> ImageSet::bucket_ids() const {
+  std::vector<int64_t> ids(images_.size(), 0);
+  for (size_t i = 0; i < choices_.size(); ++i) ids[i] = choices_[i].bucket;
+  return ids;
+}
+
+BucketSize ImageSet::target_size(int64_t index) const {
+  if (!options_.buckets.enabled) return buckets_.front();
+  return buckets_.at(choices_.at(index).bucket);
 }
 
 const ImageSet::Decoded& ImageSet::decoded(int64_t index) {
@@ -73,39 +117,48 @@ const ImageSet::Decoded& ImageSet::decoded(int64_t index) {
   Decoded d;
   d.orig_h = img.height;
   d.orig_w = img.width;
-  d.resized = resize_shorter_side(io::image_to_tensor(img), options_.resolution);
+  if (options_.buckets.enabled) {
+    // Images are decoded in index order (constructor), so choices_[index] is the next one.
+    const auto choice = select_bucket(buckets_, img.width, img.height);
+    choices_.push_back(choice);
+    d.resized = resize_to(io::image_to_tensor(img), choice.resized_height, choice.resized_width);
+  } else {
+    d.resized = resize_shorter_side(io::image_to_tensor(img), options_.resolution);
+  }
   return decoded_.emplace(index, std::move(d)).first->second;
 }
 
 ImageSet::Crop ImageSet::draw_crop(int64_t index, at::Generator& gen) {
   const Decoded& d = decoded(index);
-  const int64_t r = options_.resolution;
+  const auto target = target_size(index);
+  const int64_t th = target.height, tw = target.width;
   const int64_t h = d.resized.size(1), w = d.resized.size(2);
   Crop c;
   if (options_.random_flip) c.flip = torch::rand({1}, gen).item<float>() < 0.5f;
-  c.random = !options_.center_crop && (h > r || w > r);
+  c.random = !options_.center_crop && (h > th || w > tw);
   if (options_.center_crop) {
-    c.top = static_cast<int64_t>(std::lround((h - r) / 2.0));
-    c.left = static_cast<int64_t>(std::lround((w - r) / 2.0));
+    c.top = static_cast<int64_t>(std::lround((h - th) / 2.0));
+    c.left = static_cast<int64_t>(std::lround((w - tw) / 2.0));
   } else if (c.random) {
-    c.top = torch::randint(0, h - r + 1, {1}, gen).item<int64_t>();
-    c.left = torch::randint(0, w - r + 1, {1}, gen).item<int64_t>();
+    c.top = torch::randint(0, h - th + 1, {1}, gen).item<int64_t>();
+    c.left = torch::randint(0, w - tw + 1, {1}, gen).item<int64_t>();
   }
   return c;
 }
 
 torch::Tensor ImageSet::cropped_pixels(int64_t index, const Crop& crop) {
-  const int64_t r = options_.resolution;
-  auto pixels = decoded(index).resized.slice(1, crop.top, crop.top + r).slice(2, crop.left, crop.left + r);
+  const auto target = target_size(index);
+  auto pixels = decoded(index)
+                    .resized.slice(1, crop.top, crop.top + target.height)
+                    .slice(2, crop.left, crop.left + target.width);
   if (crop.flip) pixels = pixels.flip({2});
-  return pixels * 2.0 - 1.0;  // [3, r, r] in [-1, 1]
+  return pixels * 2.0 - 1.0;  // [3, height, width] in [-1, 1]
 }
 
 std::vector<ExampleTensors> ImageSet::examples(const std::vector<int64_t>& indices, pipeline::ModelBundle& model,
                                                std::vector<at::Generator>& gens) {
   DL_CHECK(indices.size() == gens.size(), "ImageSet::examples: one generator per example");
   const auto device = model.vae->parameters().front().device();
-  const float r = static_cast<float>(options_.resolution);
   std::vector<ExampleTensors> out(indices.size());
   std::vector<size_t> to_encode;
   std::vector<torch::Tensor> pixels;
@@ -116,8 +169,10 @@ std::vector<ExampleTensors> ImageSet::examples(const std::vector<int64_t>& indic
     const Decoded& d = decoded(index);
     auto& ex = out[i];
     ex.caption = images_[index].caption;
+    const auto target = target_size(index);
     ex.time_ids = torch::tensor({static_cast<float>(d.orig_h), static_cast<float>(d.orig_w),
-                                 static_cast<float>(crop.top), static_cast<float>(crop.left), r, r});
+                                 static_cast<float>(crop.top), static_cast<float>(crop.left),
+                                 static_cast<float>(target.height), static_cast<float>(target.width)});
     if (crop.random) {
       to_encode.push_back(i);
       pixels.push_back(cropped_pixels(index, crop));
@@ -145,6 +200,16 @@ std::vector<ExampleTensors> ImageSet::examples(const std::vector<int64_t>& indic
 ExampleTensors ImageSet::example(int64_t index, pipeline::ModelBundle& model, at::Generator& gen) {
   std::vector<at::Generator> gens{gen};
   return examples({index}, model, gens).front();
+}
+
+std::string bucket_summary(const ImageSet& set) {
+  std::map<int64_t, int64_t> counts;
+  for (int64_t b : set.bucket_ids()) ++counts[b];
+  std::ostringstream os;
+  os << set.size() << " images in " << counts.size() << " bucket" << (counts.size() == 1 ? "" : "s") << ":";
+  for (const auto& [b, n] : counts)
+    os << " " << set.buckets()[b].width << "x" << set.buckets()[b].height << " (" << n << ")";
+  return os.str();
 }
 
 text::PromptEmbeddings CaptionEmbedder::embed(pipeline::ModelBundle& model, const std::vector<std::string>& captions) {

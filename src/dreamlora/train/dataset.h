@@ -14,6 +14,7 @@
 
 #include "dreamlora/io/image.h"
 #include "dreamlora/pipeline/model_bundle.h"
+#include "dreamlora/train/buckets.h"
 
 namespace dreamlora::train {
 
@@ -22,11 +23,24 @@ struct TrainingImage {
   std::string caption;
 };
 
-// Every image in dir (sorted by name), with the caption from NAME.txt beside it or default_caption.
-// Errors (naming `flag` and the path): missing or empty folder, unreadable or zero-size image.
-std::vector<TrainingImage> list_training_images(const std::filesystem::path& dir, const std::string& default_caption,
-                                                const std::string& flag);
+// How captions are read (kohya's and SimpleTuner's convention): NAME<extension> beside each image; an
+// image without one gets the default caption. A template ("a photo of sks dog, {caption}") wraps the
+// text of each caption file; "{prompt}" in it stands for the default caption.
+struct CaptionOptions {
+  std::string extension = ".txt";
+  std::string templ;  // empty: caption files are used as they are
+};
 
+// Every image in dir (sorted by name), with its caption (see CaptionOptions) or default_caption.
+// Errors (naming `flag` and the path): missing or empty folder, unreadable or zero-size image, empty caption.
+std::vector<TrainingImage> list_training_images(const std::filesystem::path& dir, const std::string& default_caption,
+                                                const std::string& flag, const CaptionOptions& captions = {});
+// The caption of one image: the caption file's text through the template, or default_caption.
+std::string caption_for(const std::filesystem::path& image, const std::string& default_caption,
+                        const CaptionOptions& captions, const std::string& flag);
+
+// Resize to exactly height x width (bilinear with antialiasing).
+torch::Tensor resize_to(const torch::Tensor& chw, int64_t height, int64_t width);
 // Resize so the shorter side equals size (bilinear with antialiasing, as torchvision's Resize on PIL).
 torch::Tensor resize_shorter_side(const torch::Tensor& chw, int64_t size);
 
@@ -35,6 +49,7 @@ struct DatasetOptions {
   bool center_crop = false;
   bool random_flip = false;
   bool cache_text = true;  // false when a text encoder is trained
+  BucketOptions buckets;   // enabled: each image to its aspect-ratio bucket instead of a square crop
 };
 
 // One training example as the UNet sees it.
@@ -49,6 +64,11 @@ class ImageSet {
   ImageSet(std::vector<TrainingImage> images, const DatasetOptions& options);
   int64_t size() const { return static_cast<int64_t>(images_.size()); }
   const std::vector<TrainingImage>& images() const { return images_; }
+  // The bucket of each image (all 0 without bucketing), and the buckets' sizes.
+  std::vector<int64_t> bucket_ids() const;
+  const std::vector<BucketSize>& buckets() const { return buckets_; }
+  // The size (width, height) an image is trained at: its bucket, or resolution x resolution.
+  BucketSize target_size(int64_t index) const;
   // Draws flip / crop from gens[i] when they are random, then returns the latent distributions on the
   // VAE's device: cached ones as they are, the others from one VAE pass over all of them. Images with a
   // deterministic crop are encoded alone on first use, so the cache never depends on batch composition
@@ -71,9 +91,14 @@ class ImageSet {
   torch::Tensor cropped_pixels(int64_t index, const Crop& crop);
   std::vector<TrainingImage> images_;
   DatasetOptions options_;
+  std::vector<BucketSize> buckets_;
+  std::vector<BucketChoice> choices_;  // per image, when bucketing
   std::map<int64_t, Decoded> decoded_;
   std::map<std::pair<int64_t, bool>, std::pair<torch::Tensor, torch::Tensor>> latent_cache_;
 };
+
+// "N images in M buckets: 512x512 (3), 576x448 (2), ..." for the log.
+std::string bucket_summary(const ImageSet& set);
 
 // Text embeddings of captions, cached while the encoders are frozen.
 class CaptionEmbedder {

@@ -44,4 +44,13 @@ LossParts dreambooth_loss(const torch::Tensor& pred, const torch::Tensor& target
   return parts;
 }
 
+TrainingNoise draw_training_noise(c10::IntArrayRef shape, double noise_offset, double input_perturbation,
+                                  at::Generator& gen) {
+  auto noise = torch::randn(shape, gen);
+  if (noise_offset > 0) noise = noise + noise_offset * torch::randn({noise.size(0), 1, 1}, gen);
+  TrainingNoise out{noise, noise};
+  if (input_perturbation > 0) out.input = noise + input_perturbation * torch::randn(shape, gen);
+  return out;
+}
+
 }  // namespace dreamlora::train

@@ -12,6 +12,7 @@
 
 #include "dreamlora/io/durable_file.h"
 #include "dreamlora/io/json.h"
+#include "dreamlora/train/progress.h"
 
 namespace dreamlora::train {
 
@@ -67,7 +68,7 @@ void MetricsLog::record(int64_t step, double loss, double lr, double unix_time, 
   points_.push_back({step, loss, lr, time});
 }
 
-void MetricsLog::record_images(int64_t step, const std::vector<Image>& images) {
+void MetricsLog::record_images(int64_t step, const std::vector<io::Image>& images) {
   if (!tensorboard_) return;
   for (size_t i = 0; i < images.size(); ++i)
     tensorboard_->add_image(step, "validation/" + std::to_string(i), images[i].width, images[i].height, images[i].rgb);
@@ -153,20 +154,30 @@ ProgressBar::ProgressBar(int64_t total, int64_t start, int64_t log_every)
     : total_(total), start_(start), log_every_(std::max<int64_t>(1, log_every)), tty_(isatty(STDERR_FILENO) != 0),
       t0_(now_seconds()) {}
 
-void ProgressBar::update(int64_t step, double loss, double lr) {
-  const double elapsed = now_seconds() - t0_;
+void ProgressBar::update(int64_t step, double loss, double lr, int64_t last_checkpoint_step) {
+  const double now = now_seconds();
+  const double elapsed = now - t0_;
   const double rate = (step - start_) / std::max(elapsed, 1e-9);
   const double eta = rate > 0 ? (total_ - step) / rate : 0;
-  std::ostringstream line;
-  line << std::fixed << "step " << step << "/" << total_ << std::setprecision(4) << "  loss " << loss
-       << std::scientific << std::setprecision(2) << "  lr " << lr << std::fixed << std::setprecision(2) << "  "
-       << rate << " it/s  ETA " << static_cast<int64_t>(eta) << " s";
+  if (last_checkpoint_step >= 0 && last_checkpoint_step != checkpoint_step_) {
+    checkpoint_step_ = last_checkpoint_step;
+    checkpoint_time_ = now;
+  }
   if (tty_) {
-    const int width = 30;
-    int filled = static_cast<int>(width * static_cast<double>(step) / std::max<int64_t>(total_, 1));
-    std::cerr << "\r[" << std::string(filled, '#') << std::string(width - filled, '.') << "] " << line.str() << "   "
-              << std::flush;
+    TrainingProgressFields f;
+    f.step = step;
+    f.total = total_;
+    f.it_per_s = rate;
+    f.eta_s = rate > 0 ? eta : -1;
+    f.loss = loss;
+    f.lr = lr;
+    f.checkpoint_age_s = checkpoint_time_ < 0 ? -1 : now - checkpoint_time_;
+    rewrite_terminal_line(format_training_progress(f));
   } else if (step % log_every_ == 0 || step == total_) {
+    std::ostringstream line;
+    line << std::fixed << "step " << step << "/" << total_ << std::setprecision(4) << "  loss " << loss
+         << std::scientific << std::setprecision(2) << "  lr " << lr << std::fixed << std::setprecision(2) << "  "
+         << rate << " it/s  ETA " << static_cast<int64_t>(eta) << " s";
     std::cerr << "dreamlora: " << line.str() << std::endl;
   }
 }

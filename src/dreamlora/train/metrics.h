@@ -27,7 +27,7 @@ class MetricsLog {
   // previous step recorded by this process).
   void record(int64_t step, double loss, double lr, double unix_time = -1, double loss_scale = -1);
   // Validation images as TensorBoard image summaries (validation/<i>); the PNG files are the trainer's.
-  void record_images(int64_t step, const std::vector<Image>& images);
+  void record_images(int64_t step, const std::vector<io::Image>& images);
   void record_checkpoint(int64_t step, double stall_seconds);
   void write_svg(const std::filesystem::path& path) const;
   void print_summary(const std::vector<checkpoint::WriteStats>& writes) const;
@@ -54,13 +54,17 @@ std::string render_loss_svg(const std::vector<MetricsLog::Point>& points);
 class ProgressBar {
  public:
   ProgressBar(int64_t total, int64_t start, int64_t log_every);
-  void update(int64_t step, double loss, double lr);
+  // last_checkpoint_step: the step of the newest checkpoint (< 0: none); its age is timed from the
+  // first update that reports it.
+  void update(int64_t step, double loss, double lr, int64_t last_checkpoint_step = -1);
   void finish();
 
  private:
   int64_t total_, start_, log_every_;
   bool tty_;
   double t0_;
+  int64_t checkpoint_step_ = -1;
+  double checkpoint_time_ = -1;
 };
 
 }  // namespace dreamlora::train

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "dreamlora/train/host_copy.h"
+#include "dreamlora/train/losses.h"
 
 namespace dreamlora::train {
 
@@ -17,9 +18,9 @@ at::Generator sample_generator(uint64_t seed, uint64_t stream, int64_t n) {
 NoiseDraws draw_noise(at::Generator& gen, at::IntArrayRef latent_shape, const NoiseOptions& options) {
   NoiseDraws d;
   d.eps = torch::randn(latent_shape, gen);
-  d.noise = torch::randn(latent_shape, gen);
-  if (options.noise_offset > 0)
-    d.noise = d.noise + options.noise_offset * torch::randn({d.noise.size(0), 1, 1}, gen);
+  auto noise = draw_training_noise(latent_shape, options.noise_offset, options.input_perturbation, gen);
+  d.noise = noise.target;
+  d.input_noise = noise.input;
   d.timestep = torch::randint(0, options.num_train_timesteps, {1}, gen).item<int64_t>();
   return d;
 }
@@ -40,6 +41,7 @@ std::vector<TrainingSample> draw_samples(const SampleStream& source, int64_t fir
     auto draws = draw_noise(gens[i], s.example.latent_mean.sizes(), options);
     s.eps = train::to_device_async(draws.eps, device);
     s.noise = train::to_device_async(draws.noise, device);
+    s.input_noise = options.input_perturbation > 0 ? train::to_device_async(draws.input_noise, device) : s.noise;
     s.timestep = draws.timestep;
   }
   return out;

@@ -24,20 +24,23 @@ at::Generator sample_generator(uint64_t seed, uint64_t stream, int64_t n);
 struct NoiseOptions {
   double noise_offset = 0;  // --noise-offset: std of a per-channel constant added to the noise
   int64_t num_train_timesteps = 1000;
+  double input_perturbation = 0;  // --input-perturbation: extra noise in the UNet's input only
 };
 
 struct NoiseDraws {
   torch::Tensor eps;    // posterior sample eps, latent_shape [C, h, w]
-  torch::Tensor noise;  // diffusion noise (+ offset), latent_shape
+  torch::Tensor noise;  // diffusion noise (+ offset), latent_shape: the target
+  torch::Tensor input_noise;  // the noise added to the input: noise, or noise + input perturbation
   int64_t timestep = 0;
 };
 
-// Draws from gen, on the CPU and in this order: eps, noise, the offset (when noise_offset > 0), timestep.
+// Draws from gen, on the CPU and in this order: eps, noise, the offset (when noise_offset > 0), the input
+// perturbation (when input_perturbation > 0), timestep.
 NoiseDraws draw_noise(at::Generator& gen, at::IntArrayRef latent_shape, const NoiseOptions& options);
 
 struct TrainingSample {
   ExampleTensors example;
-  torch::Tensor eps, noise;  // as NoiseDraws, on the device
+  torch::Tensor eps, noise, input_noise;  // as NoiseDraws, on the device
   int64_t timestep = 0;
 };
 

@@ -37,7 +37,7 @@ std::vector<torch::Tensor> split_flat(const torch::Tensor& flat, const std::vect
   return out;
 }
 
-std::shared_ptr<const SnapshotLayout> SnapshotLayout::make(const LoRALayers& layers, const AdamW& optimizer) {
+std::shared_ptr<const SnapshotLayout> SnapshotLayout::make(const LoRALayers& layers, const Optimizer& optimizer) {
   auto layout = std::make_shared<SnapshotLayout>();
   for (const auto& [component, list] : layers)
     for (const auto& [path, linear] : list) {
@@ -71,12 +71,13 @@ void restore_rng_states(const TrainerState& state, torch::Device device) {
 }
 
 checkpoint::CheckpointContents capture_snapshot(const std::shared_ptr<const SnapshotLayout>& layout,
-                                                const AdamW& optimizer, SnapshotInputs in) {
+                                                const Optimizer& optimizer, SnapshotInputs in) {
   // On CUDA both copies are asynchronous (pinned memory, side stream); the writer thread waits for them.
   auto lora_flat = train::copy_to_host_async(torch::cat(layout->lora_views));
   auto moments_flat = train::copy_to_host_async(torch::cat(layout->moment_views));
   capture_rng_states(in.state, in.device);
   in.optimizer_metadata["step"] = std::to_string(optimizer.step_count());
+  for (const auto& [key, value] : optimizer.state_metadata()) in.optimizer_metadata[key] = value;
   checkpoint::CheckpointContents c;
   c.prepare = [layout, lora_flat, moments_flat, s = std::move(in.state),
                optimizer_metadata = std::move(in.optimizer_metadata),
@@ -112,7 +113,7 @@ lora::LoRAWeights copy_lora_weights(const LoRALayers& layers) {
 }
 
 void restore_snapshot(const std::filesystem::path& dir, const TrainerState& state, pipeline::ModelBundle& model,
-                      bool train_text_encoder, AdamW& optimizer, LossScaler& scaler, torch::Device device) {
+                      bool train_text_encoder, Optimizer& optimizer, LossScaler& scaler, torch::Device device) {
   auto lora_file = lora::load_lora_file(dir / "pytorch_lora_weights.safetensors");
   lora::apply_lora(*model.unet, lora_file.components.at("unet"), dir.string());
   if (train_text_encoder) {
@@ -122,7 +123,7 @@ void restore_snapshot(const std::filesystem::path& dir, const TrainerState& stat
   }
   const auto optimizer_file = dir / "optimizer.safetensors";
   auto opt = io::safetensors::File::open(optimizer_file);
-  optimizer.load_state(opt.load_all(), std::stoll(opt.metadata().at("step")), optimizer_file.string());
+  optimizer.load_state(opt.load_all(), opt.metadata(), std::stoll(opt.metadata().at("step")), optimizer_file.string());
   scaler.load_metadata(opt.metadata(), optimizer_file.string());
   restore_rng_states(state, device);
 }

@@ -17,7 +17,7 @@
 #include "dreamlora/lora/formats.h"
 #include "dreamlora/nn/linear.h"
 #include "dreamlora/pipeline/model_bundle.h"
-#include "dreamlora/train/adamw.h"
+#include "dreamlora/train/optimizer.h"
 #include "dreamlora/train/loss_scaler.h"
 #include "dreamlora/train/trainer_state.h"
 
@@ -39,7 +39,7 @@ struct SnapshotLayout {
   std::vector<std::string> moment_names;
 
   // Once the LoRA layers are injected and the optimizer is made: both are updated in place from then on.
-  static std::shared_ptr<const SnapshotLayout> make(const LoRALayers& layers, const AdamW& optimizer);
+  static std::shared_ptr<const SnapshotLayout> make(const LoRALayers& layers, const Optimizer& optimizer);
 };
 
 struct SnapshotInputs {
@@ -52,7 +52,7 @@ struct SnapshotInputs {
 // A checkpoint payload of the current values (pytorch_lora_weights.safetensors, optimizer.safetensors,
 // trainer_state.json). On CUDA the copies to the host are asynchronous; `prepare` waits for them.
 checkpoint::CheckpointContents capture_snapshot(const std::shared_ptr<const SnapshotLayout>& layout,
-                                                const AdamW& optimizer, SnapshotInputs inputs);
+                                                const Optimizer& optimizer, SnapshotInputs inputs);
 
 // The default generators' states into / from a TrainerState (base64 of libtorch's state bytes).
 void capture_rng_states(TrainerState& state, torch::Device device);
@@ -61,7 +61,7 @@ void restore_rng_states(const TrainerState& state, torch::Device device);
 // Loads checkpoint `dir` into the injected LoRA layers (unet; text encoders when trained), the optimizer,
 // the loss scaler and the default generators. `state` is the checkpoint's trainer_state.json.
 void restore_snapshot(const std::filesystem::path& dir, const TrainerState& state, pipeline::ModelBundle& model,
-                      bool train_text_encoder, AdamW& optimizer, LossScaler& scaler, torch::Device device);
+                      bool train_text_encoder, Optimizer& optimizer, LossScaler& scaler, torch::Device device);
 
 // The trained LoRA weights (alpha as trained, up weights not baked), copied to fp32 on the CPU.
 lora::LoRAWeights copy_lora_weights(const LoRALayers& layers);

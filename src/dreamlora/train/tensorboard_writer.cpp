@@ -11,7 +11,7 @@
 #include "dreamlora/io/durable_file.h"
 #include "dreamlora/io/image.h"
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 namespace tensorboard {
 
@@ -217,7 +217,7 @@ std::filesystem::path new_event_file_name(const std::filesystem::path& dir, size
 }  // namespace
 
 int64_t trim_event_file(const std::filesystem::path& file, int64_t last_step) {
-  const std::string bytes = read_file(file);
+  const std::string bytes = io::read_file(file);
   size_t complete = 0;
   const auto records = tensorboard::read_records(bytes, &complete);
   std::string kept;
@@ -230,7 +230,7 @@ int64_t trim_event_file(const std::filesystem::path& file, int64_t last_step) {
     }
     kept += tensorboard::frame_record(r);
   }
-  if (removed > 0 || complete != bytes.size()) write_file_durably(file, kept);
+  if (removed > 0 || complete != bytes.size()) io::write_file_durably(file, kept);
   return removed;
 }
 
@@ -261,9 +261,9 @@ void TensorBoardWriter::add_scalar(int64_t step, const std::string& tag, double 
 
 void TensorBoardWriter::add_image(int64_t step, const std::string& tag, int width, int height,
                                   const std::vector<uint8_t>& rgb, double wall_time) {
-  Image image{width, height, rgb};
+  io::Image image{width, height, rgb};
   write(tensorboard::image_event(wall_time < 0 ? unix_now() : wall_time, step, tag, height, width, 3,
-                                 encode_png(image)));
+                                 io::encode_png(image)));
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

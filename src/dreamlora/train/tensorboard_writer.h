@@ -15,7 +15,7 @@
 #include <string_view>
 #include <vector>
 
-namespace dreamlora {
+namespace dreamlora::train {
 
 namespace tensorboard {
 
@@ -68,4 +68,4 @@ class TensorBoardWriter {
 // tail). Returns how many events were removed; the file is rewritten atomically only when something goes.
 int64_t trim_event_file(const std::filesystem::path& file, int64_t last_step);
 
-}  // namespace dreamlora
+}  // namespace dreamlora::train

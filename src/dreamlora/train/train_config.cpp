@@ -94,6 +94,13 @@ OptionSpec flag(std::string name, std::vector<std::string> aliases, std::string 
   s.get = [field](const TrainConfig& c) { return io::Json(c.*field); };
   return s;
 }
+// A boolean that takes a value (--prodigy-decouple false), for settings whose default is true.
+OptionSpec boolean(std::string name, std::vector<std::string> aliases, std::string help, bool TrainConfig::*field,
+                   bool changes_result = false) {
+  OptionSpec s = flag(std::move(name), std::move(aliases), std::move(help), field, changes_result);
+  s.is_switch = false;
+  return s;
+}
 OptionSpec required(OptionSpec s) {
   s.required = true;
   return s;
@@ -117,6 +124,12 @@ std::vector<OptionSpec> build_table() {
       required(text("prompt", {"instance_prompt", "instance-prompt"}, "instance prompt, e.g. \"a photo of sks dog\"",
                     &C::prompt, R)),
       text("identifier", {}, "the rare token of the subject (e.g. sks); must appear in --prompt", &C::identifier),
+      text("caption-extension", {"caption_extension"},
+           "caption files beside the images: NAME<ext> (kohya, SimpleTuner); images without one use --prompt",
+           &C::caption_extension, R),
+      text("caption-template", {"caption_template"},
+           "wraps each caption file's text, e.g. \"a photo of sks dog, {caption}\" ({prompt}: --prompt)",
+           &C::caption_template, R),
       flag("prior-preservation", {"with_prior_preservation", "with-prior-preservation"},
            "DreamBooth prior preservation with class images", &C::prior_preservation, R),
       text("class-image-path", {"class_data_dir", "class-data-dir"}, "folder of class images (missing ones are generated)",
@@ -127,7 +140,14 @@ std::vector<OptionSpec> build_table() {
       integer("sample-batch-size", {"sample_batch_size"}, "batch size when generating class images", &C::sample_batch_size),
       integer("resolution", {}, "training resolution (images are resized and cropped to it)", &C::resolution, R),
       flag("center-crop", {"center_crop"}, "center crop instead of a random crop", &C::center_crop, R),
-      flag("random-flip", {"random_flip"}, "randomly flip images horizontally", &C::random_flip, R),
+      flag("random-flip", {"random_flip", "flip_aug"}, "randomly flip images horizontally", &C::random_flip, R),
+      flag("enable-bucket", {"enable_bucket"},
+           "aspect-ratio bucketing (kohya): each image to the bucket of nearest aspect ratio with about --resolution^2 "
+           "pixels, resized to cover it and cropped; batches come from one bucket", &C::enable_bucket, R),
+      integer("min-bucket-reso", {"min_bucket_reso"}, "smallest bucket side", &C::min_bucket_reso, R),
+      integer("max-bucket-reso", {"max_bucket_reso"}, "largest bucket side", &C::max_bucket_reso, R),
+      integer("bucket-reso-steps", {"bucket_reso_steps"}, "bucket sides are multiples of this (a multiple of 8)",
+              &C::bucket_reso_steps, R),
       integer("repeats", {}, "how many times each instance image is repeated per epoch", &C::repeats, R),
       integer("batch-size", {"train_batch_size", "train-batch-size"}, "images per step (instance images; prior doubles it)",
               &C::batch_size, R),
@@ -135,26 +155,46 @@ std::vector<OptionSpec> build_table() {
               "micro-batches per optimizer step", &C::gradient_accumulation, R),
       integer("num-steps", {"max_train_steps", "max-train-steps"}, "total optimizer steps (a resumed run completes them)",
               &C::num_steps),
-      integer("epochs", {"num_train_epochs", "num-train-epochs"}, "train for this many epochs instead of --num-steps",
+      integer("epochs", {"num_train_epochs", "num-train-epochs", "max_train_epochs"}, "train for this many epochs instead of --num-steps",
               &C::epochs),
       number("lr", {"learning_rate", "learning-rate"}, "learning rate of the UNet LoRA", &C::lr, R),
       flag("scale-lr", {"scale_lr"}, "multiply the LR by batch size x accumulation", &C::scale_lr, R),
       text("scheduler", {"lr_scheduler", "lr-scheduler"},
            "LR schedule: constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial", &C::scheduler, R),
       integer("warmup-steps", {"lr_warmup_steps", "lr-warmup-steps"}, "LR warm-up steps", &C::warmup_steps, R),
-      integer("num-cycles", {"lr_num_cycles", "lr-num-cycles"}, "cycles of cosine_with_restarts", &C::num_cycles, R),
-      number("lr-power", {"lr_power"}, "power of the polynomial schedule", &C::lr_power, R),
+      integer("num-cycles", {"lr_num_cycles", "lr-num-cycles", "lr_scheduler_num_cycles"}, "cycles of cosine_with_restarts", &C::num_cycles, R),
+      number("lr-power", {"lr_power", "lr_scheduler_power"}, "power of the polynomial schedule", &C::lr_power, R),
       number("adam-beta1", {"adam_beta1"}, "AdamW beta1", &C::adam_beta1, R),
       number("adam-beta2", {"adam_beta2"}, "AdamW beta2", &C::adam_beta2, R),
-      number("adam-weight-decay", {"adam_weight_decay"}, "AdamW weight decay", &C::adam_weight_decay, R),
+      number("adam-weight-decay", {"adam_weight_decay", "weight_decay"},
+             "weight decay (AdamW and Prodigy decoupled; SGD adds it to the gradient, as torch's)", &C::adam_weight_decay, R),
       number("adam-epsilon", {"adam_epsilon"}, "AdamW epsilon", &C::adam_epsilon, R),
       number("max-grad-norm", {"max_grad_norm"}, "gradient clipping norm (0: off)", &C::max_grad_norm, R),
       unsigned_integer("seed", {}, "random seed (data order, noise, timesteps, LoRA init)", &C::seed, R),
-      number("snr-gamma", {"snr_gamma"}, "Min-SNR weighting gamma (0: off; 5.0 is recommended)", &C::snr_gamma, R),
+      number("snr-gamma", {"snr_gamma", "min_snr_gamma"}, "Min-SNR weighting gamma (0: off; 5.0 is recommended)", &C::snr_gamma, R),
       number("noise-offset", {"noise_offset"}, "noise offset", &C::noise_offset, R),
-      integer("rank", {}, "LoRA rank", &C::rank, R),
-      number("lora-alpha", {"lora_alpha"}, "LoRA alpha (default: equal to rank, scale 1)", &C::lora_alpha, R),
-      number("lora-dropout", {"lora_dropout"}, "LoRA dropout", &C::lora_dropout, R),
+      number("input-perturbation", {"input_perturbation", "ip_noise_gamma"},
+             "input perturbation (diffusers): the noisy input uses noise + p * randn, the target the plain noise "
+             "(0: off; 0.1 is the paper's)", &C::input_perturbation, R),
+      text("optimizer", {"optimizer_type", "optimizer-type"},
+           "adamw, sgd or prodigy (Prodigy adapts the step size: use --lr 1.0; the text encoder then gets --lr too)",
+           &C::optimizer, R),
+      number("sgd-momentum", {"momentum"}, "SGD momentum (torch.optim.SGD)", &C::sgd_momentum, R),
+      number("sgd-dampening", {"dampening"}, "SGD dampening", &C::sgd_dampening, R),
+      flag("sgd-nesterov", {"nesterov"}, "SGD with Nesterov momentum", &C::sgd_nesterov, R),
+      number("prodigy-beta3", {"prodigy_beta3"}, "Prodigy beta3 (0: sqrt(--adam-beta2))", &C::prodigy_beta3, R),
+      boolean("prodigy-decouple", {"prodigy_decouple"}, "Prodigy: AdamW-style decoupled weight decay",
+              &C::prodigy_decouple, R),
+      boolean("prodigy-use-bias-correction", {"prodigy_use_bias_correction"}, "Prodigy: Adam's bias correction",
+              &C::prodigy_use_bias_correction, R),
+      boolean("prodigy-safeguard-warmup", {"prodigy_safeguard_warmup"},
+              "Prodigy: leave the LR out of the d estimate's denominator (for warm-up)", &C::prodigy_safeguard_warmup, R),
+      number("prodigy-d0", {"prodigy_d0", "d0"}, "Prodigy: initial step size estimate d0", &C::prodigy_d0, R),
+      number("prodigy-d-coef", {"prodigy_d_coef", "d_coef"}, "Prodigy: coefficient of the step size estimate",
+             &C::prodigy_d_coef, R),
+      integer("rank", {"network_dim"}, "LoRA rank", &C::rank, R),
+      number("lora-alpha", {"lora_alpha", "network_alpha"}, "LoRA alpha (default: equal to rank, scale 1)", &C::lora_alpha, R),
+      number("lora-dropout", {"lora_dropout", "network_dropout"}, "LoRA dropout", &C::lora_dropout, R),
       text("lora-targets", {"lora_targets"}, "UNet modules to adapt (comma list); kohya's wider set adds "
            "proj_in,proj_out,ff.net.0.proj,ff.net.2", &C::lora_targets, R),
       flag("train-text-encoder", {"train_text_encoder"}, "also train LoRA on the text encoder(s)", &C::train_text_encoder, R),
@@ -246,7 +286,20 @@ void TrainConfig::validate() const {
     DL_CHECK(!class_image_path.empty(), "--prior-preservation needs --class-image-path (a folder; missing images are generated)");
     DL_CHECK(num_class_images > 0, "--num-class-images must be positive, got ", num_class_images);
   }
+  DL_CHECK(caption_extension.size() >= 2 && caption_extension[0] == '.',
+           "--caption-extension must start with a dot, e.g. .txt or .caption, got '", caption_extension, "'");
+  DL_CHECK(caption_template.empty() || caption_template.find("{caption}") != std::string::npos,
+           "--caption-template \"", caption_template, "\" has no {caption} placeholder");
   DL_CHECK(resolution >= 8 && resolution % 8 == 0, "--resolution must be a positive multiple of 8, got ", resolution);
+  if (enable_bucket) {
+    DL_CHECK(!prior_preservation, "--enable-bucket with --prior-preservation is not supported: the class images are "
+             "square, the instance batches are not (use one or the other)");
+    DL_CHECK(bucket_reso_steps >= 8 && bucket_reso_steps % 8 == 0,
+             "--bucket-reso-steps must be a positive multiple of 8, got ", bucket_reso_steps);
+    DL_CHECK(min_bucket_reso >= bucket_reso_steps && min_bucket_reso <= resolution && resolution <= max_bucket_reso,
+             "--min-bucket-reso (", min_bucket_reso, ") <= --resolution (", resolution, ") <= --max-bucket-reso (",
+             max_bucket_reso, ") is needed, with --min-bucket-reso at least --bucket-reso-steps (", bucket_reso_steps, ")");
+  }
   DL_CHECK(batch_size >= 1, "--batch-size must be at least 1, got ", batch_size);
   DL_CHECK(gradient_accumulation >= 1, "--gradient-accumulation must be at least 1, got ", gradient_accumulation);
   DL_CHECK(num_steps >= 1 || epochs >= 1, "--num-steps must be at least 1, got ", num_steps);
@@ -289,6 +342,15 @@ void TrainConfig::validate_late_settings() const {
   DL_CHECK(adam_weight_decay >= 0, "--adam-weight-decay must not be negative, got ", adam_weight_decay);
   DL_CHECK(max_grad_norm >= 0, "--max-grad-norm must not be negative, got ", max_grad_norm);
   DL_CHECK(noise_offset >= 0, "--noise-offset must not be negative, got ", noise_offset);
+  DL_CHECK(input_perturbation >= 0, "--input-perturbation must not be negative, got ", input_perturbation);
+  DL_CHECK(optimizer == "adamw" || optimizer == "sgd" || optimizer == "prodigy",
+           "--optimizer must be adamw, sgd or prodigy, got '", optimizer, "'");
+  DL_CHECK(sgd_momentum >= 0 && sgd_dampening >= 0, "--sgd-momentum and --sgd-dampening must not be negative");
+  DL_CHECK(!sgd_nesterov || (sgd_momentum > 0 && sgd_dampening == 0),
+           "--sgd-nesterov needs --sgd-momentum > 0 and --sgd-dampening 0");
+  DL_CHECK(prodigy_beta3 >= 0 && prodigy_beta3 < 1, "--prodigy-beta3 must be in [0, 1), got ", prodigy_beta3);
+  DL_CHECK(prodigy_d0 > 0, "--prodigy-d0 must be positive, got ", prodigy_d0);
+  DL_CHECK(prodigy_d_coef > 0, "--prodigy-d-coef must be positive, got ", prodigy_d_coef);
   DL_CHECK(!train_text_encoder || text_encoder_lr > 0, "--text-encoder-lr must be positive, got ", text_encoder_lr);
   DL_CHECK(!train_text_encoder || !text_encoder_target_list().empty(), "--text-encoder-targets is empty");
   DL_CHECK(dist_timeout >= 1, "--dist-timeout must be at least 1 second, got ", dist_timeout);

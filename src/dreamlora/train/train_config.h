@@ -28,8 +28,14 @@ struct TrainConfig {
   int64_t resolution = 512;
   bool center_crop = false;
   bool random_flip = false;
+  bool enable_bucket = false;  // aspect-ratio buckets (kohya) instead of square crops
+  int64_t min_bucket_reso = 256;
+  int64_t max_bucket_reso = 1024;
+  int64_t bucket_reso_steps = 64;
   int64_t repeats = 1;
   std::string identifier;  // e.g. "sks": must appear in --prompt (checked when given)
+  std::string caption_extension = ".txt";
+  std::string caption_template;  // "a photo of sks dog, {caption}": wraps each caption file's text
   // optimisation
   int64_t batch_size = 1;
   int64_t gradient_accumulation = 1;
@@ -49,6 +55,17 @@ struct TrainConfig {
   uint64_t seed = 42;
   double snr_gamma = 0.0;
   double noise_offset = 0.0;
+  double input_perturbation = 0.0;  // diffusers: noise + strength * randn for the noisy input only
+  std::string optimizer = "adamw";  // adamw | sgd | prodigy
+  double sgd_momentum = 0.0;
+  double sgd_dampening = 0.0;
+  bool sgd_nesterov = false;
+  double prodigy_beta3 = 0.0;  // 0: sqrt(adam_beta2)
+  bool prodigy_decouple = true;
+  bool prodigy_use_bias_correction = true;  // diffusers' scripts' default (the package's is false)
+  bool prodigy_safeguard_warmup = true;     // diffusers' scripts' default (the package's is false)
+  double prodigy_d0 = 1e-6;
+  double prodigy_d_coef = 1.0;
   // LoRA
   int64_t rank = 4;
   double lora_alpha = 0.0;  // 0: equal to rank (diffusers' scripts)

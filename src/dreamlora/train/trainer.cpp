@@ -60,7 +60,7 @@ class Trainer {
   pipeline::ModelBundle model_;
   std::unique_ptr<schedulers::DDPMScheduler> ddpm_;
   TrainingData data_;
-  std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<Optimizer> optimizer_;
   LossScaling scaling_;
   StepOptions step_options_;
   CheckpointPlaces checkpoints_;
@@ -115,7 +115,7 @@ bool Trainer::resume() {
 // This worker's share of the next global batch: its instance samples, then as many class samples.
 MicroBatch Trainer::next_micro_batch() {
   const int64_t per_rank = cfg_.batch_size, global = per_rank * dist_->world_size();
-  const NoiseOptions noise{cfg_.noise_offset, ddpm_->num_train_timesteps()};
+  const NoiseOptions noise{cfg_.noise_offset, ddpm_->num_train_timesteps(), cfg_.input_perturbation};
   auto batch = draw_samples({*data_.instances, *data_.instance_order, kInstanceStream},
                             state_.instance_samples + dist_->rank() * per_rank, per_rank, cfg_.seed, model_, noise,
                             device_);
@@ -232,7 +232,7 @@ int Trainer::run() {
   if (dist_->is_main()) lock_.emplace(checkpoint::OutputLock::acquire(cfg_.output_dir));
   load_everything();
   inject_training_lora(model_, cfg_, device_);
-  optimizer_ = make_optimizer(model_, cfg_);
+  optimizer_ = make_training_optimizer(model_, cfg_);
   step_options_ = step_options(cfg_, data_.classes != nullptr);
   scaling_ = make_loss_scaling(cfg_);
   const bool resumed = resume();
@@ -261,7 +261,7 @@ int Trainer::run() {
     train_step();
     schedule_due_->on_step(state_.global_step, std::chrono::duration<double>(Clock::now() - step_start).count());
     if (state_.global_step == test_stop_step) stop::request_stop("DREAMLORA_TEST_STOP_AT_STEP");
-    if (dist_->is_main()) progress.update(state_.global_step, last_loss_, cfg_.lr * state_.lr_multiplier);
+    if (dist_->is_main()) progress.update(state_.global_step, last_loss_, cfg_.lr * state_.lr_multiplier, last_checkpoint_step_);
     // Every worker must agree (the time trigger could fire on one worker only).
     if (dist_->any(schedule_due_->due(state_.global_step))) save_checkpoint();
     if (cfg_.validation_steps > 0 && state_.global_step % cfg_.validation_steps == 0)

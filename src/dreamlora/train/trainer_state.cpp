@@ -165,6 +165,8 @@ io::Json make_fingerprint(const TrainConfig& config, const std::vector<TrainingI
   io::Json fp = result_settings(config);
   fp.erase("batch-size");
   fp["global-batch-size"] = config.batch_size * world_size;
+  // Buckets cut the order into batches of the per-worker size: it must stay for an exact resume.
+  if (config.enable_bucket) fp["bucket-batch-size"] = config.batch_size;
   if (schedule_depends_on_total_steps(config.scheduler)) fp["num-steps"] = config.num_steps;
   // The model by content, not path: a resume on a fresh machine may mount it elsewhere.
   io::Json model = io::Json::object();

@@ -54,7 +54,8 @@ DatasetOptions dataset_options(const TrainConfig& cfg) {
 
 TrainingData load_instance_data(TrainConfig& cfg, int world_size) {
   TrainingData data;
-  data.instance_images = list_training_images(cfg.image_path, cfg.prompt, "--image-path");
+  data.instance_images = list_training_images(cfg.image_path, cfg.prompt, "--image-path",
+                                              {cfg.caption_extension, cfg.caption_template});
   const auto& images = data.instance_images;
   DL_CHECK(static_cast<int64_t>(images.size()) * cfg.repeats >= cfg.batch_size, "--batch-size ", cfg.batch_size,
            " is larger than the ", images.size(), " instance images in ", cfg.image_path, " (x", cfg.repeats,
@@ -68,15 +69,21 @@ TrainingData load_instance_data(TrainConfig& cfg, int world_size) {
     cfg.num_steps = (cfg.epochs * count + per_step - 1) / per_step;
     train_log(str("--epochs ", cfg.epochs, " over ", count, " images: ", cfg.num_steps, " optimizer steps"));
   }
-  data.instances = std::make_unique<ImageSet>(repeated, dataset_options(cfg));
-  data.instance_order = std::make_unique<DataOrder>(cfg.seed, data.instances->size());
+  auto options = dataset_options(cfg);
+  options.buckets = {cfg.enable_bucket, cfg.resolution, cfg.min_bucket_reso, cfg.max_bucket_reso, cfg.bucket_reso_steps};
+  data.instances = std::make_unique<ImageSet>(repeated, options);
+  data.instance_order = cfg.enable_bucket
+                            ? std::make_unique<DataOrder>(cfg.seed, data.instances->bucket_ids(), cfg.batch_size)
+                            : std::make_unique<DataOrder>(cfg.seed, data.instances->size());
+  if (cfg.enable_bucket) train_log(bucket_summary(*data.instances));
   return data;
 }
 
 void load_class_data(TrainingData& data, pipeline::ModelBundle& model, const TrainConfig& cfg, Distributed& dist) {
   ensure_class_images(model, cfg, dist.rank(), dist.world_size());
   dist.barrier();
-  auto images = list_training_images(cfg.class_image_path, cfg.class_prompt, "--class-image-path");
+  auto images = list_training_images(cfg.class_image_path, cfg.class_prompt, "--class-image-path",
+                                     {cfg.caption_extension, ""});
   images.resize(std::min<size_t>(images.size(), static_cast<size_t>(cfg.num_class_images)));
   data.class_images = images;
   data.classes = std::make_unique<ImageSet>(images, dataset_options(cfg));
@@ -129,7 +136,7 @@ LoRALayers find_lora_layers(pipeline::ModelBundle& model, bool train_text_encode
   return layers;
 }
 
-std::unique_ptr<AdamW> make_optimizer(pipeline::ModelBundle& model, const TrainConfig& cfg) {
+std::unique_ptr<Optimizer> make_training_optimizer(pipeline::ModelBundle& model, const TrainConfig& cfg) {
   double lr = cfg.lr, te_lr = cfg.text_encoder_lr;
   if (cfg.scale_lr) {
     lr *= static_cast<double>(cfg.batch_size * cfg.gradient_accumulation);
@@ -150,8 +157,7 @@ std::unique_ptr<AdamW> make_optimizer(pipeline::ModelBundle& model, const TrainC
         te.params.emplace_back("text_encoder_2." + name, p);
     groups.push_back(te);
   }
-  return std::make_unique<AdamW>(
-      groups, AdamWOptions{cfg.adam_beta1, cfg.adam_beta2, cfg.adam_epsilon, cfg.adam_weight_decay});
+  return make_optimizer(cfg, std::move(groups));  // --optimizer
 }
 
 LRScheduleOptions lr_schedule_options(const TrainConfig& cfg) {

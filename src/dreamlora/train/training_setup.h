@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "dreamlora/pipeline/model_bundle.h"
-#include "dreamlora/train/adamw.h"
+#include "dreamlora/train/optimizer.h"
 #include "dreamlora/train/data_order.h"
 #include "dreamlora/train/dataset.h"
 #include "dreamlora/train/distributed.h"
@@ -59,7 +59,7 @@ void inject_training_lora(pipeline::ModelBundle& model, const TrainConfig& confi
 LoRALayers find_lora_layers(pipeline::ModelBundle& model, bool train_text_encoder);
 
 // AdamW over the LoRA parameters: one group for the UNet, one for the text encoder(s) at their own LR.
-std::unique_ptr<AdamW> make_optimizer(pipeline::ModelBundle& model, const TrainConfig& config);
+std::unique_ptr<Optimizer> make_training_optimizer(pipeline::ModelBundle& model, const TrainConfig& config);
 
 LRScheduleOptions lr_schedule_options(const TrainConfig& config);
 

@@ -9,7 +9,7 @@
 namespace dreamlora::train {
 
 MicroBatch stack_samples(const std::vector<TrainingSample>& samples) {
-  std::vector<torch::Tensor> means, stds, eps, noises, time_ids;
+  std::vector<torch::Tensor> means, stds, eps, noises, input_noises, time_ids;
   std::vector<int64_t> timesteps;
   MicroBatch b;
   for (const auto& s : samples) {
@@ -17,6 +17,7 @@ MicroBatch stack_samples(const std::vector<TrainingSample>& samples) {
     stds.push_back(s.example.latent_std);
     eps.push_back(s.eps);
     noises.push_back(s.noise);
+    if (s.input_noise.defined() && !s.input_noise.is_same(s.noise)) input_noises.push_back(s.input_noise);
     timesteps.push_back(s.timestep);
     if (s.example.time_ids.defined()) time_ids.push_back(s.example.time_ids);
     b.captions.push_back(s.example.caption);
@@ -25,6 +26,7 @@ MicroBatch stack_samples(const std::vector<TrainingSample>& samples) {
   b.latent_std = torch::stack(stds);
   b.eps = torch::stack(eps);
   b.noise = torch::stack(noises);
+  if (input_noises.size() == samples.size()) b.input_noise = torch::stack(input_noises);
   b.timesteps = torch::tensor(timesteps, torch::kInt64);
   if (time_ids.size() == samples.size()) b.time_ids = torch::stack(time_ids);
   return b;
@@ -37,7 +39,7 @@ LossParts micro_batch_loss(const StepParts& p, const MicroBatch& b, const StepOp
   auto latents = ((b.latent_mean + b.latent_std * b.eps) - shift) * scaling;
   // noise + timesteps -> noisy latents
   auto timesteps = train::to_device_async(b.timesteps, p.device);
-  auto noisy = p.ddpm.add_noise(latents, b.noise, timesteps);
+  auto noisy = p.ddpm.add_noise(latents, b.input_noise.defined() ? b.input_noise : b.noise, timesteps);
   // predict
   auto emb = p.embedder.embed(p.model, b.captions);
   torch::Tensor pooled, time_ids;
@@ -84,7 +86,7 @@ StepOutcome training_step(const StepParts& p, const StepOptions& o, const std::f
   return r;
 }
 
-std::vector<torch::Tensor> trainable_parameters(const AdamW& optimizer) {
+std::vector<torch::Tensor> trainable_parameters(const Optimizer& optimizer) {
   std::vector<torch::Tensor> out;
   for (const auto& g : optimizer.groups())
     for (const auto& [name, p] : g.params) out.push_back(p);

@@ -12,7 +12,7 @@
 
 #include "dreamlora/pipeline/model_bundle.h"
 #include "dreamlora/schedulers/ddpm.h"
-#include "dreamlora/train/adamw.h"
+#include "dreamlora/train/optimizer.h"
 #include "dreamlora/train/dataset.h"
 #include "dreamlora/train/distributed.h"
 #include "dreamlora/train/loss_scaler.h"
@@ -25,7 +25,8 @@ namespace dreamlora::train {
 // One micro-batch, stacked: the instance samples, then as many class samples (prior preservation).
 struct MicroBatch {
   torch::Tensor latent_mean, latent_std;  // [B, C, h, w], unscaled VAE posterior, on the device
-  torch::Tensor eps, noise;               // [B, C, h, w], on the device
+  torch::Tensor eps, noise;               // [B, C, h, w], on the device; noise is the target
+  torch::Tensor input_noise;              // noise in the UNet's input (differs with --input-perturbation)
   torch::Tensor timesteps;                // [B] int64, on the CPU
   torch::Tensor time_ids;                 // [B, 6] SDXL micro-conditioning, on the CPU
   std::vector<std::string> captions;
@@ -38,7 +39,7 @@ struct StepParts {
   pipeline::ModelBundle& model;
   schedulers::DDPMScheduler& ddpm;
   CaptionEmbedder& embedder;
-  AdamW& optimizer;
+  Optimizer& optimizer;
   LossScaler& scaler;
   Distributed& dist;
   torch::Device device;
@@ -72,6 +73,6 @@ StepOutcome training_step(const StepParts& parts, const StepOptions& options,
                          const std::function<MicroBatch()>& next_micro_batch);
 
 // Every tensor the optimizer updates, in its order.
-std::vector<torch::Tensor> trainable_parameters(const AdamW& optimizer);
+std::vector<torch::Tensor> trainable_parameters(const Optimizer& optimizer);
 
 }  // namespace dreamlora::train

@@ -9,6 +9,7 @@
 #include "dreamlora/common/error.h"
 #include "dreamlora/io/image.h"
 #include "dreamlora/pipeline/text_to_image.h"
+#include "dreamlora/train/progress.h"
 #include "dreamlora/train/train_log.h"
 
 namespace dreamlora::train {
@@ -36,7 +37,9 @@ void write_validation_images(pipeline::ModelBundle& model, const TrainConfig& cf
     unet::UNet2DConditionModel unet;
     ~TrainModeAgain() { unet->train(); }
   } train_mode_again{model.unet};
-  auto images = text_to_image(model, o);
+  TaskProgress progress(str("validation images (step ", step, ")"), o.steps);
+  auto images = pipeline::text_to_image(model, o, [&](int64_t done, int64_t total) { progress.update(done, total); });
+  progress.finish();
   fs::create_directories(out / "validation");
   for (size_t i = 0; i < images.size(); ++i)
     io::save_png(out / "validation" / str("step-", step, "-", i, ".png"), images[i],

@@ -1,4 +1,4 @@
-#include "dreamlora/pipeline/model_presets.h"
+#include "dreamlora/synth/model_presets.h"
 
 #include <torch/torch.h>
 
@@ -15,7 +15,7 @@
 #include "dreamlora/unet/unet_2d_condition.h"
 #include "dreamlora/vae/autoencoder_kl.h"
 
-namespace dreamlora {
+namespace dreamlora::synth {
 
 namespace fs = std::filesystem;
 
@@ -37,8 +37,8 @@ PresetSpec preset_spec(const std::string& name) {
   fail(str("--preset: unknown preset '", name, "' (sd15, sd21, sd21-v, sdxl)"));
 }
 
-Json preset_unet_config(const PresetSpec& p) {
-  Json c = {{"_class_name", "UNet2DConditionModel"},
+io::Json preset_unet_config(const PresetSpec& p) {
+  io::Json c = {{"_class_name", "UNet2DConditionModel"},
             {"act_fn", "silu"},
             {"center_input_sample", false},
             {"downsample_padding", 1},
@@ -79,7 +79,7 @@ Json preset_unet_config(const PresetSpec& p) {
   return c;
 }
 
-Json preset_vae_config(const PresetSpec& p) {
+io::Json preset_vae_config(const PresetSpec& p) {
   return {{"_class_name", "AutoencoderKL"},
           {"act_fn", "silu"},
           {"block_out_channels", {128, 256, 512, 512}},
@@ -96,7 +96,7 @@ Json preset_vae_config(const PresetSpec& p) {
 }
 
 // kind: "clip-l" (SD1 / SDXL text_encoder), "openclip-h" (SD2), "openclip-bigg" (SDXL text_encoder_2).
-Json preset_text_encoder_config(const std::string& kind) {
+io::Json preset_text_encoder_config(const std::string& kind) {
   struct Dims {
     int64_t hidden, intermediate, heads, layers, projection;
     const char* act;
@@ -124,8 +124,8 @@ Json preset_text_encoder_config(const std::string& kind) {
           {"vocab_size", 49408}};
 }
 
-Json preset_scheduler_config(const PresetSpec& p) {
-  Json c = {{"beta_start", 0.00085},       {"beta_end", 0.012},       {"beta_schedule", "scaled_linear"},
+io::Json preset_scheduler_config(const PresetSpec& p) {
+  io::Json c = {{"beta_start", 0.00085},       {"beta_end", 0.012},       {"beta_schedule", "scaled_linear"},
             {"clip_sample", false},        {"num_train_timesteps", 1000}, {"set_alpha_to_one", false},
             {"skip_prk_steps", true},      {"steps_offset", 1},       {"trained_betas", nullptr},
             {"prediction_type", p.v_prediction ? "v_prediction" : "epsilon"}};
@@ -141,16 +141,16 @@ Json preset_scheduler_config(const PresetSpec& p) {
   return c;
 }
 
-void write_preset_json(const fs::path& path, const Json& json) {
+void write_preset_json(const fs::path& path, const io::Json& json) {
   fs::create_directories(path.parent_path());
-  write_file_durably(path, json.dump(2) + "\n");
+  io::write_file_durably(path, json.dump(2) + "\n");
 }
 
 // Copies the BPE files and sets the pad token ("<|endoftext|>" for SD1.x, "!" for OpenCLIP tokenizers).
 void write_preset_tokenizer(const fs::path& from, const fs::path& to, const std::string& pad) {
   DL_CHECK(fs::exists(from / "vocab.json") && fs::exists(from / "merges.txt"), from.string(),
            ": --tokenizer needs a CLIP BPE tokenizer folder (vocab.json, merges.txt)");
-  const Json vocab = read_json(from / "vocab.json");
+  const io::Json vocab = io::read_json(from / "vocab.json");
   DL_CHECK(vocab.is_object() && vocab.size() == 49408, from.string(), "/vocab.json: the presets need the real CLIP ",
            "vocabulary of 49408 tokens, found ", vocab.size());
   fs::create_directories(to);
@@ -183,11 +183,11 @@ class DefaultDtypeGuard {
 };
 
 // One module's tensors as named in the written file, in the written dtype (views where possible).
-using Renamer = std::function<safetensors::NamedTensors(const std::string&, const torch::Tensor&)>;
+using Renamer = std::function<io::safetensors::NamedTensors(const std::string&, const torch::Tensor&)>;
 
-safetensors::NamedTensors to_written(const torch::nn::Module& module, torch::Dtype dtype, const Renamer& rename) {
-  safetensors::NamedTensors out;
-  for (const auto& [name, t] : named_tensors(module)) {
+io::safetensors::NamedTensors to_written(const torch::nn::Module& module, torch::Dtype dtype, const Renamer& rename) {
+  io::safetensors::NamedTensors out;
+  for (const auto& [name, t] : nn::named_tensors(module)) {
     torch::Tensor w = t.detach();
     if (w.is_floating_point() && w.scalar_type() != dtype) w = w.to(dtype);
     for (auto& named : rename(name, w)) out.push_back(std::move(named));
@@ -196,7 +196,7 @@ safetensors::NamedTensors to_written(const torch::nn::Module& module, torch::Dty
 }
 
 Renamer keep_names(const std::string& prefix = "") {
-  return [prefix](const std::string& name, const torch::Tensor& t) { return safetensors::NamedTensors{{prefix + name, t}}; };
+  return [prefix](const std::string& name, const torch::Tensor& t) { return io::safetensors::NamedTensors{{prefix + name, t}}; };
 }
 
 }  // namespace
@@ -208,7 +208,7 @@ uint64_t write_model_preset(const fs::path& out, const ModelPresetOptions& optio
   const bool sdxl = p.family == "sdxl";
   const fs::path dir = options.single_file ? out / "config" : out;
   fs::create_directories(dir);
-  Json index = {{"_class_name", sdxl ? "StableDiffusionXLPipeline" : "StableDiffusionPipeline"},
+  io::Json index = {{"_class_name", sdxl ? "StableDiffusionXLPipeline" : "StableDiffusionPipeline"},
                 {"_diffusers_version", "0.27.2"},
                 {"scheduler", {"diffusers", preset_scheduler_config(p)["_class_name"]}},
                 {"text_encoder", {"transformers", "CLIPTextModel"}},
@@ -234,12 +234,12 @@ uint64_t write_model_preset(const fs::path& out, const ModelPresetOptions& optio
                                           : convert::CheckpointFamily::sdxl;
   const auto prefixes = convert::component_prefixes(family);
   // Single file: every component's tensors gathered (each already in the written dtype), one file at the end.
-  safetensors::NamedTensors single;
+  io::safetensors::NamedTensors single;
   uint64_t written = 0;
-  auto emit = [&](const fs::path& folder_file, safetensors::NamedTensors tensors) {
+  auto emit = [&](const fs::path& folder_file, io::safetensors::NamedTensors tensors) {
     for (const auto& [n, t] : tensors) written += static_cast<uint64_t>(t.numel()) * t.element_size();
     if (!options.single_file) {
-      safetensors::save_streamed(folder_file, tensors);
+      io::safetensors::save_streamed(folder_file, tensors);
       return;
     }
     for (auto& named : tensors) single.push_back(std::move(named));
@@ -249,13 +249,13 @@ uint64_t write_model_preset(const fs::path& out, const ModelPresetOptions& optio
 
   auto text_encoder = [&](const std::string& component, const std::string& kind, uint64_t seed) {
     torch::manual_seed(seed);
-    const Json json = preset_text_encoder_config(kind);
+    const io::Json json = preset_text_encoder_config(kind);
     write_preset_json(dir / component / "config.json", json);
     DefaultDtypeGuard guard(dtype);
-    auto config = CLIPTextConfig::from_json(json, component + "/config.json");
-    std::shared_ptr<CLIPTextModelImpl> impl;
-    if (config.with_projection()) impl = std::make_shared<CLIPTextModelWithProjectionImpl>(config);
-    else impl = std::make_shared<CLIPTextModelImpl>(config);
+    auto config = text::CLIPTextConfig::from_json(json, component + "/config.json");
+    std::shared_ptr<text::CLIPTextModelImpl> impl;
+    if (config.with_projection()) impl = std::make_shared<text::CLIPTextModelWithProjectionImpl>(config);
+    else impl = std::make_shared<text::CLIPTextModelImpl>(config);
     const std::string prefix = prefixes.at(component);
     const bool openclip = options.single_file && kind != "clip-l";
     Renamer rename = keep_names(options.single_file ? prefix : "");
@@ -263,13 +263,13 @@ uint64_t write_model_preset(const fs::path& out, const ModelPresetOptions& optio
       // q/k/v become one fused in_proj: emitted once, at q.
       auto o = convert::transformers_to_openclip(name);
       DL_CHECK(!o.name.empty(), "no OpenCLIP name for '", name, "'");
-      if (o.change == convert::TensorChange::transpose) return safetensors::NamedTensors{{prefix + o.name, t.t().contiguous()}};
-      return safetensors::NamedTensors{{prefix + o.name + "#" + std::to_string(o.part), t}};
+      if (o.change == convert::TensorChange::transpose) return io::safetensors::NamedTensors{{prefix + o.name, t.t().contiguous()}};
+      return io::safetensors::NamedTensors{{prefix + o.name + "#" + std::to_string(o.part), t}};
     };
     auto tensors = to_written(*impl, dtype, rename);
     if (openclip) {
       std::map<std::string, std::vector<torch::Tensor>> parts;
-      safetensors::NamedTensors fused;
+      io::safetensors::NamedTensors fused;
       for (auto& [n, t] : tensors) {
         auto hash = n.rfind('#');
         const std::string base = n.substr(0, hash);
@@ -298,7 +298,7 @@ uint64_t write_model_preset(const fs::path& out, const ModelPresetOptions& optio
     auto layout = convert::UNetLayout::from_unet(*unet);
     const std::string prefix = prefixes.at("unet");
     Renamer rename = options.single_file ? Renamer([&](const std::string& name, const torch::Tensor& t) {
-      return safetensors::NamedTensors{{prefix + convert::diffusers_to_ldm(name, layout), t}};
+      return io::safetensors::NamedTensors{{prefix + convert::diffusers_to_ldm(name, layout), t}};
     })
                                          : keep_names();
     emit(dir / "unet" / "diffusion_pytorch_model.safetensors", to_written(*unet, dtype, rename));
@@ -315,16 +315,16 @@ uint64_t write_model_preset(const fs::path& out, const ModelPresetOptions& optio
       std::string ldm = convert::vae_diffusers_to_ldm(name, blocks);
       // LDM keeps the mid-block attention projections as 1x1 convolutions.
       bool conv = ldm.find("mid.attn_1.") != std::string::npos && t.dim() == 2;
-      return safetensors::NamedTensors{{prefix + ldm, conv ? t.reshape({t.size(0), t.size(1), 1, 1}) : t}};
+      return io::safetensors::NamedTensors{{prefix + ldm, conv ? t.reshape({t.size(0), t.size(1), 1, 1}) : t}};
     })
                                          : keep_names();
     emit(dir / "vae" / "diffusion_pytorch_model.safetensors", to_written(*vae, dtype, rename));
   }
   if (options.single_file) {
-    safetensors::save_streamed(out / "model.safetensors", single);
+    io::safetensors::save_streamed(out / "model.safetensors", single);
     fs::remove_all(dir / "unet" / "diffusion_pytorch_model.safetensors");
   }
   return written;
 }
 
-}  // namespace dreamlora
+}  // namespace dreamlora::synth

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-namespace dreamlora {
+namespace dreamlora::synth {
 
 struct ModelPresetOptions {
   std::string preset;                    // sd15 | sd21 | sd21-v | sdxl
@@ -28,4 +28,4 @@ std::vector<std::string> model_preset_names();
 // component). Returns the bytes of weights written.
 uint64_t write_model_preset(const std::filesystem::path& out, const ModelPresetOptions& options);
 
-}  // namespace dreamlora
+}  // namespace dreamlora::synth
