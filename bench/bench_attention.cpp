@@ -1,10 +1,12 @@
 // One self-attention forward+backward at the tiny-sd 32x32 latent shape [1, 8, 1024, 4]: the old
-// bmm -> softmax -> bmm path vs nn::fused_attention vs at::scaled_dot_product_attention (libtorch >= 2). Each variant runs in its own forked process so
-// peak RSS is its own; prints median wall and CPU time per iteration, peak RSS and the load average.
-// Usage: bench_attention [iterations] [threads]   (defaults 20, 2; shape via $ATTN_SHAPE="B,H,L,D")
+// bmm -> softmax -> bmm path vs nn::fused_attention vs at::scaled_dot_product_attention (libtorch >= 2). Each
+// variant runs in its own forked process so peak RSS is its own; prints median wall and CPU time per
+// iteration, peak RSS and the load average. Usage: bench_attention [iterations] [threads]   (defaults 20, 2;
+// shape via $ATTN_SHAPE="B,H,L,D")
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <torch/torch.h>
+#include <torch/version.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,8 +17,6 @@
 #include <fstream>
 #include <string>
 #include <vector>
-
-#include <torch/version.h>
 
 #include "dreamlora/nn/fused_attention.h"
 
@@ -44,7 +44,8 @@ std::string loadavg() {
 // The path nn::attention takes on libtorch 1.13 before the fused kernel: autograd keeps [B*h, L, L].
 torch::Tensor reference_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
   const auto b = q.size(0), h = q.size(1), l = q.size(2), d = q.size(3);
-  auto q3 = q.reshape({b * h, l, d}), k3 = k.reshape({b * h, k.size(2), d}), v3 = v.reshape({b * h, k.size(2), d});
+  auto q3 = q.reshape({b * h, l, d}), k3 = k.reshape({b * h, k.size(2), d}),
+       v3 = v.reshape({b * h, k.size(2), d});
   auto scores = torch::bmm(q3 * (1.0 / std::sqrt(static_cast<double>(d))), k3.transpose(1, 2));  // [N, L, L]
   return torch::bmm(torch::softmax(scores, -1), v3).view({b, h, l, d});
 }
@@ -65,8 +66,9 @@ void run_variant(const std::string& name, int iterations, const std::vector<int6
   auto grad = torch::randn(shape);
   const double rss_before = peak_rss_mib();
   auto step = [&] {
-    auto out = name == "old" ? reference_attention(q, k, v) : name == "sdpa" ? sdpa(q, k, v)
-                                                                             : dreamlora::nn::fused_attention(q, k, v, false);
+    auto out = name == "old"    ? reference_attention(q, k, v)
+               : name == "sdpa" ? sdpa(q, k, v)
+                                : dreamlora::nn::fused_attention(q, k, v, false);
     out.backward(grad);
     q.mutable_grad().reset();
     k.mutable_grad().reset();
@@ -83,11 +85,12 @@ void run_variant(const std::string& name, int iterations, const std::vector<int6
   }
   std::sort(wall.begin(), wall.end());
   std::sort(cpu.begin(), cpu.end());
-  std::printf("{\"variant\": \"%s\", \"threads\": %d, \"iterations\": %d, \"median_wall_ms\": %.3f, "
-              "\"min_wall_ms\": %.3f, \"median_cpu_ms\": %.3f, \"peak_rss_mib\": %.1f, "
-              "\"peak_rss_growth_mib\": %.1f, \"loadavg\": \"%s\"}\n",
-              name.c_str(), at::get_num_threads(), iterations, 1e3 * wall[wall.size() / 2], 1e3 * wall[0],
-              1e3 * cpu[cpu.size() / 2], peak_rss_mib(), peak_rss_mib() - rss_before, loadavg().c_str());
+  std::printf(
+      "{\"variant\": \"%s\", \"threads\": %d, \"iterations\": %d, \"median_wall_ms\": %.3f, "
+      "\"min_wall_ms\": %.3f, \"median_cpu_ms\": %.3f, \"peak_rss_mib\": %.1f, "
+      "\"peak_rss_growth_mib\": %.1f, \"loadavg\": \"%s\"}\n",
+      name.c_str(), at::get_num_threads(), iterations, 1e3 * wall[wall.size() / 2], 1e3 * wall[0],
+      1e3 * cpu[cpu.size() / 2], peak_rss_mib(), peak_rss_mib() - rss_before, loadavg().c_str());
   std::fflush(stdout);
 }
 

@@ -28,7 +28,9 @@ namespace {
 
 std::string g_bin;
 
-pid_t start(const std::vector<std::string>& args, const fs::path& log) { return bench::spawn(g_bin, args, log); }
+pid_t start(const std::vector<std::string>& args, const fs::path& log) {
+  return bench::spawn(g_bin, args, log);
+}
 
 int finish(pid_t pid) {
   int status = 0;
@@ -36,7 +38,9 @@ int finish(pid_t pid) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-int run(const std::vector<std::string>& args, const fs::path& log) { return finish(start(args, log)); }
+int run(const std::vector<std::string>& args, const fs::path& log) {
+  return finish(start(args, log));
+}
 
 // Seconds between consecutive step lines of metrics.jsonl, skipping the first step (warm-up).
 double median_step_seconds(const fs::path& file) {
@@ -89,22 +93,35 @@ int main(int argc, char** argv) {
                                  {"2 separate runs at once (ceiling)", 2, half, 1, true}};
   Json results = Json::array();
   double base_throughput = 0;
-  std::cout << std::left << std::setw(34) << "config" << std::right << std::setw(14) << "global batch" << std::setw(12)
-            << "step (s)" << std::setw(16) << "samples/s" << std::setw(22) << "efficiency vs 1x1" << "\n";
+  std::cout << std::left << std::setw(34) << "config" << std::right << std::setw(14) << "global batch"
+            << std::setw(12) << "step (s)" << std::setw(16) << "samples/s" << std::setw(22)
+            << "efficiency vs 1x1" << "\n";
   for (const auto& c : configs) {
     const fs::path out = work / ("out-" + std::to_string(results.size()));
-    std::vector<std::string> worker = {"--threads",     std::to_string(c.threads_per_worker),
-                                       "train",         "--model",
-                                       model.string(),  "--image-path",
-                                       (work / "images").string(), "--prompt",
-                                       "a photo of sks toy", "--resolution",
-                                       "64",            "--num-steps",
-                                       std::to_string(steps), "--batch-size",
-                                       std::to_string(c.batch_per_worker), "--rank",
-                                       "4",             "--device",
-                                       device,          "--checkpointing-steps",
-                                       "1000000",       "--log-every",
-                                       "1000",          "--output-dir",
+    std::vector<std::string> worker = {"--threads",
+                                       std::to_string(c.threads_per_worker),
+                                       "train",
+                                       "--model",
+                                       model.string(),
+                                       "--image-path",
+                                       (work / "images").string(),
+                                       "--prompt",
+                                       "a photo of sks toy",
+                                       "--resolution",
+                                       "64",
+                                       "--num-steps",
+                                       std::to_string(steps),
+                                       "--batch-size",
+                                       std::to_string(c.batch_per_worker),
+                                       "--rank",
+                                       "4",
+                                       "--device",
+                                       device,
+                                       "--checkpointing-steps",
+                                       "1000000",
+                                       "--log-every",
+                                       "1000",
+                                       "--output-dir",
                                        out.string()};
     int status = 0;
     double step = 0;
@@ -144,13 +161,13 @@ int main(int argc, char** argv) {
                        {"median_step_s", step},
                        {"samples_per_s", throughput},
                        {"efficiency_per_core", efficiency}});
-    std::cout << std::left << std::setw(34) << c.name << std::right << std::setw(14) << global_batch << std::fixed
-              << std::setprecision(3) << std::setw(12) << step << std::setw(16) << throughput << std::setw(21)
-              << std::setprecision(0) << efficiency * 100 << "%\n";
+    std::cout << std::left << std::setw(34) << c.name << std::right << std::setw(14) << global_batch
+              << std::fixed << std::setprecision(3) << std::setw(12) << step << std::setw(16) << throughput
+              << std::setw(21) << std::setprecision(0) << efficiency * 100 << "%\n";
   }
   std::ofstream(json_out) << results.dump(2) << "\n";
-  std::cout << "model " << model.string() << ", resolution 64, " << steps << " steps, " << cores << " cores, device "
-            << device << "; wrote " << json_out << "\n";
+  std::cout << "model " << model.string() << ", resolution 64, " << steps << " steps, " << cores
+            << " cores, device " << device << "; wrote " << json_out << "\n";
   fs::remove_all(work);
   return 0;
 }

@@ -33,8 +33,8 @@ double unix_now() {
 
 struct Run {
   int status = -1;
-  double start = 0;       // unix time at fork
-  double seconds = 0;     // wall time
+  double start = 0;    // unix time at fork
+  double seconds = 0;  // wall time
   double peak_rss_mib = 0;
 };
 
@@ -43,7 +43,7 @@ Run run(const std::vector<std::string>& args, const fs::path& log) {
   r.start = unix_now();
   pid_t pid = bench::spawn(g_bin, args, log);
   int status = 0;
-  struct rusage ru {};
+  struct rusage ru{};
   wait4(pid, &status, 0, &ru);
   r.seconds = unix_now() - r.start;
   r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
@@ -54,7 +54,7 @@ Run run(const std::vector<std::string>& args, const fs::path& log) {
 struct Metrics {
   std::vector<double> step_times;  // seconds between consecutive step lines
   std::vector<double> stalls;
-  double first_step_time = 0;      // unix time of the first step line
+  double first_step_time = 0;  // unix time of the first step line
 };
 
 Metrics read_metrics(const fs::path& file) {
@@ -83,13 +83,29 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-std::vector<std::string> train_args(const fs::path& model, const fs::path& images, const fs::path& out, int steps,
-                                    int batch, int res, int ckpt_every, bool sync) {
-  std::vector<std::string> a = {"train", "--model", model.string(), "--image-path", images.string(), "--prompt",
-                                "a photo of sks toy", "--resolution", std::to_string(res), "--num-steps",
-                                std::to_string(steps), "--batch-size", std::to_string(batch), "--rank", "4",
-                                "--checkpointing-steps", std::to_string(ckpt_every), "--output-dir", out.string(),
-                                "--log-every", "1000"};
+std::vector<std::string> train_args(const fs::path& model, const fs::path& images, const fs::path& out,
+                                    int steps, int batch, int res, int ckpt_every, bool sync) {
+  std::vector<std::string> a = {"train",
+                                "--model",
+                                model.string(),
+                                "--image-path",
+                                images.string(),
+                                "--prompt",
+                                "a photo of sks toy",
+                                "--resolution",
+                                std::to_string(res),
+                                "--num-steps",
+                                std::to_string(steps),
+                                "--batch-size",
+                                std::to_string(batch),
+                                "--rank",
+                                "4",
+                                "--checkpointing-steps",
+                                std::to_string(ckpt_every),
+                                "--output-dir",
+                                out.string(),
+                                "--log-every",
+                                "1000"};
   if (sync) a.push_back("--sync-checkpoints");
   return a;
 }
@@ -119,17 +135,22 @@ int main(int argc, char** argv) {
     fs::path model;
     int batch;
   };
-  std::vector<Config> configs = {{"tiny-sd b1", work / "tiny-sd", 1}, {"tiny-sd b4", work / "tiny-sd", 4},
-                                 {"tiny-sdxl b1", work / "tiny-sdxl", 1}, {"tiny-sdxl b4", work / "tiny-sdxl", 4}};
-  if (fs::exists(fixtures / "tiny-sd" / "model_index.json")) configs.push_back({"fixtures tiny-sd b1", fixtures / "tiny-sd", 1});
+  std::vector<Config> configs = {{"tiny-sd b1", work / "tiny-sd", 1},
+                                 {"tiny-sd b4", work / "tiny-sd", 4},
+                                 {"tiny-sdxl b1", work / "tiny-sdxl", 1},
+                                 {"tiny-sdxl b4", work / "tiny-sdxl", 4}};
+  if (fs::exists(fixtures / "tiny-sd" / "model_index.json"))
+    configs.push_back({"fixtures tiny-sd b1", fixtures / "tiny-sd", 1});
 
   Json results = Json::array();
-  std::cout << std::left << std::setw(22) << "config" << std::right << std::setw(12) << "step (s)" << std::setw(12)
-            << "peak RSS" << std::setw(14) << "stall bg (ms)" << std::setw(16) << "stall sync (ms)" << std::setw(14)
-            << "ckpt bytes" << std::setw(18) << "restart->step1 (s)" << "\n";
+  std::cout << std::left << std::setw(22) << "config" << std::right << std::setw(12) << "step (s)"
+            << std::setw(12) << "peak RSS" << std::setw(14) << "stall bg (ms)" << std::setw(16)
+            << "stall sync (ms)" << std::setw(14) << "ckpt bytes" << std::setw(18) << "restart->step1 (s)"
+            << "\n";
   for (const auto& c : configs) {
     auto out = work / ("out-" + std::to_string(results.size()));
-    auto r = run(train_args(c.model, work / "images", out, steps, c.batch, 64, 4, false), out.string() + ".log");
+    auto r =
+        run(train_args(c.model, work / "images", out, steps, c.batch, 64, 4, false), out.string() + ".log");
     if (r.status != 0) {
       std::cerr << c.name << ": dreamlora exited with " << r.status << " (see " << out.string() << ".log)\n";
       continue;
@@ -140,9 +161,11 @@ int main(int argc, char** argv) {
     auto ms = read_metrics(sync_out / "metrics.jsonl");
     // restart-to-first-step: resume the finished-at-4 checkpoint of a fresh short run
     auto resume_out = work / ("resume-" + std::to_string(results.size()));
-    run(train_args(c.model, work / "images", resume_out, 4, c.batch, 64, 4, false), resume_out.string() + ".log");
+    run(train_args(c.model, work / "images", resume_out, 4, c.batch, 64, 4, false),
+        resume_out.string() + ".log");
     fs::remove(resume_out / "metrics.jsonl");
-    auto rr = run(train_args(c.model, work / "images", resume_out, 5, c.batch, 64, 4, false), resume_out.string() + ".2.log");
+    auto rr = run(train_args(c.model, work / "images", resume_out, 5, c.batch, 64, 4, false),
+                  resume_out.string() + ".2.log");
     auto mr = read_metrics(resume_out / "metrics.jsonl");
     const double restart = mr.first_step_time > 0 ? mr.first_step_time - rr.start : 0;
     const uint64_t ckpt_bytes = fs::exists(out / "checkpoint-4") ? dir_bytes(out / "checkpoint-4") : 0;
@@ -157,11 +180,11 @@ int main(int argc, char** argv) {
               {"restart_to_first_step_s", restart},
               {"steps_timed", m.step_times.size()}};
     results.push_back(j);
-    std::cout << std::left << std::setw(22) << c.name << std::right << std::fixed << std::setprecision(3) << std::setw(12)
-              << median(m.step_times) << std::setw(9) << std::setprecision(0) << r.peak_rss_mib << " MiB"
-              << std::setprecision(2) << std::setw(14) << median(m.stalls) * 1000 << std::setw(16)
-              << median(ms.stalls) * 1000 << std::setw(14) << ckpt_bytes << std::setw(18) << std::setprecision(2)
-              << restart << "\n";
+    std::cout << std::left << std::setw(22) << c.name << std::right << std::fixed << std::setprecision(3)
+              << std::setw(12) << median(m.step_times) << std::setw(9) << std::setprecision(0)
+              << r.peak_rss_mib << " MiB" << std::setprecision(2) << std::setw(14) << median(m.stalls) * 1000
+              << std::setw(16) << median(ms.stalls) * 1000 << std::setw(14) << ckpt_bytes << std::setw(18)
+              << std::setprecision(2) << restart << "\n";
   }
   std::ofstream(json_out) << results.dump(2) << "\n";
   std::cout << "wrote " << json_out << "\n";

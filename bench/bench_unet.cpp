@@ -56,10 +56,13 @@ struct Inputs {
 
 Inputs make_inputs() {
   torch::manual_seed(0);
-  return {torch::randn({1, 4, 32, 32}), torch::tensor({500}), torch::randn({1, 77, 32}), torch::randn({1, 4, 32, 32})};
+  return {torch::randn({1, 4, 32, 32}), torch::tensor({500}), torch::randn({1, 77, 32}),
+          torch::randn({1, 4, 32, 32})};
 }
 
-void finish(benchmark::State& state) { state.counters["peak_rss_MiB"] = peak_rss_mib(); }
+void finish(benchmark::State& state) {
+  state.counters["peak_rss_MiB"] = peak_rss_mib();
+}
 
 void BM_UNetForward(benchmark::State& state) {
   auto unet = UNet2DConditionModelImpl::load(unet_dir());
@@ -81,8 +84,12 @@ void train_step(benchmark::State& state, bool checkpointing) {
   finish(state);
 }
 
-void BM_UNetForwardBackwardLoRA(benchmark::State& state) { train_step(state, false); }
-void BM_UNetForwardBackwardLoRACheckpointed(benchmark::State& state) { train_step(state, true); }
+void BM_UNetForwardBackwardLoRA(benchmark::State& state) {
+  train_step(state, false);
+}
+void BM_UNetForwardBackwardLoRACheckpointed(benchmark::State& state) {
+  train_step(state, true);
+}
 
 void BM_SelfAttention1024TokensForwardBackward(benchmark::State& state) {
   torch::manual_seed(0);

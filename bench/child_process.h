@@ -12,7 +12,8 @@
 namespace bench {
 
 // fork + exec `binary args...` with stdout and stderr to `log`; returns the child's pid.
-inline pid_t spawn(const std::string& binary, const std::vector<std::string>& args, const std::filesystem::path& log) {
+inline pid_t spawn(const std::string& binary, const std::vector<std::string>& args,
+                   const std::filesystem::path& log) {
   pid_t pid = fork();
   if (pid == 0) {
     FILE* f = std::fopen(log.c_str(), "w");

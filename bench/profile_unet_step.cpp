@@ -70,10 +70,12 @@ int main(int argc, char** argv) {
   auto unet = dreamlora::unet::UNet2DConditionModelImpl::load(dir);
   for (const auto& item : unet->named_modules())
     for (const char* target : {".to_q", ".to_k", ".to_v", ".to_out.0"})
-      if (ends_with(item.key(), target)) item.value()->as<dreamlora::nn::LinearWithLoraImpl>()->enable_lora({4, 4.0, 0.0});
+      if (ends_with(item.key(), target))
+        item.value()->as<dreamlora::nn::LinearWithLoraImpl>()->enable_lora({4, 4.0, 0.0});
   unet->train();
   torch::manual_seed(0);
-  auto sample = torch::randn({1, 4, 32, 32}), timestep = torch::tensor({500}), context = torch::randn({1, 77, 32});
+  auto sample = torch::randn({1, 4, 32, 32}), timestep = torch::tensor({500}),
+       context = torch::randn({1, 77, 32});
   auto target = torch::randn({1, 4, 32, 32});
   auto step = [&] {
     auto loss = torch::mse_loss(unet->forward(sample, timestep, context), target);
@@ -92,7 +94,8 @@ int main(int argc, char** argv) {
   std::ifstream in(trace_path);
   auto ops = self_times(nlohmann::json::parse(in));
   std::vector<std::pair<std::string, OpTime>> sorted(ops.begin(), ops.end());
-  std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.second.self_us > b.second.self_us; });
+  std::sort(sorted.begin(), sorted.end(),
+            [](const auto& a, const auto& b) { return a.second.self_us > b.second.self_us; });
   double all = 0;
   for (const auto& [name, t] : sorted) all += t.self_us;
   std::cout << "step " << std::fixed << std::setprecision(3) << wall << " s (profiled, " << kSteps
@@ -100,8 +103,8 @@ int main(int argc, char** argv) {
   for (size_t i = 0; i < std::min<size_t>(sorted.size(), 30); ++i) {
     const auto& [name, t] = sorted[i];
     std::cout << std::setw(8) << std::setprecision(1) << t.self_us / kSteps / 1000 << " ms " << std::setw(5)
-              << std::setprecision(1) << 100 * t.self_us / all << " %  " << std::setw(5) << t.calls / kSteps << "x  "
-              << name << "\n";
+              << std::setprecision(1) << 100 * t.self_us / all << " %  " << std::setw(5) << t.calls / kSteps
+              << "x  " << name << "\n";
   }
   std::cout << "trace: " << trace_path << "\n";
   return 0;

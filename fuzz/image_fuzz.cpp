@@ -11,7 +11,8 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
-    auto img = dreamlora::io::decode_image(std::string_view(reinterpret_cast<const char*>(data), size), "fuzz.img");
+    auto img =
+        dreamlora::io::decode_image(std::string_view(reinterpret_cast<const char*>(data), size), "fuzz.img");
     if (img.rgb.size() != static_cast<size_t>(img.width) * img.height * 3) std::abort();
   } catch (const dreamlora::Error&) {
   }

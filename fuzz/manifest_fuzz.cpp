@@ -10,8 +10,8 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
-    auto m = dreamlora::checkpoint::Manifest::parse(std::string_view(reinterpret_cast<const char*>(data), size),
-                                                    "MANIFEST.json");
+    auto m = dreamlora::checkpoint::Manifest::parse(
+        std::string_view(reinterpret_cast<const char*>(data), size), "MANIFEST.json");
     for (const auto& f : m.files)
       if (f.name.empty() || f.name.find('/') != std::string::npos || f.name == "..") std::abort();
     (void)m.to_json();

@@ -1,20 +1,18 @@
 #include "test_util.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
-
+#include <sys/wait.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
-#include <random>
-#include <fcntl.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <fstream>
+#include <random>
 #include <sstream>
 
 #include "dreamlora/common/error.h"
@@ -33,11 +31,12 @@ int free_loopback_port() {
   return ntohs(addr.sin_port);
 }
 
-
 std::filesystem::path fixtures_dir() {
   std::filesystem::path dir;
-  if (const char* env = std::getenv("DREAMLORA_FIXTURES")) dir = env;
-  else dir = DREAMLORA_FIXTURES_DIR;
+  if (const char* env = std::getenv("DREAMLORA_FIXTURES"))
+    dir = env;
+  else
+    dir = DREAMLORA_FIXTURES_DIR;
   if (std::filesystem::exists(dir / "tiny-sd" / "model_index.json")) return std::filesystem::canonical(dir);
   return {};
 }

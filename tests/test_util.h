@@ -46,21 +46,22 @@ double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b);
 }  // namespace dreamlora::testing
 
 // Skips the test when the fixtures folder is missing, except under CI=true where that is a failure.
-#define REQUIRE_FIXTURES()                                                                       \
-  do {                                                                                           \
-    if (::dreamlora::testing::fixtures_dir().empty()) {                                          \
-      if (::dreamlora::testing::running_in_ci()) FAIL() << "fixtures folder ../shared/fixtures missing under CI"; \
-      GTEST_SKIP() << "fixtures folder ../shared/fixtures not found; parity test skipped";       \
-    }                                                                                            \
+#define REQUIRE_FIXTURES()                                                                 \
+  do {                                                                                     \
+    if (::dreamlora::testing::fixtures_dir().empty()) {                                    \
+      if (::dreamlora::testing::running_in_ci())                                           \
+        FAIL() << "fixtures folder ../shared/fixtures missing under CI";                   \
+      GTEST_SKIP() << "fixtures folder ../shared/fixtures not found; parity test skipped"; \
+    }                                                                                      \
   } while (0)
 
 // EXPECT that two tensors agree within tol (max abs error), printing the error either way.
-#define EXPECT_TENSOR_NEAR(actual, expected, tol)                                                  \
-  do {                                                                                             \
-    auto _a = (actual);                                                                            \
-    auto _e = (expected);                                                                          \
-    ASSERT_EQ(_a.sizes(), _e.sizes()) << #actual " vs " #expected;                                 \
-    double _err = ::dreamlora::testing::max_abs_diff(_a, _e);                                      \
-    std::cout << "[ parity ] " << #actual << " max abs error " << _err << std::endl;               \
-    EXPECT_LE(_err, (tol)) << #actual " vs " #expected;                                             \
+#define EXPECT_TENSOR_NEAR(actual, expected, tol)                                    \
+  do {                                                                               \
+    auto _a = (actual);                                                              \
+    auto _e = (expected);                                                            \
+    ASSERT_EQ(_a.sizes(), _e.sizes()) << #actual " vs " #expected;                   \
+    double _err = ::dreamlora::testing::max_abs_diff(_a, _e);                        \
+    std::cout << "[ parity ] " << #actual << " max abs error " << _err << std::endl; \
+    EXPECT_LE(_err, (tol)) << #actual " vs " #expected;                              \
   } while (0)

@@ -4,7 +4,6 @@
 // {"allocated_peak_bytes": N, "reserved_peak_bytes": M} whenever a peak grows. Peaks only grow, so polling
 // loses nothing, and a process that is killed leaves its last peak behind.
 #include <c10/cuda/CUDACachingAllocator.h>
-
 #include <unistd.h>
 
 #include <chrono>

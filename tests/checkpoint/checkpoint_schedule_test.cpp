@@ -23,8 +23,7 @@ struct Harness {
   CheckpointSchedule schedule;
 
   explicit Harness(CheckpointScheduleOptions o)
-      : schedule(
-            std::move(o), [this] { return now; }, [this](const std::string& l) { log.push_back(l); }) {}
+      : schedule(std::move(o), [this] { return now; }, [this](const std::string& l) { log.push_back(l); }) {}
 
   // Runs steps first..last of `seconds` each; returns the steps at which a checkpoint was due (and
   // "saves" it with the given stall).

@@ -248,9 +248,7 @@ TEST_F(StoreTest, RealFileSizeLimitFailureIsReportedAndCleanedUp) {
   const fs::path msg_file = dir.parent_path() / (dir.filename().string() + ".msg");
   int status = testing::run_in_child([&] {
     ::signal(SIGXFSZ, SIG_IGN);
-    struct rlimit lim {
-      64 * 1024, 64 * 1024
-    };
+    struct rlimit lim{64 * 1024, 64 * 1024};
     ::setrlimit(RLIMIT_FSIZE, &lim);
     try {
       CheckpointStore(dir).commit(200, sample_contents(200, 1 << 20));
@@ -333,7 +331,8 @@ TEST_F(StoreTest, AFreshMachineRestoresTheNewestValidCheckpointFromADirectoryMir
   EXPECT_NE(reports[0].find("checkpoint 3"), std::string::npos) << reports[0];
   EXPECT_EQ(entry_names(fresh_dir), (std::set<std::string>{"checkpoint-2"}));  // no temporaries left
   for (const auto& name : entry_names(dir / "checkpoint-2"))  // the manifest too: byte for byte
-    EXPECT_EQ(io::read_file(fresh_dir / "checkpoint-2" / name), io::read_file(dir / "checkpoint-2" / name)) << name;
+    EXPECT_EQ(io::read_file(fresh_dir / "checkpoint-2" / name), io::read_file(dir / "checkpoint-2" / name))
+        << name;
   EXPECT_EQ(mirror.restore_latest(fresh, 2, nullptr), std::nullopt);  // nothing newer than the local one
   fs::remove_all(mirror_dir);
   fs::remove_all(fresh_dir);

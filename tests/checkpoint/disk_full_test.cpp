@@ -64,7 +64,8 @@ TEST_F(SmallTmpfs, CheckpointThatDoesNotFitWarnsFailsCleanlyAndKeepsEarlierOnes)
   EXPECT_TRUE(verify_checkpoint(dir / "checkpoint-100").ok);
   EXPECT_TRUE(verify_checkpoint(dir / "checkpoint-200").ok);
   EXPECT_FALSE(fs::exists(dir / "checkpoint-300"));
-  for (const auto& name : entry_names(dir)) EXPECT_EQ(name.rfind("checkpoint-", 0), 0u) << "leftover " << name;
+  for (const auto& name : entry_names(dir))
+    EXPECT_EQ(name.rfind("checkpoint-", 0), 0u) << "leftover " << name;
   // The next run resumes from the newest valid one.
   CheckpointStore next_run(dir);
   EXPECT_EQ(next_run.latest_valid().latest->step, 200);

@@ -26,7 +26,9 @@ struct FaultRow {
   bool new_dir_survives;       // the fault comes after the rename: checkpoint-300 exists and verifies
 };
 
-void PrintTo(const FaultRow& r, std::ostream* os) { *os << r.phase << " / " << r.fault; }
+void PrintTo(const FaultRow& r, std::ostream* os) {
+  *os << r.phase << " / " << r.fault;
+}
 
 class CommitFault : public ::testing::TestWithParam<FaultRow> {
  protected:
@@ -70,7 +72,8 @@ TEST_P(CommitFault, CheckpointCountsAsNotWrittenAndNothingOlderIsPruned) {
   EXPECT_TRUE(verify_checkpoint(dir / "checkpoint-200").ok);
   for (const auto& info : store->list()) EXPECT_TRUE(info.valid) << info.path << ": " << info.reason;
   // No temporary directory is left behind by this process.
-  for (const auto& name : entry_names(dir)) EXPECT_EQ(name.rfind("checkpoint-", 0), 0u) << "leftover " << name;
+  for (const auto& name : entry_names(dir))
+    EXPECT_EQ(name.rfind("checkpoint-", 0), 0u) << "leftover " << name;
   // A resume takes the newest valid checkpoint: 300 only where every file was fsynced before the rename.
   EXPECT_EQ(store->latest_valid().latest->step, row.new_dir_survives ? 300 : 200);
 
@@ -106,7 +109,8 @@ TEST_F(CommitFault, FailedMoveAsideOfAnInvalidCheckpointKeepsItAndCommitsNothing
   EXPECT_FALSE(verify_checkpoint(dir / "checkpoint-200").ok);  // the old invalid one, untouched
   EXPECT_TRUE(fs::exists(dir / "checkpoint-200" / "trainer_state.json"));
   EXPECT_EQ(store->latest_valid().latest->step, 100);
-  for (const auto& name : entry_names(dir)) EXPECT_EQ(name.rfind("checkpoint-", 0), 0u) << "leftover " << name;
+  for (const auto& name : entry_names(dir))
+    EXPECT_EQ(name.rfind("checkpoint-", 0), 0u) << "leftover " << name;
   store->commit(200, sample_contents(200));
   EXPECT_EQ(store->latest_valid().latest->step, 200);
 }
@@ -141,7 +145,8 @@ TEST_F(CommitFault, EnvironmentVariableArmsTheFaultInAFreshProcess) {
   int status = testing::run_in_child([&] {
     // A forked child inherits the parent's armed state; the variable is what a spawned trainer reads.
     ::setenv("DREAMLORA_TEST_FAULT", "fsync:2", 1);
-    std::vector<std::string> argv{"/proc/self/exe", "--gtest_filter=CommitFaultChild.ChildCommitUnderEnvFault"};
+    std::vector<std::string> argv{"/proc/self/exe",
+                                  "--gtest_filter=CommitFaultChild.ChildCommitUnderEnvFault"};
     ::setenv("DREAMLORA_FAULT_TEST_DIR", dir.c_str(), 1);
     std::vector<char*> args;
     for (auto& a : argv) args.push_back(a.data());
@@ -164,7 +169,8 @@ TEST(CommitFaultChild, ChildCommitUnderEnvFault) {
     child.commit(200, sample_contents(200));
     ADD_FAILURE() << "DREAMLORA_TEST_FAULT=fsync:2 did not fail the commit";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("optimizer.safetensors: fsync failed"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("optimizer.safetensors: fsync failed"), std::string::npos)
+        << e.what();
   }
 }
 

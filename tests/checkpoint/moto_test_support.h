@@ -118,15 +118,15 @@ class MotoServer {
 };
 
 // Skips (or, under CI=true, fails) the test when build/pyenv has no moto; else sets `var` to the venv.
-#define REQUIRE_MOTO(var)                                                                              \
-  std::filesystem::path var = ::dreamlora::checkpoint::testing::find_python_clients_venv();           \
-  do {                                                                                                 \
-    if (var.empty()) {                                                                                 \
-      if (::dreamlora::testing::running_in_ci())                                                       \
-        FAIL() << "moto not installed under CI (run scripts/install-python-clients.sh)";              \
-      GTEST_SKIP() << "moto not installed in build/pyenv or $DREAMLORA_PYENV "                         \
-                      "(scripts/install-python-clients.sh); SigV4 tests skipped";                      \
-    }                                                                                                  \
+#define REQUIRE_MOTO(var)                                                                   \
+  std::filesystem::path var = ::dreamlora::checkpoint::testing::find_python_clients_venv(); \
+  do {                                                                                      \
+    if (var.empty()) {                                                                      \
+      if (::dreamlora::testing::running_in_ci())                                            \
+        FAIL() << "moto not installed under CI (run scripts/install-python-clients.sh)";    \
+      GTEST_SKIP() << "moto not installed in build/pyenv or $DREAMLORA_PYENV "              \
+                      "(scripts/install-python-clients.sh); SigV4 tests skipped";           \
+    }                                                                                       \
   } while (0)
 
 }  // namespace dreamlora::checkpoint::testing

@@ -38,17 +38,21 @@ TEST(OutputLock, ASecondHolderIsRefusedWithThePidHostAndStartTimeOfTheFirst) {
   char host[256] = {};
   gethostname(host, sizeof(host) - 1);
   EXPECT_NE(error.find("in use by another trainer"), std::string::npos) << error;
-  EXPECT_NE(error.find("pid " + std::to_string(getpid()) + " on " + host + " since 20"), std::string::npos) << error;
+  EXPECT_NE(error.find("pid " + std::to_string(getpid()) + " on " + host + " since 20"), std::string::npos)
+      << error;
   auto holder = lock_holder(dir);
   ASSERT_TRUE(holder.has_value());
   EXPECT_EQ(holder->pid, getpid());
-  EXPECT_NE(inspect_text(dir).find("locked by a running trainer: pid " + std::to_string(getpid())), std::string::npos)
+  EXPECT_NE(inspect_text(dir).find("locked by a running trainer: pid " + std::to_string(getpid())),
+            std::string::npos)
       << inspect_text(dir);
 }
 
 TEST(OutputLock, IsFreeAgainWhenTheHolderLetsGo) {
   auto dir = dreamlora::testing::make_temp_dir("lock-release");
-  { auto lock = OutputLock::acquire(dir); }
+  {
+    auto lock = OutputLock::acquire(dir);
+  }
   EXPECT_FALSE(lock_holder(dir).has_value());
   EXPECT_NE(inspect_text(dir).find("not locked"), std::string::npos) << inspect_text(dir);
   EXPECT_NO_THROW(OutputLock::acquire(dir));

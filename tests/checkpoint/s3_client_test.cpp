@@ -11,8 +11,8 @@
 namespace dreamlora::checkpoint {
 namespace {
 
-using testing::StubHttpServer;
 using testing::stub_config;
+using testing::StubHttpServer;
 
 const char* kErrorXml = R"(<?xml version="1.0" encoding="UTF-8"?>
 <Error><Code>%CODE%</Code><Message>%MSG%</Message><RequestId>R1</RequestId></Error>)";
@@ -50,13 +50,14 @@ class ScopedEnv {
 
 void clear_aws_env(ScopedEnv& env) {
   for (const char* n : {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                        "AWS_SHARED_CREDENTIALS_FILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
-                        "AWS_DEFAULT_REGION", "AWS_S3_FORCE_PATH_STYLE"})
+                        "AWS_SHARED_CREDENTIALS_FILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                        "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_S3_FORCE_PATH_STYLE"})
     env.set(n, nullptr);
 }
 
 TEST(S3Url, EncodesEverythingButUnreservedCharactersAndOptionallySlashes) {
-  EXPECT_EQ(remote::s3_uri_encode("run 1/checkpoint-10/a+b=c~._-", true), "run%201/checkpoint-10/a%2Bb%3Dc~._-");
+  EXPECT_EQ(remote::s3_uri_encode("run 1/checkpoint-10/a+b=c~._-", true),
+            "run%201/checkpoint-10/a%2Bb%3Dc~._-");
   EXPECT_EQ(remote::s3_uri_encode("a/b", false), "a%2Fb");
 }
 
@@ -92,7 +93,8 @@ TEST(S3Config, ReadsEndpointRegionAndCredentialsFromEnvironment) {
   EXPECT_EQ(c.region, "eu-west-3");
   EXPECT_EQ(c.access_key_id, "AKID1");
   EXPECT_EQ(c.session_token, "TOKEN1");
-  EXPECT_EQ(remote::S3Config::from_environment("https://minio.local:9000").endpoint, "https://minio.local:9000");
+  EXPECT_EQ(remote::S3Config::from_environment("https://minio.local:9000").endpoint,
+            "https://minio.local:9000");
   EXPECT_EQ(c.describe().find("SECRET1"), std::string::npos);
 }
 
@@ -149,8 +151,9 @@ TEST(S3Config, MissingCredentialsSayWhereTheyAreLookedFor) {
 }
 
 TEST(S3ClientStub, WrongCredentialsGiveAClear403ErrorWithoutTheSecret) {
-  StubHttpServer stub({{403, error_xml("InvalidAccessKeyId",
-                                       "The AWS Access Key Id you provided does not exist in our records.")}});
+  StubHttpServer stub(
+      {{403, error_xml("InvalidAccessKeyId",
+                       "The AWS Access Key Id you provided does not exist in our records.")}});
   remote::S3Config config = stub_config(stub.endpoint());
   S3Sink sink(S3Location::parse("s3://train-bucket/run1"), config);
   try {
@@ -168,11 +171,14 @@ TEST(S3ClientStub, WrongCredentialsGiveAClear403ErrorWithoutTheSecret) {
   // 403 is not retried: one request, signed SigV4 with the payload hash header s3rver/S3 require.
   auto reqs = stub.requests();
   ASSERT_EQ(reqs.size(), 1u);
-  EXPECT_EQ(reqs[0].rfind("GET /train-bucket?list-type=2&max-keys=1&prefix=run1%2F HTTP/1.1", 0), 0u) << reqs[0];
-  EXPECT_NE(reqs[0].find("Authorization: AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"), std::string::npos) << reqs[0];
+  EXPECT_EQ(reqs[0].rfind("GET /train-bucket?list-type=2&max-keys=1&prefix=run1%2F HTTP/1.1", 0), 0u)
+      << reqs[0];
+  EXPECT_NE(reqs[0].find("Authorization: AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"), std::string::npos)
+      << reqs[0];
   EXPECT_NE(reqs[0].find("/us-east-1/s3/aws4_request"), std::string::npos) << reqs[0];
-  EXPECT_NE(reqs[0].find("x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
-            std::string::npos)
+  EXPECT_NE(
+      reqs[0].find("x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+      std::string::npos)
       << reqs[0];
   EXPECT_EQ(reqs[0].find(config.secret_access_key), std::string::npos);
 }
@@ -221,11 +227,13 @@ TEST(S3ClientStub, PersistentServerErrorsFailWithStatusCodeAndAttempts) {
 }
 
 TEST(S3ClientStub, ListingFollowsContinuationTokensEncodedInTheQuery) {
-  StubHttpServer stub({{200, "<ListBucketResult><Contents><Key>p/b</Key><Size>2</Size></Contents>"
-                             "<Contents><Key>p/a</Key><Size>1</Size></Contents><IsTruncated>true</IsTruncated>"
-                             "<NextContinuationToken>1ab/+c=</NextContinuationToken></ListBucketResult>"},
-                       {200, "<ListBucketResult><Contents><Key>p/c</Key><Size>3</Size></Contents>"
-                             "<IsTruncated>false</IsTruncated></ListBucketResult>"}});
+  StubHttpServer stub({{200,
+                        "<ListBucketResult><Contents><Key>p/b</Key><Size>2</Size></Contents>"
+                        "<Contents><Key>p/a</Key><Size>1</Size></Contents><IsTruncated>true</IsTruncated>"
+                        "<NextContinuationToken>1ab/+c=</NextContinuationToken></ListBucketResult>"},
+                       {200,
+                        "<ListBucketResult><Contents><Key>p/c</Key><Size>3</Size></Contents>"
+                        "<IsTruncated>false</IsTruncated></ListBucketResult>"}});
   remote::S3Client client(stub_config(stub.endpoint()));
   auto objects = client.list("train-bucket", "p/", 2);
   ASSERT_EQ(objects.size(), 3u);
@@ -234,7 +242,8 @@ TEST(S3ClientStub, ListingFollowsContinuationTokensEncodedInTheQuery) {
   EXPECT_EQ(objects[2].key, "p/c");
   auto reqs = stub.requests();
   ASSERT_EQ(reqs.size(), 2u);
-  EXPECT_EQ(reqs[1].rfind("GET /train-bucket?continuation-token=1ab%2F%2Bc%3D&list-type=2&max-keys=2&prefix=p%2F ", 0),
+  EXPECT_EQ(reqs[1].rfind(
+                "GET /train-bucket?continuation-token=1ab%2F%2Bc%3D&list-type=2&max-keys=2&prefix=p%2F ", 0),
             0u)
       << reqs[1];
 }
@@ -261,7 +270,8 @@ TEST(S3SinkStub, UploadFailureIsRecordedNotThrown) {
   auto dir = dreamlora::testing::make_temp_dir("s3-sink-stub");
   CheckpointStore store(dir / "out");
   std::vector<std::string> warnings;
-  auto sink = std::make_shared<S3Sink>(S3Location::parse("s3://train-bucket/run"), stub_config(stub.endpoint()));
+  auto sink =
+      std::make_shared<S3Sink>(S3Location::parse("s3://train-bucket/run"), stub_config(stub.endpoint()));
   sink->set_warning_handler([&](const std::string& w) { warnings.push_back(w); });
   store.add_mirror(sink);
   CheckpointContents c;

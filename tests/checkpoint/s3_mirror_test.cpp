@@ -110,7 +110,8 @@ TEST_F(S3MirrorTest, ServerStoppedMidUploadLeavesNoRemoteManifestAndLaterPublish
   EXPECT_TRUE(verify_checkpoint(root_ / "a" / "checkpoint-10").ok);  // local commit unaffected
   ASSERT_EQ(sink->failures().size(), 1u);
   EXPECT_EQ(sink->failures()[0].step, 10);
-  EXPECT_NE(sink->failures()[0].message.find("network error"), std::string::npos) << sink->failures()[0].message;
+  EXPECT_NE(sink->failures()[0].message.find("network error"), std::string::npos)
+      << sink->failures()[0].message;
   ASSERT_FALSE(warnings_.empty());
 
   const int port = server_->port();
@@ -227,7 +228,8 @@ TEST_F(S3MirrorTest, UnknownAccessKeyGivesAClearErrorBeforeTraining) {
   } catch (const remote::S3Error& e) {
     EXPECT_EQ(e.http_status, 403);
     EXPECT_EQ(e.s3_code, "InvalidAccessKeyId");
-    EXPECT_NE(std::string(e.what()).find("(access key id NOT-A-KEY) are wrong"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("(access key id NOT-A-KEY) are wrong"), std::string::npos)
+        << e.what();
   }
 }
 
@@ -326,7 +328,8 @@ TEST_F(S3MirrorTest, PruningNeverRemovesTheNewestRemoteCheckpointBeforeANewerOne
     if (key.find("checkpoint-2/") != std::string::npos) throw std::runtime_error("HTTP 503 SlowDown");
   });
   store.commit(2, sample_contents(2, 1024));
-  store.prune(1);  // local keeps checkpoint-2 only; the bucket must keep checkpoint-1, its newest complete one
+  store.prune(
+      1);  // local keeps checkpoint-2 only; the bucket must keep checkpoint-1, its newest complete one
   auto remote = list_remote_checkpoints(sink->client(), sink->location());
   ASSERT_FALSE(remote.empty());
   EXPECT_EQ(remote[0].step, 1);

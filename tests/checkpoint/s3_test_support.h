@@ -27,8 +27,8 @@
 namespace dreamlora::checkpoint::testing {
 
 // A path-style S3 client config for a server on this machine, retrying fast.
-inline remote::S3Config local_s3_config(const std::string& endpoint, const std::string& key_id, const std::string& secret,
-                                int max_attempts) {
+inline remote::S3Config local_s3_config(const std::string& endpoint, const std::string& key_id,
+                                        const std::string& secret, int max_attempts) {
   remote::S3Config c;
   c.endpoint = endpoint;
   c.path_style = true;
@@ -120,7 +120,9 @@ class S3rver {
   std::string endpoint() const { return "http://127.0.0.1:" + std::to_string(port_); }
   const std::string& error() const { return error_; }
 
-  remote::S3Config config() const { return local_s3_config(endpoint(), kAccessKey, kSecretKey, /*max_attempts=*/2); }
+  remote::S3Config config() const {
+    return local_s3_config(endpoint(), kAccessKey, kSecretKey, /*max_attempts=*/2);
+  }
 
  private:
   bool fail_with(const std::string& e) {
@@ -134,13 +136,14 @@ class S3rver {
 };
 
 // Skips (or, under CI=true, fails) the test when s3rver is not installed; else sets `var` to the binary.
-#define REQUIRE_S3RVER(var)                                                                          \
-  std::string var = ::dreamlora::checkpoint::testing::find_s3rver();                                \
-  do {                                                                                               \
-    if (var.empty()) {                                                                               \
-      if (::dreamlora::testing::running_in_ci()) FAIL() << "s3rver not installed under CI (run scripts/install-s3rver.sh)"; \
-      GTEST_SKIP() << "s3rver not installed (scripts/install-s3rver.sh); S3 mirror test skipped";   \
-    }                                                                                                \
+#define REQUIRE_S3RVER(var)                                                                       \
+  std::string var = ::dreamlora::checkpoint::testing::find_s3rver();                              \
+  do {                                                                                            \
+    if (var.empty()) {                                                                            \
+      if (::dreamlora::testing::running_in_ci())                                                  \
+        FAIL() << "s3rver not installed under CI (run scripts/install-s3rver.sh)";                \
+      GTEST_SKIP() << "s3rver not installed (scripts/install-s3rver.sh); S3 mirror test skipped"; \
+    }                                                                                             \
   } while (0)
 
 // A loopback HTTP server answering each request with the next scripted response (the last one
@@ -192,9 +195,10 @@ class StubHttpServer {
         requests_.push_back(head);
       }
       const Reply& r = replies_[std::min(next++, replies_.size() - 1)];
-      const std::string resp = "HTTP/1.1 " + std::to_string(r.status) + " Stub\r\nContent-Type: application/xml\r\n" +
-                               "x-amz-request-id: STUBREQ\r\nContent-Length: " + std::to_string(r.body.size()) +
-                               "\r\nConnection: close\r\n\r\n" + r.body;
+      const std::string resp =
+          "HTTP/1.1 " + std::to_string(r.status) + " Stub\r\nContent-Type: application/xml\r\n" +
+          "x-amz-request-id: STUBREQ\r\nContent-Length: " + std::to_string(r.body.size()) +
+          "\r\nConnection: close\r\n\r\n" + r.body;
       ::send(c, resp.data(), resp.size(), MSG_NOSIGNAL);
       ::shutdown(c, SHUT_WR);
       char drain[4096];
@@ -228,7 +232,8 @@ class StubHttpServer {
 };
 
 inline remote::S3Config stub_config(const std::string& endpoint) {
-  auto c = local_s3_config(endpoint, "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", /*max_attempts=*/3);
+  auto c = local_s3_config(endpoint, "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+                           /*max_attempts=*/3);
   c.backoff_max_s = 0.02;
   return c;
 }

@@ -9,8 +9,9 @@ using namespace dreamlora::testing;
 namespace {
 
 std::vector<std::string> train_without_data(std::vector<std::string> extra) {
-  std::vector<std::string> args = {"train", "--model", "/nonexistent/model", "--image-path", "/nonexistent/images",
-                                   "--prompt", "a photo of sks dog"};
+  std::vector<std::string> args = {
+      "train",    "--model",           "/nonexistent/model", "--image-path", "/nonexistent/images",
+      "--prompt", "a photo of sks dog"};
   args.insert(args.end(), extra.begin(), extra.end());
   return args;
 }
@@ -29,7 +30,8 @@ TEST(CliCommandLine, AFlagGivenTwiceTakesItsLastValue) {
   auto r = run_dreamlora(train_without_data({"--num-steps", "4", "--num-steps", "0"}));
   EXPECT_EQ(r.exit_status, 1) << r.output;
   EXPECT_NE(r.output.find("--num-steps must be at least 1, got 0"), std::string::npos) << r.output;
-  auto global = run_dreamlora({"--threads", "1", "inspect", make_temp_dir("cli-twice").string(), "--threads", "2"});
+  auto global =
+      run_dreamlora({"--threads", "1", "inspect", make_temp_dir("cli-twice").string(), "--threads", "2"});
   EXPECT_EQ(global.exit_status, 0) << global.output;
 }
 

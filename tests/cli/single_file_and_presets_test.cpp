@@ -1,5 +1,5 @@
-// `dreamlora inspect model.safetensors` names the family of a single-file checkpoint and the keys that decided it;
-// `make-model` says what its weights are for and refuses a truncated tokenizer vocabulary.
+// `dreamlora inspect model.safetensors` names the family of a single-file checkpoint and the keys that
+// decided it; `make-model` says what its weights are for and refuses a truncated tokenizer vocabulary.
 #include "test_util.h"
 
 using namespace dreamlora::testing;

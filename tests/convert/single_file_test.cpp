@@ -1,13 +1,14 @@
 // Single-file checkpoints (original LDM/SGM layout) against the diffusers folders they were converted from
 // by diffusers' own scripts: every weight and every component output is bit-identical; the family is
 // detected with a reason; unknown keys are one error listing them; EMA copies are ignored as diffusers does.
+#include "dreamlora/convert/single_file.h"
+
 #include <torch/torch.h>
 
 #include <fstream>
 #include <functional>
 
 #include "dreamlora/common/error.h"
-#include "dreamlora/convert/single_file.h"
 #include "dreamlora/io/safetensors.h"
 #include "dreamlora/nn/state_dict.h"
 #include "dreamlora/pipeline/single_file.h"
@@ -69,7 +70,8 @@ TEST_P(SingleFileParity, EveryWeightEqualsTheDiffusersFolder) {
   expect_same_weights(*p.folder.unet, *p.file.unet, "unet");
   expect_same_weights(*p.folder.vae, *p.file.vae, "vae");
   expect_same_weights(*p.folder.text.text_encoder, *p.file.text.text_encoder, "text_encoder");
-  if (p.folder.sdxl) expect_same_weights(*p.folder.text.text_encoder_2, *p.file.text.text_encoder_2, "text_encoder_2");
+  if (p.folder.sdxl)
+    expect_same_weights(*p.folder.text.text_encoder_2, *p.file.text.text_encoder_2, "text_encoder_2");
   EXPECT_EQ(p.folder.sdxl, p.file.sdxl);
   EXPECT_EQ(p.folder.scheduler_config, p.file.scheduler_config);
 }
@@ -96,7 +98,8 @@ TEST_P(SingleFileParity, TextEncoderUNetAndVaeOutputsAreBitIdentical) {
     text_embeds = ref.get("unet.added_cond.text_embeds");
     time_ids = ref.get("unet.added_cond.time_ids");
   }
-  auto sample = ref.get("unet.sample"), t = ref.get("unet.timesteps"), ehs = ref.get("unet.encoder_hidden_states");
+  auto sample = ref.get("unet.sample"), t = ref.get("unet.timesteps"),
+       ehs = ref.get("unet.encoder_hidden_states");
   auto ua = p.folder.unet->forward(sample, t, ehs, text_embeds, time_ids);
   auto ub = p.file.unet->forward(sample, t, ehs, text_embeds, time_ids);
   EXPECT_TRUE(torch::equal(ua, ub));
@@ -111,26 +114,32 @@ TEST_P(SingleFileParity, TextEncoderUNetAndVaeOutputsAreBitIdentical) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, SingleFileParity, ::testing::Values("tiny-sd", "tiny-sdxl"),
-                         [](const auto& info) { return info.param == "tiny-sd" ? std::string("sd") : "sdxl"; });
+                         [](const auto& info) {
+                           return info.param == "tiny-sd" ? std::string("sd") : "sdxl";
+                         });
 
 TEST(SingleFileFamily, DetectedFromTheKeysWithAReason) {
   REQUIRE_FIXTURES();
-  auto sd = convert::detect_family(safetensors::File::open(fixtures_dir() / "tiny-sd" / "single-file.safetensors"));
+  auto sd =
+      convert::detect_family(safetensors::File::open(fixtures_dir() / "tiny-sd" / "single-file.safetensors"));
   EXPECT_EQ(sd.family, convert::CheckpointFamily::sd1);
   EXPECT_NE(sd.reason.find("cond_stage_model.transformer."), std::string::npos) << sd.reason;
   EXPECT_FALSE(sd.v_prediction);
-  auto xl = convert::detect_family(safetensors::File::open(fixtures_dir() / "tiny-sdxl" / "single-file.safetensors"));
+  auto xl = convert::detect_family(
+      safetensors::File::open(fixtures_dir() / "tiny-sdxl" / "single-file.safetensors"));
   EXPECT_EQ(xl.family, convert::CheckpointFamily::sdxl);
   EXPECT_NE(xl.reason.find("conditioner.embedders.1.model."), std::string::npos) << xl.reason;
 }
 
 TEST(SingleFileFamily, WithoutModelConfigTheErrorSaysWhatWasFoundAndWhatToPass) {
   REQUIRE_FIXTURES();
-  auto msg = error_of([] { SingleFileCheckpoint::open(fixtures_dir() / "tiny-sd" / "single-file.safetensors", ""); });
+  auto msg = error_of(
+      [] { SingleFileCheckpoint::open(fixtures_dir() / "tiny-sd" / "single-file.safetensors", ""); });
   EXPECT_NE(msg.find("SD1.x"), std::string::npos) << msg;
   EXPECT_NE(msg.find("--model-config"), std::string::npos) << msg;
   msg = error_of([] {
-    SingleFileCheckpoint::open(fixtures_dir() / "tiny-sd" / "single-file.safetensors", fixtures_dir() / "tiny-sdxl");
+    SingleFileCheckpoint::open(fixtures_dir() / "tiny-sd" / "single-file.safetensors",
+                               fixtures_dir() / "tiny-sdxl");
   });
   EXPECT_NE(msg.find("SDXL"), std::string::npos) << msg;
 }
@@ -168,17 +177,20 @@ TEST(SingleFileKeys, UnknownKeysAreOneErrorListingThemAndEmaCopiesAreIgnored) {
 
 TEST(SingleFileKeys, PickleIsRefused) {
   auto dir = dreamlora::testing::make_temp_dir("single-file-pickle");
-  { std::ofstream(dir / "model.ckpt") << "not read"; }
+  {
+    std::ofstream(dir / "model.ckpt") << "not read";
+  }
   auto msg = error_of([&] { ModelBundle::load(dir / "model.ckpt", {}); });
   EXPECT_NE(msg.find("pickle"), std::string::npos) << msg;
   fs::remove_all(dir);
 }
 
 TEST(LdmNames, VaeAndOpenClipTablesRoundTrip) {
-  for (std::string name : {"encoder.down.1.block.0.nin_shortcut.weight", "encoder.down.0.downsample.conv.bias",
-                           "decoder.up.3.block.2.conv1.weight", "decoder.up.1.upsample.conv.weight",
-                           "decoder.mid.block_2.norm1.bias", "encoder.mid.attn_1.proj_out.weight",
-                           "encoder.norm_out.weight", "post_quant_conv.weight"}) {
+  for (std::string name :
+       {"encoder.down.1.block.0.nin_shortcut.weight", "encoder.down.0.downsample.conv.bias",
+        "decoder.up.3.block.2.conv1.weight", "decoder.up.1.upsample.conv.weight",
+        "decoder.mid.block_2.norm1.bias", "encoder.mid.attn_1.proj_out.weight", "encoder.norm_out.weight",
+        "post_quant_conv.weight"}) {
     EXPECT_EQ(convert::vae_diffusers_to_ldm(convert::vae_ldm_to_diffusers(name, 4), 4), name);
   }
   EXPECT_EQ(convert::vae_ldm_to_diffusers("decoder.up.3.block.2.conv1.weight", 4),
@@ -189,8 +201,9 @@ TEST(LdmNames, VaeAndOpenClipTablesRoundTrip) {
   ASSERT_EQ(qkv.size(), 3u);
   EXPECT_EQ(qkv[1].name, "text_model.encoder.layers.3.self_attn.k_proj.bias");
   EXPECT_EQ(convert::transformers_to_openclip(qkv[2].name).name, "transformer.resblocks.3.attn.in_proj_bias");
-  for (std::string name : {"transformer.resblocks.0.mlp.c_fc.weight", "transformer.resblocks.7.ln_2.bias",
-                           "transformer.resblocks.1.attn.out_proj.weight", "positional_embedding", "text_projection"}) {
+  for (std::string name :
+       {"transformer.resblocks.0.mlp.c_fc.weight", "transformer.resblocks.7.ln_2.bias",
+        "transformer.resblocks.1.attn.out_proj.weight", "positional_embedding", "text_projection"}) {
     auto mapped = convert::openclip_to_transformers(name);
     ASSERT_EQ(mapped.size(), 1u) << name;
     EXPECT_EQ(convert::transformers_to_openclip(mapped[0].name).name, name);

@@ -33,13 +33,13 @@ torch::Device test_device() {
 }
 
 // Skips unless the device is usable; fp32 on CUDA must not silently become TF32 (convolutions default to it).
-#define REQUIRE_DEVICE()                                                                     \
-  do {                                                                                       \
-    REQUIRE_FIXTURES();                                                                      \
-    if (test_device().is_cuda() && !torch::cuda::is_available())                             \
+#define REQUIRE_DEVICE()                                                                      \
+  do {                                                                                        \
+    REQUIRE_FIXTURES();                                                                       \
+    if (test_device().is_cuda() && !torch::cuda::is_available())                              \
       GTEST_SKIP() << "CUDA is not available (DREAMLORA_GPU_TEST_DEVICE=cpu runs it on CPU)"; \
-    at::globalContext().setAllowTF32CuDNN(false);                                            \
-    at::globalContext().setAllowTF32CuBLAS(false);                                           \
+    at::globalContext().setAllowTF32CuDNN(false);                                             \
+    at::globalContext().setAllowTF32CuBLAS(false);                                            \
   } while (0)
 
 std::map<std::string, torch::Tensor> reference(const std::string& set) {
@@ -56,14 +56,15 @@ double rel_norm_err(const torch::Tensor& a, const torch::Tensor& b) {
   return (x - y).norm().item<double>() / std::max(y.norm().item<double>(), 1e-30);
 }
 
-#define EXPECT_REL_NEAR(actual, expected, tol)                                                          \
-  do {                                                                                                  \
-    const double _err = rel_norm_err((actual), (expected));                                             \
-    std::cout << "[ parity ] " << #actual << " relative error " << _err << std::endl;                 \
-    EXPECT_LE(_err, (tol)) << #actual;                                                                  \
+#define EXPECT_REL_NEAR(actual, expected, tol)                                        \
+  do {                                                                                \
+    const double _err = rel_norm_err((actual), (expected));                           \
+    std::cout << "[ parity ] " << #actual << " relative error " << _err << std::endl; \
+    EXPECT_LE(_err, (tol)) << #actual;                                                \
   } while (0)
 
-#define EXPECT_NEAR_ON_CPU(actual, expected, tol) EXPECT_TENSOR_NEAR((actual).to(torch::kCPU, torch::kFloat32), expected, tol)
+#define EXPECT_NEAR_ON_CPU(actual, expected, tol) \
+  EXPECT_TENSOR_NEAR((actual).to(torch::kCPU, torch::kFloat32), expected, tol)
 
 // ---------------------------------------------------------------------------------------------------------
 // fp32
@@ -77,11 +78,12 @@ TEST(CudaParity, TextEncoderMatchesTransformersInFp32) {
   auto out = te->forward(on(ref.at("prompts.input_ids")), /*output_hidden_states=*/true);
   EXPECT_NEAR_ON_CPU(out.last_hidden_state, ref.at("text_encoder.last_hidden_state"), kFp32Tol);
   EXPECT_NEAR_ON_CPU(out.pooler_output, ref.at("text_encoder.pooler_output"), kFp32Tol);
-  EXPECT_NEAR_ON_CPU(out.hidden_states[out.hidden_states.size() - 2], ref.at("text_encoder.hidden_states_penultimate"),
-                     kFp32Tol);
+  EXPECT_NEAR_ON_CPU(out.hidden_states[out.hidden_states.size() - 2],
+                     ref.at("text_encoder.hidden_states_penultimate"), kFp32Tol);
 }
 
-torch::Tensor unet_output(const std::string& set, torch::Dtype dtype, std::map<std::string, torch::Tensor>& ref) {
+torch::Tensor unet_output(const std::string& set, torch::Dtype dtype,
+                          std::map<std::string, torch::Tensor>& ref) {
   const bool sdxl = set == "tiny-sdxl";
   auto unet = unet::UNet2DConditionModelImpl::load(fixtures_dir() / set / "unet");
   unet->to(test_device(), dtype);
@@ -125,7 +127,8 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 
 unet::UNet2DConditionModel unet_with_fixture_lora() {
   auto unet = unet::UNet2DConditionModelImpl::load(fixtures_dir() / "tiny-sd" / "unet");
-  auto peft = io::safetensors::File::open(fixtures_dir() / "tiny-sd" / "lora" / "peft_state_dict.safetensors").load_all();
+  auto peft = io::safetensors::File::open(fixtures_dir() / "tiny-sd" / "lora" / "peft_state_dict.safetensors")
+                  .load_all();
   auto modules = unet->named_modules();
   const std::string kA = ".lora_A.weight", kB = ".lora_B.weight";
   for (const auto& [key, a] : peft) {
@@ -161,7 +164,8 @@ StepResult lora_step(torch::Dtype dtype, bool checkpointing) {
   for (const auto& item : unet->named_parameters()) {
     const auto pos = item.key().find(".lora.");
     if (pos == std::string::npos || !item.value().grad().defined()) continue;
-    const auto peft = item.key().substr(0, pos) + (ends_with(item.key(), ".lora.down.weight") ? ".lora_A.weight" : ".lora_B.weight");
+    const auto peft = item.key().substr(0, pos) +
+                      (ends_with(item.key(), ".lora.down.weight") ? ".lora_A.weight" : ".lora_B.weight");
     r.grads[peft] = item.value().grad().to(torch::kCPU, torch::kFloat32);
   }
   return r;
@@ -172,7 +176,8 @@ double worst_grad_error(const StepResult& r, const std::map<std::string, torch::
   double worst = 0;
   for (const auto& [name, g] : r.grads) {
     const auto& e = ref.at("lora.all_grads." + name);
-    worst = std::max(worst, (g - e).abs().max().item<double>() / std::max(e.abs().max().item<double>(), 1e-30));
+    worst =
+        std::max(worst, (g - e).abs().max().item<double>() / std::max(e.abs().max().item<double>(), 1e-30));
   }
   return worst;
 }
@@ -213,7 +218,8 @@ TEST(CudaParity, Bf16TextEncoderUNetAndVaeStayWithinTolerance) {
     auto vae = vae::AutoencoderKLImpl::load(fixtures_dir() / "tiny-sd" / "vae");
     vae->to(test_device(), torch::kBFloat16);
     torch::NoGradGuard no_grad;
-    EXPECT_REL_NEAR(vae->decode(on(ref.at("vae.latent_mean"), torch::kBFloat16)), ref.at("vae.decoded"), kBf16OutputTol);
+    EXPECT_REL_NEAR(vae->decode(on(ref.at("vae.latent_mean"), torch::kBFloat16)), ref.at("vae.decoded"),
+                    kBf16OutputTol);
   }
 }
 

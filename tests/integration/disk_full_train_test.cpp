@@ -33,9 +33,23 @@ const DiskFullWorld& disk_full_world() {
 }
 
 std::vector<std::string> six_steps_checkpoint_every_two(const fs::path& out) {
-  return {"--threads", "2", "train", "--model", disk_full_world().model.string(), "--image-path",
-          disk_full_world().images.string(), "--prompt", "a photo of sks toy", "--resolution", "32",
-          "--num-steps", "6", "--checkpointing-steps", "2", "--output-dir", out.string()};
+  return {"--threads",
+          "2",
+          "train",
+          "--model",
+          disk_full_world().model.string(),
+          "--image-path",
+          disk_full_world().images.string(),
+          "--prompt",
+          "a photo of sks toy",
+          "--resolution",
+          "32",
+          "--num-steps",
+          "6",
+          "--checkpointing-steps",
+          "2",
+          "--output-dir",
+          out.string()};
 }
 
 // The environment that fills the disk while a file whose path contains `path_part` is written, after
@@ -50,7 +64,9 @@ std::vector<std::string> disk_full_while_writing(const std::string& path_part, i
 #endif
 }
 
-bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+bool has(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
 
 // Names in `out` that a failed write could have left behind (temporary files and folders).
 std::vector<std::string> leftovers(const fs::path& out) {
@@ -88,7 +104,8 @@ class DiskFullTrain : public ::testing::Test {
 
 TEST_F(DiskFullTrain, ACheckpointThatHitsENOSPCFailsTheRunKeepsEarlierOnesAndARerunFinishes) {
   const auto out = make_temp_dir("disk-full-checkpoint");
-  auto full = run_dreamlora(six_steps_checkpoint_every_two(out), disk_full_while_writing("checkpoint-4", 50000));
+  auto full =
+      run_dreamlora(six_steps_checkpoint_every_two(out), disk_full_while_writing("checkpoint-4", 50000));
   EXPECT_EQ(full.exit_status, 1) << full.output;
   EXPECT_TRUE(has(full.output, "checkpoint 4 not written")) << full.output;
   EXPECT_TRUE(has(full.output, "No space left on device (free disk space")) << full.output;

@@ -25,7 +25,9 @@ namespace {
 
 constexpr char kNetnsPrefix[] = "dreamlora-netns-";
 
-bool shell_ok(const std::string& command) { return std::system((command + " >/dev/null 2>&1").c_str()) == 0; }
+bool shell_ok(const std::string& command) {
+  return std::system((command + " >/dev/null 2>&1").c_str()) == 0;
+}
 
 std::string shell_output(const std::string& command) {
   std::string text;
@@ -61,18 +63,17 @@ class TwoHosts {
     addr_b = subnet + "2";
     const std::string veth_a = "dlv" + std::to_string(pid) + "a", veth_b = "dlv" + std::to_string(pid) + "b";
     remove_stale_namespaces();
-    const std::vector<std::string> steps = {
-        "ip netns add " + name_a,
-        "ip netns add " + name_b,
-        "ip link add " + veth_a + " type veth peer name " + veth_b,
-        "ip link set " + veth_a + " netns " + name_a,
-        "ip link set " + veth_b + " netns " + name_b,
-        "ip -n " + name_a + " addr add " + addr_a + "/24 dev " + veth_a,
-        "ip -n " + name_b + " addr add " + addr_b + "/24 dev " + veth_b,
-        "ip -n " + name_a + " link set " + veth_a + " up",
-        "ip -n " + name_b + " link set " + veth_b + " up",
-        "ip -n " + name_a + " link set lo up",
-        "ip -n " + name_b + " link set lo up"};
+    const std::vector<std::string> steps = {"ip netns add " + name_a,
+                                            "ip netns add " + name_b,
+                                            "ip link add " + veth_a + " type veth peer name " + veth_b,
+                                            "ip link set " + veth_a + " netns " + name_a,
+                                            "ip link set " + veth_b + " netns " + name_b,
+                                            "ip -n " + name_a + " addr add " + addr_a + "/24 dev " + veth_a,
+                                            "ip -n " + name_b + " addr add " + addr_b + "/24 dev " + veth_b,
+                                            "ip -n " + name_a + " link set " + veth_a + " up",
+                                            "ip -n " + name_b + " link set " + veth_b + " up",
+                                            "ip -n " + name_a + " link set lo up",
+                                            "ip -n " + name_b + " link set lo up"};
     for (const auto& step : steps) {
       if (!shell_ok(step)) {
         failed_step = step;
@@ -104,19 +105,53 @@ const NetnsWorld& netns_world() {
 }
 
 std::vector<std::string> netns_train(const fs::path& out, int batch, int64_t steps) {
-  return {"--threads", "1", "train", "--model", netns_world().model.string(), "--image-path",
-          netns_world().images.string(), "--prompt", "a photo of sks toy", "--resolution", "32",
-          "--num-steps", std::to_string(steps), "--batch-size", std::to_string(batch),
-          "--checkpointing-steps", "2", "--lr", "1e-3", "--output-dir", out.string(), "--dist-timeout", "20"};
+  return {"--threads",
+          "1",
+          "train",
+          "--model",
+          netns_world().model.string(),
+          "--image-path",
+          netns_world().images.string(),
+          "--prompt",
+          "a photo of sks toy",
+          "--resolution",
+          "32",
+          "--num-steps",
+          std::to_string(steps),
+          "--batch-size",
+          std::to_string(batch),
+          "--checkpointing-steps",
+          "2",
+          "--lr",
+          "1e-3",
+          "--output-dir",
+          out.string(),
+          "--dist-timeout",
+          "20"};
 }
 
 // One node's launcher inside its namespace (`ip netns exec` execs it: the pid is the launcher's).
 int spawn_node(const std::string& netns, int node_rank, const std::string& master_addr, const fs::path& out,
                int64_t steps, const fs::path& log) {
-  std::vector<std::string> args = {"ip", "netns", "exec", netns, dreamlora_binary().string(), "launch",
-                                   "--nproc-per-node", "1", "--nnodes", "2",
-                                   "--node-rank", std::to_string(node_rank), "--master-addr", master_addr,
-                                   "--master-port", "29500", "--grace", "5", "--"};
+  std::vector<std::string> args = {"ip",
+                                   "netns",
+                                   "exec",
+                                   netns,
+                                   dreamlora_binary().string(),
+                                   "launch",
+                                   "--nproc-per-node",
+                                   "1",
+                                   "--nnodes",
+                                   "2",
+                                   "--node-rank",
+                                   std::to_string(node_rank),
+                                   "--master-addr",
+                                   master_addr,
+                                   "--master-port",
+                                   "29500",
+                                   "--grace",
+                                   "5",
+                                   "--"};
   for (const auto& a : netns_train(out, 1, steps)) args.push_back(a);
   std::vector<char*> argv;
   for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));

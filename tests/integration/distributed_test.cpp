@@ -39,10 +39,29 @@ const DistWorld& dist_world() {
 }
 
 std::vector<std::string> train(const fs::path& out, int batch, int steps) {
-  return {"--threads", "1", "train", "--model", dist_world().model.string(), "--image-path", dist_world().images.string(),
-          "--prompt", "a photo of sks toy", "--resolution", "32", "--num-steps", std::to_string(steps),
-          "--batch-size", std::to_string(batch), "--checkpointing-steps", "2", "--lr", "1e-3",
-          "--output-dir", out.string(), "--dist-timeout", "20"};
+  return {"--threads",
+          "1",
+          "train",
+          "--model",
+          dist_world().model.string(),
+          "--image-path",
+          dist_world().images.string(),
+          "--prompt",
+          "a photo of sks toy",
+          "--resolution",
+          "32",
+          "--num-steps",
+          std::to_string(steps),
+          "--batch-size",
+          std::to_string(batch),
+          "--checkpointing-steps",
+          "2",
+          "--lr",
+          "1e-3",
+          "--output-dir",
+          out.string(),
+          "--dist-timeout",
+          "20"};
 }
 
 std::vector<std::string> launch(int n, const std::vector<std::string>& worker) {
@@ -123,7 +142,8 @@ TEST(Distributed, TwoWorkersOfBatchOneEqualOneWorkerOfBatchTwo) {
   ASSERT_EQ(single.exit_status, 0) << single.output;
   auto pair = run_dreamlora(launch(2, train(two, 1, 4)));
   ASSERT_EQ(pair.exit_status, 0) << pair.output;
-  double diff = max_lora_difference(one / "pytorch_lora_weights.safetensors", two / "pytorch_lora_weights.safetensors");
+  double diff =
+      max_lora_difference(one / "pytorch_lora_weights.safetensors", two / "pytorch_lora_weights.safetensors");
   std::cout << "[ parity ] 2x1 vs 1x2 LoRA max abs difference " << diff << std::endl;
   EXPECT_LE(diff, 1e-5);
 }
@@ -136,7 +156,8 @@ TEST(Distributed, TwoWorkerCheckpointResumesOnOneWorker) {
   auto second = run_dreamlora(train(moved, 2, 4));
   ASSERT_EQ(second.exit_status, 0) << second.output;
   EXPECT_NE(second.output.find("written by 2 worker(s), this run has 1"), std::string::npos) << second.output;
-  EXPECT_LE(max_lora_difference(reference / "pytorch_lora_weights.safetensors", moved / "pytorch_lora_weights.safetensors"),
+  EXPECT_LE(max_lora_difference(reference / "pytorch_lora_weights.safetensors",
+                                moved / "pytorch_lora_weights.safetensors"),
             1e-5);
 }
 
@@ -144,7 +165,8 @@ TEST(Distributed, SigtermStopsAllWorkersWithOneValidCheckpoint) {
   auto out = make_temp_dir("dist-term");
   auto log = out.parent_path() / (out.filename().string() + ".log");
   int pid = spawn_dreamlora(launch(2, train(out, 1, 400)), log);
-  for (int i = 0; i < 900 && !fs::exists(out / "checkpoint-2"); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  for (int i = 0; i < 900 && !fs::exists(out / "checkpoint-2"); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
   ASSERT_TRUE(fs::exists(out / "checkpoint-2")) << read_text(log);
   kill(pid, SIGTERM);
   EXPECT_EQ(wait_process(pid), 75) << read_text(log);
@@ -157,7 +179,8 @@ TEST(Distributed, AKilledWorkerEndsTheJobWithinTheTimeout) {
   auto out = make_temp_dir("dist-kill");
   auto log = out.parent_path() / (out.filename().string() + ".log");
   int pid = spawn_dreamlora(launch(2, train(out, 1, 400)), log);
-  for (int i = 0; i < 900 && !fs::exists(out / "checkpoint-2"); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  for (int i = 0; i < 900 && !fs::exists(out / "checkpoint-2"); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
   ASSERT_TRUE(fs::exists(out / "checkpoint-2")) << read_text(log);
   std::smatch m;
   std::string text = read_text(log);
@@ -169,7 +192,8 @@ TEST(Distributed, AKilledWorkerEndsTheJobWithinTheTimeout) {
   EXPECT_NE(status, 0);
   EXPECT_NE(status, 75);
   EXPECT_LT(seconds, 60.0) << read_text(log);
-  std::cout << "[ timing ] job ended " << seconds << " s after SIGKILL of worker 1 (status " << status << ")" << std::endl;
+  std::cout << "[ timing ] job ended " << seconds << " s after SIGKILL of worker 1 (status " << status << ")"
+            << std::endl;
 }
 
 TEST(Distributed, CtrlCOnTheLaunchersTerminalWritesOneCheckpointAndResumes) {

@@ -9,8 +9,8 @@
 #include <filesystem>
 
 #include "dreamlora/nn/state_dict.h"
-#include "dreamlora/synth/demo_data.h"
 #include "dreamlora/pipeline/model_bundle.h"
+#include "dreamlora/synth/demo_data.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -18,17 +18,19 @@ using namespace dreamlora::testing;
 
 namespace {
 
-#define REQUIRE_FULL_SIZE()                                                                  \
-  do {                                                                                       \
-    REQUIRE_FIXTURES();                                                                      \
+#define REQUIRE_FULL_SIZE()                                                                      \
+  do {                                                                                           \
+    REQUIRE_FIXTURES();                                                                          \
     if (!std::getenv("DREAMLORA_FULL_SIZE")) GTEST_SKIP() << "set DREAMLORA_FULL_SIZE=1 to run"; \
   } while (0)
 
-std::string tokenizer() { return (fixtures_dir() / "tiny-sd" / "tokenizer").string(); }
+std::string tokenizer() {
+  return (fixtures_dir() / "tiny-sd" / "tokenizer").string();
+}
 
 void make_model(const std::string& preset, const fs::path& out, bool single_file) {
-  std::vector<std::string> args = {"make-model", "--preset", preset, "--tokenizer", tokenizer(), "--seed", "3",
-                                   out.string()};
+  std::vector<std::string> args = {"make-model", "--preset", preset, "--tokenizer",
+                                   tokenizer(),  "--seed",   "3",    out.string()};
   if (single_file) args.push_back("--single-file");
   auto r = run_dreamlora(args);
   ASSERT_EQ(r.exit_status, 0) << r.output;
@@ -42,10 +44,11 @@ TEST(FullSizePreset, Sd15SingleFileTakesATrainingStepAt256pxInUnderAMinute) {
   make_model("sd15", root / "sd15", true);
   dreamlora::synth::write_demo_subject_images(root / "images", 1, 256, 1);
   const auto t0 = std::chrono::steady_clock::now();
-  auto r = run_dreamlora({"--threads", "2", "train", "--model", (root / "sd15" / "model.safetensors").string(),
-                          "--model-config", (root / "sd15" / "config").string(), "--image-path",
-                          (root / "images").string(), "--prompt", "a photo of sks toy", "--resolution", "256",
-                          "--num-steps", "1", "--output-dir", (root / "out").string()});
+  auto r =
+      run_dreamlora({"--threads", "2", "train", "--model", (root / "sd15" / "model.safetensors").string(),
+                     "--model-config", (root / "sd15" / "config").string(), "--image-path",
+                     (root / "images").string(), "--prompt", "a photo of sks toy", "--resolution", "256",
+                     "--num-steps", "1", "--output-dir", (root / "out").string()});
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   ASSERT_EQ(r.exit_status, 0) << r.output;
   EXPECT_TRUE(fs::exists(root / "out" / "pytorch_lora_weights.safetensors"));

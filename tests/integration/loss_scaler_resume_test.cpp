@@ -4,7 +4,6 @@
 // the resumed run end byte-identical to the uninterrupted one.
 #include <filesystem>
 #include <fstream>
-
 #include <nlohmann/json.hpp>
 
 #include "dreamlora/io/safetensors.h"
@@ -34,13 +33,32 @@ const ScalerWorld& scaler_world() {
 }
 
 std::vector<std::string> scaler_train_args(const fs::path& out, int steps) {
-  return {"--threads", "2", "train", "--model", scaler_world().model.string(), "--image-path",
-          scaler_world().images.string(), "--prompt", "a photo of sks toy", "--resolution", "32", "--num-steps",
-          std::to_string(steps), "--checkpointing-steps", "2", "--lr", "1e-3", "--log-every", "4", "--output-dir",
+  return {"--threads",
+          "2",
+          "train",
+          "--model",
+          scaler_world().model.string(),
+          "--image-path",
+          scaler_world().images.string(),
+          "--prompt",
+          "a photo of sks toy",
+          "--resolution",
+          "32",
+          "--num-steps",
+          std::to_string(steps),
+          "--checkpointing-steps",
+          "2",
+          "--lr",
+          "1e-3",
+          "--log-every",
+          "4",
+          "--output-dir",
           out.string()};
 }
 
-std::string lora_bytes(const fs::path& out) { return read_text(out / "pytorch_lora_weights.safetensors"); }
+std::string lora_bytes(const fs::path& out) {
+  return read_text(out / "pytorch_lora_weights.safetensors");
+}
 
 int loss_lines(const fs::path& out) {
   std::ifstream in(out / "metrics.jsonl");
@@ -58,7 +76,8 @@ TEST(LossScalerTraining, ScaledFp32TrainingEqualsUnscaledBitForBit) {
   auto r = run_dreamlora(scaler_train_args(scaled, 3), {"DREAMLORA_TEST_LOSS_SCALER=0"});
   ASSERT_EQ(r.exit_status, 0) << r.output;
   EXPECT_EQ(lora_bytes(plain), lora_bytes(scaled));
-  auto meta = dreamlora::io::safetensors::File::open(scaled / "checkpoint-3" / "optimizer.safetensors").metadata();
+  auto meta =
+      dreamlora::io::safetensors::File::open(scaled / "checkpoint-3" / "optimizer.safetensors").metadata();
   EXPECT_EQ(meta.at("loss_scale"), "65536");
   EXPECT_EQ(meta.at("loss_scale_growth_tracker"), "3");
   EXPECT_EQ(loss_lines(scaled), 3);  // every step logged, though the loss is read every 4 steps
@@ -77,7 +96,8 @@ TEST(LossScalerTraining, AnOverflowSkipsTheStepAndTheScaleSurvivesResume) {
   env.push_back("DREAMLORA_TEST_STOP_AT_STEP=4");
   auto b = run_dreamlora(scaler_train_args(split, 6), env);
   ASSERT_EQ(b.exit_status, 75) << b.output;
-  auto meta = dreamlora::io::safetensors::File::open(split / "checkpoint-4" / "optimizer.safetensors").metadata();
+  auto meta =
+      dreamlora::io::safetensors::File::open(split / "checkpoint-4" / "optimizer.safetensors").metadata();
   EXPECT_EQ(meta.at("step"), "3");  // 4 steps, one skipped
   EXPECT_EQ(meta.at("loss_scale"), "32768");
   EXPECT_EQ(meta.at("loss_scale_growth_tracker"), "1");

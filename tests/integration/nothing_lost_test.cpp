@@ -38,15 +38,30 @@ const SafetyWorld& safety_world() {
 }
 
 std::vector<std::string> safety_args(const fs::path& out, int steps, std::vector<std::string> extra = {}) {
-  std::vector<std::string> args = {"--threads", "2", "train", "--model", safety_world().model.string(),
-                                   "--image-path", safety_world().images.string(), "--prompt", "a photo of sks toy",
-                                   "--resolution", "32", "--num-steps", std::to_string(steps),
-                                   "--checkpointing-steps", "2", "--output-dir", out.string()};
+  std::vector<std::string> args = {"--threads",
+                                   "2",
+                                   "train",
+                                   "--model",
+                                   safety_world().model.string(),
+                                   "--image-path",
+                                   safety_world().images.string(),
+                                   "--prompt",
+                                   "a photo of sks toy",
+                                   "--resolution",
+                                   "32",
+                                   "--num-steps",
+                                   std::to_string(steps),
+                                   "--checkpointing-steps",
+                                   "2",
+                                   "--output-dir",
+                                   out.string()};
   args.insert(args.end(), extra.begin(), extra.end());
   return args;
 }
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
 
 }  // namespace
 
@@ -66,7 +81,8 @@ TEST(TrainLock, ASecondTrainerOnTheSameOutputDirExitsAtOnceNamingTheHolder) {
       << second.output;
   EXPECT_LT(seconds, 10.0) << "the second trainer must not load the model before giving up";
   auto locked = run_dreamlora({"inspect", out.string()});
-  EXPECT_TRUE(contains(locked.output, "locked by a running trainer: pid " + std::to_string(pid))) << locked.output;
+  EXPECT_TRUE(contains(locked.output, "locked by a running trainer: pid " + std::to_string(pid)))
+      << locked.output;
 
   // SIGKILL: no stale lock; the next trainer takes the folder and resumes.
   kill(pid, SIGKILL);
@@ -80,7 +96,8 @@ TEST(TrainLock, ASecondTrainerOnTheSameOutputDirExitsAtOnceNamingTheHolder) {
 
 TEST(TrainLateFailure, ABadValidationSamplerIsRefusedBeforeTheFirstStep) {
   auto out = make_temp_dir("late-sampler");
-  auto r = run_dreamlora(safety_args(out, 2, {"--validation-prompt", "a sks toy", "--validation-sampler", "nope"}));
+  auto r = run_dreamlora(
+      safety_args(out, 2, {"--validation-prompt", "a sks toy", "--validation-sampler", "nope"}));
   EXPECT_EQ(r.exit_status, 1) << r.output;
   EXPECT_TRUE(contains(r.output, "--validation-sampler: unknown sampler 'nope'")) << r.output;
   EXPECT_FALSE(fs::exists(out / "checkpoint-2"));
@@ -91,7 +108,8 @@ TEST(TrainLateFailure, ABadValidationSamplerIsRefusedBeforeTheFirstStep) {
 TEST(TrainLateFailure, AFailingValidationIsAWarningAndTheFinalLoRAIsWritten) {
   auto out = make_temp_dir("late-validation");
   std::ofstream(out / "validation") << "not a folder";
-  auto r = run_dreamlora(safety_args(out, 2, {"--validation-prompt", "a sks toy", "--validation-inference-steps", "2"}));
+  auto r = run_dreamlora(
+      safety_args(out, 2, {"--validation-prompt", "a sks toy", "--validation-inference-steps", "2"}));
   EXPECT_EQ(r.exit_status, 0) << r.output;
   EXPECT_TRUE(fs::exists(out / "pytorch_lora_weights.safetensors"));
   EXPECT_TRUE(fs::exists(out / "pytorch_lora_weights_kohya.safetensors"));
@@ -108,12 +126,14 @@ TEST(TrainResumeFingerprint, AnotherFineTuneOfTheSameArchitectureIsRefused) {
   auto r = run_dreamlora(args);
   EXPECT_EQ(r.exit_status, 1) << r.output;
   EXPECT_TRUE(contains(r.output, "model-weights.unet/diffusion_pytorch_model.safetensors")) << r.output;
-  EXPECT_FALSE(contains(r.output, "model.unet/config.json")) << "same architecture, same configs\n" << r.output;
+  EXPECT_FALSE(contains(r.output, "model.unet/config.json")) << "same architecture, same configs\n"
+                                                             << r.output;
 }
 
 TEST(TrainResumeFingerprint, ALongerRunUnderALinearScheduleNeedsAllowScheduleChange) {
   auto out = make_temp_dir("fp-schedule");
-  ASSERT_EQ(run_dreamlora(safety_args(out, 4, {"--scheduler", "linear"}), {"DREAMLORA_TEST_STOP_AT_STEP=2"}).exit_status,
+  ASSERT_EQ(run_dreamlora(safety_args(out, 4, {"--scheduler", "linear"}), {"DREAMLORA_TEST_STOP_AT_STEP=2"})
+                .exit_status,
             75);
   auto refused = run_dreamlora(safety_args(out, 6, {"--scheduler", "linear"}));
   EXPECT_EQ(refused.exit_status, 1) << refused.output;

@@ -9,15 +9,15 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <thread>
 
+#include "../checkpoint/s3_test_support.h"
 #include "dreamlora/checkpoint/manifest.h"
 #include "dreamlora/checkpoint/s3_sink.h"
 #include "dreamlora/io/safetensors.h"
-#include <nlohmann/json.hpp>
 #include "dreamlora/synth/demo_data.h"
 #include "dreamlora/synth/tiny_model.h"
-#include "../checkpoint/s3_test_support.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -43,12 +43,31 @@ const World& world() {
 }
 
 std::vector<std::string> train_args(const fs::path& out, int steps) {
-  return {"--threads", "2", "train", "--model", world().model.string(), "--image-path", world().images.string(),
-          "--prompt", "a photo of sks toy", "--resolution", "32", "--num-steps", std::to_string(steps),
-          "--checkpointing-steps", "2", "--lr", "1e-3", "--random-flip", "--output-dir", out.string()};
+  return {"--threads",
+          "2",
+          "train",
+          "--model",
+          world().model.string(),
+          "--image-path",
+          world().images.string(),
+          "--prompt",
+          "a photo of sks toy",
+          "--resolution",
+          "32",
+          "--num-steps",
+          std::to_string(steps),
+          "--checkpointing-steps",
+          "2",
+          "--lr",
+          "1e-3",
+          "--random-flip",
+          "--output-dir",
+          out.string()};
 }
 
-std::string final_lora(const fs::path& out) { return read_text(out / "pytorch_lora_weights.safetensors"); }
+std::string final_lora(const fs::path& out) {
+  return read_text(out / "pytorch_lora_weights.safetensors");
+}
 
 }  // namespace
 
@@ -65,14 +84,16 @@ TEST(TrainResume, InterruptedAndResumedRunIsByteIdenticalToUninterrupted) {
   ASSERT_EQ(second.exit_status, 0) << second.output;
   EXPECT_NE(second.output.find("resumed from"), std::string::npos) << second.output;
   EXPECT_EQ(final_lora(a), final_lora(b));
-  EXPECT_EQ(read_text(a / "pytorch_lora_weights_kohya.safetensors"), read_text(b / "pytorch_lora_weights_kohya.safetensors"));
+  EXPECT_EQ(read_text(a / "pytorch_lora_weights_kohya.safetensors"),
+            read_text(b / "pytorch_lora_weights_kohya.safetensors"));
 }
 
 TEST(TrainResume, SigtermFinishesTheStepWritesACheckpointAndExits75) {
   auto out = make_temp_dir("train-sigterm");
   auto log = out.parent_path() / (out.filename().string() + ".log");
   int pid = spawn_dreamlora(train_args(out, 400), log);
-  for (int i = 0; i < 600 && !fs::exists(out / "checkpoint-2"); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  for (int i = 0; i < 600 && !fs::exists(out / "checkpoint-2"); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
   ASSERT_TRUE(fs::exists(out / "checkpoint-2")) << read_text(log);
   kill(pid, SIGTERM);
   EXPECT_EQ(wait_process(pid), 75) << read_text(log);
@@ -142,7 +163,8 @@ TEST(TrainErrors, EmptyImageFolderAndTooLargeBatchAreReportedBeforeTraining) {
   args.push_back("5");
   r = run_dreamlora(args);
   EXPECT_EQ(r.exit_status, 1);
-  EXPECT_NE(r.output.find("--batch-size 5 is larger than the 3 instance images"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--batch-size 5 is larger than the 3 instance images"), std::string::npos)
+      << r.output;
 
   args = train_args(out, 2);
   args.push_back("--identifier");
@@ -154,7 +176,9 @@ TEST(TrainErrors, EmptyImageFolderAndTooLargeBatchAreReportedBeforeTraining) {
 TEST(TrainErrors, CorruptImageIsNamed) {
   auto dir = make_temp_dir("train-corrupt");
   fs::copy(world().images, dir, fs::copy_options::recursive);
-  { std::ofstream(dir / "broken.png") << "this is not a png"; }
+  {
+    std::ofstream(dir / "broken.png") << "this is not a png";
+  }
   auto out = make_temp_dir("train-corrupt-out");
   auto args = train_args(out, 2);
   args[6] = dir.string();
@@ -182,7 +206,8 @@ class NoticeServer {
         if (c < 0) return;
         char buf[4096];
         (void)!read(c, buf, sizeof(buf));
-        const char reply[] = "HTTP/1.1 200 OK\r\nContent-Length: 20\r\nConnection: close\r\n\r\npreempting in 120 s\n";
+        const char reply[] =
+            "HTTP/1.1 200 OK\r\nContent-Length: 20\r\nConnection: close\r\n\r\npreempting in 120 s\n";
         (void)!write(c, reply, sizeof(reply) - 1);
         close(c);
       }
@@ -225,18 +250,20 @@ TEST(TrainMirror, AFreshMachineResumesFromTheS3MirrorWithTheSameFinalBytes) {
   auto data = make_temp_dir("s3-data");
   ASSERT_TRUE(server.start(data)) << server.error();
   std::vector<std::string> env = {std::string("AWS_ACCESS_KEY_ID=") + server.kAccessKey,
-                                  std::string("AWS_SECRET_ACCESS_KEY=") + server.kSecretKey, "AWS_REGION=us-east-1"};
+                                  std::string("AWS_SECRET_ACCESS_KEY=") + server.kSecretKey,
+                                  "AWS_REGION=us-east-1"};
   auto mirror_args = [&](const fs::path& out, int steps) {
     auto a = train_args(out, steps);
-    a.insert(a.end(), {"--checkpoint-mirror", std::string("s3://") + server.kBucket + "/run1", "--s3-endpoint",
-                       server.endpoint()});
+    a.insert(a.end(), {"--checkpoint-mirror", std::string("s3://") + server.kBucket + "/run1",
+                       "--s3-endpoint", server.endpoint()});
     return a;
   };
   auto reference = make_temp_dir("mirror-ref");
   ASSERT_EQ(run_dreamlora(train_args(reference, 6)).exit_status, 0);
 
   auto machine1 = make_temp_dir("mirror-m1");
-  auto first = run_dreamlora(mirror_args(machine1, 6), {env[0], env[1], env[2], "DREAMLORA_TEST_STOP_AT_STEP=3"});
+  auto first =
+      run_dreamlora(mirror_args(machine1, 6), {env[0], env[1], env[2], "DREAMLORA_TEST_STOP_AT_STEP=3"});
   ASSERT_EQ(first.exit_status, 75) << first.output;
   auto machine2 = make_temp_dir("mirror-m2");  // the first machine's disk is gone
   auto second = run_dreamlora(mirror_args(machine2, 6), env);
@@ -251,7 +278,8 @@ TEST(TrainMirror, AnUploadCutShortByAKilledTrainerIsFinishedByTheNextRunAndOutpu
   auto data = make_temp_dir("s3-data3");
   ASSERT_TRUE(server.start(data)) << server.error();
   std::vector<std::string> env = {std::string("AWS_ACCESS_KEY_ID=") + server.kAccessKey,
-                                  std::string("AWS_SECRET_ACCESS_KEY=") + server.kSecretKey, "AWS_REGION=us-east-1"};
+                                  std::string("AWS_SECRET_ACCESS_KEY=") + server.kSecretKey,
+                                  "AWS_REGION=us-east-1"};
   auto out = make_temp_dir("mirror-killed");
   auto a = train_args(out, 6);
   a.insert(a.end(), {"--checkpoint-mirror", std::string("s3://") + server.kBucket + "/run2", "--s3-endpoint",
@@ -262,7 +290,8 @@ TEST(TrainMirror, AnUploadCutShortByAKilledTrainerIsFinishedByTheNextRunAndOutpu
   auto first = run_dreamlora(a, killed_env);
   ASSERT_EQ(first.exit_status, 99) << first.output;
   dreamlora::remote::S3Client client(server.config());
-  const auto location = dreamlora::checkpoint::S3Location::parse(std::string("s3://") + server.kBucket + "/run2");
+  const auto location =
+      dreamlora::checkpoint::S3Location::parse(std::string("s3://") + server.kBucket + "/run2");
   auto remote = dreamlora::checkpoint::list_remote_checkpoints(client, location);
   ASSERT_EQ(remote.size(), 2u);
   ASSERT_EQ(remote[1].step, 4);
@@ -320,9 +349,10 @@ TEST(TrainQuality, LossFallsOverAShortRunOnTheFixtureModel) {
   auto images = make_temp_dir("loss-images");
   dreamlora::synth::write_demo_subject_images(images, 1, 32, 3);
   auto out = make_temp_dir("loss-falls");
-  auto r = run_dreamlora({"--threads", "1", "train", "--model", (fixtures_dir() / "tiny-sd").string(), "--image-path",
-                          images.string(), "--prompt", "a photo of sks toy", "--resolution", "32", "--num-steps", "60",
-                          "--checkpointing-steps", "0", "--lr", "1e-2", "--output-dir", out.string()});
+  auto r = run_dreamlora({"--threads", "1", "train", "--model", (fixtures_dir() / "tiny-sd").string(),
+                          "--image-path", images.string(), "--prompt", "a photo of sks toy", "--resolution",
+                          "32", "--num-steps", "60", "--checkpointing-steps", "0", "--lr", "1e-2",
+                          "--output-dir", out.string()});
   ASSERT_EQ(r.exit_status, 0) << r.output;
   std::vector<double> losses;
   std::ifstream in(out / "metrics.jsonl");
@@ -343,12 +373,13 @@ TEST(TrainOutputs, TheTrainedLoRALoadsInSampleInBothFormats) {
   ASSERT_EQ(run_dreamlora(train_args(out, 2)).exit_status, 0);
   for (const char* file : {"pytorch_lora_weights.safetensors", "pytorch_lora_weights_kohya.safetensors"}) {
     auto samples = make_temp_dir("samples");
-    auto r = run_dreamlora({"sample", "--model", world().model.string(), "--lora", (out / file).string(), "--prompt",
-                            "a photo of sks toy", "--steps", "2", "--width", "32", "--height", "32", "--out",
-                            samples.string()});
+    auto r = run_dreamlora({"sample", "--model", world().model.string(), "--lora", (out / file).string(),
+                            "--prompt", "a photo of sks toy", "--steps", "2", "--width", "32", "--height",
+                            "32", "--out", samples.string()});
     ASSERT_EQ(r.exit_status, 0) << r.output;
     EXPECT_TRUE(fs::exists(samples / "sample-0-0.png")) << r.output;
-    EXPECT_NE(read_text(samples / "sample-0-0.png").find(file), std::string::npos);  // recorded in a text chunk
+    EXPECT_NE(read_text(samples / "sample-0-0.png").find(file),
+              std::string::npos);  // recorded in a text chunk
   }
   EXPECT_NE(read_text(out / "README.md").find("a photo of sks toy"), std::string::npos);
 }
@@ -358,18 +389,20 @@ TEST(RunComponent, UnetOnFixtureInputsMatchesTheReference) {
   auto ref = dreamlora::io::safetensors::File::open(fixtures_dir() / "tiny-sd/reference.safetensors");
   auto dir = make_temp_dir("run-component");
   dreamlora::io::safetensors::save(dir / "in.safetensors",
-                               dreamlora::io::safetensors::NamedTensors{{"sample", ref.get("unet.sample")},
-                                                                    {"timestep", ref.get("unet.timesteps")},
-                                                                    {"encoder_hidden_states", ref.get("unet.encoder_hidden_states")}});
-  auto r = run_dreamlora({"run-component", "--model", (fixtures_dir() / "tiny-sd").string(), "--component", "unet",
-                          "--inputs", (dir / "in.safetensors").string(), "--out", (dir / "out.safetensors").string()});
+                                   dreamlora::io::safetensors::NamedTensors{
+                                       {"sample", ref.get("unet.sample")},
+                                       {"timestep", ref.get("unet.timesteps")},
+                                       {"encoder_hidden_states", ref.get("unet.encoder_hidden_states")}});
+  auto r = run_dreamlora({"run-component", "--model", (fixtures_dir() / "tiny-sd").string(), "--component",
+                          "unet", "--inputs", (dir / "in.safetensors").string(), "--out",
+                          (dir / "out.safetensors").string()});
   ASSERT_EQ(r.exit_status, 0) << r.output;
   auto out = dreamlora::io::safetensors::File::open(dir / "out.safetensors");
   EXPECT_TENSOR_NEAR(out.get("sample"), ref.get("unet.out"), 1e-5);
 
-  auto missing = run_dreamlora({"run-component", "--model", (fixtures_dir() / "tiny-sd").string(), "--component",
-                                "vae_decoder", "--inputs", (dir / "in.safetensors").string(), "--out",
-                                (dir / "x.safetensors").string()});
+  auto missing = run_dreamlora({"run-component", "--model", (fixtures_dir() / "tiny-sd").string(),
+                                "--component", "vae_decoder", "--inputs", (dir / "in.safetensors").string(),
+                                "--out", (dir / "x.safetensors").string()});
   EXPECT_EQ(missing.exit_status, 1);
   EXPECT_NE(missing.output.find("missing tensor 'latents'"), std::string::npos) << missing.output;
 }

@@ -52,21 +52,36 @@ const OptionsWorld& options_world() {
 
 std::vector<std::string> options_args(const fs::path& model, const fs::path& out, int steps,
                                       const std::vector<std::string>& extra) {
-  std::vector<std::string> args{"--threads", "2", "train", "--model", model.string(), "--image-path",
-                                options_world().images.string(), "--prompt", "a photo of sks toy", "--resolution",
-                                "32", "--num-steps", std::to_string(steps), "--checkpointing-steps", "2",
-                                "--random-flip", "--output-dir", out.string()};
+  std::vector<std::string> args{"--threads",
+                                "2",
+                                "train",
+                                "--model",
+                                model.string(),
+                                "--image-path",
+                                options_world().images.string(),
+                                "--prompt",
+                                "a photo of sks toy",
+                                "--resolution",
+                                "32",
+                                "--num-steps",
+                                std::to_string(steps),
+                                "--checkpointing-steps",
+                                "2",
+                                "--random-flip",
+                                "--output-dir",
+                                out.string()};
   args.insert(args.end(), extra.begin(), extra.end());
   return args;
 }
 
 // Runs `steps` steps uninterrupted into a, and stopped at stop_at then resumed into b; both must end
 // byte-identical (diffusers and kohya files).
-void expect_resume_byte_identical(const fs::path& model, const std::vector<std::string>& extra, int steps, int stop_at,
-                                  const fs::path& a, const fs::path& b) {
+void expect_resume_byte_identical(const fs::path& model, const std::vector<std::string>& extra, int steps,
+                                  int stop_at, const fs::path& a, const fs::path& b) {
   auto full = run_dreamlora(options_args(model, a, steps, extra));
   ASSERT_EQ(full.exit_status, 0) << full.output;
-  auto first = run_dreamlora(options_args(model, b, steps, extra), {"DREAMLORA_TEST_STOP_AT_STEP=" + std::to_string(stop_at)});
+  auto first = run_dreamlora(options_args(model, b, steps, extra),
+                             {"DREAMLORA_TEST_STOP_AT_STEP=" + std::to_string(stop_at)});
   ASSERT_EQ(first.exit_status, 75) << first.output;
   auto second = run_dreamlora(options_args(model, b, steps, extra));
   ASSERT_EQ(second.exit_status, 0) << second.output;
@@ -89,8 +104,8 @@ int count_prefixed(const std::vector<std::string>& names, const std::string& pre
 TEST(TrainingOptions, ProdigyWithInputPerturbationAndWarmupResumesByteIdentical) {
   auto a = make_temp_dir("prodigy-a"), b = make_temp_dir("prodigy-b");
   expect_resume_byte_identical(options_world().sd,
-                               {"--optimizer", "prodigy", "--lr", "1.0", "--lr_scheduler", "cosine", "--lr_warmup_steps",
-                                "2", "--input_perturbation", "0.1"},
+                               {"--optimizer", "prodigy", "--lr", "1.0", "--lr_scheduler", "cosine",
+                                "--lr_warmup_steps", "2", "--input_perturbation", "0.1"},
                                6, 3, a, b);
   auto meta = dreamlora::io::safetensors::File::open(b / "checkpoint-4" / "optimizer.safetensors").metadata();
   ASSERT_TRUE(meta.count("prodigy.d")) << "no Prodigy state in the checkpoint";
@@ -105,13 +120,15 @@ TEST(TrainingOptions, ProdigyWithInputPerturbationAndWarmupResumesByteIdentical)
 TEST(TrainingOptions, SgdWithNesterovMomentumResumesByteIdentical) {
   auto a = make_temp_dir("sgd-a"), b = make_temp_dir("sgd-b");
   expect_resume_byte_identical(options_world().sd,
-                               {"--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9", "--nesterov"}, 5, 3, a, b);
+                               {"--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9", "--nesterov"}, 5,
+                               3, a, b);
 }
 
 TEST(TrainingOptions, InputPerturbationChangesTheResult) {
   auto plain = make_temp_dir("perturb-off"), perturbed = make_temp_dir("perturb-on");
   ASSERT_EQ(run_dreamlora(options_args(options_world().sd, plain, 2, {"--lr", "1e-3"})).exit_status, 0);
-  auto on = run_dreamlora(options_args(options_world().sd, perturbed, 2, {"--lr", "1e-3", "--input-perturbation", "0.5"}));
+  auto on = run_dreamlora(
+      options_args(options_world().sd, perturbed, 2, {"--lr", "1e-3", "--input-perturbation", "0.5"}));
   ASSERT_EQ(on.exit_status, 0) << on.output;
   EXPECT_NE(read_text(plain / "pytorch_lora_weights.safetensors"),
             read_text(perturbed / "pytorch_lora_weights.safetensors"));
@@ -121,7 +138,8 @@ TEST(TrainingOptions, CaptionTemplateCaptionsAreEmbeddedAndFingerprinted) {
   auto root = make_temp_dir("captions-run");
   auto images = root / "images";
   fs::create_directories(images);
-  for (const auto& e : fs::directory_iterator(options_world().images)) fs::copy(e.path(), images / e.path().filename());
+  for (const auto& e : fs::directory_iterator(options_world().images))
+    fs::copy(e.path(), images / e.path().filename());
   std::vector<fs::path> files;
   for (const auto& e : fs::directory_iterator(images)) files.push_back(e.path());
   std::sort(files.begin(), files.end());
@@ -136,7 +154,8 @@ TEST(TrainingOptions, CaptionTemplateCaptionsAreEmbeddedAndFingerprinted) {
   auto run = run_dreamlora(args("a photo of sks toy, {caption}"));
   ASSERT_EQ(run.exit_status, 0) << run.output;
   // Two captioned images and one with the prompt: three captions embedded once each.
-  EXPECT_NE(run.output.find("text encoders released after embedding 3 captions"), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find("text encoders released after embedding 3 captions"), std::string::npos)
+      << run.output;
   // A checkpoint made with one template refuses another.
   auto again = run_dreamlora(args("sks toy {caption}"));
   EXPECT_NE(again.exit_status, 0);
@@ -145,8 +164,8 @@ TEST(TrainingOptions, CaptionTemplateCaptionsAreEmbeddedAndFingerprinted) {
 
 TEST(TrainingOptions, TextEncoderLoraOnSd1TrainsResumesAndExportsBothFormats) {
   auto a = make_temp_dir("te-sd-a"), b = make_temp_dir("te-sd-b");
-  expect_resume_byte_identical(options_world().sd,
-                               {"--train-text-encoder", "--lr", "1e-3", "--text-encoder-lr", "1e-3"}, 4, 2, a, b);
+  expect_resume_byte_identical(
+      options_world().sd, {"--train-text-encoder", "--lr", "1e-3", "--text-encoder-lr", "1e-3"}, 4, 2, a, b);
   auto diffusers = tensor_names(a / "pytorch_lora_weights.safetensors");
   auto kohya = tensor_names(a / "pytorch_lora_weights_kohya.safetensors");
   EXPECT_GT(count_prefixed(diffusers, "text_encoder."), 0);
@@ -165,7 +184,8 @@ TEST(TrainingOptions, TextEncoderLoraOnSd1TrainsResumesAndExportsBothFormats) {
 TEST(TrainingOptions, TextEncoderLoraOnBothSdxlEncodersTrainsResumesAndExportsBothFormats) {
   auto a = make_temp_dir("te-sdxl-a"), b = make_temp_dir("te-sdxl-b");
   expect_resume_byte_identical(options_world().sdxl,
-                               {"--train-text-encoder", "--lr", "1e-3", "--text-encoder-lr", "1e-3"}, 4, 2, a, b);
+                               {"--train-text-encoder", "--lr", "1e-3", "--text-encoder-lr", "1e-3"}, 4, 2, a,
+                               b);
   auto diffusers = tensor_names(a / "pytorch_lora_weights.safetensors");
   auto kohya = tensor_names(a / "pytorch_lora_weights_kohya.safetensors");
   EXPECT_GT(count_prefixed(diffusers, "text_encoder."), 0);
@@ -173,15 +193,24 @@ TEST(TrainingOptions, TextEncoderLoraOnBothSdxlEncodersTrainsResumesAndExportsBo
   EXPECT_GT(count_prefixed(kohya, "lora_te1_"), 0);
   EXPECT_GT(count_prefixed(kohya, "lora_te2_"), 0);
   // Every text-encoder module in both files: down and up in diffusers', down, up and alpha in kohya's.
-  EXPECT_EQ((count_prefixed(diffusers, "text_encoder.") + count_prefixed(diffusers, "text_encoder_2.")) / 2 * 3,
-            count_prefixed(kohya, "lora_te1_") + count_prefixed(kohya, "lora_te2_"));
+  EXPECT_EQ(
+      (count_prefixed(diffusers, "text_encoder.") + count_prefixed(diffusers, "text_encoder_2.")) / 2 * 3,
+      count_prefixed(kohya, "lora_te1_") + count_prefixed(kohya, "lora_te2_"));
 }
 
 namespace {
 std::vector<std::string> bucket_flags(const std::vector<std::string>& more) {
-  std::vector<std::string> f{"--image-path",    options_world().mixed_sizes.string(), "--enable-bucket",
-                             "--min-bucket-reso", "16", "--max-bucket-reso", "64", "--bucket-reso-steps", "8",
-                             "--lr", "1e-3"};
+  std::vector<std::string> f{"--image-path",
+                             options_world().mixed_sizes.string(),
+                             "--enable-bucket",
+                             "--min-bucket-reso",
+                             "16",
+                             "--max-bucket-reso",
+                             "64",
+                             "--bucket-reso-steps",
+                             "8",
+                             "--lr",
+                             "1e-3"};
   f.insert(f.end(), more.begin(), more.end());
   return f;
 }
@@ -191,8 +220,10 @@ std::vector<std::string> bucket_flags(const std::vector<std::string>& more) {
 TEST(TrainingOptions, BucketedBatchesOfTwoResumeByteIdentical) {
   auto a = make_temp_dir("bucket-a"), b = make_temp_dir("bucket-b");
   expect_resume_byte_identical(options_world().sd, bucket_flags({"--batch-size", "2"}), 5, 3, a, b);
-  auto log = run_dreamlora(options_args(options_world().sd, make_temp_dir("bucket-log"), 1, bucket_flags({})));
-  EXPECT_NE(log.output.find("6 images in 3 buckets: 24x40 (2) 32x32 (2) 40x24 (2)"), std::string::npos) << log.output;
+  auto log =
+      run_dreamlora(options_args(options_world().sd, make_temp_dir("bucket-log"), 1, bucket_flags({})));
+  EXPECT_NE(log.output.find("6 images in 3 buckets: 24x40 (2) 32x32 (2) 40x24 (2)"), std::string::npos)
+      << log.output;
 }
 
 TEST(TrainingOptions, BucketedSdxlRandomCropResumesByteIdentical) {
@@ -202,7 +233,8 @@ TEST(TrainingOptions, BucketedSdxlRandomCropResumesByteIdentical) {
 
 TEST(TrainingOptions, BucketedTwoWorkersEqualOneWorkerWithAccumulation) {
   auto one = make_temp_dir("bucket-accum"), two = make_temp_dir("bucket-dp");
-  auto single = run_dreamlora(options_args(options_world().sd, one, 3, bucket_flags({"--gradient-accumulation", "2"})));
+  auto single =
+      run_dreamlora(options_args(options_world().sd, one, 3, bucket_flags({"--gradient-accumulation", "2"})));
   ASSERT_EQ(single.exit_status, 0) << single.output;
   std::vector<std::string> launch{"launch", "--nproc-per-node", "2", "--grace", "5", "--"};
   auto worker = options_args(options_world().sd, two, 3, bucket_flags({"--dist-timeout", "30"}));
@@ -215,6 +247,7 @@ TEST(TrainingOptions, BucketedTwoWorkersEqualOneWorkerWithAccumulation) {
   ASSERT_EQ(fa.names(), fb.names());
   double worst = 0;
   for (const auto& name : fa.names()) worst = std::max(worst, max_abs_diff(fa.get(name), fb.get(name)));
-  std::cout << "[ parity ] bucketed 2 workers vs accumulation 2: LoRA max abs difference " << worst << std::endl;
+  std::cout << "[ parity ] bucketed 2 workers vs accumulation 2: LoRA max abs difference " << worst
+            << std::endl;
   EXPECT_LE(worst, 1e-5);
 }

@@ -26,7 +26,8 @@ fs::path interop_python() {
   fs::path venv = fs::path(DREAMLORA_SOURCE_DIR) / "build" / "pyenv-interop";
   if (const char* env = std::getenv("DREAMLORA_INTEROP_PYENV"); env && *env) venv = env;
   const fs::path python = venv / "bin" / "python";
-  return ::access(python.c_str(), X_OK) == 0 && fs::exists(venv / ".requirements-interop.txt") ? python : fs::path();
+  return ::access(python.c_str(), X_OK) == 0 && fs::exists(venv / ".requirements-interop.txt") ? python
+                                                                                               : fs::path();
 }
 
 // diffusers' examples/dreambooth/train_dreambooth_lora.py is not part of the diffusers wheel and is not
@@ -38,15 +39,16 @@ fs::path diffusers_training_script() {
   return fs::exists(script) ? script : fs::path();
 }
 
-#define REQUIRE_INTEROP_ENV(python)                                                                      \
-  REQUIRE_FIXTURES();                                                                                    \
-  const fs::path python = interop_python();                                                              \
-  do {                                                                                                   \
-    if (python.empty()) {                                                                                \
-      if (running_in_ci()) FAIL() << "build/pyenv-interop missing under CI (scripts/install-python-clients.sh)"; \
-      GTEST_SKIP() << "no interop Python environment in build/pyenv-interop or $DREAMLORA_INTEROP_PYENV "  \
-                      "(scripts/install-python-clients.sh); interop test skipped";                     \
-    }                                                                                                    \
+#define REQUIRE_INTEROP_ENV(python)                                                                       \
+  REQUIRE_FIXTURES();                                                                                     \
+  const fs::path python = interop_python();                                                               \
+  do {                                                                                                    \
+    if (python.empty()) {                                                                                 \
+      if (running_in_ci())                                                                                \
+        FAIL() << "build/pyenv-interop missing under CI (scripts/install-python-clients.sh)";             \
+      GTEST_SKIP() << "no interop Python environment in build/pyenv-interop or $DREAMLORA_INTEROP_PYENV " \
+                      "(scripts/install-python-clients.sh); interop test skipped";                        \
+    }                                                                                                     \
   } while (0)
 
 struct ScriptResult {
@@ -57,8 +59,8 @@ struct ScriptResult {
 ScriptResult run_interop(const fs::path& python, const std::string& args) {
   const fs::path work = make_temp_dir("interop");
   const std::string cmd = "HF_HUB_OFFLINE=1 " + python.string() + " " + DREAMLORA_SOURCE_DIR +
-                          "/tests/interop/interop.py " + args + " --dreamlora " + dreamlora_binary().string() +
-                          " --work " + work.string() + " 2>&1";
+                          "/tests/interop/interop.py " + args + " --dreamlora " +
+                          dreamlora_binary().string() + " --work " + work.string() + " 2>&1";
   ScriptResult r;
   FILE* pipe = ::popen(cmd.c_str(), "r");
   if (!pipe) return r;
@@ -67,13 +69,16 @@ ScriptResult run_interop(const fs::path& python, const std::string& args) {
   while ((n = std::fread(buf, 1, sizeof(buf), pipe)) > 0) r.output.append(buf, n);
   r.status = ::pclose(pipe);
   // The figures (max abs differences) go to the test log either way.
-  for (size_t at = r.output.find("interop-result "); at != std::string::npos; at = r.output.find("interop-result ", at + 1))
+  for (size_t at = r.output.find("interop-result "); at != std::string::npos;
+       at = r.output.find("interop-result ", at + 1))
     std::cout << "[ interop ] " << r.output.substr(at, r.output.find('\n', at) - at) << std::endl;
   if (r.status == 0) fs::remove_all(work);
   return r;
 }
 
-std::string model(const char* name) { return (fixtures_dir() / name).string(); }
+std::string model(const char* name) {
+  return (fixtures_dir() / name).string();
+}
 
 TEST(DiffusersInterop, LoadsDreamloraUnetLoraInBothFormatsWithEqualOutputsSD1) {
   REQUIRE_INTEROP_ENV(python);
@@ -97,9 +102,11 @@ TEST(DiffusersInterop, DreamloraRunsALoraTrainedByDiffusersExampleScriptAndItsPe
   REQUIRE_INTEROP_ENV(python);
   const fs::path script = diffusers_training_script();
   if (script.empty())
-    GTEST_SKIP() << "diffusers' examples/dreambooth/train_dreambooth_lora.py not found in build/diffusers-examples "
-                    "or $DREAMLORA_DIFFUSERS_EXAMPLES (it is not in the diffusers wheel)";
-  auto r = run_interop(python, "reverse --arch sd --model " + model("tiny-sd") + " --diffusers-script " + script.string());
+    GTEST_SKIP()
+        << "diffusers' examples/dreambooth/train_dreambooth_lora.py not found in build/diffusers-examples "
+           "or $DREAMLORA_DIFFUSERS_EXAMPLES (it is not in the diffusers wheel)";
+  auto r = run_interop(
+      python, "reverse --arch sd --model " + model("tiny-sd") + " --diffusers-script " + script.string());
   EXPECT_EQ(r.status, 0) << r.output;
 }
 

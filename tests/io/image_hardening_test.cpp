@@ -35,12 +35,12 @@ std::string png_header(uint32_t width, uint32_t height) {
 }
 
 TEST(ImageHardening, FormatsOtherThanPngJpegBmpWebpAreRefusedByTheirFirstBytes) {
-  for (std::string bytes : {std::string("GIF89a\x01\x00\x01\x00\x00\x00\x00", 13),
-                            std::string("8BPS\x00\x01", 6),                       // PSD
-                            std::string("#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n"),  // HDR
-                            std::string("P6\n1 1\n255\n\x00\x00\x00", 14),        // PNM
-                            std::string("\x00\x00\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00\x01\x00\x18\x00",
-                                        18)}) {  // TGA
+  for (std::string bytes :
+       {std::string("GIF89a\x01\x00\x01\x00\x00\x00\x00", 13), std::string("8BPS\x00\x01", 6),  // PSD
+        std::string("#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n"),                                    // HDR
+        std::string("P6\n1 1\n255\n\x00\x00\x00", 14),                                          // PNM
+        std::string("\x00\x00\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00\x01\x00\x18\x00",
+                    18)}) {  // TGA
     const std::string m = message_of(bytes);
     EXPECT_NE(m.find("not a PNG, JPEG, BMP or WebP image"), std::string::npos) << m;
     EXPECT_NE(m.find("input.img"), std::string::npos) << m;
@@ -55,7 +55,8 @@ TEST(ImageHardening, HugeDimensionsAreRefusedFromTheHeaderNamingTheSize) {
   EXPECT_NE(m.find("12000x12000 pixels"), std::string::npos) << m;
   // BMP: width 20000, height 1.
   std::string bmp = "BM" + std::string(12, '\0') + std::string("\x28\x00\x00\x00", 4) +
-                    std::string("\x20\x4e\x00\x00\x01\x00\x00\x00\x01\x00\x18\x00", 12) + std::string(24, '\0');
+                    std::string("\x20\x4e\x00\x00\x01\x00\x00\x00\x01\x00\x18\x00", 12) +
+                    std::string(24, '\0');
   m = message_of(bmp);
   EXPECT_FALSE(m.empty());
 }
@@ -124,8 +125,8 @@ TEST(ImageHardening, JpegWithLessScanDataThanItsSizeNeedsIsRefusedBeforeDecoding
 
 // The same bound for a baseline JPEG: the corpus's 8x8 image with its frame header claiming 256 x 256.
 TEST(ImageHardening, BaselineJpegWhoseScanIsTooShortForItsClaimedSizeIsRefusedAsTruncated) {
-  std::string jpeg =
-      file_bytes(std::filesystem::path(DREAMLORA_SOURCE_DIR) / "fuzz" / "corpus" / "image_fuzz" / "baseline.jpg");
+  std::string jpeg = file_bytes(std::filesystem::path(DREAMLORA_SOURCE_DIR) / "fuzz" / "corpus" /
+                                "image_fuzz" / "baseline.jpg");
   ASSERT_EQ(decode_image(jpeg, "baseline.jpg").width, 8);
   const auto sof = jpeg.find("\xff\xc0");
   ASSERT_NE(sof, std::string::npos);

@@ -18,7 +18,9 @@ Image gradient(int w, int h) {
     for (int x = 0; x < w; ++x) img.rgb.insert(img.rgb.end(), {uint8_t(x * 10), uint8_t(y * 10), uint8_t(7)});
   return img;
 }
-const uint8_t* pixel(const Image& img, int x, int y) { return &img.rgb[(static_cast<size_t>(y) * img.width + x) * 3]; }
+const uint8_t* pixel(const Image& img, int x, int y) {
+  return &img.rgb[(static_cast<size_t>(y) * img.width + x) * 3];
+}
 }  // namespace
 
 TEST(Image, PngRoundTripsPixelsAndTextChunks) {
@@ -37,7 +39,7 @@ TEST(Image, PngRoundTripsPixelsAndTextChunks) {
 }
 
 TEST(Image, ExifOrientationsMapPixelsLikeTheSpec) {
-  auto img = gradient(4, 2);  // pixel (x, y) holds (10x, 10y)
+  auto img = gradient(4, 2);            // pixel (x, y) holds (10x, 10y)
   auto r6 = apply_orientation(img, 6);  // rotate 90 degrees clockwise to display
   EXPECT_EQ(r6.width, 2);
   EXPECT_EQ(r6.height, 4);
@@ -55,8 +57,12 @@ TEST(Image, ExifOrientationsMapPixelsLikeTheSpec) {
 
 TEST(Image, UnreadableAndEmptyFilesAreNamed) {
   auto dir = dreamlora::testing::make_temp_dir("img-bad");
-  { std::ofstream(dir / "broken.jpg") << "not a jpeg at all"; }
-  { std::ofstream(dir / "empty.png"); }
+  {
+    std::ofstream(dir / "broken.jpg") << "not a jpeg at all";
+  }
+  {
+    std::ofstream(dir / "empty.png");
+  }
   for (const char* name : {"broken.jpg", "empty.png", "missing.png"}) {
     try {
       load_image(dir / name);

@@ -16,7 +16,9 @@ using dreamlora::testing::fixtures_dir;
 using dreamlora::testing::make_temp_dir;
 
 namespace {
-void touch(const std::filesystem::path& p, const std::string& text = "x") { std::ofstream(p) << text; }
+void touch(const std::filesystem::path& p, const std::string& text = "x") {
+  std::ofstream(p) << text;
+}
 }  // namespace
 
 TEST(ModelDir, ListsTheFixturePipelineComponents) {
@@ -49,7 +51,8 @@ TEST(ModelDir, RefusesPickleWeightsWithAConversionHint) {
 
 TEST(ModelDir, FindsVariantAndShardedWeights) {
   auto dir = make_temp_dir("md-variant");
-  safetensors::save(dir / "diffusion_pytorch_model.safetensors", safetensors::NamedTensors{{"a", torch::ones({1})}});
+  safetensors::save(dir / "diffusion_pytorch_model.safetensors",
+                    safetensors::NamedTensors{{"a", torch::ones({1})}});
   safetensors::save(dir / "diffusion_pytorch_model.fp16.safetensors",
                     safetensors::NamedTensors{{"a", torch::ones({1}).to(torch::kFloat16)}});
   EXPECT_EQ(find_weight_files(dir, "fp16").at(0).filename(), "diffusion_pytorch_model.fp16.safetensors");
@@ -57,10 +60,13 @@ TEST(ModelDir, FindsVariantAndShardedWeights) {
   EXPECT_NE(error_of([&] { find_weight_files(dir, "bf16"); }).find("variant 'bf16'"), std::string::npos);
 
   auto sharded = make_temp_dir("md-shards");
-  safetensors::save(sharded / "model-00001-of-00002.safetensors", safetensors::NamedTensors{{"a", torch::ones({1})}});
-  safetensors::save(sharded / "model-00002-of-00002.safetensors", safetensors::NamedTensors{{"b", torch::zeros({2})}});
-  touch(sharded / "model.safetensors.index.json",
-        R"({"metadata":{},"weight_map":{"a":"model-00001-of-00002.safetensors","b":"model-00002-of-00002.safetensors"}})");
+  safetensors::save(sharded / "model-00001-of-00002.safetensors",
+                    safetensors::NamedTensors{{"a", torch::ones({1})}});
+  safetensors::save(sharded / "model-00002-of-00002.safetensors",
+                    safetensors::NamedTensors{{"b", torch::zeros({2})}});
+  touch(
+      sharded / "model.safetensors.index.json",
+      R"({"metadata":{},"weight_map":{"a":"model-00001-of-00002.safetensors","b":"model-00002-of-00002.safetensors"}})");
   auto weights = load_component_weights(sharded);
   EXPECT_EQ(weights.size(), 2u);
   EXPECT_EQ(weights.at("b").sizes(), (std::vector<int64_t>{2}));

@@ -81,7 +81,8 @@ TEST(Safetensors, RewritingAFixtureFileReproducesItsBytes) {
 TEST(Safetensors, ReadsEveryFixtureTensorWithExpectedShapes) {
   REQUIRE_FIXTURES();
   auto te = st::File::open(fixtures_dir() / "tiny-sd/text_encoder/model.safetensors");
-  EXPECT_EQ(te.get("text_model.embeddings.token_embedding.weight").sizes(), (std::vector<int64_t>{49408, 32}));
+  EXPECT_EQ(te.get("text_model.embeddings.token_embedding.weight").sizes(),
+            (std::vector<int64_t>{49408, 32}));
   auto unet = st::File::open(fixtures_dir() / "tiny-sdxl/unet/diffusion_pytorch_model.safetensors");
   EXPECT_EQ(unet.get("conv_in.weight").sizes(), (std::vector<int64_t>{32, 4, 3, 3}));
   auto ref = st::File::open(fixtures_dir() / "tiny-sd/reference.safetensors");
@@ -125,9 +126,10 @@ TEST(Safetensors, RejectsHostileFiles) {
   EXPECT_NE(parse_error(header_bytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", "12345678"))
                 .find("overlaps or has a gap"),
             std::string::npos);
-  EXPECT_NE(parse_error(header_bytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", "1234extra"))
-                .find("trailing data"),
-            std::string::npos);
+  EXPECT_NE(
+      parse_error(header_bytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", "1234extra"))
+          .find("trailing data"),
+      std::string::npos);
   EXPECT_NE(parse_error(header_bytes(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", "1234"))
                 .find("invalid dimension"),
             std::string::npos);

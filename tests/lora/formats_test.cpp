@@ -134,7 +134,8 @@ TEST(LoRAFormats, SdxlKohyaFileUsesLdmBlockNamesAndReadsBack) {
   EXPECT_TRUE(keys.count("lora_unet_middle_block_1_transformer_blocks_1_attn2_to_out_0.alpha"));
   EXPECT_TRUE(keys.count("lora_unet_output_blocks_2_1_transformer_blocks_1_attn2_to_v.lora_up.weight"));
   // Same tensors as the fixture's diffusers-named kohya file under the mapped names.
-  auto reference = io::safetensors::File::open(lora_dir("tiny-sdxl") / "pytorch_lora_weights_kohya.safetensors");
+  auto reference =
+      io::safetensors::File::open(lora_dir("tiny-sdxl") / "pytorch_lora_weights_kohya.safetensors");
   EXPECT_EQ(keys.size(), reference.names().size());
   for (const auto& name : reference.names()) {
     const std::string prefix = "lora_unet_";
@@ -307,14 +308,15 @@ TEST(LoRAFormats, DescribeReportsFormatFamilyRanksTargetsAndUnknownKeys) {
             lora::LoRAFormat::peft);
 
   auto dir = dltest::make_temp_dir("lora_describe");
-  io::safetensors::save(dir / "odd.safetensors",
-                    std::map<std::string, torch::Tensor>{
-                        {"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight",
-                         torch::zeros({2, 4})},
-                        {"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.up.weight",
-                         torch::zeros({4, 2})},
-                        {"unet.some_adapter.weird.lora.down.weight", torch::zeros({2, 4})},
-                        {"not_lora_at_all", torch::zeros({1})}});
+  io::safetensors::save(
+      dir / "odd.safetensors",
+      std::map<std::string, torch::Tensor>{
+          {"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight",
+           torch::zeros({2, 4})},
+          {"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.up.weight",
+           torch::zeros({4, 2})},
+          {"unet.some_adapter.weird.lora.down.weight", torch::zeros({2, 4})},
+          {"not_lora_at_all", torch::zeros({1})}});
   auto odd = lora::describe_lora_file(dir / "odd.safetensors");
   std::cout << odd.to_string();
   EXPECT_EQ(odd.num_unknown_keys, 2);

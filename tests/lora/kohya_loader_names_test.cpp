@@ -1,7 +1,8 @@
 // Every kohya key dreamlora writes for SD1, SD2 and SDXL is one that ComfyUI's and AUTOMATIC1111's LoRA
 // loaders map to a module of the real model. The loaders' rules are restated here as data, from:
 //   ComfyUI comfy/lora.py (LORA_CLIP_MAP, model_lora_keys_clip, model_lora_keys_unet) and comfy/utils.py
-//     (unet_to_diffusers, UNET_MAP_ATTENTIONS, TRANSFORMER_BLOCKS) at commit 00728eb20fce05955f89ef1ccf5f6167416e94cf
+//     (unet_to_diffusers, UNET_MAP_ATTENTIONS, TRANSFORMER_BLOCKS) at commit
+//     00728eb20fce05955f89ef1ccf5f6167416e94cf
 //   AUTOMATIC1111 extensions-builtin/Lora/networks.py (convert_diffusers_name_to_compvis,
 //     assign_network_names_to_compvis_modules, load_network's fallbacks, the MultiheadAttention q/k/v/out
 //     rule of network_apply_weights) at commit 873edba44bedf0086d52343f282552b3601baeb8
@@ -39,11 +40,11 @@ const UNetArch kSdxlUnet{{{0, 0}, {2, 2}, {10, 10}}, 10, {{10, 10, 10}, {2, 2, 2
 
 // Modules a dreamlora UNet LoRA may adapt inside each Transformer2DModel (the wide kohya set).
 const std::vector<std::string> kInTransformer = {"proj_in", "proj_out"};
-const std::vector<std::string> kInBlock = {"attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
-                                           "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0",
+const std::vector<std::string> kInBlock = {"attn1.to_q",    "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+                                           "attn2.to_q",    "attn2.to_k", "attn2.to_v", "attn2.to_out.0",
                                            "ff.net.0.proj", "ff.net.2"};
-const std::vector<std::string> kTextTargets = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                               "self_attn.out_proj", "mlp.fc1", "mlp.fc2"};
+const std::vector<std::string> kTextTargets = {"self_attn.q_proj",   "self_attn.k_proj", "self_attn.v_proj",
+                                               "self_attn.out_proj", "mlp.fc1",          "mlp.fc2"};
 
 // (diffusers path, LDM path) of every adaptable UNet module: LDM numbers input blocks 1 + 3 * block + resnet,
 // output blocks 3 * block + resnet, the transformer at index 1 of each (comfy/utils.py unet_to_diffusers).
@@ -120,7 +121,8 @@ std::set<std::string> a1111_modules(const Family& f) {
   auto hf_clip = [&](const std::string& prefix, int layers) {
     for (int l = 0; l < layers; ++l)
       for (const auto& m : kTextTargets)
-        names.insert(prefix + "transformer_text_model_encoder_layers_" + std::to_string(l) + "_" + underscored(m));
+        names.insert(prefix + "transformer_text_model_encoder_layers_" + std::to_string(l) + "_" +
+                     underscored(m));
   };
   if (f.sdxl) {  // conditioner.embedders[i].wrapped -> "<i>_" prefix
     hf_clip("0_", f.text_layers);
@@ -138,10 +140,14 @@ struct Rule {
   std::regex pattern;
   std::function<std::string(const std::smatch&, bool is_sd2)> rewrite;
 };
-int num(const std::smatch& m, int i) { return std::stoi(m[i].str()); }
+int num(const std::smatch& m, int i) {
+  return std::stoi(m[i].str());
+}
 std::string te_openclip(std::string rest) {
-  for (auto [from, to] : {std::pair<const char*, const char*>{"mlp_fc1", "mlp_c_fc"}, {"mlp_fc2", "mlp_c_proj"}}) {
-    if (auto at = rest.find(from); at != std::string::npos) return rest.replace(at, std::string(from).size(), to);
+  for (auto [from, to] :
+       {std::pair<const char*, const char*>{"mlp_fc1", "mlp_c_fc"}, {"mlp_fc2", "mlp_c_proj"}}) {
+    if (auto at = rest.find(from); at != std::string::npos)
+      return rest.replace(at, std::string(from).size(), to);
   }
   if (auto at = rest.find("self_attn"); at != std::string::npos) rest.replace(at, 9, "attn");
   return rest;
@@ -155,8 +161,8 @@ const std::vector<Rule>& a1111_rules() {
        }},
       {std::regex(R"(^lora_unet_mid_block_(attentions|resnets)_(\d+)_(.+))"),
        [](const std::smatch& m, bool) {
-         return "diffusion_model_middle_block_" + (m[1] == "attentions" ? std::string("1") : std::to_string(num(m, 2) * 2)) +
-                "_" + m[3].str();
+         return "diffusion_model_middle_block_" +
+                (m[1] == "attentions" ? std::string("1") : std::to_string(num(m, 2) * 2)) + "_" + m[3].str();
        }},
       {std::regex(R"(^lora_unet_up_blocks_(\d+)_(attentions|resnets)_(\d+)_(.+))"),
        [](const std::smatch& m, bool) {
@@ -169,7 +175,9 @@ const std::vector<Rule>& a1111_rules() {
          return "transformer_text_model_encoder_layers_" + m[1].str() + "_" + m[2].str();
        }},
       {std::regex(R"(^lora_te2_text_model_encoder_layers_(\d+)_(.+))"),
-       [](const std::smatch& m, bool) { return "1_model_transformer_resblocks_" + m[1].str() + "_" + te_openclip(m[2].str()); }},
+       [](const std::smatch& m, bool) {
+         return "1_model_transformer_resblocks_" + m[1].str() + "_" + te_openclip(m[2].str());
+       }},
   };
   return rules;
 }
@@ -181,7 +189,8 @@ std::string replace_first(std::string s, const std::string& from, const std::str
 
 // The module name A1111 resolves a stem to, or "" when it lands in keys_failed_to_match. `key` receives the
 // name the network module is stored under (what the MultiheadAttention q/k/v/out rule looks up).
-std::string a1111_resolve(const std::string& stem, const std::set<std::string>& modules, bool is_sd2, std::string* key) {
+std::string a1111_resolve(const std::string& stem, const std::set<std::string>& modules, bool is_sd2,
+                          std::string* key) {
   std::string k = stem;
   for (const auto& r : a1111_rules()) {
     std::smatch m;
@@ -228,7 +237,8 @@ std::map<std::string, torch::Tensor> dreamlora_kohya_file(const Family& f) {
 
 const std::vector<Family> kFamilies = {
     {"SD1", kSd12Unet, 12, 0, A1111Text::hf_clip, false},
-    {"SD2", kSd12Unet, 23, 0, A1111Text::open_clip, false},  // diffusers' SD2 text_encoder: 23 of OpenCLIP-H's 24
+    {"SD2", kSd12Unet, 23, 0, A1111Text::open_clip,
+     false},  // diffusers' SD2 text_encoder: 23 of OpenCLIP-H's 24
     {"SDXL", kSdxlUnet, 12, 32, A1111Text::hf_clip, true},
 };
 
@@ -241,7 +251,8 @@ TEST(KohyaLoaderNames, EveryKeyDreamloraWritesIsMappedByComfyUI) {
     for (const auto& [key, _] : file) {
       const auto dot = key.find('.');
       const bool ok = stems.count(key.substr(0, dot)) && kComfyParts.count(key.substr(dot + 1));
-      if (!ok && ++unmapped <= 5) ADD_FAILURE() << f.name << ": ComfyUI would log 'lora key not loaded: " << key << "'";
+      if (!ok && ++unmapped <= 5)
+        ADD_FAILURE() << f.name << ": ComfyUI would log 'lora key not loaded: " << key << "'";
     }
     EXPECT_EQ(unmapped, 0) << f.name << " (" << file.size() << " keys)";
   }
@@ -290,8 +301,12 @@ TEST(KohyaLoaderNames, TheRestatedRulesRefuseNamesTheLoadersWouldNotMap) {
     EXPECT_EQ(a1111_resolve(stem, a1111, false, &key), "") << stem;
   }
   // SD2 without its OpenCLIP rename: transformers' names do not exist in A1111's SD2 model.
-  EXPECT_EQ(a1111_resolve("lora_te_text_model_encoder_layers_0_mlp_fc1", a1111_modules(kFamilies[1]), false, &key), "");
-  EXPECT_NE(a1111_resolve("lora_te_text_model_encoder_layers_0_mlp_fc1", a1111_modules(kFamilies[1]), true, &key), "");
+  EXPECT_EQ(
+      a1111_resolve("lora_te_text_model_encoder_layers_0_mlp_fc1", a1111_modules(kFamilies[1]), false, &key),
+      "");
+  EXPECT_NE(
+      a1111_resolve("lora_te_text_model_encoder_layers_0_mlp_fc1", a1111_modules(kFamilies[1]), true, &key),
+      "");
 }
 
 TEST(KohyaLoaderNames, SdxlUnetKeysUseLdmBlockNames) {

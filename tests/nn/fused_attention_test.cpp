@@ -1,4 +1,6 @@
 // Tests for nn::fused_attention: output and q/k/v gradients against bmm -> softmax -> bmm in float64.
+#include "dreamlora/nn/fused_attention.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -7,7 +9,6 @@
 
 #include "dreamlora/common/error.h"
 #include "dreamlora/nn/attention_kernels.h"
-#include "dreamlora/nn/fused_attention.h"
 
 namespace {
 
@@ -34,7 +35,8 @@ Tensor reference_attention(const Tensor& q, const Tensor& k, const Tensor& v, bo
 
 template <typename Fn>
 Result run(Fn attend, const Tensor& q0, const Tensor& k0, const Tensor& v0, const Tensor& grad) {
-  auto q = q0.clone().requires_grad_(true), k = k0.clone().requires_grad_(true), v = v0.clone().requires_grad_(true);
+  auto q = q0.clone().requires_grad_(true), k = k0.clone().requires_grad_(true),
+       v = v0.clone().requires_grad_(true);
   auto out = attend(q, k, v);
   (out * grad.to(out.scalar_type())).sum().backward();
   return {out.detach(), q.grad(), k.grad(), v.grad()};
@@ -54,8 +56,9 @@ void expect_matches_reference(const Case& c, double tol = 1e-5) {
   auto k = torch::randn({c.batch, c.heads, c.lk, c.d}, opts) * 2;
   auto v = torch::randn({c.batch, c.heads, c.lk, c.d}, opts);
   auto grad = torch::randn({c.batch, c.heads, c.lq, c.d}, opts);
-  auto fused = run([&](auto& a, auto& b, auto& w) { return dreamlora::nn::fused_attention(a, b, w, c.causal); }, q,
-                   k, v, grad);
+  auto fused =
+      run([&](auto& a, auto& b, auto& w) { return dreamlora::nn::fused_attention(a, b, w, c.causal); }, q, k,
+          v, grad);
   auto ref = run([&](auto& a, auto& b, auto& w) { return reference_attention(a, b, w, c.causal); },
                  q.to(torch::kFloat64), k.to(torch::kFloat64), v.to(torch::kFloat64), grad);
   const double errs[4] = {relative_error(fused.out, ref.out), relative_error(fused.dq, ref.dq),
@@ -68,15 +71,21 @@ void expect_matches_reference(const Case& c, double tol = 1e-5) {
   }
 }
 
-TEST(FusedAttention, SelfAttentionMatchesReferenceForTinyHeads) { expect_matches_reference({1, 8, 1000, 1000, 4, false}); }
+TEST(FusedAttention, SelfAttentionMatchesReferenceForTinyHeads) {
+  expect_matches_reference({1, 8, 1000, 1000, 4, false});
+}
 
-TEST(FusedAttention, SelfAttentionMatchesReferenceForHeadDim8) { expect_matches_reference({2, 3, 130, 130, 8, false}); }
+TEST(FusedAttention, SelfAttentionMatchesReferenceForHeadDim8) {
+  expect_matches_reference({2, 3, 130, 130, 8, false});
+}
 
 TEST(FusedAttention, CausalSelfAttentionMatchesReferenceAtClipLength) {
   expect_matches_reference({2, 4, 77, 77, 64, true});
 }
 
-TEST(FusedAttention, CrossAttentionMatchesReferenceWithFewerKeys) { expect_matches_reference({1, 2, 300, 77, 80, false}); }
+TEST(FusedAttention, CrossAttentionMatchesReferenceWithFewerKeys) {
+  expect_matches_reference({1, 2, 300, 77, 80, false});
+}
 
 TEST(FusedAttention, CausalMatchesReferenceWhenQueriesAndKeysDiffer) {
   expect_matches_reference({1, 2, 50, 77, 8, true});
@@ -113,24 +122,29 @@ TEST(FusedAttention, RejectsNonFloat32Inputs) {
 // including rows whose key count is not a multiple of the vector width (the scalar tails).
 TEST(AttentionKernels, BaselineAndAvx2BuildsAgree) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) GTEST_SKIP() << "CPU without AVX2+FMA";
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
+    GTEST_SKIP() << "CPU without AVX2+FMA";
   namespace k = dreamlora::nn::kernels;
   const int64_t lq = 37, lk = 45, d = 6, ld = k::padded_stride(lk);
   torch::manual_seed(3);
-  auto q = torch::randn({lq, d}) * 0.5, kT = torch::randn({d, ld}), vT = torch::randn({d, ld}), dout = torch::randn({lq, d});
+  auto q = torch::randn({lq, d}) * 0.5, kT = torch::randn({d, ld}), vT = torch::randn({d, ld}),
+       dout = torch::randn({lq, d});
   for (bool causal : {false, true}) {
-    const k::AttentionHead h{q.data_ptr<float>(), kT.data_ptr<float>(), vT.data_ptr<float>(), lq, lk, d, d, ld, causal};
+    const k::AttentionHead h{
+        q.data_ptr<float>(), kT.data_ptr<float>(), vT.data_ptr<float>(), lq, lk, d, d, ld, causal};
     std::vector<Tensor> results;
     for (const k::RowKernels* impl : {&k::generic::kKernels, &k::avx2::kKernels}) {
       auto out = torch::zeros({lq, d}), lse = torch::zeros({lq}), dq = torch::zeros({lq, d});
       auto dkT = torch::zeros({d, ld}), dvT = torch::zeros({d, ld}), scratch = torch::zeros({2 * lk});
       impl->forward_rows(h, 0, lq, out.data_ptr<float>(), lse.data_ptr<float>(), scratch.data_ptr<float>());
-      impl->backward_head(h, out.data_ptr<float>(), lse.data_ptr<float>(), dout.data_ptr<float>(), dq.data_ptr<float>(),
-                          dkT.data_ptr<float>(), dvT.data_ptr<float>(), scratch.data_ptr<float>());
+      impl->backward_head(h, out.data_ptr<float>(), lse.data_ptr<float>(), dout.data_ptr<float>(),
+                          dq.data_ptr<float>(), dkT.data_ptr<float>(), dvT.data_ptr<float>(),
+                          scratch.data_ptr<float>());
       results.insert(results.end(), {out, lse, dq, dkT, dvT});
     }
     for (size_t i = 0; i < 5; ++i)
-      EXPECT_LE(relative_error(results[i], results[i + 5]), 1e-6) << "output " << i << (causal ? " causal" : "");
+      EXPECT_LE(relative_error(results[i], results[i + 5]), 1e-6)
+          << "output " << i << (causal ? " causal" : "");
   }
 #else
   GTEST_SKIP() << "not x86-64";

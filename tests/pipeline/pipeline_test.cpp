@@ -24,7 +24,9 @@ ModelBundle& tiny(bool sdxl) {
   synth::write_tiny_model(dir, o);
   return bundles.emplace(sdxl, ModelBundle::load(dir, {})).first->second;
 }
-std::string png_bytes(const io::Image& img) { return io::encode_png(img); }
+std::string png_bytes(const io::Image& img) {
+  return io::encode_png(img);
+}
 }  // namespace
 
 TEST(TinyModel, WritesAPipelineThatReloads) {

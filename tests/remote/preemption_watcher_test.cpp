@@ -21,8 +21,8 @@
 #include <thread>
 #include <vector>
 
-#include "dreamlora/stop/stop_request.h"
 #include "dreamlora/common/error.h"
+#include "dreamlora/stop/stop_request.h"
 #include "test_util.h"
 
 namespace dreamlora::remote {
@@ -234,9 +234,8 @@ TEST_F(PreemptionWatcherTest, UrlAnswering200WithABodyAfterThreeEmptyPollsReques
 }
 
 TEST_F(PreemptionWatcherTest, UrlAnswering200EmptyOr404IsNoNotice) {
-  StubServer stub([](const StubRequest&, int i) {
-    return StubAnswer{i % 2 ? 404 : 200, i % 2 ? "gone" : " \n"};
-  });
+  StubServer stub(
+      [](const StubRequest&, int i) { return StubAnswer{i % 2 ? 404 : 200, i % 2 ? "gone" : " \n"}; });
   LogLines log;
   PreemptionWatcher w(fast(PreemptionWatcherOptions::parse(stub.base() + "/x"), "", log));
   ASSERT_TRUE(wait_until([&] { return w.polls() >= 6; }));

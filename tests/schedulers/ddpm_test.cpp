@@ -1,8 +1,9 @@
 // DDPMScheduler: beta/alpha tables, add_noise and get_velocity against diffusers' fixtures; SNR and the
 // other beta schedules against values derived by hand from diffusers' formulas.
+#include "dreamlora/schedulers/ddpm.h"
+
 #include <cmath>
 
-#include "dreamlora/schedulers/ddpm.h"
 #include "dreamlora/schedulers/noise_schedule.h"
 #include "scheduler_test_util.h"
 
@@ -28,16 +29,19 @@ TEST_P(DDPMParity, TablesAddNoiseAndVelocityMatchDiffusers) {
   auto timesteps = ref.get("ddpm.add_noise.timesteps");
   expect_rel_near("ddpm.add_noise.noisy", ddpm.add_noise(original, noise, timesteps),
                   ref.get("ddpm.add_noise.noisy"), 1e-6);
-  expect_rel_near("ddpm.get_velocity", ddpm.get_velocity(original, noise, timesteps), ref.get("ddpm.get_velocity"),
-                  1e-6);
+  expect_rel_near("ddpm.get_velocity", ddpm.get_velocity(original, noise, timesteps),
+                  ref.get("ddpm.get_velocity"), 1e-6);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, DDPMParity, ::testing::Values("tiny-sd", "tiny-sdxl"));
 
-SchedulerConfig ddpm_config(const io::Json& j) { return SchedulerConfig::from_json(j, kDDPM, "test"); }
+SchedulerConfig ddpm_config(const io::Json& j) {
+  return SchedulerConfig::from_json(j, kDDPM, "test");
+}
 
 TEST(DDPMScheduler, SnrIsAlphaBarOverOneMinusAlphaBar) {
-  DDPMScheduler ddpm(ddpm_config({{"beta_schedule", "scaled_linear"}, {"beta_start", 0.00085}, {"beta_end", 0.012}}));
+  DDPMScheduler ddpm(
+      ddpm_config({{"beta_schedule", "scaled_linear"}, {"beta_start", 0.00085}, {"beta_end", 0.012}}));
   auto t = torch::tensor({0, 10, 500, 999}, torch::kInt64);
   auto snr = ddpm.snr(t);
   ASSERT_EQ(snr.scalar_type(), torch::kFloat32);
@@ -82,7 +86,8 @@ TEST(DDPMScheduler, CosineBetasMatchHandDerivedValues) {
 }
 
 TEST(DDPMScheduler, ZeroTerminalSnrRescaleEndsAtPureNoise) {
-  auto plain = ddpm_config({{"beta_schedule", "scaled_linear"}, {"beta_start", 0.00085}, {"beta_end", 0.012}});
+  auto plain =
+      ddpm_config({{"beta_schedule", "scaled_linear"}, {"beta_start", 0.00085}, {"beta_end", 0.012}});
   auto rescaled = plain;
   rescaled.rescale_betas_zero_snr = true;
   DDPMScheduler a(plain), b(rescaled);
@@ -103,8 +108,9 @@ TEST(DDPMScheduler, TrainedBetasAreUsedVerbatim) {
 
 TEST(DDPMScheduler, AddNoiseRejectsMismatchedBatch) {
   DDPMScheduler ddpm(ddpm_config(io::Json::object()));
-  EXPECT_THROW(ddpm.add_noise(torch::zeros({2, 4, 2, 2}), torch::zeros({2, 4, 2, 2}), torch::tensor({1, 2, 3})),
-               dreamlora::Error);
+  EXPECT_THROW(
+      ddpm.add_noise(torch::zeros({2, 4, 2, 2}), torch::zeros({2, 4, 2, 2}), torch::tensor({1, 2, 3})),
+      dreamlora::Error);
 }
 
 }  // namespace

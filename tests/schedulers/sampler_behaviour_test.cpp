@@ -15,8 +15,8 @@ namespace {
 
 io::Json sd_config(const io::Json& extra = io::Json::object()) {
   io::Json j = {{"beta_schedule", "scaled_linear"}, {"beta_start", 0.00085}, {"beta_end", 0.012},
-            {"timestep_spacing", "leading"},    {"steps_offset", 1},     {"clip_sample", false},
-            {"set_alpha_to_one", false}};
+                {"timestep_spacing", "leading"},    {"steps_offset", 1},     {"clip_sample", false},
+                {"set_alpha_to_one", false}};
   for (auto it = extra.begin(); it != extra.end(); ++it) j[it.key()] = it.value();
   return j;
 }
@@ -62,7 +62,8 @@ TEST_P(OracleLoop, EndsAtTheCleanSample) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllSamplers, OracleLoop,
-                         ::testing::Values("ddim", "euler", "euler-a", "dpmpp-2m", "dpmpp-2m-karras", "euler-karras"),
+                         ::testing::Values("ddim", "euler", "euler-a", "dpmpp-2m", "dpmpp-2m-karras",
+                                           "euler-karras"),
                          [](const auto& info) {
                            std::string n = info.param;
                            std::replace(n.begin(), n.end(), '-', '_');
@@ -128,8 +129,8 @@ TEST(SchedulerConfig, KeysListedAsPythonDefaultsFallBackToTheTargetDefaults) {
   // An Euler config saved with its default spacing, loaded as DDIM, gets DDIM's default (diffusers'
   // `_use_default_values`).
   io::Json j = {{"_class_name", "EulerDiscreteScheduler"},
-            {"timestep_spacing", "linspace"},
-            {"_use_default_values", {"timestep_spacing"}}};
+                {"timestep_spacing", "linspace"},
+                {"_use_default_values", {"timestep_spacing"}}};
   EXPECT_EQ(SchedulerConfig::from_json(j, kDDIM).timestep_spacing, "leading");
 }
 

@@ -19,8 +19,8 @@ void check_three_steps(Sampler& s, const io::safetensors::File& ref, const std::
     expect_rel_near(p + ".model_input", s.scale_model_input(sample, t), ref.get(p + ".model_input"), 1e-6);
     auto out = s.step(ref.get(p + ".model_output"), t, sample);
     expect_rel_near(p + ".prev_sample", out.prev_sample, ref.get(p + ".prev_sample"), 1e-6);
-    expect_rel_near(p + ".pred_original_sample", out.pred_original_sample, ref.get(p + ".pred_original_sample"),
-                    1e-6);
+    expect_rel_near(p + ".pred_original_sample", out.pred_original_sample,
+                    ref.get(p + ".pred_original_sample"), 1e-6);
     sample = out.prev_sample;
   }
 }

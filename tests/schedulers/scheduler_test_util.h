@@ -20,8 +20,8 @@ inline double max_rel_error(const torch::Tensor& actual, const torch::Tensor& ex
   return scale > 0 ? err / scale : err;
 }
 
-inline void expect_rel_near(const std::string& what, const torch::Tensor& actual, const torch::Tensor& expected,
-                            double rel) {
+inline void expect_rel_near(const std::string& what, const torch::Tensor& actual,
+                            const torch::Tensor& expected, double rel) {
   ASSERT_EQ(actual.sizes(), expected.sizes()) << what;
   const double err = max_rel_error(actual, expected);
   std::cout << "[ parity ] " << what << " max rel error " << err << std::endl;

@@ -8,8 +8,8 @@
 #include <thread>
 
 #include "checkpoint/checkpoint_test_helpers.h"
-#include "dreamlora/common/error.h"
 #include "dreamlora/common/duration.h"
+#include "dreamlora/common/error.h"
 
 namespace dreamlora::stop {
 namespace {

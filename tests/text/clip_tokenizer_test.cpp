@@ -2,8 +2,6 @@
 // hand-derived expectations for the clean-up, the pattern and BPE.
 #include "dreamlora/text/clip_tokenizer.h"
 
-#include "dreamlora/synth/clip_bpe_writer.h"
-
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -11,6 +9,7 @@
 #include <thread>
 
 #include "dreamlora/io/json.h"
+#include "dreamlora/synth/clip_bpe_writer.h"
 #include "test_util.h"
 
 namespace dreamlora::text {

@@ -1,10 +1,9 @@
 // The foreach AdamW (all tensors per op) gives the single-tensor update bit for bit on CPU, with weight
 // decay, gradient clipping, two parameter groups and parameters that have no gradient at some steps.
-#include "dreamlora/train/adamw.h"
-
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
+#include "dreamlora/train/adamw.h"
 #include "test_util.h"
 
 using namespace dreamlora;
@@ -54,16 +53,18 @@ TEST(AdamWForeach, EqualsTheSingleTensorUpdateBitForBit) {
   AdamWOptions single_opts{0.9, 0.999, 1e-8, 1e-2, /*foreach=*/false};
   AdamWOptions foreach_opts = single_opts;
   foreach_opts.foreach = true;
-  AdamW single(clone_groups(groups), single_opts), foreach(clone_groups(groups), foreach_opts);
+  AdamW single(clone_groups(groups), single_opts), foreach (clone_groups(groups), foreach_opts);
   for (int step = 0; step < 12; ++step) {
     set_gradients(single, foreach, step);
     const auto norm_single = single.clip_grad_norm(1.0), norm_foreach = foreach.clip_grad_norm(1.0);
     EXPECT_TRUE(torch::equal(norm_single, norm_foreach)) << "step " << step;
     const double lr_mult = 1.0 - step / 20.0;
     single.step(lr_mult);
-    foreach.step(lr_mult);
+    foreach
+      .step(lr_mult);
     single.zero_grad();
-    foreach.zero_grad();
+    foreach
+      .zero_grad();
   }
   for (size_t gi = 0; gi < groups.size(); ++gi)
     for (size_t pi = 0; pi < groups[gi].params.size(); ++pi) {
@@ -85,6 +86,7 @@ TEST(AdamWForeach, ClipScalesAllGradientsToTheMaxNormWithoutReadingIt) {
   q.mutable_grad() = torch::full({4}, 4.0);  // global norm sqrt(27 + 64) = sqrt(91)
   const auto norm = opt.clip_grad_norm(1.0);
   EXPECT_NEAR(norm.item<double>(), std::sqrt(91.0), 1e-5);
-  const double after = std::sqrt(p.grad().square().sum().item<double>() + q.grad().square().sum().item<double>());
+  const double after =
+      std::sqrt(p.grad().square().sum().item<double>() + q.grad().square().sum().item<double>());
   EXPECT_NEAR(after, 1.0, 1e-5);
 }

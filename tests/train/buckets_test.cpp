@@ -2,17 +2,18 @@
 // make_bucket_resolutions / BucketManager.select_bucket formulas), the bucketed data order (batches
 // within one bucket, a pure function of the seed and samples consumed), and the images' resize, crop
 // and SDXL time ids.
+#include "dreamlora/train/buckets.h"
+
+#include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <set>
 
 #include "dreamlora/common/error.h"
 #include "dreamlora/io/image.h"
 #include "dreamlora/pipeline/model_bundle.h"
 #include "dreamlora/synth/tiny_model.h"
-#include "dreamlora/train/buckets.h"
 #include "dreamlora/train/data_order.h"
 #include "dreamlora/train/dataset.h"
 #include "dreamlora/train/train_config.h"
@@ -38,7 +39,8 @@ void write_gradient_image(const fs::path& path, int width, int height) {
   for (int y = 0; y < height; ++y)
     for (int x = 0; x < width; ++x)
       for (int c = 0; c < 3; ++c)
-        img.rgb[(static_cast<size_t>(y) * width + x) * 3 + c] = static_cast<uint8_t>((x * 7 + y * 3 + c * 50) % 256);
+        img.rgb[(static_cast<size_t>(y) * width + x) * 3 + c] =
+            static_cast<uint8_t>((x * 7 + y * 3 + c * 50) % 256);
   save_png(path, img);
 }
 
@@ -47,8 +49,9 @@ void write_gradient_image(const fs::path& path, int width, int height) {
 TEST(Buckets, KohyasBucketListFor512) {
   BucketOptions o;  // resolution 512, 256..1024, step 64
   const std::vector<std::pair<int64_t, int64_t>> kohya{
-      {256, 832}, {256, 896}, {256, 960}, {256, 1024}, {320, 704}, {320, 768}, {384, 640}, {448, 576}, {512, 512},
-      {576, 448}, {640, 384}, {704, 320}, {768, 320}, {832, 256}, {896, 256}, {960, 256}, {1024, 256}};
+      {256, 832}, {256, 896}, {256, 960}, {256, 1024}, {320, 704}, {320, 768},
+      {384, 640}, {448, 576}, {512, 512}, {576, 448},  {640, 384}, {704, 320},
+      {768, 320}, {832, 256}, {896, 256}, {960, 256},  {1024, 256}};
   EXPECT_EQ(as_pairs(make_bucket_resolutions(o)), kohya);
 }
 
@@ -98,7 +101,8 @@ TEST(BucketedDataOrder, EveryAlignedBatchComesFromOneBucketAndEveryItemIsVisited
   for (int64_t batch : {1, 2, 3}) {
     DataOrder order(5, bucket_of, batch);
     // ceil(4/b) + ceil(3/b) + ceil(2/b) batches of b
-    const int64_t expected = ((4 + batch - 1) / batch + (3 + batch - 1) / batch + (2 + batch - 1) / batch) * batch;
+    const int64_t expected =
+        ((4 + batch - 1) / batch + (3 + batch - 1) / batch + (2 + batch - 1) / batch) * batch;
     EXPECT_EQ(order.epoch_length(), expected);
     for (int64_t epoch = 0; epoch < 3; ++epoch) {
       std::set<int64_t> seen;

@@ -17,7 +17,9 @@ using namespace dreamlora::io;
 
 namespace {
 
-void write_caption_file(const fs::path& path, const std::string& text) { std::ofstream(path) << text; }
+void write_caption_file(const fs::path& path, const std::string& text) {
+  std::ofstream(path) << text;
+}
 
 fs::path captioned_folder(const std::string& tag) {
   auto dir = dreamlora::testing::make_temp_dir(tag);

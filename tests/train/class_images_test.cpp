@@ -1,3 +1,5 @@
+#include "dreamlora/train/class_images.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -5,7 +7,6 @@
 #include "dreamlora/io/image_tensor.h"
 #include "dreamlora/pipeline/model_bundle.h"
 #include "dreamlora/synth/tiny_model.h"
-#include "dreamlora/train/class_images.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -25,7 +26,9 @@ TrainConfig class_image_config(const fs::path& dir, int64_t count, int64_t batch
   return c;
 }
 
-torch::Tensor pixels_of(const fs::path& file) { return io::image_to_tensor(io::load_image(file)); }
+torch::Tensor pixels_of(const fs::path& file) {
+  return io::image_to_tensor(io::load_image(file));
+}
 
 }  // namespace
 
@@ -38,7 +41,9 @@ TEST(ClassImages, GeneratedInSampleBatchSizeBatchesEqualOneByOne) {
   for (int i = 0; i < 5; ++i) {
     const auto name = "class-" + std::to_string(i) + ".png";
     // 8-bit PNGs of the same image: batched kernels may round differently by at most a level or two.
-    EXPECT_LE(dreamlora::testing::max_abs_diff(pixels_of(root / "batched" / name), pixels_of(root / "one" / name)), 3.0 / 255)
+    EXPECT_LE(
+        dreamlora::testing::max_abs_diff(pixels_of(root / "batched" / name), pixels_of(root / "one" / name)),
+        3.0 / 255)
         << name;
   }
   // A second call finds every image present and generates none.

@@ -37,7 +37,8 @@ TrainConfig fingerprint_config(const fs::path& model) {
 struct ImageSets {
   std::vector<TrainingImage> instance, cls;
 };
-ImageSets same_named_images(const fs::path& dir, const std::string& instance_bytes, const std::string& caption) {
+ImageSets same_named_images(const fs::path& dir, const std::string& instance_bytes,
+                            const std::string& caption) {
   write_bytes(dir / "instance" / "a.png", instance_bytes);
   write_bytes(dir / "class" / "a.png", "class image bytes");
   return {{{dir / "instance" / "a.png", caption}}, {{dir / "class" / "a.png", "a photo of dog"}}};
@@ -69,7 +70,8 @@ TEST(Fingerprint, AChangedCaptionFileIsADifference) {
   auto c = fingerprint_config(dir / "no-model");
   auto one = same_named_images(dir, "instance", "a photo of sks dog on a beach");
   auto two = same_named_images(dir, "instance", "a photo of sks dog in snow");
-  const auto diffs = fingerprint_differences(make_fingerprint(c, one.instance, {}), make_fingerprint(c, two.instance, {}));
+  const auto diffs =
+      fingerprint_differences(make_fingerprint(c, one.instance, {}), make_fingerprint(c, two.instance, {}));
   ASSERT_EQ(diffs.size(), 1u) << joined_lines(diffs);
   EXPECT_EQ(diffs[0].rfind("instance-captions.a.png", 0), 0u) << diffs[0];
 }
@@ -87,8 +89,9 @@ TEST(Fingerprint, AnotherFineTuneOfTheSameArchitectureHashesDifferently) {
   EXPECT_NE(weights_sample_hash(dir / "base" / "unet" / "diffusion_pytorch_model.safetensors"),
             weights_sample_hash(dir / "tuned" / "unet" / "diffusion_pytorch_model.safetensors"));
   auto images = same_named_images(dir, "instance", "x");
-  const auto diffs = fingerprint_differences(make_fingerprint(fingerprint_config(dir / "base"), images.instance, {}),
-                                             make_fingerprint(fingerprint_config(dir / "tuned"), images.instance, {}));
+  const auto diffs =
+      fingerprint_differences(make_fingerprint(fingerprint_config(dir / "base"), images.instance, {}),
+                              make_fingerprint(fingerprint_config(dir / "tuned"), images.instance, {}));
   ASSERT_EQ(diffs.size(), 1u) << joined_lines(diffs);
   EXPECT_EQ(diffs[0].rfind("model-weights.unet/diffusion_pytorch_model.safetensors", 0), 0u) << diffs[0];
 }
@@ -99,8 +102,8 @@ TEST(Fingerprint, NumStepsCountsOnlyWhenTheScheduleDependsOnItAndCanBeAllowed) {
   auto c = fingerprint_config(dir / "no-model");
   auto longer = c;
   longer.num_steps = c.num_steps + 100;
-  EXPECT_TRUE(compare_fingerprints(make_fingerprint(c, images.instance, {}), make_fingerprint(longer, images.instance, {}),
-                                   false)
+  EXPECT_TRUE(compare_fingerprints(make_fingerprint(c, images.instance, {}),
+                                   make_fingerprint(longer, images.instance, {}), false)
                   .differences.empty());
   c.scheduler = longer.scheduler = "cosine";
   const io::Json saved = make_fingerprint(c, images.instance, {});
@@ -126,7 +129,8 @@ TEST(Fingerprint, AnOlderCheckpointStillResumesAndItsDataIsStillCompared) {
   old["data"]["a.png"] = checkpoint::xxh3_file_hex(images.instance[0].path);
   auto check = compare_fingerprints(old, now, false);
   EXPECT_TRUE(check.differences.empty()) << joined_lines(check.differences);
-  EXPECT_NE(joined_lines(check.notes).find("'model-weights' is not recorded in this checkpoint"), std::string::npos)
+  EXPECT_NE(joined_lines(check.notes).find("'model-weights' is not recorded in this checkpoint"),
+            std::string::npos)
       << joined_lines(check.notes);
   old["data"]["a.png"] = "0000000000000000";
   auto changed = compare_fingerprints(old, now, false);
@@ -183,8 +187,9 @@ TEST(Fingerprint, DISABLED_WeightsSampleHashCostOnALargeFile) {
   drop_cache();
   const double full_cold = seconds([&] { checkpoint::xxh3_file_hex(file); });
   const double full_warm = seconds([&] { checkpoint::xxh3_file_hex(file); });
-  std::printf("[ bench ] %.0f MiB, %d tensors: sampled hash %.3f s cold, %.3f s warm (%.0f MiB/s of file); "
-              "full XXH3 %.2f s cold (%.0f MiB/s), %.2f s warm (%.0f MiB/s)\n",
-              mb, tensors, cold, warm, mb / warm, full_cold, mb / full_cold, full_warm, mb / full_warm);
+  std::printf(
+      "[ bench ] %.0f MiB, %d tensors: sampled hash %.3f s cold, %.3f s warm (%.0f MiB/s of file); "
+      "full XXH3 %.2f s cold (%.0f MiB/s), %.2f s warm (%.0f MiB/s)\n",
+      mb, tensors, cold, warm, mb / warm, full_cold, mb / full_cold, full_warm, mb / full_warm);
   fs::remove_all(dir);
 }

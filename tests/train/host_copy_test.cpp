@@ -1,7 +1,7 @@
+#include "dreamlora/train/host_copy.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
-
-#include "dreamlora/train/host_copy.h"
 
 using dreamlora::train::copy_to_host_async;
 

@@ -30,7 +30,8 @@ TEST(TrainConfigLateSettings, ValidationSettingsAreCheckedUpFront) {
   EXPECT_EQ(late_setting_error(late_settings_base()), "");
   auto c = late_settings_base();
   c.validation_sampler = "no-such-sampler";
-  EXPECT_NE(late_setting_error(c).find("--validation-sampler: unknown sampler 'no-such-sampler'"), std::string::npos);
+  EXPECT_NE(late_setting_error(c).find("--validation-sampler: unknown sampler 'no-such-sampler'"),
+            std::string::npos);
   c = late_settings_base();
   c.num_validation_images = 0;
   EXPECT_NE(late_setting_error(c).find("--num-validation-images"), std::string::npos);

@@ -88,10 +88,12 @@ TEST(LossScaler, StateRoundTripsThroughTheOptimizerFileMetadata) {
   auto dir = dreamlora::testing::make_temp_dir("scaler");
   auto meta = s.to_metadata();
   meta["step"] = "125";
-  io::safetensors::save(dir / "optimizer.safetensors", io::safetensors::NamedTensors{{"x.exp_avg", torch::zeros({2})}}, meta);
+  io::safetensors::save(dir / "optimizer.safetensors",
+                        io::safetensors::NamedTensors{{"x.exp_avg", torch::zeros({2})}}, meta);
 
   LossScaler restored(true);
-  restored.load_metadata(io::safetensors::File::open(dir / "optimizer.safetensors").metadata(), "optimizer.safetensors");
+  restored.load_metadata(io::safetensors::File::open(dir / "optimizer.safetensors").metadata(),
+                         "optimizer.safetensors");
   EXPECT_EQ(restored.scale_value(), 16384.0f);
   EXPECT_EQ(restored.growth_tracker(), 123);
   // ... and continues the same schedule: 2000 - 123 more good steps double it.
@@ -105,7 +107,8 @@ TEST(LossScaler, ACheckpointWithoutTheScaleIsRefusedByAnFp16Run) {
     s.load_metadata({{"step", "3"}}, "out/checkpoint-3/optimizer.safetensors");
     FAIL() << "no error";
   } catch (const dreamlora::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("out/checkpoint-3/optimizer.safetensors"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("out/checkpoint-3/optimizer.safetensors"), std::string::npos)
+        << e.what();
     EXPECT_NE(std::string(e.what()).find("loss_scale"), std::string::npos) << e.what();
   }
 }

@@ -12,9 +12,9 @@ using namespace dreamlora::train;
 TEST(MinSnr, EpsilonWeightIsMinOfSnrAndGammaOverSnr) {
   auto snr = torch::tensor({0.5f, 5.0f, 20.0f});
   auto w = min_snr_weights(snr, 5.0, "epsilon");
-  EXPECT_NEAR(w[0].item<float>(), 1.0f, 1e-6);          // min(0.5, 5) / 0.5
-  EXPECT_NEAR(w[1].item<float>(), 1.0f, 1e-6);          // 5 / 5
-  EXPECT_NEAR(w[2].item<float>(), 0.25f, 1e-6);         // 5 / 20
+  EXPECT_NEAR(w[0].item<float>(), 1.0f, 1e-6);   // min(0.5, 5) / 0.5
+  EXPECT_NEAR(w[1].item<float>(), 1.0f, 1e-6);   // 5 / 5
+  EXPECT_NEAR(w[2].item<float>(), 0.25f, 1e-6);  // 5 / 20
   auto v = min_snr_weights(snr, 5.0, "v_prediction");
   EXPECT_NEAR(v[2].item<float>(), 5.0f / 21.0f, 1e-6);  // 5 / (20 + 1)
 }

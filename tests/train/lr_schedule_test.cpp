@@ -6,8 +6,8 @@
 #include "dreamlora/common/error.h"
 #include "test_util.h"
 
-using dreamlora::train::LRScheduleOptions;
 using dreamlora::train::lr_multiplier;
+using dreamlora::train::LRScheduleOptions;
 
 namespace {
 LRScheduleOptions opts(const std::string& name, int64_t warmup, int64_t total) {
@@ -34,7 +34,7 @@ TEST(LRSchedule, WarmupIsLinearFromZero) {
 TEST(LRSchedule, LinearDecaysToZeroAtTheEnd) {
   auto o = opts("linear", 10, 110);
   EXPECT_DOUBLE_EQ(lr_multiplier(o, 1e-4, 10), 1.0);
-  EXPECT_DOUBLE_EQ(lr_multiplier(o, 1e-4, 60), 0.5);   // (110 - 60) / (110 - 10)
+  EXPECT_DOUBLE_EQ(lr_multiplier(o, 1e-4, 60), 0.5);  // (110 - 60) / (110 - 10)
   EXPECT_DOUBLE_EQ(lr_multiplier(o, 1e-4, 110), 0.0);
 }
 

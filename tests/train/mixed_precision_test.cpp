@@ -36,11 +36,13 @@ TrainConfig minimal_config() {
 }
 
 // The fixture's peft LoRA (lora_A / lora_B per layer) enabled on every layer it names.
-void enable_fixture_lora(unet::UNet2DConditionModel& model, const std::map<std::string, torch::Tensor>& peft) {
+void enable_fixture_lora(unet::UNet2DConditionModel& model,
+                         const std::map<std::string, torch::Tensor>& peft) {
   const std::string a_suffix = ".lora_A.weight";
   auto modules = model->named_modules();
   for (const auto& [key, a] : peft) {
-    if (key.size() < a_suffix.size() || key.compare(key.size() - a_suffix.size(), a_suffix.size(), a_suffix) != 0)
+    if (key.size() < a_suffix.size() ||
+        key.compare(key.size() - a_suffix.size(), a_suffix.size(), a_suffix) != 0)
       continue;
     const auto path = key.substr(0, key.size() - a_suffix.size());
     auto* linear = modules[path]->as<nn::LinearWithLoraImpl>();
@@ -62,7 +64,8 @@ struct StepResult {
 StepResult train_step_in(torch::ScalarType dtype) {
   const auto dir = fixtures_dir() / "tiny-sd";
   auto model = unet::UNet2DConditionModelImpl::load(dir / "unet", "", dtype);
-  enable_fixture_lora(model, io::safetensors::File::open(dir / "lora" / "peft_state_dict.safetensors").load_all());
+  enable_fixture_lora(model,
+                      io::safetensors::File::open(dir / "lora" / "peft_state_dict.safetensors").load_all());
   const auto ref = io::safetensors::File::open(dir / "reference.safetensors").load_all();
   model->train();
   ParamGroup group;
@@ -120,9 +123,9 @@ Errors compare(const StepResult& low, const StepResult& ref) {
 }
 
 void print(const char* what, const Errors& e) {
-  std::cout << "[ " << what << " ] output rel " << e.out << ", loss rel " << e.loss << ", LoRA grad rel worst "
-            << e.worst_grad << " median " << e.median_grad << ", AdamW updates in the other direction "
-            << e.flipped_updates << std::endl;
+  std::cout << "[ " << what << " ] output rel " << e.out << ", loss rel " << e.loss
+            << ", LoRA grad rel worst " << e.worst_grad << " median " << e.median_grad
+            << ", AdamW updates in the other direction " << e.flipped_updates << std::endl;
 }
 
 }  // namespace
@@ -156,9 +159,9 @@ TEST(MixedPrecisionConfig, Tf32AndDeterministicAreFlagsWithDiffusersSpelling) {
 
 TEST(MixedPrecisionCli, Fp16OnCpuStopsBeforeAnyWork) {
   auto out = dreamlora::testing::make_temp_dir("fp16-cpu");
-  auto r = dreamlora::testing::run_dreamlora({"train", "--model", (out / "no-model").string(), "--image-path",
-                                              (out / "no-images").string(), "--prompt", "a photo of sks dog",
-                                              "--mixed-precision", "fp16", "--output-dir", (out / "o").string()});
+  auto r = dreamlora::testing::run_dreamlora(
+      {"train", "--model", (out / "no-model").string(), "--image-path", (out / "no-images").string(),
+       "--prompt", "a photo of sks dog", "--mixed-precision", "fp16", "--output-dir", (out / "o").string()});
   EXPECT_EQ(r.exit_status, 1) << r.output;
   EXPECT_NE(r.output.find("--mixed-precision fp16 needs --device cuda"), std::string::npos) << r.output;
   EXPECT_FALSE(std::filesystem::exists(out / "o"));

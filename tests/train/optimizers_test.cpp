@@ -34,7 +34,8 @@ void expect_relative(const torch::Tensor& actual, const std::vector<double>& exp
   auto a = actual.detach().flatten();
   ASSERT_EQ(a.numel(), static_cast<int64_t>(expected.size()));
   for (size_t i = 0; i < expected.size(); ++i)
-    EXPECT_NEAR(a[static_cast<int64_t>(i)].item<double>(), expected[i], std::abs(expected[i]) * rel) << "element " << i;
+    EXPECT_NEAR(a[static_cast<int64_t>(i)].item<double>(), expected[i], std::abs(expected[i]) * rel)
+        << "element " << i;
 }
 
 std::map<std::string, torch::Tensor> cloned_state(const Optimizer& opt) {
@@ -58,10 +59,14 @@ TEST(Prodigy, MatchesThePackageWithDiffusersSettingsAndAZeroLrWarmupStep) {
   EXPECT_EQ(opt.k(), 4);  // the LR-0 step is no step
   EXPECT_EQ(opt.step_count(), 5);
   EXPECT_NEAR(opt.d(), 1e-6, 1e-12);
-  expect_relative(q.p1, {0.5000035166740417, -0.2999964654445648, 0.19999650120735168, 0.10000349581241608,
-                         0.6999964714050293, -0.39999645948410034}, 1e-6);
-  expect_relative(q.p2, {3.4999966374016367e-06, -3.4999943636648823e-06, 3.4999984563910402e-06,
-                         3.4999980016436893e-06, -3.499998911138391e-06, 3.4999889066966716e-06}, 1e-5);
+  expect_relative(q.p1,
+                  {0.5000035166740417, -0.2999964654445648, 0.19999650120735168, 0.10000349581241608,
+                   0.6999964714050293, -0.39999645948410034},
+                  1e-6);
+  expect_relative(q.p2,
+                  {3.4999966374016367e-06, -3.4999943636648823e-06, 3.4999984563910402e-06,
+                   3.4999980016436893e-06, -3.499998911138391e-06, 3.4999889066966716e-06},
+                  1e-5);
 }
 
 TEST(Prodigy, MatchesThePackageWithCoupledDecayBeta3D0AndDCoef) {
@@ -78,10 +83,14 @@ TEST(Prodigy, MatchesThePackageWithCoupledDecayBeta3D0AndDCoef) {
     opt.step(1.0);
   }
   EXPECT_NEAR(opt.d(), 0.014064061709095224, 0.014064061709095224 * 1e-5);
-  expect_relative(q.p1, {0.5248265266418457, -0.27519235014915466, 0.17518843710422516, 0.12489345669746399,
-                         0.6751957535743713, -0.3751773238182068}, 1e-5);
-  expect_relative(q.p2, {0.024890579283237457, -0.025006575509905815, 0.02483520843088627, 0.024853479117155075,
-                         -0.024817122146487236, 0.025261905044317245}, 1e-4);
+  expect_relative(q.p1,
+                  {0.5248265266418457, -0.27519235014915466, 0.17518843710422516, 0.12489345669746399,
+                   0.6751957535743713, -0.3751773238182068},
+                  1e-5);
+  expect_relative(q.p2,
+                  {0.024890579283237457, -0.025006575509905815, 0.02483520843088627, 0.024853479117155075,
+                   -0.024817122146487236, 0.025261905044317245},
+                  1e-4);
 }
 
 TEST(Prodigy, MatchesThePackageWithoutFirstMoment) {
@@ -95,8 +104,10 @@ TEST(Prodigy, MatchesThePackageWithoutFirstMoment) {
     opt.step(1.0);
   }
   EXPECT_NEAR(opt.d(), 0.004880050037340384, 0.004880050037340384 * 1e-5);
-  expect_relative(q.p1, {0.5534986257553101, -0.24649980664253235, 0.14650020003318787, 0.15349234640598297,
-                         0.646499514579773, -0.34650135040283203}, 1e-5);
+  expect_relative(q.p1,
+                  {0.5534986257553101, -0.24649980664253235, 0.14650020003318787, 0.15349234640598297,
+                   0.646499514579773, -0.34650135040283203},
+                  1e-5);
 }
 
 TEST(Prodigy, StateRestoredFromTensorsAndMetadataContinuesBitForBit) {
@@ -133,7 +144,8 @@ TEST(Prodigy, MissingMetadataIsAnErrorNamingTheFile) {
     opt.load_state(cloned_state(opt), {}, 3, "out/checkpoint-3/optimizer.safetensors");
     FAIL() << "loaded without prodigy.d";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("out/checkpoint-3/optimizer.safetensors"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("out/checkpoint-3/optimizer.safetensors"), std::string::npos)
+        << e.what();
     EXPECT_NE(std::string(e.what()).find("prodigy.d"), std::string::npos) << e.what();
   }
 }

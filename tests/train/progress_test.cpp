@@ -34,6 +34,8 @@ TEST(Progress, TrainingLineShowsStepRateEtaLossLrAndCheckpointAge) {
 }
 
 TEST(Progress, TaskLineShowsDoneTotalRateAndEta) {
-  EXPECT_EQ(format_task_progress("class images", 12, 100, 0.5, 10), "class images [#.........] 12/100 | 0.50 it/s | ETA 2:56");
-  EXPECT_EQ(format_task_progress("validation images", 0, 20, 0, 4), "validation images [....] 0/20 | 0.00 it/s | ETA ?");
+  EXPECT_EQ(format_task_progress("class images", 12, 100, 0.5, 10),
+            "class images [#.........] 12/100 | 0.50 it/s | ETA 2:56");
+  EXPECT_EQ(format_task_progress("validation images", 0, 20, 0, 4),
+            "validation images [....] 0/20 | 0.00 it/s | ETA ?");
 }

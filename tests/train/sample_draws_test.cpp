@@ -1,8 +1,9 @@
 // Per-sample randomness (train/sample_draws): the draws of sample n of a stream are a pure function of
 // (seed, stream, n), whatever was drawn before, and come in a fixed order from that sample's generator.
+#include "dreamlora/train/sample_draws.h"
+
 #include <torch/torch.h>
 
-#include "dreamlora/train/sample_draws.h"
 #include "gtest/gtest.h"
 
 using namespace dreamlora;

@@ -1,12 +1,11 @@
 #include "dreamlora/train/tensorboard_writer.h"
 
-#include "dreamlora/train/metrics.h"
-
 #include <gtest/gtest.h>
 
 #include <set>
 
 #include "dreamlora/io/durable_file.h"
+#include "dreamlora/train/metrics.h"
 #include "test_util.h"
 
 namespace dreamlora::train {
@@ -26,7 +25,8 @@ TEST(TensorBoardCrc32c, MatchesPublishedVectors) {
   EXPECT_EQ(crc32c(std::string(32, '\0')), 0x8A9136AAu);
   EXPECT_EQ(crc32c(std::string(32, '\xff')), 0x62A8AB43u);
   std::string ascending, descending;
-  for (int i = 0; i < 32; ++i) ascending.push_back(static_cast<char>(i)), descending.push_back(static_cast<char>(31 - i));
+  for (int i = 0; i < 32; ++i)
+    ascending.push_back(static_cast<char>(i)), descending.push_back(static_cast<char>(31 - i));
   EXPECT_EQ(crc32c(ascending), 0x46DD794Eu);
   EXPECT_EQ(crc32c(descending), 0x113FDB5Cu);
   EXPECT_EQ(crc32c(""), 0u);
@@ -75,13 +75,14 @@ TEST(TensorBoardEvents, StepAndSummaryAreParsedBack) {
 TEST(TensorBoardEvents, ScalarEventHasTheProtobufBytesOfEventSummaryValue) {
   // Event{wall_time: 1.0, step: 3, summary {value {tag: "x" simple_value: 1.0}}}, serialized by hand from
   // tensorboard/compat/proto/event.proto and summary.proto.
-  const std::string expected("\x09\x00\x00\x00\x00\x00\x00\xf0\x3f"  // 1: double 1.0
-                             "\x10\x03"                              // 2: step 3
-                             "\x2a\x0a"                              // 5: summary, 10 bytes
-                             "\x0a\x08"                              // Summary.1: value, 8 bytes
-                             "\x0a\x01x"                             // Value.1: tag "x"
-                             "\x15\x00\x00\x80\x3f",                 // Value.2: float 1.0
-                             23);
+  const std::string expected(
+      "\x09\x00\x00\x00\x00\x00\x00\xf0\x3f"  // 1: double 1.0
+      "\x10\x03"                              // 2: step 3
+      "\x2a\x0a"                              // 5: summary, 10 bytes
+      "\x0a\x08"                              // Summary.1: value, 8 bytes
+      "\x0a\x01x"                             // Value.1: tag "x"
+      "\x15\x00\x00\x80\x3f",                 // Value.2: float 1.0
+      23);
   EXPECT_EQ(scalar_event(1.0, 3, "x", 1.0f), expected);
 }
 
@@ -128,7 +129,8 @@ TEST(TensorBoardWriter, ResumeTrimsOrphanedStepsAndStartsASessionInANewLaterFile
 TEST(TensorBoardWriter, TrimDropsATornTail) {
   const fs::path dir = make_temp_dir("tb_torn");
   const fs::path file = dir / "events.out.tfevents.1";
-  const std::string whole = frame_record(scalar_event(1, 1, "a", 1)) + frame_record(scalar_event(1, 2, "a", 2));
+  const std::string whole =
+      frame_record(scalar_event(1, 1, "a", 1)) + frame_record(scalar_event(1, 2, "a", 2));
   io::write_file_durably(file, whole.substr(0, whole.size() - 5));
   EXPECT_EQ(trim_event_file(file, 10), 0);
   EXPECT_EQ(read_records(io::read_file(file)).size(), 1u);

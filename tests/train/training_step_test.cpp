@@ -1,6 +1,8 @@
 // The training step on its own (train/training_step), on a generated tiny SD model: the micro-batch loss
 // equals the DreamBooth loss computed by hand from its inputs, and a step whose gradients overflow leaves
 // the LoRA weights and the LR schedule where they were.
+#include "dreamlora/train/training_step.h"
+
 #include <torch/torch.h>
 
 #include <cmath>
@@ -9,7 +11,6 @@
 #include "dreamlora/lora/inject.h"
 #include "dreamlora/synth/tiny_model.h"
 #include "dreamlora/train/training_setup.h"
-#include "dreamlora/train/training_step.h"
 #include "gtest/gtest.h"
 #include "test_util.h"
 
@@ -42,7 +43,9 @@ struct TinyTraining {
     optimizer = make_training_optimizer(model, config);
   }
   ~TinyTraining() { std::filesystem::remove_all(dir); }
-  StepParts parts() { return {model, *ddpm, embedder, *optimizer, scaler, dist, torch::kCPU, torch::kFloat32}; }
+  StepParts parts() {
+    return {model, *ddpm, embedder, *optimizer, scaler, dist, torch::kCPU, torch::kFloat32};
+  }
 };
 
 // Two samples, each drawn from its own generator: [2, 4, 8, 8] latents and noise, timesteps 10 and 900.

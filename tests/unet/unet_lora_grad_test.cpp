@@ -47,7 +47,8 @@ LoraFixture load_lora_fixture() {
   LoraFixture f;
   const auto dir = fixtures_dir() / "tiny-sd";
   f.unet = UNet2DConditionModelImpl::load(dir / "unet");
-  attach_peft_lora(*f.unet, io::safetensors::File::open(dir / "lora" / "peft_state_dict.safetensors").load_all());
+  attach_peft_lora(*f.unet,
+                   io::safetensors::File::open(dir / "lora" / "peft_state_dict.safetensors").load_all());
   f.ref = io::safetensors::File::open(dir / "reference.safetensors").load_all();
   return f;
 }
@@ -57,7 +58,8 @@ double lora_gradient_error(LoraFixture& f, bool checkpointing) {
   f.unet->train();
   f.unet->set_gradient_checkpointing(checkpointing);
   f.unet->zero_grad();
-  auto out = f.unet->forward(f.ref.at("unet.sample"), f.ref.at("unet.timesteps"), f.ref.at("unet.encoder_hidden_states"));
+  auto out = f.unet->forward(f.ref.at("unet.sample"), f.ref.at("unet.timesteps"),
+                             f.ref.at("unet.encoder_hidden_states"));
   auto loss = torch::mse_loss(out, f.ref.at("lora.grad.target"));
   EXPECT_NEAR(loss.item<double>(), f.ref.at("lora.grad.loss").item<double>(), 1e-6);
   loss.backward();
@@ -82,7 +84,8 @@ TEST(UNetLoRA, AdaptedOutputMatchesPeft) {
   REQUIRE_FIXTURES();
   auto f = load_lora_fixture();
   torch::NoGradGuard no_grad;
-  auto out = f.unet->forward(f.ref.at("unet.sample"), f.ref.at("unet.timesteps"), f.ref.at("unet.encoder_hidden_states"));
+  auto out = f.unet->forward(f.ref.at("unet.sample"), f.ref.at("unet.timesteps"),
+                             f.ref.at("unet.encoder_hidden_states"));
   EXPECT_TENSOR_NEAR(out, f.ref.at("lora.unet.out"), 1e-5);
 }
 

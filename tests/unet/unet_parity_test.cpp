@@ -28,7 +28,8 @@ Fixture load_fixture(const std::string& name) {
 
 torch::Tensor run_reference_inputs(Fixture& f, bool sdxl) {
   torch::NoGradGuard no_grad;
-  return f.unet->forward(f.ref.at("unet.sample"), f.ref.at("unet.timesteps"), f.ref.at("unet.encoder_hidden_states"),
+  return f.unet->forward(f.ref.at("unet.sample"), f.ref.at("unet.timesteps"),
+                         f.ref.at("unet.encoder_hidden_states"),
                          sdxl ? f.ref.at("unet.added_cond.text_embeds") : torch::Tensor(),
                          sdxl ? f.ref.at("unet.added_cond.time_ids") : torch::Tensor());
 }
@@ -70,15 +71,16 @@ TEST(UNetParity, TinySdBlocksMatchIntermediatesOneByOne) {
   EXPECT_TENSOR_NEAR(f.unet->conv_in(f.ref.at("unet.sample")), in.at("unet.conv_in"), 1e-5);
 
   auto attn = f.unet->down[0]->as<CrossAttnDownBlock2DImpl>()->layers.attentions[0];
-  EXPECT_TENSOR_NEAR(attn->norm(in.at("unet.down_blocks.0.resnets.0")), in.at("unet.down_blocks.0.attentions.0.norm"),
-                     1e-5);
+  EXPECT_TENSOR_NEAR(attn->norm(in.at("unet.down_blocks.0.resnets.0")),
+                     in.at("unet.down_blocks.0.attentions.0.norm"), 1e-5);
   auto block = attn->blocks[0];
-  const auto x = in.at("unet.down_blocks.0.attentions.0.proj_in").permute({0, 2, 3, 1}).reshape({2, 1024, 32});
-  EXPECT_TENSOR_NEAR(block->attn1(block->norm1(x)), in.at("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1"),
-                     1e-5);
+  const auto x =
+      in.at("unet.down_blocks.0.attentions.0.proj_in").permute({0, 2, 3, 1}).reshape({2, 1024, 32});
+  EXPECT_TENSOR_NEAR(block->attn1(block->norm1(x)),
+                     in.at("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1"), 1e-5);
   EXPECT_TENSOR_NEAR(block(x, context), in.at("unet.down_blocks.0.attentions.0.transformer_blocks.0"), 1e-5);
-  EXPECT_TENSOR_NEAR(attn(in.at("unet.down_blocks.0.resnets.0"), context), in.at("unet.down_blocks.0.attentions.0"),
-                     1e-5);
+  EXPECT_TENSOR_NEAR(attn(in.at("unet.down_blocks.0.resnets.0"), context),
+                     in.at("unet.down_blocks.0.attentions.0"), 1e-5);
 
   auto [down0, skips0] = f.unet->down[0]->forward(in.at("unet.conv_in"), temb, context);
   EXPECT_EQ(skips0.size(), 3u);
@@ -86,7 +88,8 @@ TEST(UNetParity, TinySdBlocksMatchIntermediatesOneByOne) {
   auto [down1, skips1] = f.unet->down[1]->forward(in.at("unet.down_blocks.0"), temb, context);
   EXPECT_EQ(skips1.size(), 2u);  // last block: no downsampler
   EXPECT_TENSOR_NEAR(down1, in.at("unet.down_blocks.1"), 1e-5);
-  EXPECT_TENSOR_NEAR(f.unet->mid_block(in.at("unet.down_blocks.1"), temb, context), in.at("unet.mid_block"), 1e-5);
+  EXPECT_TENSOR_NEAR(f.unet->mid_block(in.at("unet.down_blocks.1"), temb, context), in.at("unet.mid_block"),
+                     1e-5);
   const auto norm_out = f.unet->conv_norm_out(in.at("unet.up_blocks.1"));
   EXPECT_TENSOR_NEAR(norm_out, in.at("unet.conv_norm_out"), 1e-5);
   EXPECT_TENSOR_NEAR(f.unet->conv_out(torch::silu(norm_out)), in.at("unet.conv_out"), 1e-5);

@@ -1,15 +1,16 @@
 // AutoencoderKL against diffusers' fixtures (tiny-sd, tiny-sdxl): posterior mean/logvar, a posterior
 // sample from the stored eps, scaled training latents and the decoded image; plus config parsing,
 // slicing, tiling and loading behaviour.
+#include "dreamlora/vae/autoencoder_kl.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <fstream>
 
+#include "dreamlora/blocks/attention_processor.h"
 #include "dreamlora/io/safetensors.h"
 #include "dreamlora/nn/state_dict.h"
-#include "dreamlora/blocks/attention_processor.h"
-#include "dreamlora/vae/autoencoder_kl.h"
 #include "test_util.h"
 
 using namespace dreamlora;
@@ -38,7 +39,8 @@ TEST_P(VaeParity, EncodeSampleScaleAndDecodeMatchDiffusers) {
 
 TEST_P(VaeParity, ConfigMatchesTheFixture) {
   REQUIRE_FIXTURES();
-  auto c = AutoencoderKLConfig::from_file(dreamlora::testing::fixtures_dir() / GetParam() / "vae" / "config.json");
+  auto c =
+      AutoencoderKLConfig::from_file(dreamlora::testing::fixtures_dir() / GetParam() / "vae" / "config.json");
   EXPECT_EQ(c.block_out_channels, (std::vector<int64_t>{32, 64}));
   EXPECT_EQ(c.scale_factor(), 2);
   EXPECT_TRUE(c.force_upcast);
@@ -60,12 +62,13 @@ AutoencoderKLConfig small_config() {
 TEST(AutoencoderKL, ParameterNamesAreDiffusersKeys) {
   AutoencoderKL vae(small_config());
   auto names = nn::named_tensors(*vae);
-  for (const char* key : {"encoder.conv_in.weight", "encoder.down_blocks.0.downsamplers.0.conv.weight",
-                          "encoder.down_blocks.1.resnets.0.conv_shortcut.weight",
-                          "encoder.mid_block.attentions.0.group_norm.weight", "encoder.mid_block.attentions.0.to_q.weight",
-                          "encoder.mid_block.attentions.0.to_out.0.bias", "encoder.mid_block.resnets.1.norm2.bias",
-                          "decoder.up_blocks.0.upsamplers.0.conv.weight", "decoder.up_blocks.1.resnets.1.conv2.weight",
-                          "decoder.conv_norm_out.weight", "quant_conv.weight", "post_quant_conv.bias"}) {
+  for (const char* key :
+       {"encoder.conv_in.weight", "encoder.down_blocks.0.downsamplers.0.conv.weight",
+        "encoder.down_blocks.1.resnets.0.conv_shortcut.weight",
+        "encoder.mid_block.attentions.0.group_norm.weight", "encoder.mid_block.attentions.0.to_q.weight",
+        "encoder.mid_block.attentions.0.to_out.0.bias", "encoder.mid_block.resnets.1.norm2.bias",
+        "decoder.up_blocks.0.upsamplers.0.conv.weight", "decoder.up_blocks.1.resnets.1.conv2.weight",
+        "decoder.conv_norm_out.weight", "quant_conv.weight", "post_quant_conv.bias"}) {
     EXPECT_EQ(names.count(key), 1u) << key;
   }
   EXPECT_EQ(names.count("decoder.up_blocks.1.upsamplers.0.conv.weight"), 0u);  // last block: no upsampler
@@ -106,7 +109,8 @@ TEST(AutoencoderKL, TilingStitchesTilesLikeDiffusers) {
   auto first = vae->decoder(vae->post_quant_conv(z.slice(2, 0, 8).slice(3, 0, 8)));
   EXPECT_TRUE(torch::allclose(tiled.slice(2, 0, 12).slice(3, 0, 12), first.slice(2, 0, 12).slice(3, 0, 12)));
   // Past the seam the output cross-fades into the next tile.
-  EXPECT_FALSE(torch::allclose(tiled.slice(2, 0, 12).slice(3, 12, 16), first.slice(2, 0, 12).slice(3, 12, 16)));
+  EXPECT_FALSE(
+      torch::allclose(tiled.slice(2, 0, 12).slice(3, 12, 16), first.slice(2, 0, 12).slice(3, 12, 16)));
 
   // Tiled encode of 28 px: tiles of 16 px, stride 12, blend 2 latents, kept 6: 6 + 6 + 2 = 14 latents.
   auto moments = vae->encode(plain).mean;
@@ -167,7 +171,9 @@ TEST(AutoencoderKL, LoadsDeprecatedAttentionKeysAndUpcastsFp16) {
   std::map<std::string, torch::Tensor> renamed;
   for (const auto& name : file.names()) {
     std::string key = name;
-    for (auto [from, to] : {std::pair{".to_q.", ".query."}, {".to_k.", ".key."}, {".to_v.", ".value."},
+    for (auto [from, to] : {std::pair{".to_q.", ".query."},
+                            {".to_k.", ".key."},
+                            {".to_v.", ".value."},
                             {".to_out.0.", ".proj_attn."}}) {
       auto pos = key.find(from);
       if (pos != std::string::npos) key.replace(pos, std::string(from).size(), to);
@@ -178,8 +184,9 @@ TEST(AutoencoderKL, LoadsDeprecatedAttentionKeysAndUpcastsFp16) {
   auto vae = AutoencoderKLImpl::load(dir, "", torch::kFloat16);
   EXPECT_EQ(vae->dtype(), torch::kFloat32);  // force_upcast keeps this VAE in float32
   auto original = AutoencoderKLImpl::load(src);
-  EXPECT_TRUE(torch::equal(vae->encoder->mid_block->attentions[0]->as<blocks::AttentionImpl>()->to_q->weight,
-                           original->encoder->mid_block->attentions[0]->as<blocks::AttentionImpl>()->to_q->weight));
+  EXPECT_TRUE(
+      torch::equal(vae->encoder->mid_block->attentions[0]->as<blocks::AttentionImpl>()->to_q->weight,
+                   original->encoder->mid_block->attentions[0]->as<blocks::AttentionImpl>()->to_q->weight));
   std::filesystem::remove_all(dir);
 }
 

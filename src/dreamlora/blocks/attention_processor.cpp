@@ -11,14 +11,15 @@ namespace dreamlora::blocks {
 
 AttentionImpl::AttentionImpl(const AttentionOptions& opts) : options(opts) {
   DL_CHECK(options.query_dim > 0 && options.heads > 0 && options.dim_head > 0,
-           "Attention: query_dim, heads and dim_head must be positive, got ", options.query_dim, ", ", options.heads,
-           ", ", options.dim_head);
+           "Attention: query_dim, heads and dim_head must be positive, got ", options.query_dim, ", ",
+           options.heads, ", ", options.dim_head);
   if (options.cross_attention_dim == 0) options.cross_attention_dim = options.query_dim;
   const int64_t inner = inner_dim();
   if (options.norm_num_groups > 0) {
     group_norm = register_module(
         "group_norm",
-        torch::nn::GroupNorm(torch::nn::GroupNormOptions(options.norm_num_groups, options.query_dim).eps(options.eps)));
+        torch::nn::GroupNorm(
+            torch::nn::GroupNormOptions(options.norm_num_groups, options.query_dim).eps(options.eps)));
   }
   to_q = register_module("to_q", nn::LinearWithLora(options.query_dim, inner, options.bias));
   to_k = register_module("to_k", nn::LinearWithLora(options.cross_attention_dim, inner, options.bias));
@@ -36,7 +37,9 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     channels = x.size(1), height = x.size(2), width = x.size(3);
     h = x.reshape({x.size(0), channels, height * width}).transpose(1, 2);  // [B, HW, C]
   }
-  if (group_norm) h = nn::group_norm_fp32(group_norm, h.transpose(1, 2)).transpose(1, 2);  // normalises channels: [B, C, L] view
+  if (group_norm)
+    h = nn::group_norm_fp32(group_norm, h.transpose(1, 2))
+            .transpose(1, 2);  // normalises channels: [B, C, L] view
 
   const auto& kv_input = context.defined() ? context : h;
   auto q = nn::split_heads(to_q(h), options.heads);         // [B, heads, L, dim_head]
@@ -44,7 +47,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   auto v = nn::split_heads(to_v(kv_input), options.heads);
   const bool upcast = options.upcast_attention || options.upcast_softmax;
   auto o = nn::merge_heads(nn::attention(q, k, v, /*causal=*/false, upcast));  // [B, L, inner]
-  o = to_out_proj(o);                                                           // [B, L, query_dim]
+  o = to_out_proj(o);                                                          // [B, L, query_dim]
   if (options.dropout > 0.0 && is_training()) o = torch::dropout(o, options.dropout, true);
 
   if (spatial) o = o.transpose(1, 2).reshape({x.size(0), channels, height, width});  // [B, C, H, W]

@@ -26,7 +26,7 @@ struct AttentionOptions {
   bool bias = false;  // bias of to_q/to_k/to_v
   bool upcast_attention = false;
   bool upcast_softmax = false;
-  bool out_bias = true;        // bias of to_out.0
+  bool out_bias = true;         // bias of to_out.0
   int64_t norm_num_groups = 0;  // > 0 adds `group_norm` applied to the query input (Python None = 0)
   double eps = 1e-5;            // group_norm eps
   double rescale_output_factor = 1.0;
@@ -47,8 +47,8 @@ class AttentionImpl : public torch::nn::Module {
   AttentionOptions options;
   torch::nn::GroupNorm group_norm{nullptr};
   nn::LinearWithLora to_q{nullptr}, to_k{nullptr}, to_v{nullptr};
-  torch::nn::ModuleList to_out{nullptr};  // [0] nn::LinearWithLora(inner, query_dim), [1] Dropout
-  nn::LinearWithLora to_out_proj{nullptr};        // the same module as to_out[0], typed
+  torch::nn::ModuleList to_out{nullptr};    // [0] nn::LinearWithLora(inner, query_dim), [1] Dropout
+  nn::LinearWithLora to_out_proj{nullptr};  // the same module as to_out[0], typed
 };
 TORCH_MODULE(Attention);
 

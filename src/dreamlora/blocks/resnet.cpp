@@ -25,7 +25,8 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& opts) : options
   if (options.out_channels == 0) options.out_channels = options.in_channels;
   if (options.groups_out == 0) options.groups_out = options.groups;
   const int64_t in = options.in_channels, out = options.out_channels;
-  DL_CHECK(in % options.groups == 0, "ResnetBlock2D: in_channels ", in, " not divisible by groups ", options.groups);
+  DL_CHECK(in % options.groups == 0, "ResnetBlock2D: in_channels ", in, " not divisible by groups ",
+           options.groups);
   DL_CHECK(out % options.groups_out == 0, "ResnetBlock2D: out_channels ", out, " not divisible by groups ",
            options.groups_out);
 
@@ -49,7 +50,7 @@ torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Te
   h = conv1(h);  // [B, out, H, W]
   if (time_emb_proj && temb.defined()) {
     auto t = options.skip_time_act ? temb : torch::silu(temb);
-    t = time_emb_proj(t);        // [B, out]
+    t = time_emb_proj(t);                   // [B, out]
     h = h + t.unsqueeze(-1).unsqueeze(-1);  // broadcast over [H, W]
   }
   h = torch::silu(nn::group_norm_fp32(norm2, h));
@@ -64,20 +65,23 @@ torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Te
 Downsample2DImpl::Downsample2DImpl(const Downsample2DOptions& opts) : options(opts) {
   if (options.out_channels == 0) options.out_channels = options.channels;
   if (options.use_conv) {
-    conv = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(options.channels, options.out_channels,
-                                                                              options.kernel_size)
-                                                         .stride(2)
-                                                         .padding(options.padding)
-                                                         .bias(options.bias)));
+    conv = register_module(
+        "conv", torch::nn::Conv2d(
+                    torch::nn::Conv2dOptions(options.channels, options.out_channels, options.kernel_size)
+                        .stride(2)
+                        .padding(options.padding)
+                        .bias(options.bias)));
   } else {
-    DL_CHECK(options.channels == options.out_channels, "Downsample2D: avg-pool needs channels == out_channels, got ",
-             options.channels, " vs ", options.out_channels);
+    DL_CHECK(options.channels == options.out_channels,
+             "Downsample2D: avg-pool needs channels == out_channels, got ", options.channels, " vs ",
+             options.out_channels);
   }
 }
 
 torch::Tensor Downsample2DImpl::forward(const torch::Tensor& x) {
   // [B, C, H, W] -> [B, out, H/2, W/2]
-  DL_CHECK(x.size(1) == options.channels, "Downsample2D: expected ", options.channels, " channels, got ", x.size(1));
+  DL_CHECK(x.size(1) == options.channels, "Downsample2D: expected ", options.channels, " channels, got ",
+           x.size(1));
   if (!options.use_conv) return torch::avg_pool2d(x, {2, 2}, {2, 2});
   if (options.padding == 0) {
     // diffusers pads only right and bottom so the stride-2 conv sees the LDM layout.
@@ -89,16 +93,18 @@ torch::Tensor Downsample2DImpl::forward(const torch::Tensor& x) {
 Upsample2DImpl::Upsample2DImpl(const Upsample2DOptions& opts) : options(opts) {
   if (options.out_channels == 0) options.out_channels = options.channels;
   if (options.use_conv) {
-    conv = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(options.channels, options.out_channels,
-                                                                              options.kernel_size)
-                                                         .padding(options.padding)
-                                                         .bias(options.bias)));
+    conv = register_module(
+        "conv", torch::nn::Conv2d(
+                    torch::nn::Conv2dOptions(options.channels, options.out_channels, options.kernel_size)
+                        .padding(options.padding)
+                        .bias(options.bias)));
   }
 }
 
 torch::Tensor Upsample2DImpl::forward(const torch::Tensor& x, const std::vector<int64_t>& output_size) {
   // [B, C, H, W] -> [B, C, 2H, 2W]
-  DL_CHECK(x.size(1) == options.channels, "Upsample2D: expected ", options.channels, " channels, got ", x.size(1));
+  DL_CHECK(x.size(1) == options.channels, "Upsample2D: expected ", options.channels, " channels, got ",
+           x.size(1));
   const auto dtype = x.scalar_type();
   // upsample_nearest2d has no bf16 kernel before PyTorch 2.1 (diffusers does the same round trip).
   auto h = dtype == torch::kBFloat16 ? x.to(torch::kFloat32) : x;

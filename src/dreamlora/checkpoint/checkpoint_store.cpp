@@ -237,7 +237,7 @@ std::string temp_name(const char* kind, int64_t step) {
 // CheckpointStore
 
 std::optional<std::string> free_space_warning(const fs::path& dir, uint64_t needed) {
-  struct statvfs vfs {};
+  struct statvfs vfs{};
   if (::statvfs(dir.c_str(), &vfs) != 0) return std::nullopt;
   const uint64_t avail = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
   if (avail >= needed) return std::nullopt;
@@ -559,7 +559,9 @@ std::optional<int64_t> DirectorySink::restore_latest(CheckpointStore& local, int
   if (!latest.latest || latest.latest->step <= after_step) return std::nullopt;
   const int64_t step = latest.latest->step;
   local.import_checkpoint(step, latest.latest->path);
-  if (report) report(str("copied checkpoint ", step, " from mirror ", describe(), " to ", local.path_for(step).string()));
+  if (report)
+    report(
+        str("copied checkpoint ", step, " from mirror ", describe(), " to ", local.path_for(step).string()));
   return step;
 }
 

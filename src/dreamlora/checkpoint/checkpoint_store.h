@@ -121,8 +121,10 @@ class CheckpointSink {
   // next complete publish. Removals still waiting when the process ends are not done.
   void remove(int64_t step);
   // Copies the finished run's files (paths relative to `output_dir`, e.g. "pytorch_lora_weights.safetensors",
-  // "validation/step-100-0.png") to the sink's top level, beside its checkpoint-<N> entries. Throws on failure.
-  virtual void publish_outputs(const std::filesystem::path& output_dir, const std::vector<std::string>& files) = 0;
+  // "validation/step-100-0.png") to the sink's top level, beside its checkpoint-<N> entries. Throws on
+  // failure.
+  virtual void publish_outputs(const std::filesystem::path& output_dir,
+                               const std::vector<std::string>& files) = 0;
   // Brings the sink's newest checkpoint with step > `after_step` that verifies into `local` (verified,
   // then renamed into place). Returns its step, or nullopt when there is none; each newer checkpoint
   // that was unusable is reported through `report` with the reason.
@@ -199,7 +201,8 @@ class DirectorySink : public CheckpointSink {
   explicit DirectorySink(std::filesystem::path dir) : store_(std::move(dir)) {}
   std::string describe() const override { return "directory " + store_.output_dir().string(); }
   void publish(const std::filesystem::path& committed_dir, const Manifest& manifest) override;
-  void publish_outputs(const std::filesystem::path& output_dir, const std::vector<std::string>& files) override;
+  void publish_outputs(const std::filesystem::path& output_dir,
+                       const std::vector<std::string>& files) override;
   std::optional<int64_t> restore_latest(CheckpointStore& local, int64_t after_step,
                                         const std::function<void(const std::string&)>& report) override;
   const std::filesystem::path& dir() const { return store_.output_dir(); }

@@ -22,7 +22,9 @@ namespace dreamlora::checkpoint {
 
 namespace fs = std::filesystem;
 
-const char* dreamlora_version() { return DREAMLORA_VERSION; }
+const char* dreamlora_version() {
+  return DREAMLORA_VERSION;
+}
 
 namespace {
 
@@ -115,10 +117,10 @@ std::string Manifest::to_json() const {
   for (const auto& f : files)
     files_json.push_back({{"name", f.name}, {"size", f.size}, {"xxh3_64", f.xxh3_64}});
   io::Json j = {{"format_version", format_version},
-            {"step", step},
-            {"files", files_json},
-            {"created_at", created_at},
-            {"dreamlora_version", dreamlora_version}};
+                {"step", step},
+                {"files", files_json},
+                {"created_at", created_at},
+                {"dreamlora_version", dreamlora_version}};
   return j.dump(2) + "\n";
 }
 
@@ -178,7 +180,7 @@ Verification verify_checkpoint(const fs::path& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return bad("not a directory");
   const fs::path manifest_path = dir / kManifestName;
-  struct stat st {};
+  struct stat st{};
   if (::stat(manifest_path.c_str(), &st) != 0)
     return bad(str(kManifestName, " missing (an interrupted write, or not a dreamlora checkpoint)"));
   if (!S_ISREG(st.st_mode)) return bad(str(kManifestName, " is not a regular file"));
@@ -208,7 +210,7 @@ Verification verify_checkpoint(const fs::path& dir) {
         str(kManifestName, " says step ", m.step, " but the directory is named for step ", *named_step));
   for (const auto& f : m.files) {
     const fs::path p = dir / f.name;
-    struct stat fst {};
+    struct stat fst{};
     if (::lstat(p.c_str(), &fst) != 0) return bad(str(f.name, ": listed in ", kManifestName, " but missing"));
     if (!S_ISREG(fst.st_mode)) return bad(str(f.name, ": not a regular file"));
     if (static_cast<uint64_t>(fst.st_size) != f.size)

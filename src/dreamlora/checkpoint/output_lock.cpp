@@ -76,13 +76,15 @@ OutputLock OutputLock::acquire(const fs::path& dir) {
     const int err = errno;
     const std::string holder = parse_holder(read_all(fd)).describe();
     ::close(fd);
-    DL_CHECK(err == EWOULDBLOCK || err == EINTR, path.string(), ": cannot lock the output folder: ", std::strerror(err));
-    fail(str("--output-dir ", dir.string(), " is in use by another trainer (", holder, "; lock ", path.string(),
-             "). Wait for it to finish, stop it, or use another --output-dir."));
+    DL_CHECK(err == EWOULDBLOCK || err == EINTR, path.string(),
+             ": cannot lock the output folder: ", std::strerror(err));
+    fail(str("--output-dir ", dir.string(), " is in use by another trainer (", holder, "; lock ",
+             path.string(), "). Wait for it to finish, stop it, or use another --output-dir."));
   }
-  const std::string details = str("pid ", static_cast<long>(getpid()), "\nhost ", host_name(), "\nstarted_at ",
-                                  utc_timestamp_now(), "\n");
-  if (ftruncate(fd, 0) != 0 || pwrite(fd, details.data(), details.size(), 0) != static_cast<ssize_t>(details.size())) {
+  const std::string details = str("pid ", static_cast<long>(getpid()), "\nhost ", host_name(),
+                                  "\nstarted_at ", utc_timestamp_now(), "\n");
+  if (ftruncate(fd, 0) != 0 ||
+      pwrite(fd, details.data(), details.size(), 0) != static_cast<ssize_t>(details.size())) {
     const int err = errno;
     ::close(fd);
     fail(str(path.string(), ": cannot write the lock holder's details: ", std::strerror(err)));
@@ -90,7 +92,9 @@ OutputLock OutputLock::acquire(const fs::path& dir) {
   return OutputLock(fd);
 }
 
-OutputLock::OutputLock(OutputLock&& other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
+OutputLock::OutputLock(OutputLock&& other) noexcept : fd_(other.fd_) {
+  other.fd_ = -1;
+}
 
 OutputLock& OutputLock::operator=(OutputLock&& other) noexcept {
   if (this != &other) {

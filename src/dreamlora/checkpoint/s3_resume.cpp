@@ -15,9 +15,13 @@ namespace fs = std::filesystem;
 namespace {
 
 // A 404 that means "this object is not there" rather than "this bucket is not there".
-bool missing_object(const remote::S3Error& e) { return e.http_status == 404 && e.s3_code != "NoSuchBucket"; }
+bool missing_object(const remote::S3Error& e) {
+  return e.http_status == 404 && e.s3_code != "NoSuchBucket";
+}
 
-std::string temp_sibling(const char* kind, int64_t step) { return str(".checkpoint-", step, ".", kind, "-", ::getpid()); }
+std::string temp_sibling(const char* kind, int64_t step) {
+  return str(".checkpoint-", step, ".", kind, "-", ::getpid());
+}
 
 DownloadResult not_usable(std::string reason) {
   DownloadResult r;
@@ -34,7 +38,9 @@ std::string fetch_into(const remote::S3Client& client, const S3Location& loc, co
     try {
       client.get_to_file(loc.bucket, key, tmp / f.name);
     } catch (const remote::S3Error& e) {
-      if (missing_object(e)) return str(f.name, ": listed in MANIFEST.json but missing remotely (s3://", loc.bucket, "/", key, ")");
+      if (missing_object(e))
+        return str(f.name, ": listed in MANIFEST.json but missing remotely (s3://", loc.bucket, "/", key,
+                   ")");
       throw;
     }
     io::fsync_path(tmp / f.name);
@@ -62,7 +68,8 @@ void rename_into_place(const fs::path& tmp, const fs::path& final_dir, int64_t s
 
 }  // namespace
 
-std::vector<RemoteCheckpoint> list_remote_checkpoints(const remote::S3Client& client, const S3Location& location) {
+std::vector<RemoteCheckpoint> list_remote_checkpoints(const remote::S3Client& client,
+                                                      const S3Location& location) {
   const std::string base = location.prefix.empty() ? "" : location.prefix + "/";
   std::map<int64_t, RemoteCheckpoint> by_step;
   for (const auto& obj : client.list(location.bucket, base + "checkpoint-")) {

@@ -32,11 +32,14 @@ S3Location S3Location::parse(const std::string& url) {
                loc.bucket.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789.-") == std::string::npos,
            "--mirror '", url, "': bucket name '", loc.bucket,
            "' is not a valid S3 bucket name (3-63 characters: lowercase letters, digits, '.', '-')");
-  DL_CHECK(loc.prefix.find("//") == std::string::npos, "--mirror '", url, "': empty path segment in the prefix");
+  DL_CHECK(loc.prefix.find("//") == std::string::npos, "--mirror '", url,
+           "': empty path segment in the prefix");
   return loc;
 }
 
-std::string S3Location::url() const { return "s3://" + bucket + (prefix.empty() ? "" : "/" + prefix); }
+std::string S3Location::url() const {
+  return "s3://" + bucket + (prefix.empty() ? "" : "/" + prefix);
+}
 
 std::string S3Location::checkpoint_prefix(int64_t step) const {
   return (prefix.empty() ? "" : prefix + "/") + checkpoint_dir_name(step) + "/";
@@ -54,7 +57,9 @@ S3Sink::S3Sink(S3Location location, remote::S3Config config)
   warn_ = [](const std::string& m) { std::cerr << "dreamlora: warning: " << m << std::endl; };
 }
 
-std::string S3Sink::describe() const { return str(location_.url(), " (", client_->config().describe(), ")"); }
+std::string S3Sink::describe() const {
+  return str(location_.url(), " (", client_->config().describe(), ")");
+}
 
 void S3Sink::set_warning_handler(std::function<void(const std::string&)> handler) {
   std::lock_guard<std::mutex> lock(mutex_);
@@ -71,7 +76,8 @@ void S3Sink::after_upload(const std::string& key) {
   static int uploads = 0;
   static const char* crash_after = std::getenv("DREAMLORA_TEST_CRASH_AFTER_UPLOADS");
   if (crash_after && ++uploads == std::atoi(crash_after)) {
-    std::cerr << "dreamlora: DREAMLORA_TEST_CRASH_AFTER_UPLOADS: exiting after uploading " << key << std::endl;
+    std::cerr << "dreamlora: DREAMLORA_TEST_CRASH_AFTER_UPLOADS: exiting after uploading " << key
+              << std::endl;
     ::_exit(99);
   }
 }
@@ -95,7 +101,9 @@ void S3Sink::record_failure(int64_t step, const std::string& operation, const st
     return;
   }
   warn(str("mirror ", location_.url(), ": ", operation, " of checkpoint ", step, " failed: ", f.message,
-           operation == "upload" ? " (the local checkpoint is committed; the next checkpoint is uploaded as usual)" : ""));
+           operation == "upload"
+               ? " (the local checkpoint is committed; the next checkpoint is uploaded as usual)"
+               : ""));
 }
 
 void S3Sink::publish(const fs::path& committed_dir, const Manifest& manifest) {
@@ -124,7 +132,8 @@ void S3Sink::upload(const fs::path& dir, const Manifest& manifest) {
   if (fs::exists(dir / kManifestName, ec)) {
     std::string local = io::read_file(dir / kManifestName);
     try {
-      if (Manifest::parse(local, (dir / kManifestName).string()).step == step) manifest_bytes = std::move(local);
+      if (Manifest::parse(local, (dir / kManifestName).string()).step == step)
+        manifest_bytes = std::move(local);
     } catch (const Error&) {
     }
   }
@@ -139,8 +148,8 @@ void S3Sink::upload(const fs::path& dir, const Manifest& manifest) {
     const fs::path path = dir / f.name;
     uint64_t size = 0;
     const std::string hash = xxh3_file_hex(path, &size);
-    DL_CHECK(size == f.size && hash == f.xxh3_64, path.string(), ": changed since it was committed (size ", size,
-             ", xxh3 ", hash, "; MANIFEST.json says ", f.size, ", ", f.xxh3_64, "); not mirrored");
+    DL_CHECK(size == f.size && hash == f.xxh3_64, path.string(), ": changed since it was committed (size ",
+             size, ", xxh3 ", hash, "; MANIFEST.json says ", f.size, ", ", f.xxh3_64, "); not mirrored");
     client_->put_file(location_.bucket, location_.key(step, f.name), path);
     bytes += size;
     after_upload(location_.key(step, f.name));
@@ -159,8 +168,9 @@ void S3Sink::remove_now(int64_t step) {
   } catch (const std::exception& e) {
     record_failure(step, "remove", e);
   }
-  pending_.erase(std::remove_if(pending_.begin(), pending_.end(), [&](const auto& p) { return p.first == step; }),
-                 pending_.end());
+  pending_.erase(
+      std::remove_if(pending_.begin(), pending_.end(), [&](const auto& p) { return p.first == step; }),
+      pending_.end());
 }
 
 void S3Sink::publish_outputs(const fs::path& output_dir, const std::vector<std::string>& files) {
@@ -213,8 +223,9 @@ bool S3Sink::retry_failed_upload() {
 
 void S3Sink::check_access(bool write_probe) const {
   auto rethrow = [&](const remote::S3Error& e, const std::string& what) {
-    throw remote::S3Error(str("mirror ", location_.url(), " (", client_->config().describe(), "): ", what, ": ", e.what()),
-                  e.http_status, e.s3_code, e.network);
+    throw remote::S3Error(
+        str("mirror ", location_.url(), " (", client_->config().describe(), "): ", what, ": ", e.what()),
+        e.http_status, e.s3_code, e.network);
   };
   const std::string list_prefix = location_.prefix.empty() ? "" : location_.prefix + "/";
   try {

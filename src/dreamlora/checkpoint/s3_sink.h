@@ -23,7 +23,7 @@ struct S3Location {
   std::string prefix;
 
   static S3Location parse(const std::string& url);  // throws naming the URL
-  std::string url() const;                            // "s3://bucket/prefix"
+  std::string url() const;                          // "s3://bucket/prefix"
   // "<prefix>/checkpoint-<N>/" (the object prefix of one checkpoint).
   std::string checkpoint_prefix(int64_t step) const;
   std::string key(int64_t step, const std::string& file_name) const;
@@ -51,7 +51,8 @@ class S3Sink : public CheckpointSink {
   void publish(const std::filesystem::path& committed_dir, const Manifest& manifest) override;
 
   // PUTs each file to <prefix>/<relative path>; throws after recording the failure for summary().
-  void publish_outputs(const std::filesystem::path& output_dir, const std::vector<std::string>& files) override;
+  void publish_outputs(const std::filesystem::path& output_dir,
+                       const std::vector<std::string>& files) override;
   // latest_remote_valid() into local.output_dir().
   std::optional<int64_t> restore_latest(CheckpointStore& local, int64_t after_step,
                                         const std::function<void(const std::string&)>& report) override;
@@ -124,7 +125,8 @@ struct RemoteCheckpoint {
 
 // Every checkpoint-<N>/ prefix found under the location, ascending by step (has_manifest false for an
 // interrupted upload or a half-done removal: such a checkpoint is never used).
-std::vector<RemoteCheckpoint> list_remote_checkpoints(const remote::S3Client& client, const S3Location& location);
+std::vector<RemoteCheckpoint> list_remote_checkpoints(const remote::S3Client& client,
+                                                      const S3Location& location);
 
 struct DownloadResult {
   bool ok = false;

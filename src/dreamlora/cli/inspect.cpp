@@ -1,10 +1,11 @@
 // `dreamlora inspect PATH`: what a model folder, safetensors/LoRA file, checkpoint or output folder holds.
+#include "dreamlora/checkpoint/inspect.h"
+
 #include <torch/torch.h>
 
 #include <iomanip>
 #include <iostream>
 
-#include "dreamlora/checkpoint/inspect.h"
 #include "dreamlora/checkpoint/manifest.h"
 #include "dreamlora/cli/commands.h"
 #include "dreamlora/common/error.h"
@@ -21,8 +22,8 @@ namespace {
 
 int inspect_model_dir(const fs::path& path) {
   auto dir = io::ModelDir::open(path);
-  std::cout << "pipeline " << dir.pipeline_class() << (dir.is_sdxl() ? " (SDXL)" : "") << " at " << path.string()
-            << "\n";
+  std::cout << "pipeline " << dir.pipeline_class() << (dir.is_sdxl() ? " (SDXL)" : "") << " at "
+            << path.string() << "\n";
   for (const auto& c : dir.components()) {
     std::cout << "  " << std::left << std::setw(16) << c.name << std::setw(32) << c.class_name;
     if (c.name.rfind("tokenizer", 0) == 0 || c.name == "scheduler") {
@@ -74,9 +75,11 @@ int inspect_safetensors(const fs::path& path) {
 }  // namespace
 
 Runner add_inspect(CLI::App& app) {
-  auto* cmd = app.add_subcommand("inspect", "Describe a model folder, safetensors/LoRA file, checkpoint or output folder");
+  auto* cmd = app.add_subcommand(
+      "inspect", "Describe a model folder, safetensors/LoRA file, checkpoint or output folder");
   auto path = std::make_shared<std::string>();
-  cmd->add_option("path", *path, "model dir, .safetensors file, checkpoint dir or training output dir")->required();
+  cmd->add_option("path", *path, "model dir, .safetensors file, checkpoint dir or training output dir")
+      ->required();
   return [path]() -> int {
     fs::path p(*path);
     DL_CHECK(fs::exists(p), p.string(), ": no such file or directory");

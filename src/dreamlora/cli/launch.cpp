@@ -11,7 +11,8 @@ namespace dreamlora::cli {
 
 Runner add_launch(CLI::App& app) {
   auto* cmd = app.add_subcommand(
-      "launch", "Start this machine's data-parallel workers: dreamlora launch --nproc-per-node 2 -- train ...");
+      "launch",
+      "Start this machine's data-parallel workers: dreamlora launch --nproc-per-node 2 -- train ...");
   auto opts = std::make_shared<train::LaunchOptions>();
   auto worker_args = std::make_shared<std::vector<std::string>>();
   cmd->add_option("--nproc-per-node", opts->nproc_per_node, "workers to start")->required();
@@ -24,7 +25,8 @@ Runner add_launch(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--master-port", opts->master_port,
                   "rendezvous port on node 0 (default: a free one on one machine, 29500 on several)");
-  cmd->add_option("--grace", opts->grace_seconds, "seconds the other workers get after a failure")->capture_default_str();
+  cmd->add_option("--grace", opts->grace_seconds, "seconds the other workers get after a failure")
+      ->capture_default_str();
   cmd->add_option("command", *worker_args, "the worker's dreamlora arguments, after --")->required();
   return [opts, worker_args]() -> int {
     char self[PATH_MAX];

@@ -27,7 +27,9 @@ std::string usage_hint(CLI::App& app) {
 
 int main(int argc, char** argv) {
   dreamlora::tune_allocator();
-  CLI::App app{"dreamlora: DreamBooth LoRA trainer for Stable Diffusion (SD1.x, SD2.x, SDXL) that survives interruption"};
+  CLI::App app{
+      "dreamlora: DreamBooth LoRA trainer for Stable Diffusion (SD1.x, SD2.x, SDXL) that survives "
+      "interruption"};
   app.require_subcommand(1);
   // As users type it: global flags may come after the subcommand too (`train ... --threads 2`), and a flag
   // given twice takes its last value, as argparse does (scripts append overrides to a base command line).
@@ -37,7 +39,8 @@ int main(int argc, char** argv) {
   dreamlora::ThreadSettings threads;
   app.add_option("--threads", threads.torch_threads, "CPU threads for libtorch (default: one per core)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--blas-threads", threads.blas_threads, "OpenBLAS threads (default 1: libtorch's pool does the rest)")
+  app.add_option("--blas-threads", threads.blas_threads,
+                 "OpenBLAS threads (default 1: libtorch's pool does the rest)")
       ->check(CLI::PositiveNumber);
 
   std::map<CLI::App*, dreamlora::cli::Runner> runners;

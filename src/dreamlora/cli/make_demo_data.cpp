@@ -7,7 +7,8 @@
 namespace dreamlora::cli {
 
 Runner add_make_demo_data(CLI::App& app) {
-  auto* cmd = app.add_subcommand("make-demo-data", "Write synthetic subject images (a red ring around a yellow square)");
+  auto* cmd = app.add_subcommand("make-demo-data",
+                                 "Write synthetic subject images (a red ring around a yellow square)");
   auto dir = std::make_shared<std::string>();
   auto count = std::make_shared<int64_t>(6);
   auto size = std::make_shared<int64_t>(64);

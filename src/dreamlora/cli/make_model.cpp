@@ -27,13 +27,15 @@ Runner add_make_model(CLI::App& app) {
   auto dtype = std::make_shared<std::string>("fp16");
   opts->tokenizer = "../shared/fixtures/tiny-sd/tokenizer";
   cmd->add_option("out", *out, "output folder")->required();
-  cmd->add_option("--preset", opts->preset,
-                  "sd15 (runwayml/stable-diffusion-v1-5), sd21 (stabilityai/stable-diffusion-2-1-base), sd21-v "
-                  "(stabilityai/stable-diffusion-2-1, v-prediction), sdxl (stabilityai/stable-diffusion-xl-base-1.0)")
+  cmd->add_option(
+         "--preset", opts->preset,
+         "sd15 (runwayml/stable-diffusion-v1-5), sd21 (stabilityai/stable-diffusion-2-1-base), sd21-v "
+         "(stabilityai/stable-diffusion-2-1, v-prediction), sdxl (stabilityai/stable-diffusion-xl-base-1.0)")
       ->required();
   cmd->add_option("--dtype", *dtype, "weights dtype: fp16 (default), bf16, fp32");
-  cmd->add_flag("--single-file", opts->single_file,
-                "write OUT/model.safetensors in the original (LDM/SGM) layout and OUT/config/ for --model-config");
+  cmd->add_flag(
+      "--single-file", opts->single_file,
+      "write OUT/model.safetensors in the original (LDM/SGM) layout and OUT/config/ for --model-config");
   cmd->add_option("--tokenizer", opts->tokenizer,
                   "CLIP BPE tokenizer folder to copy (the real 49408-token vocabulary)")
       ->capture_default_str();
@@ -44,7 +46,8 @@ Runner add_make_model(CLI::App& app) {
     const uint64_t bytes = synth::write_model_preset(*out, *opts);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::cout << "wrote " << opts->preset << " (random weights, " << *dtype << ", " << bytes / (1024 * 1024)
-              << " MiB) to " << *out << (opts->single_file ? " as one file + config/" : "") << " in " << s << " s\n";
+              << " MiB) to " << *out << (opts->single_file ? " as one file + config/" : "") << " in " << s
+              << " s\n";
     return 0;
   };
 }

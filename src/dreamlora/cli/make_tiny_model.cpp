@@ -1,4 +1,5 @@
-// `dreamlora make-tiny-model DIR [--sdxl]`: a small random pipeline in diffusers layout (the embedded default).
+// `dreamlora make-tiny-model DIR [--sdxl]`: a small random pipeline in diffusers layout (the embedded
+// default).
 #include <iostream>
 
 #include "dreamlora/cli/commands.h"
@@ -7,8 +8,9 @@
 namespace dreamlora::cli {
 
 Runner add_make_tiny_model(CLI::App& app) {
-  auto* cmd = app.add_subcommand("make-tiny-model",
-                                 "Write a small randomly initialised SD1.x-style (or SDXL-style) pipeline in diffusers layout");
+  auto* cmd = app.add_subcommand(
+      "make-tiny-model",
+      "Write a small randomly initialised SD1.x-style (or SDXL-style) pipeline in diffusers layout");
   auto opts = std::make_shared<synth::TinyModelOptions>();
   auto dir = std::make_shared<std::string>();
   cmd->add_option("dir", *dir, "output folder")->required();

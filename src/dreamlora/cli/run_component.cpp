@@ -13,12 +13,16 @@
 namespace dreamlora::cli {
 
 Runner add_run_component(CLI::App& app) {
-  auto* cmd = app.add_subcommand("run-component", "Run one component (text_encoder, unet, vae_encoder, ...) on tensors from a file");
+  auto* cmd = app.add_subcommand(
+      "run-component", "Run one component (text_encoder, unet, vae_encoder, ...) on tensors from a file");
   auto args = std::make_shared<pipeline::ComponentRunArgs>();
-  cmd->add_option("--model", args->model, "diffusers pipeline folder or single-file .safetensors checkpoint")->required();
-  cmd->add_option("--model-config", args->model_config, "for a single-file --model: diffusers folder with its configs and tokenizers");
-  cmd->add_option("--component", args->component,
-                  "tokenizer | tokenizer_2 | text_encoder | text_encoder_2 | unet | vae_encoder | vae_decoder")
+  cmd->add_option("--model", args->model, "diffusers pipeline folder or single-file .safetensors checkpoint")
+      ->required();
+  cmd->add_option("--model-config", args->model_config,
+                  "for a single-file --model: diffusers folder with its configs and tokenizers");
+  cmd->add_option(
+         "--component", args->component,
+         "tokenizer | tokenizer_2 | text_encoder | text_encoder_2 | unet | vae_encoder | vae_decoder")
       ->required();
   cmd->add_option("--inputs", args->inputs, "safetensors file of named inputs");
   cmd->add_option("--prompts", args->prompts, "JSON list of strings (tokenizers)");

@@ -26,8 +26,10 @@ struct SampleArgs {
 Runner add_sample(CLI::App& app) {
   auto* cmd = app.add_subcommand("sample", "Generate images from a prompt (optionally with a LoRA)");
   auto a = std::make_shared<SampleArgs>();
-  cmd->add_option("--model", a->model, "diffusers pipeline folder or single-file .safetensors checkpoint")->required();
-  cmd->add_option("--model-config", a->model_config, "for a single-file --model: diffusers folder with its configs and tokenizers");
+  cmd->add_option("--model", a->model, "diffusers pipeline folder or single-file .safetensors checkpoint")
+      ->required();
+  cmd->add_option("--model-config", a->model_config,
+                  "for a single-file --model: diffusers folder with its configs and tokenizers");
   cmd->add_option("--variant", a->variant, "weight file variant, e.g. fp16");
   cmd->add_option("--prompt", a->options.prompt, "prompt")->required();
   cmd->add_option("--negative-prompt", a->options.negative_prompt, "negative prompt");
@@ -62,8 +64,10 @@ Runner add_sample(CLI::App& app) {
     if (tty) std::cerr << "\n";
     fs::create_directories(a->out);
     for (size_t i = 0; i < images.size(); ++i) {
-      auto path = fs::path(a->out) / ("sample-" + std::to_string(a->options.seed) + "-" + std::to_string(i) + ".png");
-      io::save_png(path, images[i], pipeline::sample_metadata(a->options, static_cast<int64_t>(i), lora_desc));
+      auto path =
+          fs::path(a->out) / ("sample-" + std::to_string(a->options.seed) + "-" + std::to_string(i) + ".png");
+      io::save_png(path, images[i],
+                   pipeline::sample_metadata(a->options, static_cast<int64_t>(i), lora_desc));
       std::cout << path.string() << "\n";
     }
     return 0;

@@ -11,18 +11,21 @@
 namespace dreamlora::cli {
 
 Runner add_train(CLI::App& app) {
-  auto* cmd = app.add_subcommand("train", "DreamBooth LoRA training with checkpoints, resume and graceful preemption");
+  auto* cmd = app.add_subcommand("train",
+                                 "DreamBooth LoRA training with checkpoints, resume and graceful preemption");
   auto values = std::make_shared<std::map<std::string, std::string>>();
   auto options = std::make_shared<std::map<std::string, CLI::Option*>>();
   auto config_file = std::make_shared<std::string>();
-  cmd->add_option("--config", *config_file, "TOML file whose keys are the long flag names; flags override it");
+  cmd->add_option("--config", *config_file,
+                  "TOML file whose keys are the long flag names; flags override it");
   auto markdown = std::make_shared<bool>(false);
   cmd->add_flag("--flags-markdown", *markdown, "print the flag table (docs/CLI.md) and exit");
   for (const auto& spec : train::train_options()) {
     std::string names = "--" + spec.name;
     for (const auto& a : spec.aliases) names += ",--" + a;
     auto& slot = (*values)[spec.name];
-    CLI::Option* opt = spec.is_switch ? cmd->add_flag(names, spec.help) : cmd->add_option(names, slot, spec.help);
+    CLI::Option* opt =
+        spec.is_switch ? cmd->add_flag(names, spec.help) : cmd->add_option(names, slot, spec.help);
     (*options)[spec.name] = opt;
   }
   return [values, options, config_file, markdown]() -> int {

@@ -38,7 +38,7 @@ inline constexpr StrFn str{};
 }  // namespace dreamlora
 
 // DL_CHECK(cond, part, part, ...): throws dreamlora::Error with the parts joined when cond is false.
-#define DL_CHECK(cond, ...)                             \
-  do {                                                  \
+#define DL_CHECK(cond, ...)                                        \
+  do {                                                             \
     if (!(cond)) ::dreamlora::fail(::dreamlora::str(__VA_ARGS__)); \
   } while (0)

@@ -25,8 +25,10 @@ const NamePairs kOpenClipWholeNames = {
     {"ln_final.weight", "text_model.final_layer_norm.weight"},
     {"ln_final.bias", "text_model.final_layer_norm.bias"},
 };
-const NamePairs kOpenClipLayerChildren = {{"ln_1", "layer_norm1"},   {"ln_2", "layer_norm2"},
-                                          {"mlp.c_fc", "mlp.fc1"},   {"mlp.c_proj", "mlp.fc2"},
+const NamePairs kOpenClipLayerChildren = {{"ln_1", "layer_norm1"},
+                                          {"ln_2", "layer_norm2"},
+                                          {"mlp.c_fc", "mlp.fc1"},
+                                          {"mlp.c_proj", "mlp.fc2"},
                                           {"attn.out_proj", "self_attn.out_proj"}};
 const char* const kQkv[] = {"q_proj", "k_proj", "v_proj"};
 
@@ -51,20 +53,25 @@ int64_t reversed_block(const std::string& index, int64_t num_blocks, const std::
 std::string vae_ldm_to_diffusers(const std::string& name, int64_t num_blocks) {
   static const std::regex down_re(R"(^encoder\.down\.(\d+)\.block\.(\d+)\.(.+)$)"),
       downsample_re(R"(^encoder\.down\.(\d+)\.downsample\.(.+)$)"),
-      up_re(R"(^decoder\.up\.(\d+)\.block\.(\d+)\.(.+)$)"), upsample_re(R"(^decoder\.up\.(\d+)\.upsample\.(.+)$)"),
+      up_re(R"(^decoder\.up\.(\d+)\.block\.(\d+)\.(.+)$)"),
+      upsample_re(R"(^decoder\.up\.(\d+)\.upsample\.(.+)$)"),
       mid_res_re(R"(^(encoder|decoder)\.mid\.block_([12])\.(.+)$)"),
-      mid_attn_re(R"(^(encoder|decoder)\.mid\.attn_1\.(.+)$)"), norm_out_re(R"(^(encoder|decoder)\.norm_out\.(.+)$)");
+      mid_attn_re(R"(^(encoder|decoder)\.mid\.attn_1\.(.+)$)"),
+      norm_out_re(R"(^(encoder|decoder)\.norm_out\.(.+)$)");
   std::smatch m;
   if (std::regex_match(name, m, down_re))
-    return str("encoder.down_blocks.", m[1], ".resnets.", m[2], ".", map_child(m[3], kVaeResnetChildren, true));
-  if (std::regex_match(name, m, downsample_re)) return str("encoder.down_blocks.", m[1], ".downsamplers.0.", m[2]);
+    return str("encoder.down_blocks.", m[1], ".resnets.", m[2], ".",
+               map_child(m[3], kVaeResnetChildren, true));
+  if (std::regex_match(name, m, downsample_re))
+    return str("encoder.down_blocks.", m[1], ".downsamplers.0.", m[2]);
   if (std::regex_match(name, m, up_re))
     return str("decoder.up_blocks.", reversed_block(m[1], num_blocks, name), ".resnets.", m[2], ".",
                map_child(m[3], kVaeResnetChildren, true));
   if (std::regex_match(name, m, upsample_re))
     return str("decoder.up_blocks.", reversed_block(m[1], num_blocks, name), ".upsamplers.0.", m[2]);
   if (std::regex_match(name, m, mid_res_re))
-    return str(m[1], ".mid_block.resnets.", std::stoi(m[2]) - 1, ".", map_child(m[3], kVaeResnetChildren, true));
+    return str(m[1], ".mid_block.resnets.", std::stoi(m[2]) - 1, ".",
+               map_child(m[3], kVaeResnetChildren, true));
   if (std::regex_match(name, m, mid_attn_re))
     return str(m[1], ".mid_block.attentions.0.", map_child(m[2], kVaeAttentionChildren, true));
   if (std::regex_match(name, m, norm_out_re)) return str(m[1], ".conv_norm_out.", m[2]);

@@ -1,4 +1,5 @@
-// `dreamlora inspect model.safetensors` for single-file checkpoints: family, why, and what each component holds.
+// `dreamlora inspect model.safetensors` for single-file checkpoints: family, why, and what each component
+// holds.
 #include <iomanip>
 #include <sstream>
 
@@ -51,8 +52,8 @@ std::string describe_single_file(const io::safetensors::File& file) {
   os << "  prediction: " << (d.v_prediction ? "v_prediction" : "epsilon")
      << " (the scheduler config of --model-config decides when given)\n";
   for (const auto& [component, s] : parts) {
-    os << "  " << std::left << std::setw(40) << component << std::right << std::setw(6) << s.tensors << " tensors "
-       << std::setw(12) << s.params << " params  " << mib(s.bytes);
+    os << "  " << std::left << std::setw(40) << component << std::right << std::setw(6) << s.tensors
+       << " tensors " << std::setw(12) << s.params << " params  " << mib(s.bytes);
     for (const auto& [dtype, n] : s.dtypes) os << "  " << dtype;
     os << "\n";
   }

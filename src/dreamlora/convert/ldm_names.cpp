@@ -1,12 +1,13 @@
 // The UNet's diffusers block paths <-> the LDM numbering of original checkpoints and kohya's SDXL trainer
 // (input_blocks / middle_block / output_blocks), after diffusers' convert_ldm_unet_checkpoint and kohya
 // sd-scripts' library/sdxl_model_util.py. Shared by the kohya LoRA exporter and single-file loading.
+#include "dreamlora/convert/ldm_names.h"
+
 #include <regex>
 #include <set>
 #include <utility>
 
 #include "dreamlora/common/error.h"
-#include "dreamlora/convert/ldm_names.h"
 
 namespace dreamlora::convert {
 

@@ -34,14 +34,15 @@ struct UNetLayout {
 std::string diffusers_to_ldm(const std::string& path, const UNetLayout& layout);
 std::string ldm_to_diffusers(const std::string& path, const UNetLayout& layout);
 
-// VAE: "encoder.down.0.block.1.nin_shortcut.weight" <-> "encoder.down_blocks.0.resnets.1.conv_shortcut.weight".
-// num_blocks = len(block_out_channels) (decoder up blocks are numbered in reverse in the LDM layout).
+// VAE: "encoder.down.0.block.1.nin_shortcut.weight" <->
+// "encoder.down_blocks.0.resnets.1.conv_shortcut.weight". num_blocks = len(block_out_channels) (decoder up
+// blocks are numbered in reverse in the LDM layout).
 std::string vae_ldm_to_diffusers(const std::string& name, int64_t num_blocks);
 std::string vae_diffusers_to_ldm(const std::string& name, int64_t num_blocks);
 
 // OpenCLIP text encoder (SD2 cond_stage_model.model., SDXL conditioner.embedders.1.model.) <-> transformers
-// text::CLIPTextModel(WithProjection). The fused attention input projection and the transposed text projection
-// are not renames: these say which name they correspond to and how the tensor changes.
+// text::CLIPTextModel(WithProjection). The fused attention input projection and the transposed text
+// projection are not renames: these say which name they correspond to and how the tensor changes.
 enum class TensorChange {
   none,
   transpose,  // OpenCLIP text_projection [width, proj] <-> text_projection.weight [proj, width]

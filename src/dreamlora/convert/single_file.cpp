@@ -16,7 +16,9 @@ const char* const kSd2TextPrefix = "cond_stage_model.model.";
 const char* const kSdxlTextPrefix = "conditioner.embedders.0.transformer.";
 const char* const kSdxlText2Prefix = "conditioner.embedders.1.model.";
 
-bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
+bool starts_with(const std::string& s, const std::string& prefix) {
+  return s.rfind(prefix, 0) == 0;
+}
 
 bool any_key_starts_with(const std::vector<std::string>& keys, const std::string& prefix) {
   return std::any_of(keys.begin(), keys.end(), [&](const auto& k) { return starts_with(k, prefix); });
@@ -70,14 +72,15 @@ std::string to_string(CheckpointFamily family) {
 FamilyDetection detect_family(const io::safetensors::File& file) {
   const auto keys = file.names();
   const std::string what = file.path().string();
-  DL_CHECK(any_key_starts_with(keys, kUnetPrefix), what, ": not a single-file Stable Diffusion checkpoint (no '",
-           kUnetPrefix, "' keys; ", keys.size(), " tensors", keys.empty() ? "" : str(", first '", keys.front(), "'"),
-           ")");
+  DL_CHECK(any_key_starts_with(keys, kUnetPrefix), what,
+           ": not a single-file Stable Diffusion checkpoint (no '", kUnetPrefix, "' keys; ", keys.size(),
+           " tensors", keys.empty() ? "" : str(", first '", keys.front(), "'"), ")");
   DL_CHECK(!any_key_starts_with(keys, "conditioner.embedders.0.model."), what,
            ": an SDXL refiner checkpoint (OpenCLIP as its only text encoder); only SDXL base is supported");
   FamilyDetection d;
   const std::string conv_in = std::string(kUnetPrefix) + "input_blocks.0.0.weight";
-  d.inpainting = file.contains(conv_in) && file.info(conv_in).shape.size() == 4 && file.info(conv_in).shape[1] == 9;
+  d.inpainting =
+      file.contains(conv_in) && file.info(conv_in).shape.size() == 4 && file.info(conv_in).shape[1] == 9;
   if (any_key_starts_with(keys, kSdxlText2Prefix)) {
     d.family = CheckpointFamily::sdxl;
     d.reason = str("has a second text encoder in OpenCLIP layout ('", kSdxlText2Prefix, "*')");
@@ -88,12 +91,15 @@ FamilyDetection detect_family(const io::safetensors::File& file) {
     d.family = CheckpointFamily::sd1;
     d.reason = str("text encoder in transformers CLIP layout ('", kSd1TextPrefix, "*')");
   } else {
-    fail(str(what, ": UNet keys found but no text encoder ('", kSd1TextPrefix, "', '", kSd2TextPrefix, "' or '",
-             kSdxlTextPrefix, "' + '", kSdxlText2Prefix, "'); cannot tell SD1.x, SD2.x and SDXL apart"));
+    fail(str(what, ": UNet keys found but no text encoder ('", kSd1TextPrefix, "', '", kSd2TextPrefix,
+             "' or '", kSdxlTextPrefix, "' + '", kSdxlText2Prefix,
+             "'); cannot tell SD1.x, SD2.x and SDXL apart"));
   }
   if (d.family == CheckpointFamily::sd2) {
     d.v_prediction = true;
-    d.reason += "; v-prediction, as diffusers assumes for SD2.x files (the scheduler config of --model-config decides)";
+    d.reason +=
+        "; v-prediction, as diffusers assumes for SD2.x files (the scheduler config of --model-config "
+        "decides)";
   }
   if (d.inpainting) d.reason += "; inpainting UNet (9 input channels)";
   return d;
@@ -172,7 +178,8 @@ torch::Tensor read_source(const io::safetensors::File& file, const SourceTensor&
     case TensorChange::none:
       return t;
     case TensorChange::transpose:
-      DL_CHECK(t.dim() == 2, file.path().string(), ": '", source.key, "' should be 2-D, has shape ", t.sizes());
+      DL_CHECK(t.dim() == 2, file.path().string(), ": '", source.key, "' should be 2-D, has shape ",
+               t.sizes());
       return t.t();
     case TensorChange::qkv_part:
       DL_CHECK(t.dim() >= 1 && t.size(0) % 3 == 0, file.path().string(), ": '", source.key,

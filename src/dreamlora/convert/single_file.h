@@ -18,9 +18,9 @@ std::string to_string(CheckpointFamily family);
 
 struct FamilyDetection {
   CheckpointFamily family = CheckpointFamily::sd1;
-  std::string reason;          // the keys/shapes that decided it
-  bool v_prediction = false;   // diffusers' rule: SD2.x files are v-prediction unless told otherwise
-  bool inpainting = false;     // UNet input has 9 channels
+  std::string reason;         // the keys/shapes that decided it
+  bool v_prediction = false;  // diffusers' rule: SD2.x files are v-prediction unless told otherwise
+  bool inpainting = false;    // UNet input has 9 channels
 };
 // Throws naming what the file holds when it is not an SD1.x / SD2.x / SDXL base checkpoint.
 FamilyDetection detect_family(const io::safetensors::File& file);
@@ -37,7 +37,7 @@ using ComponentSources = std::map<std::string, SourceTensor>;  // diffusers/tran
 
 struct SingleFileSources {
   std::map<std::string, ComponentSources> components;  // "unet", "vae", "text_encoder", "text_encoder_2"
-  std::vector<std::string> ignored;                    // keys diffusers ignores too (EMA, schedule buffers, ...)
+  std::vector<std::string> ignored;  // keys diffusers ignores too (EMA, schedule buffers, ...)
 };
 
 // Maps every key of the file; keys that fit no component (and are not ones diffusers ignores) are one error

@@ -69,8 +69,8 @@ void arm_faults(const std::string& spec) {
     long nth = std::strtol(parts.back().c_str(), &end, 10);
     DL_CHECK(*end == '\0' && nth > 0, "DREAMLORA_TEST_FAULT='", spec, "': call number '", parts.back(),
              "' is not a positive integer");
-    g_fault_rules[op].err = parts.size() == 3 ? fault_errno_from_name(parts[1], spec)
-                                              : (op == kFaultWrite ? ENOSPC : EIO);
+    g_fault_rules[op].err =
+        parts.size() == 3 ? fault_errno_from_name(parts[1], spec) : (op == kFaultWrite ? ENOSPC : EIO);
     g_fault_rules[op].nth = nth;
     any = true;
   }

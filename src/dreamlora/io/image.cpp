@@ -1,8 +1,9 @@
 #include "dreamlora/io/image.h"
-#include "dreamlora/io/image_prechecks.h"
 
 #include <libexif/exif-data.h>
 #include <stb/stb_image_write.h>
+
+#include "dreamlora/io/image_prechecks.h"
 
 // stb_image, compiled here (static) with only the decoders the trainer accepts: its other decoders
 // (GIF, PSD, HDR, PIC, PNM, TGA) carry most of its CVE history and are not reachable at all.
@@ -24,9 +25,9 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <string_view>
 #include <cstring>
 #include <memory>
+#include <string_view>
 
 #include "dreamlora/common/error.h"
 #include "dreamlora/io/durable_file.h"
@@ -66,7 +67,9 @@ int exif_orientation(std::string_view jpeg) {
 enum class ImageFormat { kPng, kJpeg, kBmp, kWebp, kUnknown };
 
 ImageFormat sniff_format(std::string_view b) {
-  auto starts = [&](std::string_view magic, size_t at = 0) { return b.size() >= at + magic.size() && b.substr(at, magic.size()) == magic; };
+  auto starts = [&](std::string_view magic, size_t at = 0) {
+    return b.size() >= at + magic.size() && b.substr(at, magic.size()) == magic;
+  };
   if (starts("\x89PNG\r\n\x1a\n")) return ImageFormat::kPng;
   if (starts("\xff\xd8\xff")) return ImageFormat::kJpeg;
   if (starts("BM")) return ImageFormat::kBmp;
@@ -105,12 +108,14 @@ Image decode_webp_first_frame(std::string_view bytes, const std::string& name) {
   img.rgb.assign(static_cast<size_t>(img.width) * img.height * 3, 0);
   for (int y = 0; y < fh && y0 + y < img.height; ++y)
     for (int x = 0; x < fw && x0 + x < img.width; ++x)
-      std::memcpy(&img.rgb[(static_cast<size_t>(y0 + y) * img.width + x0 + x) * 3], &out[(static_cast<size_t>(y) * fw + x) * 3], 3);
+      std::memcpy(&img.rgb[(static_cast<size_t>(y0 + y) * img.width + x0 + x) * 3],
+                  &out[(static_cast<size_t>(y) * fw + x) * 3], 3);
   WebPFree(out);
   return img;
 #else
-  fail(str(name, ": an animated WebP; this build reads only still WebPs (install libwebpdemux and rebuild, or "
-                 "save its first frame as PNG)"));
+  fail(str(name,
+           ": an animated WebP; this build reads only still WebPs (install libwebpdemux and rebuild, or "
+           "save its first frame as PNG)"));
 #endif
 }
 #endif
@@ -119,10 +124,12 @@ Image decode_webp(std::string_view bytes, const std::string& name) {
 #ifdef DREAMLORA_HAVE_WEBP
   const auto* data = reinterpret_cast<const uint8_t*>(bytes.data());
   Image img;
-  DL_CHECK(WebPGetInfo(data, bytes.size(), &img.width, &img.height) != 0, name, ": not a readable WebP image");
+  DL_CHECK(WebPGetInfo(data, bytes.size(), &img.width, &img.height) != 0, name,
+           ": not a readable WebP image");
   check_dimensions(img.width, img.height, name);
   WebPBitstreamFeatures features;
-  DL_CHECK(WebPGetFeatures(data, bytes.size(), &features) == VP8_STATUS_OK, name, ": not a readable WebP image");
+  DL_CHECK(WebPGetFeatures(data, bytes.size(), &features) == VP8_STATUS_OK, name,
+           ": not a readable WebP image");
   if (features.has_animation) return decode_webp_first_frame(bytes, name);
   uint8_t* out = WebPDecodeRGB(data, bytes.size(), &img.width, &img.height);
   DL_CHECK(out != nullptr, name, ": not a readable WebP image");
@@ -161,8 +168,8 @@ void check_jpeg_structure(std::string_view bytes, const std::string& name) {
   const JpegStructure jpeg = read_jpeg_structure(bytes);
   DL_CHECK(jpeg.huffman_tables_valid, name, ": cannot decode image (bad Huffman table: corrupt JPEG)");
   DL_CHECK(jpeg.scan_bytes * 8 >= jpeg.min_scan_bits, name, ": truncated or corrupt JPEG: it holds ",
-           jpeg.scan_bytes, " bytes of image data, but its frame needs at least ", (jpeg.min_scan_bits + 7) / 8,
-           " (one bit per 8x8 block of each colour component)");
+           jpeg.scan_bytes, " bytes of image data, but its frame needs at least ",
+           (jpeg.min_scan_bits + 7) / 8, " (one bit per 8x8 block of each colour component)");
 }
 
 void append_chunk(std::string& png, const char type[4], const std::string& data) {
@@ -202,13 +209,34 @@ Image apply_orientation(const Image& in, int orientation) {
     for (int x = 0; x < out.width; ++x) {
       int sx = 0, sy = 0;
       switch (orientation) {
-        case 2: sx = in.width - 1 - x; sy = y; break;
-        case 3: sx = in.width - 1 - x; sy = in.height - 1 - y; break;
-        case 4: sx = x; sy = in.height - 1 - y; break;
-        case 5: sx = y; sy = x; break;
-        case 6: sx = y; sy = in.height - 1 - x; break;
-        case 7: sx = in.width - 1 - y; sy = in.height - 1 - x; break;
-        case 8: sx = in.width - 1 - y; sy = x; break;
+        case 2:
+          sx = in.width - 1 - x;
+          sy = y;
+          break;
+        case 3:
+          sx = in.width - 1 - x;
+          sy = in.height - 1 - y;
+          break;
+        case 4:
+          sx = x;
+          sy = in.height - 1 - y;
+          break;
+        case 5:
+          sx = y;
+          sy = x;
+          break;
+        case 6:
+          sx = y;
+          sy = in.height - 1 - x;
+          break;
+        case 7:
+          sx = in.width - 1 - y;
+          sy = in.height - 1 - x;
+          break;
+        case 8:
+          sx = in.width - 1 - y;
+          sy = x;
+          break;
       }
       std::memcpy(&out.rgb[(static_cast<size_t>(y) * out.width + x) * 3],
                   &in.rgb[(static_cast<size_t>(sy) * in.width + sx) * 3], 3);
@@ -229,13 +257,15 @@ Image decode_image(std::string_view bytes, const std::string& name) {
       DL_CHECK(!chunks.chunk_past_end_at, name, ": truncated or corrupt PNG: the chunk at byte ",
                chunks.chunk_past_end_at.value_or(0), " claims ", chunks.chunk_past_end_length.value_or(0),
                " bytes, more than the file has left");
-      img = decode_stb(chunks.without_empty_idat ? std::string_view(*chunks.without_empty_idat) : bytes, name);
+      img =
+          decode_stb(chunks.without_empty_idat ? std::string_view(*chunks.without_empty_idat) : bytes, name);
       break;
     }
     case ImageFormat::kBmp: {
       const int64_t pixel_bytes = bmp_min_pixel_bytes(bytes);
-      DL_CHECK(static_cast<int64_t>(bytes.size()) >= pixel_bytes, name, ": truncated or corrupt BMP: its header claims ",
-               pixel_bytes, " bytes of pixels, but the file has ", bytes.size(), " bytes in all");
+      DL_CHECK(static_cast<int64_t>(bytes.size()) >= pixel_bytes, name,
+               ": truncated or corrupt BMP: its header claims ", pixel_bytes,
+               " bytes of pixels, but the file has ", bytes.size(), " bytes in all");
       img = decode_stb(bytes, name);
       break;
     }
@@ -256,10 +286,12 @@ Image load_image(const fs::path& path) {
 }
 
 std::string encode_png(const Image& image, const TextChunks& text) {
-  DL_CHECK(image.width > 0 && image.height > 0 && image.rgb.size() == static_cast<size_t>(image.width) * image.height * 3,
+  DL_CHECK(image.width > 0 && image.height > 0 &&
+               image.rgb.size() == static_cast<size_t>(image.width) * image.height * 3,
            "encode_png: image buffer does not match its ", image.width, "x", image.height, " size");
   std::string png;
-  int ok = stbi_write_png_to_func(stb_append, &png, image.width, image.height, 3, image.rgb.data(), image.width * 3);
+  int ok = stbi_write_png_to_func(stb_append, &png, image.width, image.height, 3, image.rgb.data(),
+                                  image.width * 3);
   DL_CHECK(ok != 0 && png.size() > 33, "encode_png: PNG encoder failed");
   // Insert tEXt chunks right after IHDR (8-byte signature + 25-byte IHDR chunk).
   std::string chunks;

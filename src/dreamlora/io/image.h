@@ -26,7 +26,7 @@ Image load_image(const std::filesystem::path& path);
 // The same from bytes in memory; `name` is what errors call the image.
 Image decode_image(std::string_view bytes, const std::string& name);
 constexpr int kMaxImageSide = 16384;
-constexpr int64_t kMaxImagePixels = int64_t{1} << 26;  // 8192 x 8192
+constexpr int64_t kMaxImagePixels = int64_t{1} << 26;   // 8192 x 8192
 bool is_image_file(const std::filesystem::path& path);  // by extension: png jpg jpeg bmp webp
 
 using TextChunks = std::vector<std::pair<std::string, std::string>>;

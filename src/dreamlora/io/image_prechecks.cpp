@@ -6,15 +6,25 @@ namespace dreamlora::io {
 
 namespace {
 
-uint8_t byte_at(std::string_view b, size_t i) { return static_cast<uint8_t>(b[i]); }
+uint8_t byte_at(std::string_view b, size_t i) {
+  return static_cast<uint8_t>(b[i]);
+}
 
-uint32_t be16_at(std::string_view b, size_t i) { return (uint32_t{byte_at(b, i)} << 8) | byte_at(b, i + 1); }
+uint32_t be16_at(std::string_view b, size_t i) {
+  return (uint32_t{byte_at(b, i)} << 8) | byte_at(b, i + 1);
+}
 
-uint32_t be32_at(std::string_view b, size_t i) { return (be16_at(b, i) << 16) | be16_at(b, i + 2); }
+uint32_t be32_at(std::string_view b, size_t i) {
+  return (be16_at(b, i) << 16) | be16_at(b, i + 2);
+}
 
-uint32_t le16_at(std::string_view b, size_t i) { return (uint32_t{byte_at(b, i + 1)} << 8) | byte_at(b, i); }
+uint32_t le16_at(std::string_view b, size_t i) {
+  return (uint32_t{byte_at(b, i + 1)} << 8) | byte_at(b, i);
+}
 
-uint32_t le32_at(std::string_view b, size_t i) { return (le16_at(b, i + 2) << 16) | le16_at(b, i); }
+uint32_t le32_at(std::string_view b, size_t i) {
+  return (le16_at(b, i + 2) << 16) | le16_at(b, i);
+}
 
 // Every 8x8 block of every component has its DC difference Huffman-coded in a baseline scan or in the
 // first DC scan of a progressive JPEG, and a Huffman code is at least one bit long. So a complete
@@ -82,7 +92,8 @@ JpegStructure read_jpeg_structure(std::string_view b) {
       in_scan = true;
       const size_t n = byte_at(b, i + 4), spec = i + 5 + 2 * n;
       if (spec + 3 > b.size()) return invalid();
-      const bool dc = byte_at(b, spec) == 0 && (byte_at(b, spec + 2) >> 4) == 0, ac = byte_at(b, spec + 1) > 0;
+      const bool dc = byte_at(b, spec) == 0 && (byte_at(b, spec + 2) >> 4) == 0,
+                 ac = byte_at(b, spec + 1) > 0;
       for (size_t c = 0; c < n; ++c) {
         const uint8_t tables = byte_at(b, i + 6 + 2 * c);
         if ((dc && !defined[(tables >> 4) & 3]) || (ac && !defined[4 + (tables & 3)])) return invalid();

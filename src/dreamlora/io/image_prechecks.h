@@ -19,8 +19,8 @@ JpegStructure read_jpeg_structure(std::string_view jpeg);
 
 // What a walk over a PNG's chunks, up to IEND, finds.
 struct PngChunks {
-  std::optional<size_t> chunk_past_end_at;         // offset of a chunk whose length runs past the file's end
-  std::optional<uint32_t> chunk_past_end_length;   // and the length it claims
+  std::optional<size_t> chunk_past_end_at;        // offset of a chunk whose length runs past the file's end
+  std::optional<uint32_t> chunk_past_end_length;  // and the length it claims
   std::optional<std::string> without_empty_idat;  // the PNG without its zero-length IDAT chunks; none if none
 };
 PngChunks read_png_chunks(std::string_view png);

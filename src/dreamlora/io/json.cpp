@@ -24,7 +24,8 @@ std::vector<int64_t> ConfigReader::get_per_block(const std::string& key, int64_t
   if (!has(key)) return std::vector<int64_t>(n, fallback);
   const Json& v = json_.at(key);
   if (v.is_number_integer()) return std::vector<int64_t>(n, v.get<int64_t>());
-  DL_CHECK(v.is_array(), source_, ": key '", key, "' must be an int or a list of ", n, " ints, got ", v.dump());
+  DL_CHECK(v.is_array(), source_, ": key '", key, "' must be an int or a list of ", n, " ints, got ",
+           v.dump());
   DL_CHECK(v.size() == n, source_, ": key '", key, "' has ", v.size(), " entries, expected ", n);
   std::vector<int64_t> out;
   for (const auto& e : v) {
@@ -36,8 +37,8 @@ std::vector<int64_t> ConfigReader::get_per_block(const std::string& key, int64_t
 
 void ConfigReader::require_value(const std::string& key, const Json& supported) const {
   if (!has(key)) return;
-  DL_CHECK(json_.at(key) == supported, source_, ": unsupported value ", json_.at(key).dump(), " for key '", key,
-           "' (dreamlora supports ", supported.dump(), ")");
+  DL_CHECK(json_.at(key) == supported, source_, ": unsupported value ", json_.at(key).dump(), " for key '",
+           key, "' (dreamlora supports ", supported.dump(), ")");
 }
 
 }  // namespace dreamlora::io

@@ -38,7 +38,8 @@ bool floats_fit(const Json& j) {
   }
   if (!j.is_number_float()) return true;
   const double v = j.get<double>();
-  return v >= static_cast<double>(std::numeric_limits<I>::min()) && v < static_cast<double>(std::numeric_limits<I>::max());
+  return v >= static_cast<double>(std::numeric_limits<I>::min()) &&
+         v < static_cast<double>(std::numeric_limits<I>::max());
 }
 }  // namespace json_detail
 
@@ -63,7 +64,8 @@ class ConfigReader {
     try {
       return json_.at(key).get<T>();
     } catch (const std::exception& e) {
-      fail(str(source_, ": key '", key, "' has value ", json_.at(key).dump(), " of the wrong type (", e.what(), ")"));
+      fail(str(source_, ": key '", key, "' has value ", json_.at(key).dump(), " of the wrong type (",
+               e.what(), ")"));
     }
   }
   template <typename T>

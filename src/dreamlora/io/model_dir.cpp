@@ -66,7 +66,9 @@ const ComponentEntry& ModelDir::component(const std::string& name) const {
   fail(str((root_ / "model_index.json").string(), ": pipeline has no component '", name, "'"));
 }
 
-bool ModelDir::is_sdxl() const { return has_component("text_encoder_2") || pipeline_class_.find("XL") != std::string::npos; }
+bool ModelDir::is_sdxl() const {
+  return has_component("text_encoder_2") || pipeline_class_.find("XL") != std::string::npos;
+}
 
 std::vector<fs::path> find_weight_files(const fs::path& component_dir, const std::string& variant) {
   DL_CHECK(fs::is_directory(component_dir), component_dir.string(), ": component folder missing");
@@ -75,11 +77,15 @@ std::vector<fs::path> find_weight_files(const fs::path& component_dir, const std
     if (!entry.is_regular_file()) continue;
     const auto name = entry.path().filename().string();
     auto ends_with = [&](const std::string& suffix) {
-      return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+      return name.size() >= suffix.size() &&
+             name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
     };
-    if (ends_with(".safetensors.index.json")) index_files.push_back(entry.path());
-    else if (ends_with(".safetensors")) safetensors_files.push_back(entry.path());
-    else if (is_pickle_name(entry.path())) pickles.push_back(entry.path());
+    if (ends_with(".safetensors.index.json"))
+      index_files.push_back(entry.path());
+    else if (ends_with(".safetensors"))
+      safetensors_files.push_back(entry.path());
+    else if (is_pickle_name(entry.path()))
+      pickles.push_back(entry.path());
   }
   // Prefer the exact diffusers/transformers names, then a sharded index, then a single other file.
   for (const char* base : {"diffusion_pytorch_model.safetensors", "model.safetensors"}) {
@@ -105,7 +111,8 @@ std::vector<fs::path> find_weight_files(const fs::path& component_dir, const std
   if (variant.empty()) {
     std::vector<fs::path> plain;
     for (const auto& p : safetensors_files)
-      if (std::count(p.filename().string().begin(), p.filename().string().end(), '.') == 1) plain.push_back(p);
+      if (std::count(p.filename().string().begin(), p.filename().string().end(), '.') == 1)
+        plain.push_back(p);
     if (plain.size() == 1) return plain;
   }
   if (!pickles.empty()) fail(pickle_message(pickles.front()));
@@ -118,7 +125,8 @@ std::vector<fs::path> find_weight_files(const fs::path& component_dir, const std
            found.empty() ? std::string() : str("; present:", found)));
 }
 
-std::map<std::string, torch::Tensor> load_component_weights(const fs::path& component_dir, const std::string& variant) {
+std::map<std::string, torch::Tensor> load_component_weights(const fs::path& component_dir,
+                                                            const std::string& variant) {
   std::map<std::string, torch::Tensor> all;
   for (const auto& path : find_weight_files(component_dir, variant)) {
     auto file = safetensors::File::open(path);

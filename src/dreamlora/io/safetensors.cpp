@@ -3,8 +3,8 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <unistd.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -25,9 +25,9 @@ struct DtypeEntry {
 };
 
 constexpr DtypeEntry kDtypes[] = {
-    {"F64", torch::kFloat64, 8}, {"F32", torch::kFloat32, 4}, {"F16", torch::kFloat16, 2},
-    {"BF16", torch::kBFloat16, 2}, {"I64", torch::kInt64, 8}, {"I32", torch::kInt32, 4},
-    {"I16", torch::kInt16, 2},     {"I8", torch::kInt8, 1},    {"U8", torch::kUInt8, 1},
+    {"F64", torch::kFloat64, 8},   {"F32", torch::kFloat32, 4}, {"F16", torch::kFloat16, 2},
+    {"BF16", torch::kBFloat16, 2}, {"I64", torch::kInt64, 8},   {"I32", torch::kInt32, 4},
+    {"I16", torch::kInt16, 2},     {"I8", torch::kInt8, 1},     {"U8", torch::kUInt8, 1},
     {"BOOL", torch::kBool, 1},
 };
 
@@ -40,17 +40,28 @@ const DtypeEntry* find_dtype(const std::string& name) {
 // Position of each dtype in the safetensors crate's Dtype enum, which orders tensors in its files.
 int dtype_rank(torch::ScalarType t) {
   switch (t) {
-    case torch::kBool: return 0;
-    case torch::kUInt8: return 1;
-    case torch::kInt8: return 2;
-    case torch::kInt16: return 5;
-    case torch::kFloat16: return 7;
-    case torch::kBFloat16: return 8;
-    case torch::kInt32: return 9;
-    case torch::kFloat32: return 11;
-    case torch::kFloat64: return 12;
-    case torch::kInt64: return 13;
-    default: return -1;
+    case torch::kBool:
+      return 0;
+    case torch::kUInt8:
+      return 1;
+    case torch::kInt8:
+      return 2;
+    case torch::kInt16:
+      return 5;
+    case torch::kFloat16:
+      return 7;
+    case torch::kBFloat16:
+      return 8;
+    case torch::kInt32:
+      return 9;
+    case torch::kFloat32:
+      return 11;
+    case torch::kFloat64:
+      return 12;
+    case torch::kInt64:
+      return 13;
+    default:
+      return -1;
   }
 }
 
@@ -85,7 +96,7 @@ struct File::Mapping {
 File File::open(const std::filesystem::path& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   DL_CHECK(fd >= 0, path.string(), ": cannot open safetensors file: ", std::strerror(errno));
-  struct stat st {};
+  struct stat st{};
   if (fstat(fd, &st) != 0) {
     int err = errno;
     ::close(fd);
@@ -109,7 +120,8 @@ File File::open(const std::filesystem::path& path) {
 }
 
 File File::parse(const uint8_t* data, size_t size, const std::string& label) {
-  DL_CHECK(size >= 8, label, ": not a safetensors file (", size, " bytes, need at least the 8-byte header length)");
+  DL_CHECK(size >= 8, label, ": not a safetensors file (", size,
+           " bytes, need at least the 8-byte header length)");
   const uint64_t header_len = read_u64_le(data);
   DL_CHECK(header_len <= kMaxHeaderBytes, label, ": header length ", header_len, " exceeds the limit of ",
            kMaxHeaderBytes, " bytes");
@@ -151,22 +163,23 @@ File File::parse(const uint8_t* data, size_t size, const std::string& label) {
     DL_CHECK(entry["shape"].is_array(), label, ": tensor '", name, "' shape is not a list");
     uint64_t numel = 1;
     for (const auto& d : entry["shape"]) {
-      DL_CHECK(d.is_number_unsigned() || (d.is_number_integer() && d.get<int64_t>() >= 0), label, ": tensor '",
-               name, "' has an invalid dimension ", d.dump());
+      DL_CHECK(d.is_number_unsigned() || (d.is_number_integer() && d.get<int64_t>() >= 0), label,
+               ": tensor '", name, "' has an invalid dimension ", d.dump());
       uint64_t dim = d.get<uint64_t>();
       DL_CHECK(dim == 0 || numel <= UINT64_MAX / dim / 8, label, ": tensor '", name, "' shape overflows");
       numel *= dim;
       info.shape.push_back(static_cast<int64_t>(dim));
     }
     const auto& offs = entry["data_offsets"];
-    DL_CHECK(offs.is_array() && offs.size() == 2 && offs[0].is_number_unsigned() && offs[1].is_number_unsigned(),
-             label, ": tensor '", name, "' data_offsets must be two non-negative integers");
+    DL_CHECK(
+        offs.is_array() && offs.size() == 2 && offs[0].is_number_unsigned() && offs[1].is_number_unsigned(),
+        label, ": tensor '", name, "' data_offsets must be two non-negative integers");
     info.begin = offs[0].get<uint64_t>();
     info.end = offs[1].get<uint64_t>();
     DL_CHECK(info.begin <= info.end && info.end <= data_size, label, ": tensor '", name, "' data_offsets [",
              info.begin, ", ", info.end, "] out of bounds of the ", data_size, "-byte data buffer");
-    DL_CHECK(info.end - info.begin == numel * dt->bytes, label, ": tensor '", name, "' has ", info.end - info.begin,
-             " bytes but shape and dtype ", info.dtype, " need ", numel * dt->bytes);
+    DL_CHECK(info.end - info.begin == numel * dt->bytes, label, ": tensor '", name, "' has ",
+             info.end - info.begin, " bytes but shape and dtype ", info.dtype, " need ", numel * dt->bytes);
     auto [pos, inserted] = file.tensors_.emplace(name, std::move(info));
     DL_CHECK(inserted, label, ": tensor '", name, "' appears twice");
     by_offset.push_back(&pos->second);
@@ -177,15 +190,18 @@ File File::parse(const uint8_t* data, size_t size, const std::string& label) {
   });
   uint64_t cursor = 0;
   for (const TensorInfo* t : by_offset) {
-    DL_CHECK(t->begin == cursor, label, ": tensor '", t->name, "' starts at byte ", t->begin, " but the previous tensor ends at ",
-             cursor, " (data overlaps or has a gap)");
+    DL_CHECK(t->begin == cursor, label, ": tensor '", t->name, "' starts at byte ", t->begin,
+             " but the previous tensor ends at ", cursor, " (data overlaps or has a gap)");
     cursor = t->end;
   }
-  DL_CHECK(cursor == data_size, label, ": ", data_size - cursor, " bytes of trailing data after the last tensor");
+  DL_CHECK(cursor == data_size, label, ": ", data_size - cursor,
+           " bytes of trailing data after the last tensor");
   return file;
 }
 
-bool File::contains(const std::string& name) const { return tensors_.count(name) > 0; }
+bool File::contains(const std::string& name) const {
+  return tensors_.count(name) > 0;
+}
 
 std::vector<std::string> File::names() const {
   std::vector<const TensorInfo*> infos;

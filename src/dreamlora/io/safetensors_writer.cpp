@@ -56,7 +56,8 @@ void save_streamed(const std::filesystem::path& path, const NamedTensors& tensor
     write_all(fd, json.data(), json.size(), tmp);
     for (const auto* named : order) {
       torch::Tensor t = named->second.detach().to(torch::kCPU).contiguous();
-      write_all(fd, static_cast<const char*>(t.data_ptr()), static_cast<size_t>(t.numel()) * t.element_size(), tmp);
+      write_all(fd, static_cast<const char*>(t.data_ptr()), static_cast<size_t>(t.numel()) * t.element_size(),
+                tmp);
     }
     DL_CHECK(::fsync(fd) == 0, tmp, ": fsync failed: ", std::strerror(errno));
   } catch (...) {

@@ -115,7 +115,9 @@ std::string to_string(ModelFamily family) {
   }
 }
 
-LoRAModules collect_lora(torch::nn::Module& model) { return collect_lora(lora_layers(model)); }
+LoRAModules collect_lora(torch::nn::Module& model) {
+  return collect_lora(lora_layers(model));
+}
 
 LoRAModules collect_lora(const std::vector<std::pair<std::string, nn::LinearWithLora>>& layers) {
   LoRAModules out;

@@ -36,7 +36,8 @@ bool matches_target(const std::string& module_path, const std::string& target);
 
 // Enables an adapter on every nn::LinearWithLora whose path matches a target, in named_modules order, so the
 // gaussian init of A (N(0, 1/r)) draws from gen in named_parameters order as peft does; B starts at 0.
-// Errors: a target matching no module; a match that is not an nn::LinearWithLora (e.g. a Conv2d); an empty list.
+// Errors: a target matching no module; a match that is not an nn::LinearWithLora (e.g. a Conv2d); an empty
+// list.
 InjectionReport inject_lora(torch::nn::Module& model, const std::vector<std::string>& targets,
                             const nn::LoRAOptions& options, at::Generator gen);
 

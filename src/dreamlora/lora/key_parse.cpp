@@ -38,7 +38,6 @@ const std::vector<std::pair<std::string, std::string>> kKohyaPrefixes = {{"lora_
 const std::vector<std::string> kComponents = {"text_encoder_2", "text_encoder", "unet"};
 const std::string kPeftWrapper = "base_model.model.";
 
-
 struct KeyParts {
   std::string component, path;
   Role role;

@@ -1,13 +1,12 @@
 #include "dreamlora/nn/attention.h"
 
-#include "dreamlora/nn/fused_attention.h"
-
 #include <torch/torch.h>
-
 #include <torch/version.h>
 
 #include <cmath>
 #include <limits>
+
+#include "dreamlora/nn/fused_attention.h"
 
 namespace dreamlora::nn {
 
@@ -29,8 +28,8 @@ namespace {
 // Largest score block materialised at once by the fallback path (bytes).
 constexpr int64_t kScoreBudgetBytes = 256ll << 20;
 
-torch::Tensor attention_sliced(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, bool causal,
-                               bool upcast) {
+torch::Tensor attention_sliced(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               bool causal, bool upcast) {
   const auto b = q.size(0), h = q.size(1), lq = q.size(2), lk = k.size(2), d = q.size(3);
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   auto q3 = q.reshape({b * h, lq, d});
@@ -41,7 +40,8 @@ torch::Tensor attention_sliced(const torch::Tensor& q, const torch::Tensor& k, c
   if (causal) mask = torch::ones({lq, lk}, q.options().dtype(torch::kBool)).triu(1);
 
   const int64_t per_slice = lq * lk * static_cast<int64_t>(torch::elementSize(compute_type));
-  const int64_t slice = std::max<int64_t>(1, std::min<int64_t>(b * h, kScoreBudgetBytes / std::max<int64_t>(per_slice, 1)));
+  const int64_t slice =
+      std::max<int64_t>(1, std::min<int64_t>(b * h, kScoreBudgetBytes / std::max<int64_t>(per_slice, 1)));
   std::vector<torch::Tensor> outs;
   for (int64_t start = 0; start < b * h; start += slice) {
     auto end = std::min(start + slice, b * h);
@@ -67,7 +67,8 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
   // diffusers' AttnProcessor2_0 ignores it too). On the CPU the fused row kernel still wins for tiny
   // heads (bench_attention, docs/PERFORMANCE.md: head_dim 4 and 8 faster, 16 and up slower).
   constexpr int64_t kFusedBeatsSdpaUpToHeadDim = 8;
-  if (q.size(-1) <= kFusedBeatsSdpaUpToHeadDim && fused_attention_supports(q, k, v)) return fused_attention(q, k, v, causal);
+  if (q.size(-1) <= kFusedBeatsSdpaUpToHeadDim && fused_attention_supports(q, k, v))
+    return fused_attention(q, k, v, causal);
   return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/causal);
 #else
   // fp32 on CPU: blockwise kernel that keeps no [L, L] probabilities for backward (upcast is a no-op).

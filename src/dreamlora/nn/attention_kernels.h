@@ -31,8 +31,8 @@ struct RowKernels {
                        float* scratch);
   // All rows of one head, given out and lse of the forward pass and dout [Lq, Dv]: dq [Lq, D] is written,
   // dkT [D, ld] and dvT [Dv, ld] are accumulated into (zero them first). scratch: 2 * Lk floats.
-  void (*backward_head)(const AttentionHead& h, const float* out, const float* lse, const float* dout, float* dq,
-                        float* dkT, float* dvT, float* scratch);
+  void (*backward_head)(const AttentionHead& h, const float* out, const float* lse, const float* dout,
+                        float* dq, float* dkT, float* dvT, float* scratch);
   const char* isa;  // "avx2" or "generic"
 };
 

@@ -2,10 +2,10 @@
 #define DL_ATTENTION_ISA generic
 #define DL_ATTENTION_ISA_NAME "generic"
 #define DL_ATTENTION_VECTOR_BYTES 16
-#include "dreamlora/nn/attention_kernels.inc"
-
 #include <cstdlib>
 #include <string>
+
+#include "dreamlora/nn/attention_kernels.inc"
 
 namespace dreamlora::nn::kernels {
 

@@ -3,16 +3,15 @@
 // row's logsumexp, and recomputes the probabilities in backward. The row kernels are attention_kernels.*.
 #include "dreamlora/nn/fused_attention.h"
 
-#include "dreamlora/common/error.h"
-#include "dreamlora/nn/attention_kernels.h"
-
-#include <torch/torch.h>
-
 #include <ATen/Parallel.h>
+#include <torch/torch.h>
 
 #include <algorithm>
 #include <cmath>
 #include <vector>
+
+#include "dreamlora/common/error.h"
+#include "dreamlora/nn/attention_kernels.h"
 
 namespace dreamlora::nn {
 
@@ -34,8 +33,15 @@ Tensor transposed_padded(const Tensor& x, int64_t n, int64_t l, int64_t d) {
 kernels::AttentionHead head_view(const Tensor& qs, const Tensor& kT, const Tensor& vT, int64_t lk, int64_t n,
                                  bool causal) {
   const int64_t lq = qs.size(1), d = qs.size(2), dv = vT.size(1), ld = kT.size(2);
-  return {qs.data_ptr<float>() + n * lq * d, kT.data_ptr<float>() + n * d * ld, vT.data_ptr<float>() + n * dv * ld,
-          lq, lk, d, dv, ld, causal};
+  return {qs.data_ptr<float>() + n * lq * d,
+          kT.data_ptr<float>() + n * d * ld,
+          vT.data_ptr<float>() + n * dv * ld,
+          lq,
+          lk,
+          d,
+          dv,
+          ld,
+          causal};
 }
 
 // qs: [N, Lq, D] (pre-scaled), kT: [N, D, ld], vT: [N, Dv, ld] -> out [N, Lq, Dv], lse [N, Lq].
@@ -50,8 +56,8 @@ void forward_heads(const Tensor& qs, const Tensor& kT, const Tensor& vT, int64_t
     std::vector<float> scratch(static_cast<size_t>(lk));
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / blocks, r0 = (t % blocks) * kRowsPerTask;
-      k.forward_rows(head_view(qs, kT, vT, lk, n, causal), r0, std::min(lq, r0 + kRowsPerTask), o_ptr + n * lq * dv,
-                     lse_ptr + n * lq, scratch.data());
+      k.forward_rows(head_view(qs, kT, vT, lk, n, causal), r0, std::min(lq, r0 + kRowsPerTask),
+                     o_ptr + n * lq * dv, lse_ptr + n * lq, scratch.data());
     }
   });
 }
@@ -80,12 +86,13 @@ Grads backward_heads(const Tensor& qs, const Tensor& kT, const Tensor& vT, int64
 
 struct FusedAttentionFunction : public torch::autograd::Function<FusedAttentionFunction> {
   // q: [B, h, Lq, D], k: [B, h, Lk, D], v: [B, h, Lk, Dv] -> [B, h, Lq, Dv]
-  static Tensor forward(AutogradContext* ctx, const Tensor& q, const Tensor& k, const Tensor& v, bool causal) {
+  static Tensor forward(AutogradContext* ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+                        bool causal) {
     const int64_t b = q.size(0), h = q.size(1), lq = q.size(2), d = q.size(3), lk = k.size(2), dv = v.size(3);
     const double scale = 1.0 / std::sqrt(static_cast<double>(d));
     auto qs = (q.detach() * scale).reshape({b * h, lq, d}).contiguous();  // [N, Lq, D]
-    auto kT = transposed_padded(k, b * h, lk, d);   // [N, D, ld]
-    auto vT = transposed_padded(v, b * h, lk, dv);  // [N, Dv, ld]
+    auto kT = transposed_padded(k, b * h, lk, d);                         // [N, D, ld]
+    auto vT = transposed_padded(v, b * h, lk, dv);                        // [N, Dv, ld]
     auto out = at::empty({b * h, lq, dv}, qs.options());
     auto lse = at::empty({b * h, lq}, qs.options());
     forward_heads(qs, kT, vT, lk, causal, out, lse);
@@ -101,7 +108,8 @@ struct FusedAttentionFunction : public torch::autograd::Function<FusedAttentionF
     const auto &qs = saved[0], &kT = saved[1], &vT = saved[2], &out = saved[3], &lse = saved[4];
     const bool causal = ctx->saved_data["causal"].toBool();
     const double scale = ctx->saved_data["scale"].toDouble();
-    const int64_t n = qs.size(0), lq = qs.size(1), d = qs.size(2), lk = ctx->saved_data["lk"].toInt(), dv = vT.size(1);
+    const int64_t n = qs.size(0), lq = qs.size(1), d = qs.size(2), lk = ctx->saved_data["lk"].toInt(),
+                  dv = vT.size(1);
     auto dout = grads[0].detach().reshape({n, lq, dv}).contiguous();  // [N, Lq, Dv]
     auto g = backward_heads(qs, kT, vT, lk, out, lse, dout, causal);
     g.dq.mul_(scale);
@@ -116,14 +124,18 @@ struct FusedAttentionFunction : public torch::autograd::Function<FusedAttentionF
 bool fused_attention_supports(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
   if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4) return false;
   for (const auto* t : {&q, &k, &v})
-    if (t->scalar_type() != torch::kFloat32 || !t->device().is_cpu() || t->layout() != torch::kStrided) return false;
-  return q.size(0) == k.size(0) && q.size(0) == v.size(0) && q.size(1) == k.size(1) && q.size(1) == v.size(1) &&
-         q.size(3) == k.size(3) && k.size(2) == v.size(2) && q.size(2) > 0 && k.size(2) > 0 && q.size(3) > 0;
+    if (t->scalar_type() != torch::kFloat32 || !t->device().is_cpu() || t->layout() != torch::kStrided)
+      return false;
+  return q.size(0) == k.size(0) && q.size(0) == v.size(0) && q.size(1) == k.size(1) &&
+         q.size(1) == v.size(1) && q.size(3) == k.size(3) && k.size(2) == v.size(2) && q.size(2) > 0 &&
+         k.size(2) > 0 && q.size(3) > 0;
 }
 
-torch::Tensor fused_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, bool causal) {
-  DL_CHECK(fused_attention_supports(q, k, v), "fused_attention: expected CPU fp32 q [B,h,Lq,D], k [B,h,Lk,D], ",
-              "v [B,h,Lk,Dv]; got q ", q.sizes(), " ", q.scalar_type(), ", k ", k.sizes(), ", v ", v.sizes());
+torch::Tensor fused_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                              bool causal) {
+  DL_CHECK(fused_attention_supports(q, k, v),
+           "fused_attention: expected CPU fp32 q [B,h,Lq,D], k [B,h,Lk,D], ", "v [B,h,Lk,Dv]; got q ",
+           q.sizes(), " ", q.scalar_type(), ", k ", k.sizes(), ", v ", v.sizes());
   return FusedAttentionFunction::apply(q, k, v, causal);
 }
 

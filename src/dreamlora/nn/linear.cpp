@@ -11,10 +11,13 @@ double lora_scale(double alpha, int64_t rank) {
   return alpha / static_cast<double>(rank);
 }
 
-LoRAAdapterImpl::LoRAAdapterImpl(int64_t in_features, int64_t out_features, LoRAOptions opts) : options(opts) {
+LoRAAdapterImpl::LoRAAdapterImpl(int64_t in_features, int64_t out_features, LoRAOptions opts)
+    : options(opts) {
   DL_CHECK(opts.rank > 0, "LoRA rank must be positive, got ", opts.rank);
-  down = register_module("down", torch::nn::Linear(torch::nn::LinearOptions(in_features, opts.rank).bias(false)));
-  up = register_module("up", torch::nn::Linear(torch::nn::LinearOptions(opts.rank, out_features).bias(false)));
+  down = register_module("down",
+                         torch::nn::Linear(torch::nn::LinearOptions(in_features, opts.rank).bias(false)));
+  up =
+      register_module("up", torch::nn::Linear(torch::nn::LinearOptions(opts.rank, out_features).bias(false)));
 }
 
 torch::Tensor LoRAAdapterImpl::forward(const torch::Tensor& x) {
@@ -23,7 +26,8 @@ torch::Tensor LoRAAdapterImpl::forward(const torch::Tensor& x) {
   return up(down(h)) * (lora_scale(options.alpha, options.rank) * multiplier);
 }
 
-LinearWithLoraImpl::LinearWithLoraImpl(int64_t in, int64_t out, bool with_bias) : in_features(in), out_features(out) {
+LinearWithLoraImpl::LinearWithLoraImpl(int64_t in, int64_t out, bool with_bias)
+    : in_features(in), out_features(out) {
   // Same initialisation as torch.nn.Linear, so a randomly initialised model behaves like diffusers'.
   torch::nn::Linear init(torch::nn::LinearOptions(in, out).bias(with_bias));
   weight = register_parameter("weight", init->weight.detach().clone());

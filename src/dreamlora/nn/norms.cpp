@@ -8,7 +8,9 @@ namespace {
 bool all_fp32(const torch::Tensor& x, const torch::Tensor& weight) {
   return x.scalar_type() == torch::kFloat32 && (!weight.defined() || weight.scalar_type() == torch::kFloat32);
 }
-torch::Tensor fp32_or_undefined(const torch::Tensor& t) { return t.defined() ? t.to(torch::kFloat32) : t; }
+torch::Tensor fp32_or_undefined(const torch::Tensor& t) {
+  return t.defined() ? t.to(torch::kFloat32) : t;
+}
 }  // namespace
 
 torch::Tensor group_norm_fp32(const torch::nn::GroupNorm& norm, const torch::Tensor& x) {

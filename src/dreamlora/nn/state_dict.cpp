@@ -9,7 +9,9 @@
 namespace dreamlora::nn {
 
 namespace {
-bool is_lora_key(const std::string& key) { return key.find(".lora.") != std::string::npos || key.rfind("lora.", 0) == 0; }
+bool is_lora_key(const std::string& key) {
+  return key.find(".lora.") != std::string::npos || key.rfind("lora.", 0) == 0;
+}
 
 std::string join_first(const std::vector<std::string>& items, size_t limit) {
   std::ostringstream os;
@@ -33,7 +35,8 @@ void load_state_dict_strict(torch::nn::Module& module, const std::map<std::strin
   for (const auto& [name, tensor] : own) {
     if (is_lora_key(name)) continue;
     auto it = weights.find(name);
-    if (it == weights.end()) missing.push_back(name);
+    if (it == weights.end())
+      missing.push_back(name);
     else if (it->second.sizes() != tensor.sizes())
       mismatched.push_back(str(name, " (file ", it->second.sizes(), ", model ", tensor.sizes(), ")"));
   }

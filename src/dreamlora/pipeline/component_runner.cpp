@@ -30,7 +30,8 @@ torch::Tensor input(const Tensors& in, const std::string& name, const std::strin
                     int64_t dims) {
   auto it = in.find(name);
   DL_CHECK(it != in.end(), "--inputs: missing tensor '", name, "' (expected ", shape, ")");
-  DL_CHECK(it->second.dim() == dims, "--inputs: tensor '", name, "' has shape ", it->second.sizes(), ", expected ", shape);
+  DL_CHECK(it->second.dim() == dims, "--inputs: tensor '", name, "' has shape ", it->second.sizes(),
+           ", expected ", shape);
   return it->second.to(dtype);
 }
 
@@ -71,10 +72,14 @@ void apply_lora_file(ModelBundle& model, const std::string& path, double scale) 
   auto weights = lora::load_lora_file(path, lora::UNetLayout::from_unet(*model.unet));
   for (const auto& [component, modules] : weights.components) {
     torch::nn::Module* target = nullptr;
-    if (component == "unet") target = model.unet.get();
-    else if (component == "text_encoder") target = model.text.text_encoder.get();
-    else if (component == "text_encoder_2" && model.sdxl) target = model.text.text_encoder_2.get();
-    DL_CHECK(target != nullptr, path, ": LoRA for component '", component, "' which this model does not have");
+    if (component == "unet")
+      target = model.unet.get();
+    else if (component == "text_encoder")
+      target = model.text.text_encoder.get();
+    else if (component == "text_encoder_2" && model.sdxl)
+      target = model.text.text_encoder_2.get();
+    DL_CHECK(target != nullptr, path, ": LoRA for component '", component,
+             "' which this model does not have");
     lora::apply_lora(*target, modules, path);
     // Merged into the base weights: sampling runs at the speed of the plain model.
     lora::fuse_lora(*target, scale);
@@ -95,14 +100,17 @@ Tensors run_component(const ComponentRunArgs& args) {
   Tensors in = io::safetensors::File::open(args.inputs).load_all();
   torch::NoGradGuard no_grad;
   if (c == "text_encoder" || c == "text_encoder_2") {
-    auto te = single ? single->text_encoder(c, torch::kFloat32) : text::load_clip_text_model(dir.component_dir(c), args.variant);
+    auto te = single ? single->text_encoder(c, torch::kFloat32)
+                     : text::load_clip_text_model(dir.component_dir(c), args.variant);
     apply_to(*te, c, args, lora::UNetLayout::sdxl_base());
     auto ids = input(in, "input_ids", "int64 [B, 77]", torch::kInt64, 2);
     auto out = te->forward(ids, /*output_hidden_states=*/true);
     Tensors result = {{"last_hidden_state", out.last_hidden_state},
                       {"penultimate_hidden_state", out.hidden_states.at(out.hidden_states.size() - 2)}};
-    if (out.text_embeds.defined()) result["text_embeds"] = out.text_embeds;
-    else result["pooler_output"] = out.pooler_output;
+    if (out.text_embeds.defined())
+      result["text_embeds"] = out.text_embeds;
+    else
+      result["pooler_output"] = out.pooler_output;
     return result;
   }
   if (c == "unet") {
@@ -121,7 +129,8 @@ Tensors run_component(const ComponentRunArgs& args) {
     return {{"sample", unet->forward(sample, t, ehs, text_embeds, time_ids)}};
   }
   if (c == "vae_encoder" || c == "vae_decoder") {
-    auto vae = single ? single->vae(torch::kFloat32) : vae::AutoencoderKLImpl::load(dir.component_dir("vae"), args.variant);
+    auto vae = single ? single->vae(torch::kFloat32)
+                      : vae::AutoencoderKLImpl::load(dir.component_dir("vae"), args.variant);
     if (c == "vae_encoder") {
       auto dist = vae->encode(input(in, "sample", "[B, 3, H, W] in [-1, 1]", vae->dtype(), 4));
       return {{"mean", dist.mean}, {"logvar", dist.logvar}};

@@ -25,12 +25,16 @@ ModelBundle load_folder(const fs::path& root, const LoadOptions& options) {
   check_class(dir, "unet", "UNet2DConditionModel");
   check_class(dir, "vae", "AutoencoderKL");
   check_class(dir, "text_encoder", "CLIPTextModel");
-  b.text.tokenizer = std::make_shared<const text::CLIPTokenizer>(text::CLIPTokenizer::load(dir.component_dir("tokenizer")));
-  b.text.text_encoder = text::load_clip_text_model(dir.component_dir("text_encoder"), options.variant, options.dtype);
+  b.text.tokenizer =
+      std::make_shared<const text::CLIPTokenizer>(text::CLIPTokenizer::load(dir.component_dir("tokenizer")));
+  b.text.text_encoder =
+      text::load_clip_text_model(dir.component_dir("text_encoder"), options.variant, options.dtype);
   if (b.sdxl) {
     check_class(dir, "text_encoder_2", "CLIPTextModelWithProjection");
-    b.text.tokenizer_2 = std::make_shared<const text::CLIPTokenizer>(text::CLIPTokenizer::load(dir.component_dir("tokenizer_2")));
-    b.text.text_encoder_2 = text::load_clip_text_model(dir.component_dir("text_encoder_2"), options.variant, options.dtype);
+    b.text.tokenizer_2 = std::make_shared<const text::CLIPTokenizer>(
+        text::CLIPTokenizer::load(dir.component_dir("tokenizer_2")));
+    b.text.text_encoder_2 =
+        text::load_clip_text_model(dir.component_dir("text_encoder_2"), options.variant, options.dtype);
   }
   b.unet = unet::UNet2DConditionModelImpl::load(dir.component_dir("unet"), options.variant, options.dtype);
   // The VAE stays fp32 when its config asks for it (force_upcast): SD-XL's VAE overflows in fp16.
@@ -44,14 +48,16 @@ ModelBundle load_folder(const fs::path& root, const LoadOptions& options) {
 ModelBundle ModelBundle::load(const fs::path& root, const LoadOptions& options) {
   ModelBundle b;
   if (is_single_file_checkpoint(root)) {
-    DL_CHECK(options.variant.empty(), root.string(), ": --variant selects weight files in a diffusers folder; a "
+    DL_CHECK(options.variant.empty(), root.string(),
+             ": --variant selects weight files in a diffusers folder; a "
              "single-file checkpoint has one set of weights");
     b = SingleFileCheckpoint::open(root, options.model_config).bundle(options);
   } else {
     b = load_folder(root, options);
   }
-  for (torch::nn::Module* m : {static_cast<torch::nn::Module*>(b.unet.get()), static_cast<torch::nn::Module*>(b.vae.get()),
-                               static_cast<torch::nn::Module*>(b.text.text_encoder.get())}) {
+  for (torch::nn::Module* m :
+       {static_cast<torch::nn::Module*>(b.unet.get()), static_cast<torch::nn::Module*>(b.vae.get()),
+        static_cast<torch::nn::Module*>(b.text.text_encoder.get())}) {
     m->to(options.device);
     m->eval();
     for (auto& p : m->parameters()) p.set_requires_grad(false);

@@ -14,8 +14,8 @@
 namespace dreamlora::pipeline {
 
 struct LoadOptions {
-  std::string variant;                       // "" or e.g. "fp16"
-  torch::Dtype dtype = torch::kFloat32;      // frozen weights (UNet, text encoders)
+  std::string variant;                   // "" or e.g. "fp16"
+  torch::Dtype dtype = torch::kFloat32;  // frozen weights (UNet, text encoders)
   torch::Device device = torch::kCPU;
   // Single-file checkpoints: the diffusers folder whose configs and tokenizers describe the architecture.
   std::filesystem::path model_config;

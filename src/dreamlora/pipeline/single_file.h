@@ -17,13 +17,15 @@ class SingleFileCheckpoint {
  public:
   // Opens the file, detects its family and checks config_dir against it (config_dir "" is an error
   // saying what was detected and what to pass).
-  static SingleFileCheckpoint open(const std::filesystem::path& file, const std::filesystem::path& config_dir);
+  static SingleFileCheckpoint open(const std::filesystem::path& file,
+                                   const std::filesystem::path& config_dir);
 
   const convert::FamilyDetection& detection() const { return detection_; }
   const std::filesystem::path& config_dir() const { return config_dir_; }
   unet::UNet2DConditionModel unet(torch::Dtype dtype) const;
   vae::AutoencoderKL vae(torch::Dtype dtype) const;
-  text::CLIPTextModel text_encoder(const std::string& component, torch::Dtype dtype) const;  // text_encoder(_2)
+  text::CLIPTextModel text_encoder(const std::string& component,
+                                   torch::Dtype dtype) const;  // text_encoder(_2)
   ModelBundle bundle(const LoadOptions& options) const;
 
  private:

@@ -13,16 +13,19 @@ namespace dreamlora::pipeline {
 
 namespace {
 
-int64_t default_size(const ModelBundle& model) { return model.unet->config.sample_size.value_or(64) * model.vae_scale_factor(); }
+int64_t default_size(const ModelBundle& model) {
+  return model.unet->config.sample_size.value_or(64) * model.vae_scale_factor();
+}
 
 }  // namespace
 
 void check_sample_options(const ModelBundle& model, const SampleOptions& o) {
   const int64_t f = model.vae_scale_factor();
-  const int64_t w = o.width > 0 ? o.width : default_size(model), h = o.height > 0 ? o.height : default_size(model);
+  const int64_t w = o.width > 0 ? o.width : default_size(model),
+                h = o.height > 0 ? o.height : default_size(model);
   const int64_t multiple = std::max<int64_t>(8, f);
-  DL_CHECK(w % multiple == 0 && h % multiple == 0 && w > 0 && h > 0, "--width/--height must be positive multiples of ",
-           multiple, ", got ", w, "x", h);
+  DL_CHECK(w % multiple == 0 && h % multiple == 0 && w > 0 && h > 0,
+           "--width/--height must be positive multiples of ", multiple, ", got ", w, "x", h);
   DL_CHECK(o.steps >= 1 && o.steps <= 1000, "--steps must be in 1..1000, got ", o.steps);
   DL_CHECK(o.num_images >= 1, "--num-images must be at least 1, got ", o.num_images);
   DL_CHECK(!o.prompt.empty(), "--prompt is required");
@@ -36,7 +39,7 @@ void check_sample_options(const ModelBundle& model, const SampleOptions& o) {
 }
 
 std::vector<io::Image> text_to_image(ModelBundle& model, const SampleOptions& o,
-                                 const std::function<void(int64_t, int64_t)>& progress) {
+                                     const std::function<void(int64_t, int64_t)>& progress) {
   check_sample_options(model, o);
   torch::NoGradGuard no_grad;
   const int64_t f = model.vae_scale_factor();
@@ -62,7 +65,8 @@ std::vector<io::Image> text_to_image(ModelBundle& model, const SampleOptions& o,
   auto embeds = cfg ? torch::cat({neg.prompt_embeds, pos.prompt_embeds}) : pos.prompt_embeds;
   torch::Tensor pooled, time_ids;
   if (model.sdxl) {
-    pooled = cfg ? torch::cat({neg.pooled_prompt_embeds, pos.pooled_prompt_embeds}) : pos.pooled_prompt_embeds;
+    pooled =
+        cfg ? torch::cat({neg.pooled_prompt_embeds, pos.pooled_prompt_embeds}) : pos.pooled_prompt_embeds;
     const float oh = static_cast<float>(o.original_height > 0 ? o.original_height : height);
     const float ow = static_cast<float>(o.original_width > 0 ? o.original_width : width);
     auto ids = torch::tensor({oh, ow, static_cast<float>(o.crop_top), static_cast<float>(o.crop_left),
@@ -96,7 +100,8 @@ std::vector<io::Image> text_to_image(ModelBundle& model, const SampleOptions& o,
     auto input = cfg ? torch::cat({latents, latents}) : latents;
     input = sampler->scale_model_input(input, t);
     auto t_batch = torch::full({input.size(0)}, t, torch::kFloat32).to(device);
-    auto pred = model.unet->forward(input.to(device, dtype), t_batch, embeds, pooled, time_ids).to(torch::kCPU, torch::kFloat32);
+    auto pred = model.unet->forward(input.to(device, dtype), t_batch, embeds, pooled, time_ids)
+                    .to(torch::kCPU, torch::kFloat32);
     if (cfg) {
       auto parts = pred.chunk(2);
       pred = parts[0] + o.guidance * (parts[1] - parts[0]);
@@ -110,12 +115,14 @@ std::vector<io::Image> text_to_image(ModelBundle& model, const SampleOptions& o,
   return io::tensor_to_images((image.to(torch::kFloat32) / 2 + 0.5).clamp(0, 1));
 }
 
-io::TextChunks sample_metadata(const SampleOptions& o, int64_t image_index, const std::string& lora_description) {
+io::TextChunks sample_metadata(const SampleOptions& o, int64_t image_index,
+                               const std::string& lora_description) {
   std::ostringstream params;
   params << o.prompt << "\n";
   if (!o.negative_prompt.empty()) params << "Negative prompt: " << o.negative_prompt << "\n";
-  params << "Steps: " << o.steps << ", Sampler: " << o.sampler << ", CFG scale: " << o.guidance << ", Seed: " << o.seed
-         << ", Size: " << o.width << "x" << o.height << ", Batch pos: " << image_index;
+  params << "Steps: " << o.steps << ", Sampler: " << o.sampler << ", CFG scale: " << o.guidance
+         << ", Seed: " << o.seed << ", Size: " << o.width << "x" << o.height
+         << ", Batch pos: " << image_index;
   if (!lora_description.empty()) params << ", LoRA: " << lora_description;
   params << ", Software: dreamlora";
   return {{"parameters", params.str()},

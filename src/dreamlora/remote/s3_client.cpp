@@ -33,7 +33,8 @@ std::string env_or(const char* name, const std::string& fallback = "") {
 }
 
 // The [profile] section of an AWS shared credentials file as key → value.
-std::map<std::string, std::string> read_credentials_profile(const fs::path& file, const std::string& profile) {
+std::map<std::string, std::string> read_credentials_profile(const fs::path& file,
+                                                            const std::string& profile) {
   std::map<std::string, std::string> out;
   std::ifstream in(file);
   std::string line, section;
@@ -45,7 +46,8 @@ std::map<std::string, std::string> read_credentials_profile(const fs::path& file
       continue;
     }
     const auto eq = line.find('=');
-    if (section == profile && eq != std::string::npos) out[trim(line.substr(0, eq))] = trim(line.substr(eq + 1));
+    if (section == profile && eq != std::string::npos)
+      out[trim(line.substr(0, eq))] = trim(line.substr(eq + 1));
   }
   return out;
 }
@@ -107,13 +109,17 @@ std::string hint_for(long status, const std::string& code, const std::string& ke
   const std::string key = " (access key id " + key_id + ")";
   if (code == "InvalidAccessKeyId" || code == "SignatureDoesNotMatch" || code == "InvalidToken" ||
       code == "ExpiredToken" || code == "TokenRefreshRequired")
-    return " — the credentials" + key + " are wrong or expired: check AWS_ACCESS_KEY_ID / "
+    return " — the credentials" + key +
+           " are wrong or expired: check AWS_ACCESS_KEY_ID / "
            "AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN or the AWS_PROFILE section of ~/.aws/credentials";
   if (code == "AccessDenied" || (status == 403 && code.empty()))
-    return " — the credentials" + key + " are wrong, or not allowed to do this: see docs/MIRROR.md for the "
-           "bucket policy (s3:ListBucket, s3:GetObject, s3:PutObject, s3:DeleteObject, s3:AbortMultipartUpload)";
+    return " — the credentials" + key +
+           " are wrong, or not allowed to do this: see docs/MIRROR.md for the "
+           "bucket policy (s3:ListBucket, s3:GetObject, s3:PutObject, s3:DeleteObject, "
+           "s3:AbortMultipartUpload)";
   if (code == "RequestTimeTooSkewed") return " — this machine's clock is off: synchronise it (NTP)";
-  if (code == "NoSuchBucket") return " — the bucket does not exist: create it, or fix the bucket name in --mirror";
+  if (code == "NoSuchBucket")
+    return " — the bucket does not exist: create it, or fix the bucket name in --mirror";
   if (code == "PermanentRedirect" || code == "AuthorizationHeaderMalformed" || status == 301)
     return " — the bucket is in another region: set AWS_REGION to the bucket's region";
   return "";
@@ -143,11 +149,20 @@ std::string xml_escape(const std::string& s) {
   std::string out;
   for (char ch : s) {
     switch (ch) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += ch;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += ch;
     }
   }
   return out;
@@ -176,11 +191,13 @@ std::string s3_uri_encode(const std::string& s, bool keep_slash) {
 
 S3Config S3Config::from_environment(const std::string& endpoint_flag) {
   S3Config c;
-  c.endpoint = !endpoint_flag.empty() ? endpoint_flag : env_or("AWS_ENDPOINT_URL_S3", env_or("AWS_ENDPOINT_URL"));
+  c.endpoint =
+      !endpoint_flag.empty() ? endpoint_flag : env_or("AWS_ENDPOINT_URL_S3", env_or("AWS_ENDPOINT_URL"));
   while (!c.endpoint.empty() && c.endpoint.back() == '/') c.endpoint.pop_back();
   if (!c.endpoint.empty())
     DL_CHECK(c.endpoint.rfind("http://", 0) == 0 || c.endpoint.rfind("https://", 0) == 0,
-             "--s3-endpoint / AWS_ENDPOINT_URL '", c.endpoint, "': expected http://host[:port] or https://host[:port]");
+             "--s3-endpoint / AWS_ENDPOINT_URL '", c.endpoint,
+             "': expected http://host[:port] or https://host[:port]");
   c.region = env_or("AWS_REGION", env_or("AWS_DEFAULT_REGION", "us-east-1"));
   const std::string force = env_or("AWS_S3_FORCE_PATH_STYLE");
   c.path_style = !c.endpoint.empty() || force == "true" || force == "1";
@@ -310,7 +327,8 @@ S3Client::Response S3Client::perform_once(const Request& rq) const {
   // URL: path-style (endpoint/bucket/key) or virtual-hosted (bucket.s3.region.amazonaws.com/key).
   // Buckets with dots break TLS host matching in virtual-hosted form, so they go path-style.
   const bool path_style = config_.path_style || rq.bucket.find('.') != std::string::npos;
-  std::string base = config_.endpoint.empty() ? str("https://s3.", config_.region, ".amazonaws.com") : config_.endpoint;
+  std::string base =
+      config_.endpoint.empty() ? str("https://s3.", config_.region, ".amazonaws.com") : config_.endpoint;
   std::string path;
   if (path_style) {
     path = "/" + s3_uri_encode(rq.bucket, false) + (rq.key.empty() ? "" : "/" + s3_uri_encode(rq.key, true));
@@ -333,8 +351,10 @@ S3Client::Response S3Client::perform_once(const Request& rq) const {
   st.curl = h;
 
   curl_slist* headers = nullptr;
-  const bool has_body = !rq.body_file.empty() || !rq.body.empty() || rq.method == "PUT" || rq.method == "POST";
-  headers = curl_slist_append(headers, str("x-amz-content-sha256: ", has_body ? "UNSIGNED-PAYLOAD" : kEmptySha256).c_str());
+  const bool has_body =
+      !rq.body_file.empty() || !rq.body.empty() || rq.method == "PUT" || rq.method == "POST";
+  headers = curl_slist_append(
+      headers, str("x-amz-content-sha256: ", has_body ? "UNSIGNED-PAYLOAD" : kEmptySha256).c_str());
   if (!config_.session_token.empty())
     headers = curl_slist_append(headers, ("x-amz-security-token: " + config_.session_token).c_str());
   for (const auto& hd : rq.headers) headers = curl_slist_append(headers, hd.c_str());
@@ -397,7 +417,8 @@ S3Client::Response S3Client::perform_once(const Request& rq) const {
     resp.curl_error = str("cannot write ", rq.out_file.string());
   }
   // A 2xx GET whose body was empty never opened the output file; the object is empty.
-  if (resp.curl_code == CURLE_OK && resp.status >= 200 && resp.status < 300 && !rq.out_file.empty() && !st.out)
+  if (resp.curl_code == CURLE_OK && resp.status >= 200 && resp.status < 300 && !rq.out_file.empty() &&
+      !st.out)
     std::ofstream(rq.out_file, std::ios::binary | std::ios::trunc);
   curl_slist_free_all(headers);
   return resp;
@@ -424,17 +445,19 @@ S3Client::Response S3Client::perform(const Request& rq) const {
     if (!retry || attempt >= config_.max_attempts) {
       const std::string attempts = str(" (after ", attempt, attempt == 1 ? " attempt)" : " attempts)");
       if (network)
-        throw S3Error(str("S3 ", rq.what(), ": network error talking to ", config_.describe(), ": ", r.curl_error,
-                          attempts),
+        throw S3Error(str("S3 ", rq.what(), ": network error talking to ", config_.describe(), ": ",
+                          r.curl_error, attempts),
                       0, "", true);
       std::string code = pe.code;
       if (code.empty() && r.status == 404 && rq.method == "HEAD") code = "NotFound";
-      throw S3Error(str("S3 ", rq.what(), ": HTTP ", r.status, code.empty() ? "" : " ", code,
-                        pe.message.empty() ? "" : ": ", pe.message, hint_for(r.status, code, config_.access_key_id),
-                        r.request_id.empty() ? "" : " (request id " + r.request_id + ")", attempts),
-                    r.status, code, false);
+      throw S3Error(
+          str("S3 ", rq.what(), ": HTTP ", r.status, code.empty() ? "" : " ", code,
+              pe.message.empty() ? "" : ": ", pe.message, hint_for(r.status, code, config_.access_key_id),
+              r.request_id.empty() ? "" : " (request id " + r.request_id + ")", attempts),
+          r.status, code, false);
     }
-    const double base = std::min(config_.backoff_max_s, config_.backoff_initial_s * std::pow(2.0, attempt - 1));
+    const double base =
+        std::min(config_.backoff_max_s, config_.backoff_initial_s * std::pow(2.0, attempt - 1));
     const double delay = base * std::uniform_real_distribution<double>(0.5, 1.0)(rng);
     std::this_thread::sleep_for(std::chrono::duration<double>(delay));
   }
@@ -496,7 +519,8 @@ void S3Client::put_multipart(const std::string& bucket, const std::string& key, 
       rq.body_size = std::min(part_size, size - offset);
       Response pr = perform(rq);
       DL_CHECK(!pr.etag.empty(), "S3 ", rq.what(), " part ", part, ": no ETag in the response");
-      complete += str("<Part><PartNumber>", part, "</PartNumber><ETag>", xml_escape(pr.etag), "</ETag></Part>");
+      complete +=
+          str("<Part><PartNumber>", part, "</PartNumber><ETag>", xml_escape(pr.etag), "</ETag></Part>");
     }
     complete += "</CompleteMultipartUpload>";
     Request done;
@@ -544,7 +568,8 @@ std::string S3Client::get_bytes(const std::string& bucket, const std::string& ke
   return perform(rq).body;
 }
 
-std::optional<std::string> S3Client::get_bytes_if_exists(const std::string& bucket, const std::string& key) const {
+std::optional<std::string> S3Client::get_bytes_if_exists(const std::string& bucket,
+                                                         const std::string& key) const {
   Request rq;
   rq.method = "GET";
   rq.bucket = bucket;
@@ -600,7 +625,8 @@ std::vector<S3ObjectInfo> S3Client::list(const std::string& bucket, const std::s
     token = child_text(root, "NextContinuationToken");
     if (out.size() >= limit || child_text(root, "IsTruncated") != "true" || token.empty()) break;
   }
-  std::sort(out.begin(), out.end(), [](const S3ObjectInfo& a, const S3ObjectInfo& b) { return a.key < b.key; });
+  std::sort(out.begin(), out.end(),
+            [](const S3ObjectInfo& a, const S3ObjectInfo& b) { return a.key < b.key; });
   return out;
 }
 

@@ -2,8 +2,8 @@
 // file, HEAD, DELETE and ListObjectsV2, with retries and errors that carry the HTTP status and S3 code.
 #pragma once
 
-#include <cstdint>
 #include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <memory>
 #include <mutex>
@@ -44,7 +44,8 @@ struct S3Config {
 };
 
 // A failed S3 request. what() reads e.g.
-//   "S3 PUT s3://bucket/run/checkpoint-20/MANIFEST.json: HTTP 403 AccessDenied: Access Denied (after 1 attempt)"
+//   "S3 PUT s3://bucket/run/checkpoint-20/MANIFEST.json: HTTP 403 AccessDenied: Access Denied (after 1
+//   attempt)"
 struct S3Error : Error {
   S3Error(const std::string& message, long http_status, std::string s3_code, bool network)
       : Error(message), http_status(http_status), s3_code(std::move(s3_code)), network(network) {}
@@ -73,7 +74,8 @@ class S3Client {
   void put_file(const std::string& bucket, const std::string& key, const std::filesystem::path& file) const;
   void put_bytes(const std::string& bucket, const std::string& key, const std::string& bytes) const;
   // Writes the object to `file` (created or truncated).
-  void get_to_file(const std::string& bucket, const std::string& key, const std::filesystem::path& file) const;
+  void get_to_file(const std::string& bucket, const std::string& key,
+                   const std::filesystem::path& file) const;
   std::string get_bytes(const std::string& bucket, const std::string& key) const;
   // nullopt when the object does not exist (404 NoSuchKey); a missing bucket and other failures throw.
   std::optional<std::string> get_bytes_if_exists(const std::string& bucket, const std::string& key) const;

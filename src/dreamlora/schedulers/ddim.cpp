@@ -22,7 +22,8 @@ void DDIMScheduler::set_timesteps(int64_t n) {
   timesteps_ = to_long_tensor(spaced_timesteps(config_, n, {/*last_timestep=*/T}));
 }
 
-StepOutput DDIMScheduler::step(const torch::Tensor& model_output, double timestep, const torch::Tensor& sample,
+StepOutput DDIMScheduler::step(const torch::Tensor& model_output, double timestep,
+                               const torch::Tensor& sample,
                                c10::optional<at::Generator> /*generator: unused with eta = 0*/) {
   // model_output, sample: [B, C, H, W]
   DL_CHECK(num_inference_steps_ > 0, "DDIMScheduler: call set_timesteps before step");

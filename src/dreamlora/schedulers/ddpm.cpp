@@ -19,16 +19,20 @@ DDPMScheduler DDPMScheduler::from_file(const std::filesystem::path& path) {
   return DDPMScheduler(SchedulerConfig::from_file(path, kDDPM));
 }
 
-torch::Tensor DDPMScheduler::broadcast_to_sample(const torch::Tensor& per_sample, const torch::Tensor& like) const {
-  auto v = per_sample.flatten();  // [B]
+torch::Tensor DDPMScheduler::broadcast_to_sample(const torch::Tensor& per_sample,
+                                                 const torch::Tensor& like) const {
+  auto v = per_sample.flatten();                     // [B]
   while (v.dim() < like.dim()) v = v.unsqueeze(-1);  // [B, 1, ..., 1]
   return v;
 }
 
-void DDPMScheduler::keep_on(torch::Device device) { alphas_cumprod_on_device_ = alphas_cumprod_.to(device); }
+void DDPMScheduler::keep_on(torch::Device device) {
+  alphas_cumprod_on_device_ = alphas_cumprod_.to(device);
+}
 
 torch::Tensor DDPMScheduler::alphas_cumprod_like(const torch::Tensor& like) const {
-  const bool kept = alphas_cumprod_on_device_.defined() && alphas_cumprod_on_device_.device() == like.device();
+  const bool kept =
+      alphas_cumprod_on_device_.defined() && alphas_cumprod_on_device_.device() == like.device();
   return (kept ? alphas_cumprod_on_device_ : alphas_cumprod_.to(like.device())).to(like.scalar_type());
 }
 
@@ -37,7 +41,8 @@ torch::Tensor DDPMScheduler::add_noise(const torch::Tensor& original, const torc
   // original, noise: [B, C, H, W]; timesteps: [B]
   auto ac = alphas_cumprod_like(original);
   auto t = timesteps.to(original.device()).to(torch::kLong);
-  DL_CHECK(t.numel() == original.size(0), "add_noise: ", t.numel(), " timesteps for a batch of ", original.size(0));
+  DL_CHECK(t.numel() == original.size(0), "add_noise: ", t.numel(), " timesteps for a batch of ",
+           original.size(0));
   auto sqrt_alpha_prod = broadcast_to_sample(ac.index({t}).pow(0.5), original);
   auto sqrt_one_minus_alpha_prod = broadcast_to_sample((1 - ac.index({t})).pow(0.5), original);
   return sqrt_alpha_prod * original + sqrt_one_minus_alpha_prod * noise;
@@ -48,7 +53,8 @@ torch::Tensor DDPMScheduler::get_velocity(const torch::Tensor& sample, const tor
   // sample, noise: [B, C, H, W]; timesteps: [B]
   auto ac = alphas_cumprod_like(sample);
   auto t = timesteps.to(sample.device()).to(torch::kLong);
-  DL_CHECK(t.numel() == sample.size(0), "get_velocity: ", t.numel(), " timesteps for a batch of ", sample.size(0));
+  DL_CHECK(t.numel() == sample.size(0), "get_velocity: ", t.numel(), " timesteps for a batch of ",
+           sample.size(0));
   auto sqrt_alpha_prod = broadcast_to_sample(ac.index({t}).pow(0.5), sample);
   auto sqrt_one_minus_alpha_prod = broadcast_to_sample((1 - ac.index({t})).pow(0.5), sample);
   return sqrt_alpha_prod * noise - sqrt_one_minus_alpha_prod * sample;

@@ -18,7 +18,9 @@ AlphaSigma to_alpha_sigma(const torch::Tensor& sigma) {
   auto alpha_t = (sigma.pow(2) + 1).pow(0.5).reciprocal();
   return {alpha_t, sigma * alpha_t};
 }
-torch::Tensor lambda_of(const AlphaSigma& as) { return torch::log(as.alpha) - torch::log(as.sigma); }
+torch::Tensor lambda_of(const AlphaSigma& as) {
+  return torch::log(as.alpha) - torch::log(as.sigma);
+}
 }  // namespace
 
 DPMSolverMultistepScheduler::DPMSolverMultistepScheduler(const SchedulerConfig& config) : Sampler(config) {
@@ -35,8 +37,8 @@ void DPMSolverMultistepScheduler::set_timesteps(int64_t n) {
   // Training timesteps whose log-SNR lies below lambda_min_clipped are never sampled.
   auto lambda_t = torch::log(torch::sqrt(alphas_cumprod_)) - torch::log(torch::sqrt(1 - alphas_cumprod_));
   const int64_t clipped_idx =
-      torch::searchsorted(torch::flip(lambda_t, {0}), torch::tensor(config_.lambda_min_clipped, torch::kFloat64)
-                                                          .to(torch::kFloat32))
+      torch::searchsorted(torch::flip(lambda_t, {0}),
+                          torch::tensor(config_.lambda_min_clipped, torch::kFloat64).to(torch::kFloat32))
           .item<int64_t>();
   const int64_t last_timestep = T - clipped_idx;
 
@@ -47,7 +49,8 @@ void DPMSolverMultistepScheduler::set_timesteps(int64_t n) {
   std::vector<double> sigmas;
   if (config_.use_karras_sigmas) {
     std::vector<double> log_sigmas(train_sigmas.size());
-    for (size_t i = 0; i < train_sigmas.size(); ++i) log_sigmas[i] = std::log(static_cast<float>(train_sigmas[i]));
+    for (size_t i = 0; i < train_sigmas.size(); ++i)
+      log_sigmas[i] = std::log(static_cast<float>(train_sigmas[i]));
     // Here the karras range spans all training sigmas (the flipped table's last/first values).
     const double sigma_min = config_.sigma_min.value_or(train_sigmas.front());
     const double sigma_max = config_.sigma_max.value_or(train_sigmas.back());
@@ -107,17 +110,17 @@ torch::Tensor DPMSolverMultistepScheduler::second_order_update(const torch::Tens
   return (t.sigma / s0.sigma) * sample - phi * D0 + (t.alpha * ((torch::exp(-h) - 1.0) / h + 1.0)) * D1;
 }
 
-StepOutput DPMSolverMultistepScheduler::step(const torch::Tensor& model_output, double timestep,
-                                             const torch::Tensor& sample_in,
-                                             c10::optional<at::Generator> /*generator: unused by dpmsolver++*/) {
+StepOutput DPMSolverMultistepScheduler::step(
+    const torch::Tensor& model_output, double timestep, const torch::Tensor& sample_in,
+    c10::optional<at::Generator> /*generator: unused by dpmsolver++*/) {
   // model_output, sample: [B, C, H, W]
   DL_CHECK(num_inference_steps_ > 0, class_name(), ": call set_timesteps before step");
   if (step_index_ < 0) step_index_ = index_for_timestep(timestep, /*last_if_missing=*/true);
   DL_CHECK(step_index_ + 1 < sigmas_.size(0), class_name(), ": step called after the last timestep");
   const auto n = timesteps_.size(0);
   const bool lower_order_final =
-      step_index_ == n - 1 &&
-      (config_.euler_at_final || (config_.lower_order_final && n < 15) || config_.final_sigmas_type == "zero");
+      step_index_ == n - 1 && (config_.euler_at_final || (config_.lower_order_final && n < 15) ||
+                               config_.final_sigmas_type == "zero");
   const bool lower_order_second = step_index_ == n - 2 && config_.lower_order_final && n < 15;
   (void)lower_order_second;  // only changes third-order steps, which are not implemented
 

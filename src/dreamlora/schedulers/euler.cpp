@@ -72,7 +72,8 @@ torch::Tensor EulerSamplerBase::pred_original(const torch::Tensor& model_output,
 }
 
 StepOutput EulerDiscreteScheduler::step(const torch::Tensor& model_output, double timestep,
-                                        const torch::Tensor& sample_in, c10::optional<at::Generator> generator) {
+                                        const torch::Tensor& sample_in,
+                                        c10::optional<at::Generator> generator) {
   // model_output, sample: [B, C, H, W]
   DL_CHECK(num_inference_steps_ > 0, class_name(), ": call set_timesteps before step");
   init_step_index(timestep);

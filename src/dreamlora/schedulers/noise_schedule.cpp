@@ -54,11 +54,13 @@ torch::Tensor make_betas(const SchedulerConfig& c) {
     betas = torch::linspace(c.beta_start, c.beta_end, T, torch::kFloat32);
   } else if (c.beta_schedule == "scaled_linear") {
     // Python's `x ** 0.5` on floats is libm pow, not sqrt.
-    betas = torch::linspace(std::pow(c.beta_start, 0.5), std::pow(c.beta_end, 0.5), T, torch::kFloat32).pow(2);
+    betas =
+        torch::linspace(std::pow(c.beta_start, 0.5), std::pow(c.beta_end, 0.5), T, torch::kFloat32).pow(2);
   } else if (c.beta_schedule == "squaredcos_cap_v2") {
     betas = betas_for_alpha_bar(T);
   } else if (c.beta_schedule == "sigmoid") {
-    betas = torch::sigmoid(torch::linspace(-6, 6, T, torch::kFloat32)) * (c.beta_end - c.beta_start) + c.beta_start;
+    betas = torch::sigmoid(torch::linspace(-6, 6, T, torch::kFloat32)) * (c.beta_end - c.beta_start) +
+            c.beta_start;
   } else {
     fail(str(c.source, ": unsupported value '", c.beta_schedule, "' for key 'beta_schedule'"));
   }
@@ -66,7 +68,9 @@ torch::Tensor make_betas(const SchedulerConfig& c) {
   return betas;
 }
 
-torch::Tensor alphas_cumprod_from_betas(const torch::Tensor& betas) { return torch::cumprod(1.0 - betas, 0); }
+torch::Tensor alphas_cumprod_from_betas(const torch::Tensor& betas) {
+  return torch::cumprod(1.0 - betas, 0);
+}
 
 torch::Tensor sigmas_from_alphas_cumprod(const torch::Tensor& alphas_cumprod) {
   return ((1 - alphas_cumprod) / alphas_cumprod).pow(0.5);
@@ -134,7 +138,8 @@ std::vector<double> linspace(double start, double stop, int64_t num) {
   if (div > 0) {
     const double step = delta / static_cast<double>(div);
     for (int64_t i = 0; i < num; ++i) {
-      double v = step == 0 ? static_cast<double>(i) / static_cast<double>(div) * delta : static_cast<double>(i) * step;
+      double v = step == 0 ? static_cast<double>(i) / static_cast<double>(div) * delta
+                           : static_cast<double>(i) * step;
       y[i] = v + start;
     }
     y[num - 1] = stop;

@@ -59,7 +59,8 @@ std::vector<std::string> sampler_names() {
   return out;
 }
 
-std::unique_ptr<Sampler> make_sampler(const std::string& name, const io::Json& config_json, const std::string& source) {
+std::unique_ptr<Sampler> make_sampler(const std::string& name, const io::Json& config_json,
+                                      const std::string& source) {
   std::string cls;
   bool karras = false;
   for (const auto& n : known_names()) {

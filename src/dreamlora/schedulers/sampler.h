@@ -2,7 +2,8 @@
 // the factory that builds one by its short name from a pipeline's scheduler_config.json.
 // Usage, as diffusers' pipelines:
 //   s->set_timesteps(n); latents *= s->init_noise_sigma();
-//   for t in s->timesteps(): eps = unet(s->scale_model_input(latents, t), t); latents = s->step(eps, t, latents).prev_sample
+//   for t in s->timesteps(): eps = unet(s->scale_model_input(latents, t), t); latents = s->step(eps, t,
+//   latents).prev_sample
 #pragma once
 
 #include <ATen/core/Generator.h>

@@ -11,9 +11,9 @@ namespace {
 
 // The __init__ keyword arguments of each class (diffusers 0.27.2).
 const std::set<std::string>& keys_of(const std::string& cls) {
-  static const std::set<std::string> common = {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
-                                               "trained_betas", "prediction_type", "timestep_spacing",
-                                               "steps_offset", "rescale_betas_zero_snr"};
+  static const std::set<std::string> common = {
+      "num_train_timesteps", "beta_start",       "beta_end",     "beta_schedule",         "trained_betas",
+      "prediction_type",     "timestep_spacing", "steps_offset", "rescale_betas_zero_snr"};
   auto with = [&](std::initializer_list<const char*> extra) {
     std::set<std::string> s = common;
     for (const char* k : extra) s.insert(k);
@@ -23,22 +23,22 @@ const std::set<std::string>& keys_of(const std::string& cls) {
       with({"variance_type", "clip_sample", "thresholding", "dynamic_thresholding_ratio", "clip_sample_range",
             "sample_max_value"});
   static const std::set<std::string> ddim =
-      with({"clip_sample", "set_alpha_to_one", "thresholding", "dynamic_thresholding_ratio", "clip_sample_range",
-            "sample_max_value"});
-  static const std::set<std::string> euler = with({"interpolation_type", "use_karras_sigmas", "sigma_min",
-                                                   "sigma_max", "timestep_type"});
+      with({"clip_sample", "set_alpha_to_one", "thresholding", "dynamic_thresholding_ratio",
+            "clip_sample_range", "sample_max_value"});
+  static const std::set<std::string> euler =
+      with({"interpolation_type", "use_karras_sigmas", "sigma_min", "sigma_max", "timestep_type"});
   static const std::set<std::string> euler_a = with({});
   static const std::set<std::string> dpm =
-      with({"solver_order", "thresholding", "dynamic_thresholding_ratio", "sample_max_value", "algorithm_type",
-            "solver_type", "lower_order_final", "euler_at_final", "use_karras_sigmas", "use_lu_lambdas",
-            "final_sigmas_type", "lambda_min_clipped", "variance_type"});
+      with({"solver_order", "thresholding", "dynamic_thresholding_ratio", "sample_max_value",
+            "algorithm_type", "solver_type", "lower_order_final", "euler_at_final", "use_karras_sigmas",
+            "use_lu_lambdas", "final_sigmas_type", "lambda_min_clipped", "variance_type"});
   if (cls == kDDPM) return ddpm;
   if (cls == kDDIM) return ddim;
   if (cls == kEuler) return euler;
   if (cls == kEulerAncestral) return euler_a;
   if (cls == kDPMSolverMultistep) return dpm;
-  fail(str("scheduler class '", cls, "' is not implemented (supported: ", kDDPM, ", ", kDDIM, ", ", kEuler, ", ",
-           kEulerAncestral, ", ", kDPMSolverMultistep, ")"));
+  fail(str("scheduler class '", cls, "' is not implemented (supported: ", kDDPM, ", ", kDDIM, ", ", kEuler,
+           ", ", kEulerAncestral, ", ", kDPMSolverMultistep, ")"));
 }
 
 void require_one_of(const std::string& source, const std::string& key, const std::string& value,
@@ -57,10 +57,12 @@ void validate(const SchedulerConfig& c) {
   auto takes = [&](const char* k) { return keys.count(k) > 0; };
   DL_CHECK(c.num_train_timesteps > 1, s, ": num_train_timesteps must be > 1, got ", c.num_train_timesteps);
   if (c.trained_betas) {
-    DL_CHECK(static_cast<int64_t>(c.trained_betas->size()) == c.num_train_timesteps, s, ": trained_betas has ",
-             c.trained_betas->size(), " values but num_train_timesteps is ", c.num_train_timesteps);
+    DL_CHECK(static_cast<int64_t>(c.trained_betas->size()) == c.num_train_timesteps, s,
+             ": trained_betas has ", c.trained_betas->size(), " values but num_train_timesteps is ",
+             c.num_train_timesteps);
   } else if (c.target_class == kDDPM) {
-    require_one_of(s, "beta_schedule", c.beta_schedule, {"linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"});
+    require_one_of(s, "beta_schedule", c.beta_schedule,
+                   {"linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"});
   } else {
     require_one_of(s, "beta_schedule", c.beta_schedule, {"linear", "scaled_linear", "squaredcos_cap_v2"});
   }
@@ -147,7 +149,8 @@ SchedulerConfig SchedulerConfig::from_json(const io::Json& json, const std::stri
   c.solver_type = r.get<std::string>("solver_type", c.solver_type);
   // diffusers maps the names of its other solvers onto these (register_to_config in __init__).
   if (c.algorithm_type == "deis") c.algorithm_type = "dpmsolver++";
-  if (c.solver_type == "logrho" || c.solver_type == "bh1" || c.solver_type == "bh2") c.solver_type = "midpoint";
+  if (c.solver_type == "logrho" || c.solver_type == "bh1" || c.solver_type == "bh2")
+    c.solver_type = "midpoint";
   c.lower_order_final = r.get<bool>("lower_order_final", c.lower_order_final);
   c.euler_at_final = r.get<bool>("euler_at_final", c.euler_at_final);
   c.use_lu_lambdas = r.get<bool>("use_lu_lambdas", c.use_lu_lambdas);
@@ -157,41 +160,43 @@ SchedulerConfig SchedulerConfig::from_json(const io::Json& json, const std::stri
   return c;
 }
 
-SchedulerConfig SchedulerConfig::from_file(const std::filesystem::path& path, const std::string& target_class) {
+SchedulerConfig SchedulerConfig::from_file(const std::filesystem::path& path,
+                                           const std::string& target_class) {
   return from_json(io::read_json(path), target_class, path.string());
 }
 
 io::Json SchedulerConfig::to_json() const {
   io::Json all = {{"num_train_timesteps", num_train_timesteps},
-              {"beta_start", beta_start},
-              {"beta_end", beta_end},
-              {"beta_schedule", beta_schedule},
-              {"trained_betas", trained_betas ? io::Json(*trained_betas) : io::Json(nullptr)},
-              {"prediction_type", prediction_type},
-              {"timestep_spacing", timestep_spacing},
-              {"steps_offset", steps_offset},
-              {"rescale_betas_zero_snr", rescale_betas_zero_snr},
-              {"variance_type", variance_type ? io::Json(*variance_type) : io::Json(nullptr)},
-              {"clip_sample", clip_sample},
-              {"thresholding", thresholding},
-              {"dynamic_thresholding_ratio", 0.995},
-              {"clip_sample_range", clip_sample_range},
-              {"sample_max_value", 1.0},
-              {"set_alpha_to_one", set_alpha_to_one},
-              {"interpolation_type", interpolation_type},
-              {"use_karras_sigmas", use_karras_sigmas},
-              {"sigma_min", sigma_min ? io::Json(*sigma_min) : io::Json(nullptr)},
-              {"sigma_max", sigma_max ? io::Json(*sigma_max) : io::Json(nullptr)},
-              {"timestep_type", timestep_type},
-              {"solver_order", solver_order},
-              {"algorithm_type", algorithm_type},
-              {"solver_type", solver_type},
-              {"lower_order_final", lower_order_final},
-              {"euler_at_final", euler_at_final},
-              {"use_lu_lambdas", use_lu_lambdas},
-              {"final_sigmas_type", final_sigmas_type},
-              // JSON has no -inf; diffusers writes Python's -Infinity, which nlohmann cannot read back.
-              {"lambda_min_clipped", std::isinf(lambda_min_clipped) ? io::Json(-1e30) : io::Json(lambda_min_clipped)}};
+                  {"beta_start", beta_start},
+                  {"beta_end", beta_end},
+                  {"beta_schedule", beta_schedule},
+                  {"trained_betas", trained_betas ? io::Json(*trained_betas) : io::Json(nullptr)},
+                  {"prediction_type", prediction_type},
+                  {"timestep_spacing", timestep_spacing},
+                  {"steps_offset", steps_offset},
+                  {"rescale_betas_zero_snr", rescale_betas_zero_snr},
+                  {"variance_type", variance_type ? io::Json(*variance_type) : io::Json(nullptr)},
+                  {"clip_sample", clip_sample},
+                  {"thresholding", thresholding},
+                  {"dynamic_thresholding_ratio", 0.995},
+                  {"clip_sample_range", clip_sample_range},
+                  {"sample_max_value", 1.0},
+                  {"set_alpha_to_one", set_alpha_to_one},
+                  {"interpolation_type", interpolation_type},
+                  {"use_karras_sigmas", use_karras_sigmas},
+                  {"sigma_min", sigma_min ? io::Json(*sigma_min) : io::Json(nullptr)},
+                  {"sigma_max", sigma_max ? io::Json(*sigma_max) : io::Json(nullptr)},
+                  {"timestep_type", timestep_type},
+                  {"solver_order", solver_order},
+                  {"algorithm_type", algorithm_type},
+                  {"solver_type", solver_type},
+                  {"lower_order_final", lower_order_final},
+                  {"euler_at_final", euler_at_final},
+                  {"use_lu_lambdas", use_lu_lambdas},
+                  {"final_sigmas_type", final_sigmas_type},
+                  // JSON has no -inf; diffusers writes Python's -Infinity, which nlohmann cannot read back.
+                  {"lambda_min_clipped",
+                   std::isinf(lambda_min_clipped) ? io::Json(-1e30) : io::Json(lambda_min_clipped)}};
   io::Json out = io::Json::object();
   out["_class_name"] = target_class;
   for (const auto& k : keys_of(target_class)) out[k] = all.at(k);

@@ -23,7 +23,7 @@ inline constexpr const char* kDPMSolverMultistep = "DPMSolverMultistepScheduler"
 // The union of the keys of the implemented classes. Fields a class does not take keep their
 // defaults and are not read by it.
 struct SchedulerConfig {
-  std::string target_class = kDDPM;  // which class's defaults and key set this was parsed for
+  std::string target_class = kDDPM;   // which class's defaults and key set this was parsed for
   std::string source = "<defaults>";  // file name, for error messages
 
   // shared
@@ -32,7 +32,7 @@ struct SchedulerConfig {
   double beta_end = 0.02;
   std::string beta_schedule = "linear";  // linear | scaled_linear | squaredcos_cap_v2 (| sigmoid: DDPM)
   std::optional<std::vector<double>> trained_betas;
-  std::string prediction_type = "epsilon";  // epsilon | v_prediction | sample
+  std::string prediction_type = "epsilon";   // epsilon | v_prediction | sample
   std::string timestep_spacing = "leading";  // leading | trailing | linspace (class default differs)
   int64_t steps_offset = 0;
   bool rescale_betas_zero_snr = false;
@@ -40,7 +40,7 @@ struct SchedulerConfig {
   // DDPM / DDIM
   bool clip_sample = true;
   double clip_sample_range = 1.0;
-  bool thresholding = false;  // dynamic thresholding is not implemented: true is an error
+  bool thresholding = false;     // dynamic thresholding is not implemented: true is an error
   bool set_alpha_to_one = true;  // DDIM
   std::optional<std::string> variance_type = std::string("fixed_small");  // DDPM (DPM-Solver: null)
 

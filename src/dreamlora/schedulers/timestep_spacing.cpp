@@ -6,7 +6,8 @@
 
 namespace dreamlora::schedulers {
 
-std::vector<double> spaced_timesteps(const SchedulerConfig& config, int64_t n, const TimestepSpacing& spacing) {
+std::vector<double> spaced_timesteps(const SchedulerConfig& config, int64_t n,
+                                     const TimestepSpacing& spacing) {
   const int64_t T = config.num_train_timesteps;
   const int64_t last = spacing.last_timestep;
   const int64_t points = n + spacing.extra_points;

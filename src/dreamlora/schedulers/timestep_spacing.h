@@ -20,6 +20,7 @@ struct TimestepSpacing {
 };
 
 // n descending timesteps (as doubles) for config.timestep_spacing and config.steps_offset.
-std::vector<double> spaced_timesteps(const SchedulerConfig& config, int64_t n, const TimestepSpacing& spacing);
+std::vector<double> spaced_timesteps(const SchedulerConfig& config, int64_t n,
+                                     const TimestepSpacing& spacing);
 
 }  // namespace dreamlora::schedulers

@@ -75,7 +75,7 @@ const char* stop_reason_name(StopReason r) {
 
 void install_stop_handlers() {
   if (g_installed) return;
-  struct sigaction sa {};
+  struct sigaction sa{};
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = SA_RESTART;  // blocking reads in the data loader keep going; the flag is polled per step

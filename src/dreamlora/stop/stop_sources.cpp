@@ -15,6 +15,8 @@ StopSources::StopSources(const std::string& watch_preemption, const std::string&
   if (!max_runtime.empty()) deadline_ = Deadline(parse_duration(max_runtime));
 }
 
-bool StopSources::requested() const { return stop_requested() || deadline_.check(); }
+bool StopSources::requested() const {
+  return stop_requested() || deadline_.check();
+}
 
 }  // namespace dreamlora::stop

@@ -1,5 +1,7 @@
 // write_tiny_bpe_tokenizer: learns a small byte-level BPE the way CLIP's vocabulary is laid out and
 // writes it in the file format of transformers' CLIPTokenizer (for tiny test models).
+#include "dreamlora/synth/clip_bpe_writer.h"
+
 #include <algorithm>
 #include <fstream>
 #include <map>
@@ -8,7 +10,6 @@
 #include "dreamlora/common/error.h"
 #include "dreamlora/io/json.h"
 #include "dreamlora/text/clip_text_cleanup.h"
-#include "dreamlora/synth/clip_bpe_writer.h"
 
 namespace dreamlora::synth {
 namespace {
@@ -89,10 +90,10 @@ std::map<Word, int64_t> apply_merge(const std::map<Word, int64_t>& words, const 
 
 io::Json added_token(const std::string& content, bool normalized) {
   return io::Json{{"content", content},
-              {"lstrip", false},
-              {"normalized", normalized},
-              {"rstrip", false},
-              {"single_word", false}};
+                  {"lstrip", false},
+                  {"normalized", normalized},
+                  {"rstrip", false},
+                  {"single_word", false}};
 }
 
 void write_file(const std::filesystem::path& path, const std::string& text) {
@@ -152,20 +153,20 @@ int64_t write_tiny_bpe_tokenizer(const std::filesystem::path& dir, const std::st
     decoder[std::to_string(id)]["special"] = true;
   }
   io::Json config = {{"added_tokens_decoder", decoder},
-                 {"bos_token", "<|startoftext|>"},
-                 {"clean_up_tokenization_spaces", true},
-                 {"eos_token", "<|endoftext|>"},
-                 {"errors", "replace"},
-                 {"model_max_length", 77},
-                 {"pad_token", pad_token},
-                 {"tokenizer_class", "CLIPTokenizer"},
-                 {"unk_token", "<|endoftext|>"}};
+                     {"bos_token", "<|startoftext|>"},
+                     {"clean_up_tokenization_spaces", true},
+                     {"eos_token", "<|endoftext|>"},
+                     {"errors", "replace"},
+                     {"model_max_length", 77},
+                     {"pad_token", pad_token},
+                     {"tokenizer_class", "CLIPTokenizer"},
+                     {"unk_token", "<|endoftext|>"}};
   write_file(dir / "tokenizer_config.json", config.dump(2) + "\n");
 
   io::Json special = {{"bos_token", added_token("<|startoftext|>", true)},
-                  {"eos_token", added_token("<|endoftext|>", true)},
-                  {"pad_token", added_token(pad_token, pad_is_special)},
-                  {"unk_token", added_token("<|endoftext|>", true)}};
+                      {"eos_token", added_token("<|endoftext|>", true)},
+                      {"pad_token", added_token(pad_token, pad_is_special)},
+                      {"unk_token", added_token("<|endoftext|>", true)}};
   write_file(dir / "special_tokens_map.json", special.dump(2) + "\n");
   return static_cast<int64_t>(vocab.size());
 }

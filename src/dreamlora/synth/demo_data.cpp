@@ -27,7 +27,8 @@ void write_demo_subject_images(const std::filesystem::path& dir, int64_t count, 
                         top[2] * (1 - f) + bottom[2] * f};
         const double dx = x - cx, dy = y - cy, d = std::sqrt(dx * dx + dy * dy);
         if (d < radius && d > radius * 0.7) px[0] = 220, px[1] = 30, px[2] = 40;  // red ring
-        if (std::abs(dx) < radius * 0.4 && std::abs(dy) < radius * 0.4) px[0] = 250, px[1] = 210, px[2] = 20;  // yellow square
+        if (std::abs(dx) < radius * 0.4 && std::abs(dy) < radius * 0.4)
+          px[0] = 250, px[1] = 210, px[2] = 20;  // yellow square
         auto* p = &img.rgb[static_cast<size_t>((y * size + x) * 3)];
         for (int c = 0; c < 3; ++c) p[c] = static_cast<uint8_t>(std::lround(px[c]));
       }

@@ -31,7 +31,7 @@ struct PresetSpec {
 
 PresetSpec preset_spec(const std::string& name) {
   if (name == "sd15") return {"sd15", "sd1", false, 64, 512, false};
-  if (name == "sd21") return {"sd21", "sd2", false, 64, 512, false};   // stable-diffusion-2-1-base
+  if (name == "sd21") return {"sd21", "sd2", false, 64, 512, false};    // stable-diffusion-2-1-base
   if (name == "sd21-v") return {"sd21-v", "sd2", true, 96, 768, true};  // stable-diffusion-2-1
   if (name == "sdxl") return {"sdxl", "sdxl", false, 128, 1024, false};
   fail(str("--preset: unknown preset '", name, "' (sd15, sd21, sd21-v, sdxl)"));
@@ -39,18 +39,18 @@ PresetSpec preset_spec(const std::string& name) {
 
 io::Json preset_unet_config(const PresetSpec& p) {
   io::Json c = {{"_class_name", "UNet2DConditionModel"},
-            {"act_fn", "silu"},
-            {"center_input_sample", false},
-            {"downsample_padding", 1},
-            {"flip_sin_to_cos", true},
-            {"freq_shift", 0},
-            {"in_channels", 4},
-            {"out_channels", 4},
-            {"layers_per_block", 2},
-            {"mid_block_scale_factor", 1},
-            {"norm_eps", 1e-5},
-            {"norm_num_groups", 32},
-            {"sample_size", p.unet_sample_size}};
+                {"act_fn", "silu"},
+                {"center_input_sample", false},
+                {"downsample_padding", 1},
+                {"flip_sin_to_cos", true},
+                {"freq_shift", 0},
+                {"in_channels", 4},
+                {"out_channels", 4},
+                {"layers_per_block", 2},
+                {"mid_block_scale_factor", 1},
+                {"norm_eps", 1e-5},
+                {"norm_num_groups", 32},
+                {"sample_size", p.unet_sample_size}};
   if (p.family == "sdxl") {
     c["block_out_channels"] = {320, 640, 1280};
     c["down_block_types"] = {"DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"};
@@ -65,7 +65,8 @@ io::Json preset_unet_config(const PresetSpec& p) {
     return c;
   }
   c["block_out_channels"] = {320, 640, 1280, 1280};
-  c["down_block_types"] = {"CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"};
+  c["down_block_types"] = {"CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                           "DownBlock2D"};
   c["up_block_types"] = {"UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"};
   if (p.family == "sd1") {
     c["attention_head_dim"] = 8;
@@ -80,19 +81,21 @@ io::Json preset_unet_config(const PresetSpec& p) {
 }
 
 io::Json preset_vae_config(const PresetSpec& p) {
-  return {{"_class_name", "AutoencoderKL"},
-          {"act_fn", "silu"},
-          {"block_out_channels", {128, 256, 512, 512}},
-          {"down_block_types", {"DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"}},
-          {"up_block_types", {"UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"}},
-          {"force_upcast", true},
-          {"in_channels", 3},
-          {"out_channels", 3},
-          {"latent_channels", 4},
-          {"layers_per_block", 2},
-          {"norm_num_groups", 32},
-          {"sample_size", p.vae_sample_size},
-          {"scaling_factor", p.family == "sdxl" ? 0.13025 : 0.18215}};
+  return {
+      {"_class_name", "AutoencoderKL"},
+      {"act_fn", "silu"},
+      {"block_out_channels", {128, 256, 512, 512}},
+      {"down_block_types",
+       {"DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"}},
+      {"up_block_types", {"UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"}},
+      {"force_upcast", true},
+      {"in_channels", 3},
+      {"out_channels", 3},
+      {"latent_channels", 4},
+      {"layers_per_block", 2},
+      {"norm_num_groups", 32},
+      {"sample_size", p.vae_sample_size},
+      {"scaling_factor", p.family == "sdxl" ? 0.13025 : 0.18215}};
 }
 
 // kind: "clip-l" (SD1 / SDXL text_encoder), "openclip-h" (SD2), "openclip-bigg" (SDXL text_encoder_2).
@@ -125,10 +128,16 @@ io::Json preset_text_encoder_config(const std::string& kind) {
 }
 
 io::Json preset_scheduler_config(const PresetSpec& p) {
-  io::Json c = {{"beta_start", 0.00085},       {"beta_end", 0.012},       {"beta_schedule", "scaled_linear"},
-            {"clip_sample", false},        {"num_train_timesteps", 1000}, {"set_alpha_to_one", false},
-            {"skip_prk_steps", true},      {"steps_offset", 1},       {"trained_betas", nullptr},
-            {"prediction_type", p.v_prediction ? "v_prediction" : "epsilon"}};
+  io::Json c = {{"beta_start", 0.00085},
+                {"beta_end", 0.012},
+                {"beta_schedule", "scaled_linear"},
+                {"clip_sample", false},
+                {"num_train_timesteps", 1000},
+                {"set_alpha_to_one", false},
+                {"skip_prk_steps", true},
+                {"steps_offset", 1},
+                {"trained_betas", nullptr},
+                {"prediction_type", p.v_prediction ? "v_prediction" : "epsilon"}};
   if (p.family == "sdxl") {
     c["_class_name"] = "EulerDiscreteScheduler";
     c["interpolation_type"] = "linear";
@@ -151,22 +160,23 @@ void write_preset_tokenizer(const fs::path& from, const fs::path& to, const std:
   DL_CHECK(fs::exists(from / "vocab.json") && fs::exists(from / "merges.txt"), from.string(),
            ": --tokenizer needs a CLIP BPE tokenizer folder (vocab.json, merges.txt)");
   const io::Json vocab = io::read_json(from / "vocab.json");
-  DL_CHECK(vocab.is_object() && vocab.size() == 49408, from.string(), "/vocab.json: the presets need the real CLIP ",
-           "vocabulary of 49408 tokens, found ", vocab.size());
+  DL_CHECK(vocab.is_object() && vocab.size() == 49408, from.string(),
+           "/vocab.json: the presets need the real CLIP ", "vocabulary of 49408 tokens, found ",
+           vocab.size());
   fs::create_directories(to);
   fs::copy_file(from / "vocab.json", to / "vocab.json", fs::copy_options::overwrite_existing);
   fs::copy_file(from / "merges.txt", to / "merges.txt", fs::copy_options::overwrite_existing);
   write_preset_json(to / "tokenizer_config.json", {{"tokenizer_class", "CLIPTokenizer"},
-                                            {"bos_token", "<|startoftext|>"},
-                                            {"eos_token", "<|endoftext|>"},
-                                            {"unk_token", "<|endoftext|>"},
-                                            {"pad_token", pad},
-                                            {"model_max_length", 77},
-                                            {"do_lower_case", true}});
+                                                   {"bos_token", "<|startoftext|>"},
+                                                   {"eos_token", "<|endoftext|>"},
+                                                   {"unk_token", "<|endoftext|>"},
+                                                   {"pad_token", pad},
+                                                   {"model_max_length", 77},
+                                                   {"do_lower_case", true}});
   write_preset_json(to / "special_tokens_map.json", {{"bos_token", "<|startoftext|>"},
-                                              {"eos_token", "<|endoftext|>"},
-                                              {"unk_token", "<|endoftext|>"},
-                                              {"pad_token", pad}});
+                                                     {"eos_token", "<|endoftext|>"},
+                                                     {"unk_token", "<|endoftext|>"},
+                                                     {"pad_token", pad}});
 }
 
 // Builds a component with torch's default dtype set to the written dtype, so its random initialisation
@@ -185,7 +195,8 @@ class DefaultDtypeGuard {
 // One module's tensors as named in the written file, in the written dtype (views where possible).
 using Renamer = std::function<io::safetensors::NamedTensors(const std::string&, const torch::Tensor&)>;
 
-io::safetensors::NamedTensors to_written(const torch::nn::Module& module, torch::Dtype dtype, const Renamer& rename) {
+io::safetensors::NamedTensors to_written(const torch::nn::Module& module, torch::Dtype dtype,
+                                         const Renamer& rename) {
   io::safetensors::NamedTensors out;
   for (const auto& [name, t] : nn::named_tensors(module)) {
     torch::Tensor w = t.detach();
@@ -196,12 +207,16 @@ io::safetensors::NamedTensors to_written(const torch::nn::Module& module, torch:
 }
 
 Renamer keep_names(const std::string& prefix = "") {
-  return [prefix](const std::string& name, const torch::Tensor& t) { return io::safetensors::NamedTensors{{prefix + name, t}}; };
+  return [prefix](const std::string& name, const torch::Tensor& t) {
+    return io::safetensors::NamedTensors{{prefix + name, t}};
+  };
 }
 
 }  // namespace
 
-std::vector<std::string> model_preset_names() { return {"sd15", "sd21", "sd21-v", "sdxl"}; }
+std::vector<std::string> model_preset_names() {
+  return {"sd15", "sd21", "sd21-v", "sdxl"};
+}
 
 uint64_t write_model_preset(const fs::path& out, const ModelPresetOptions& options) {
   const PresetSpec p = preset_spec(options.preset);
@@ -209,12 +224,12 @@ uint64_t write_model_preset(const fs::path& out, const ModelPresetOptions& optio
   const fs::path dir = options.single_file ? out / "config" : out;
   fs::create_directories(dir);
   io::Json index = {{"_class_name", sdxl ? "StableDiffusionXLPipeline" : "StableDiffusionPipeline"},
-                {"_diffusers_version", "0.27.2"},
-                {"scheduler", {"diffusers", preset_scheduler_config(p)["_class_name"]}},
-                {"text_encoder", {"transformers", "CLIPTextModel"}},
-                {"tokenizer", {"transformers", "CLIPTokenizer"}},
-                {"unet", {"diffusers", "UNet2DConditionModel"}},
-                {"vae", {"diffusers", "AutoencoderKL"}}};
+                    {"_diffusers_version", "0.27.2"},
+                    {"scheduler", {"diffusers", preset_scheduler_config(p)["_class_name"]}},
+                    {"text_encoder", {"transformers", "CLIPTextModel"}},
+                    {"tokenizer", {"transformers", "CLIPTokenizer"}},
+                    {"unet", {"diffusers", "UNet2DConditionModel"}},
+                    {"vae", {"diffusers", "AutoencoderKL"}}};
   if (sdxl) {
     index["text_encoder_2"] = {"transformers", "CLIPTextModelWithProjection"};
     index["tokenizer_2"] = {"transformers", "CLIPTokenizer"};
@@ -229,7 +244,7 @@ uint64_t write_model_preset(const fs::path& out, const ModelPresetOptions& optio
   write_preset_tokenizer(options.tokenizer, dir / "tokenizer", p.family == "sd2" ? "!" : "<|endoftext|>");
   if (sdxl) write_preset_tokenizer(options.tokenizer, dir / "tokenizer_2", "!");
 
-  const auto family = p.family == "sd1" ? convert::CheckpointFamily::sd1
+  const auto family = p.family == "sd1"   ? convert::CheckpointFamily::sd1
                       : p.family == "sd2" ? convert::CheckpointFamily::sd2
                                           : convert::CheckpointFamily::sdxl;
   const auto prefixes = convert::component_prefixes(family);
@@ -254,18 +269,22 @@ uint64_t write_model_preset(const fs::path& out, const ModelPresetOptions& optio
     DefaultDtypeGuard guard(dtype);
     auto config = text::CLIPTextConfig::from_json(json, component + "/config.json");
     std::shared_ptr<text::CLIPTextModelImpl> impl;
-    if (config.with_projection()) impl = std::make_shared<text::CLIPTextModelWithProjectionImpl>(config);
-    else impl = std::make_shared<text::CLIPTextModelImpl>(config);
+    if (config.with_projection())
+      impl = std::make_shared<text::CLIPTextModelWithProjectionImpl>(config);
+    else
+      impl = std::make_shared<text::CLIPTextModelImpl>(config);
     const std::string prefix = prefixes.at(component);
     const bool openclip = options.single_file && kind != "clip-l";
     Renamer rename = keep_names(options.single_file ? prefix : "");
-    if (openclip) rename = [prefix](const std::string& name, const torch::Tensor& t) {
-      // q/k/v become one fused in_proj: emitted once, at q.
-      auto o = convert::transformers_to_openclip(name);
-      DL_CHECK(!o.name.empty(), "no OpenCLIP name for '", name, "'");
-      if (o.change == convert::TensorChange::transpose) return io::safetensors::NamedTensors{{prefix + o.name, t.t().contiguous()}};
-      return io::safetensors::NamedTensors{{prefix + o.name + "#" + std::to_string(o.part), t}};
-    };
+    if (openclip)
+      rename = [prefix](const std::string& name, const torch::Tensor& t) {
+        // q/k/v become one fused in_proj: emitted once, at q.
+        auto o = convert::transformers_to_openclip(name);
+        DL_CHECK(!o.name.empty(), "no OpenCLIP name for '", name, "'");
+        if (o.change == convert::TensorChange::transpose)
+          return io::safetensors::NamedTensors{{prefix + o.name, t.t().contiguous()}};
+        return io::safetensors::NamedTensors{{prefix + o.name + "#" + std::to_string(o.part), t}};
+      };
     auto tensors = to_written(*impl, dtype, rename);
     if (openclip) {
       std::map<std::string, std::vector<torch::Tensor>> parts;
@@ -315,7 +334,8 @@ uint64_t write_model_preset(const fs::path& out, const ModelPresetOptions& optio
       std::string ldm = convert::vae_diffusers_to_ldm(name, blocks);
       // LDM keeps the mid-block attention projections as 1x1 convolutions.
       bool conv = ldm.find("mid.attn_1.") != std::string::npos && t.dim() == 2;
-      return io::safetensors::NamedTensors{{prefix + ldm, conv ? t.reshape({t.size(0), t.size(1), 1, 1}) : t}};
+      return io::safetensors::NamedTensors{
+          {prefix + ldm, conv ? t.reshape({t.size(0), t.size(1), 1, 1}) : t}};
     })
                                          : keep_names();
     emit(dir / "vae" / "diffusion_pytorch_model.safetensors", to_written(*vae, dtype, rename));

@@ -6,8 +6,8 @@
 #include "dreamlora/io/json.h"
 #include "dreamlora/io/safetensors.h"
 #include "dreamlora/nn/state_dict.h"
-#include "dreamlora/text/clip_text_model.h"
 #include "dreamlora/synth/clip_bpe_writer.h"
+#include "dreamlora/text/clip_text_model.h"
 #include "dreamlora/unet/unet_2d_condition.h"
 #include "dreamlora/vae/autoencoder_kl.h"
 
@@ -20,12 +20,12 @@ namespace {
 // Same shapes as the fixtures' tiny-sd / tiny-sdxl UNets (hf-internal-testing sized).
 io::Json unet_config(bool sdxl) {
   io::Json c = {{"_class_name", "UNet2DConditionModel"},
-            {"block_out_channels", {32, 64}},
-            {"layers_per_block", 2},
-            {"in_channels", 4},
-            {"out_channels", 4},
-            {"norm_num_groups", 32},
-            {"sample_size", 32}};
+                {"block_out_channels", {32, 64}},
+                {"layers_per_block", 2},
+                {"in_channels", 4},
+                {"out_channels", 4},
+                {"norm_num_groups", 32},
+                {"sample_size", 32}};
   if (!sdxl) {
     c["down_block_types"] = {"CrossAttnDownBlock2D", "DownBlock2D"};
     c["up_block_types"] = {"UpBlock2D", "CrossAttnUpBlock2D"};
@@ -109,12 +109,12 @@ void write_tiny_model(const fs::path& dir, const TinyModelOptions& options) {
   fs::create_directories(dir);
   const bool sdxl = options.sdxl;
   io::Json index = {{"_class_name", sdxl ? "StableDiffusionXLPipeline" : "StableDiffusionPipeline"},
-                {"_diffusers_version", "0.27.2"},
-                {"scheduler", {"diffusers", sdxl ? "EulerDiscreteScheduler" : "PNDMScheduler"}},
-                {"text_encoder", {"transformers", "CLIPTextModel"}},
-                {"tokenizer", {"transformers", "CLIPTokenizer"}},
-                {"unet", {"diffusers", "UNet2DConditionModel"}},
-                {"vae", {"diffusers", "AutoencoderKL"}}};
+                    {"_diffusers_version", "0.27.2"},
+                    {"scheduler", {"diffusers", sdxl ? "EulerDiscreteScheduler" : "PNDMScheduler"}},
+                    {"text_encoder", {"transformers", "CLIPTextModel"}},
+                    {"tokenizer", {"transformers", "CLIPTokenizer"}},
+                    {"unet", {"diffusers", "UNet2DConditionModel"}},
+                    {"vae", {"diffusers", "AutoencoderKL"}}};
   if (sdxl) {
     index["text_encoder_2"] = {"transformers", "CLIPTextModelWithProjection"};
     index["tokenizer_2"] = {"transformers", "CLIPTokenizer"};
@@ -139,7 +139,8 @@ void write_tiny_model(const fs::path& dir, const TinyModelOptions& options) {
     torch::manual_seed(options.seed + 1);
     auto te2_json = text_encoder_config(vocab, true);
     write_json(dir / "text_encoder_2" / "config.json", te2_json);
-    text::CLIPTextModelWithProjection te2(text::CLIPTextConfig::from_json(te2_json, "text_encoder_2/config.json"));
+    text::CLIPTextModelWithProjection te2(
+        text::CLIPTextConfig::from_json(te2_json, "text_encoder_2/config.json"));
     write_weights(dir / "text_encoder_2" / "model.safetensors", *te2);
   }
 

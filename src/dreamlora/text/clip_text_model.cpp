@@ -6,8 +6,8 @@
 #include "dreamlora/common/error.h"
 #include "dreamlora/io/model_dir.h"
 #include "dreamlora/nn/attention.h"
-#include "dreamlora/nn/state_dict.h"
 #include "dreamlora/nn/norms.h"
+#include "dreamlora/nn/state_dict.h"
 
 namespace dreamlora::text {
 
@@ -54,24 +54,24 @@ CLIPTextConfig CLIPTextConfig::from_file(const std::filesystem::path& path) {
 
 io::Json CLIPTextConfig::to_json() const {
   return io::Json{{"architectures", {architecture}},
-              {"attention_dropout", 0.0},
-              {"bos_token_id", bos_token_id},
-              {"eos_token_id", eos_token_id},
-              {"hidden_act", hidden_act},
-              {"hidden_size", hidden_size},
-              {"initializer_factor", 1.0},
-              {"initializer_range", 0.02},
-              {"intermediate_size", intermediate_size},
-              {"layer_norm_eps", layer_norm_eps},
-              {"max_position_embeddings", max_position_embeddings},
-              {"model_type", "clip_text_model"},
-              {"num_attention_heads", num_attention_heads},
-              {"num_hidden_layers", num_hidden_layers},
-              {"pad_token_id", pad_token_id},
-              {"projection_dim", projection_dim},
-              {"torch_dtype", "float32"},
-              {"transformers_version", "4.38.2"},
-              {"vocab_size", vocab_size}};
+                  {"attention_dropout", 0.0},
+                  {"bos_token_id", bos_token_id},
+                  {"eos_token_id", eos_token_id},
+                  {"hidden_act", hidden_act},
+                  {"hidden_size", hidden_size},
+                  {"initializer_factor", 1.0},
+                  {"initializer_range", 0.02},
+                  {"intermediate_size", intermediate_size},
+                  {"layer_norm_eps", layer_norm_eps},
+                  {"max_position_embeddings", max_position_embeddings},
+                  {"model_type", "clip_text_model"},
+                  {"num_attention_heads", num_attention_heads},
+                  {"num_hidden_layers", num_hidden_layers},
+                  {"pad_token_id", pad_token_id},
+                  {"projection_dim", projection_dim},
+                  {"torch_dtype", "float32"},
+                  {"transformers_version", "4.38.2"},
+                  {"vocab_size", vocab_size}};
 }
 
 CLIPAttentionImpl::CLIPAttentionImpl(int64_t hidden_size, int64_t heads) : num_heads(heads) {

@@ -5,12 +5,12 @@
 
 #include <algorithm>
 #include <cctype>
-#include <optional>
-#include <string_view>
 #include <fstream>
 #include <limits>
 #include <mutex>
+#include <optional>
 #include <sstream>
+#include <string_view>
 #include <unordered_map>
 
 #include "dreamlora/common/error.h"

@@ -8,7 +8,8 @@
 
 namespace dreamlora::train {
 
-AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions options) : Optimizer(std::move(groups)), options_(options) {
+AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions options)
+    : Optimizer(std::move(groups)), options_(options) {
   foreach_ = options.foreach;
   for (const auto& g : groups_)
     for (const auto& [name, p] : g.params) {
@@ -27,12 +28,15 @@ void AdamW::step(double lr_multiplier) {
   for (const auto& group : groups_) {
     const double lr = group.lr * lr_multiplier;
     const double step_size = lr / bias_correction1;
-    if (options_.foreach) step_foreach(group, lr, bias_correction2_sqrt, step_size);
-    else step_single_tensor(group, lr, bias_correction2_sqrt, step_size);
+    if (options_.foreach)
+      step_foreach(group, lr, bias_correction2_sqrt, step_size);
+    else
+      step_single_tensor(group, lr, bias_correction2_sqrt, step_size);
   }
 }
 
-void AdamW::step_single_tensor(const ParamGroup& group, double lr, double bias_correction2_sqrt, double step_size) {
+void AdamW::step_single_tensor(const ParamGroup& group, double lr, double bias_correction2_sqrt,
+                               double step_size) {
   for (const auto& [name, p] : group.params) {
     if (!p.grad().defined()) continue;
     auto& m = state_.at(name);

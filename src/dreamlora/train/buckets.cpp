@@ -9,10 +9,13 @@
 namespace dreamlora::train {
 
 std::vector<BucketSize> make_bucket_resolutions(const BucketOptions& o) {
-  DL_CHECK(o.step >= 8 && o.step % 8 == 0, "--bucket-reso-steps must be a positive multiple of 8, got ", o.step);
+  DL_CHECK(o.step >= 8 && o.step % 8 == 0, "--bucket-reso-steps must be a positive multiple of 8, got ",
+           o.step);
   DL_CHECK(o.min_reso >= o.step && o.min_reso <= o.max_reso, "--min-bucket-reso (", o.min_reso,
-           ") must be at least --bucket-reso-steps (", o.step, ") and at most --max-bucket-reso (", o.max_reso, ")");
-  DL_CHECK(o.resolution <= o.max_reso, "--resolution ", o.resolution, " is larger than --max-bucket-reso ", o.max_reso);
+           ") must be at least --bucket-reso-steps (", o.step, ") and at most --max-bucket-reso (",
+           o.max_reso, ")");
+  DL_CHECK(o.resolution <= o.max_reso, "--resolution ", o.resolution, " is larger than --max-bucket-reso ",
+           o.max_reso);
   const int64_t area = o.resolution * o.resolution;
   std::set<BucketSize> sizes;
   const int64_t square = static_cast<int64_t>(std::sqrt(static_cast<double>(area))) / o.step * o.step;
@@ -27,8 +30,10 @@ std::vector<BucketSize> make_bucket_resolutions(const BucketOptions& o) {
   return {sizes.begin(), sizes.end()};
 }
 
-BucketChoice select_bucket(const std::vector<BucketSize>& buckets, int64_t image_width, int64_t image_height) {
-  DL_CHECK(!buckets.empty() && image_width > 0 && image_height > 0, "select_bucket: no buckets or an empty image");
+BucketChoice select_bucket(const std::vector<BucketSize>& buckets, int64_t image_width,
+                           int64_t image_height) {
+  DL_CHECK(!buckets.empty() && image_width > 0 && image_height > 0,
+           "select_bucket: no buckets or an empty image");
   const double aspect = static_cast<double>(image_width) / static_cast<double>(image_height);
   BucketChoice c;
   double best = INFINITY;

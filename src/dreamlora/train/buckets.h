@@ -28,7 +28,7 @@ struct BucketSize {
 std::vector<BucketSize> make_bucket_resolutions(const BucketOptions& options);
 
 struct BucketChoice {
-  int64_t bucket = 0;  // index into the bucket list
+  int64_t bucket = 0;                             // index into the bucket list
   int64_t resized_width = 0, resized_height = 0;  // the image resized to cover the bucket
 };
 

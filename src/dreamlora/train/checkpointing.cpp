@@ -10,7 +10,8 @@ namespace dreamlora::train {
 
 namespace fs = std::filesystem;
 
-CheckpointPlaces open_checkpoint_places(const TrainConfig& cfg, const fs::path& out, const Distributed& dist) {
+CheckpointPlaces open_checkpoint_places(const TrainConfig& cfg, const fs::path& out,
+                                        const Distributed& dist) {
   CheckpointPlaces places;
   places.store = std::make_unique<checkpoint::CheckpointStore>(out);
   if (dist.is_main())
@@ -25,15 +26,16 @@ CheckpointPlaces open_checkpoint_places(const TrainConfig& cfg, const fs::path& 
   return places;
 }
 
-std::optional<fs::path> find_resume_checkpoint(const TrainConfig& cfg, CheckpointPlaces& places, Distributed& dist,
-                                               const fs::path& out) {
+std::optional<fs::path> find_resume_checkpoint(const TrainConfig& cfg, CheckpointPlaces& places,
+                                               Distributed& dist, const fs::path& out) {
   const std::string& how = cfg.resume_from_checkpoint;
   if (how == "none" || how.empty()) return std::nullopt;
   if (how.rfind("s3://", 0) == 0) {
     // One remote checkpoint: s3://bucket/prefix/checkpoint-N
     auto slash = how.find_last_of('/');
     auto step = checkpoint::parse_checkpoint_dir_name(how.substr(slash + 1));
-    DL_CHECK(step.has_value(), "--resume-from-checkpoint ", how, ": expected s3://bucket/prefix/checkpoint-<step>");
+    DL_CHECK(step.has_value(), "--resume-from-checkpoint ", how,
+             ": expected s3://bucket/prefix/checkpoint-<step>");
     if (dist.is_main()) {
       auto sink = checkpoint::make_mirror(how.substr(0, slash), cfg.s3_endpoint);
       auto* s3 = dynamic_cast<checkpoint::S3Sink*>(sink.get());
@@ -48,7 +50,8 @@ std::optional<fs::path> find_resume_checkpoint(const TrainConfig& cfg, Checkpoin
       // A fresh machine: the mirror's newest checkpoint that verifies comes into the output dir.
       auto local = places.store->latest_valid();
       const int64_t local_step = local.latest ? local.latest->step : -1;
-      places.mirror->restore_latest(*places.store, local_step, [](const std::string& line) { train_log(line); });
+      places.mirror->restore_latest(*places.store, local_step,
+                                    [](const std::string& line) { train_log(line); });
     }
     dist.wait_for_main("the checkpoint download");
     auto latest = places.store->latest_valid();
@@ -65,7 +68,8 @@ std::optional<fs::path> find_resume_checkpoint(const TrainConfig& cfg, Checkpoin
   return dir;
 }
 
-TrainerState read_resumable_state(const fs::path& dir, const io::Json& fingerprint, bool allow_schedule_change) {
+TrainerState read_resumable_state(const fs::path& dir, const io::Json& fingerprint,
+                                  bool allow_schedule_change) {
   auto state = TrainerState::from_json(io::read_json(dir / "trainer_state.json"), dir.string());
   auto check = compare_fingerprints(state.fingerprint, fingerprint, allow_schedule_change);
   for (const auto& note : check.notes) train_log(note);

@@ -31,8 +31,9 @@ CheckpointPlaces open_checkpoint_places(const TrainConfig& config, const std::fi
 
 // The verified checkpoint folder to resume from, downloaded into --output-dir first when it is remote;
 // nullopt: start fresh. Every worker gets the same answer (the main worker downloads, the others wait).
-std::optional<std::filesystem::path> find_resume_checkpoint(const TrainConfig& config, CheckpointPlaces& places,
-                                                            Distributed& dist, const std::filesystem::path& out);
+std::optional<std::filesystem::path> find_resume_checkpoint(const TrainConfig& config,
+                                                            CheckpointPlaces& places, Distributed& dist,
+                                                            const std::filesystem::path& out);
 
 // trainer_state.json of checkpoint dir, after its settings fingerprint matched `fingerprint` (an error
 // lists the settings that differ).

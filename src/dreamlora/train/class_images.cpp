@@ -15,10 +15,13 @@ namespace dreamlora::train {
 namespace fs = std::filesystem;
 
 namespace {
-fs::path class_image_path(const fs::path& dir, int64_t i) { return dir / ("class-" + std::to_string(i) + ".png"); }
+fs::path class_image_path(const fs::path& dir, int64_t i) {
+  return dir / ("class-" + std::to_string(i) + ".png");
+}
 }  // namespace
 
-int64_t ensure_class_images(pipeline::ModelBundle& model, const TrainConfig& config, int rank, int world_size) {
+int64_t ensure_class_images(pipeline::ModelBundle& model, const TrainConfig& config, int rank,
+                            int world_size) {
   const fs::path dir = config.class_image_path;
   fs::create_directories(dir);
   int64_t generated = 0;
@@ -32,7 +35,8 @@ int64_t ensure_class_images(pipeline::ModelBundle& model, const TrainConfig& con
   // This worker's share of the missing images (image i belongs to worker i % world_size), generated in
   // --sample-batch-size batches; image i always has seed + i, whatever the batch or worker count.
   std::vector<int64_t> mine;
-  for (int64_t i = 0, missing = config.num_class_images - existing; i < config.num_class_images && missing > 0; ++i) {
+  for (int64_t i = 0, missing = config.num_class_images - existing;
+       i < config.num_class_images && missing > 0; ++i) {
     if (fs::exists(class_image_path(dir, i))) continue;
     --missing;
     if (i % world_size == rank) mine.push_back(i);
@@ -41,7 +45,8 @@ int64_t ensure_class_images(pipeline::ModelBundle& model, const TrainConfig& con
   TaskProgress progress("class images", static_cast<int64_t>(mine.size()));
   const bool log_batches = !stderr_is_terminal() && mine.size() > batch;
   for (size_t first = 0; first < mine.size(); first += batch) {
-    const std::vector<int64_t> part(mine.begin() + first, mine.begin() + std::min(mine.size(), first + batch));
+    const std::vector<int64_t> part(mine.begin() + first,
+                                    mine.begin() + std::min(mine.size(), first + batch));
     pipeline::SampleOptions o;
     o.prompt = config.class_prompt;
     o.steps = config.validation_inference_steps;
@@ -51,12 +56,12 @@ int64_t ensure_class_images(pipeline::ModelBundle& model, const TrainConfig& con
     auto images = pipeline::text_to_image(model, o);
     for (size_t j = 0; j < part.size(); ++j) {
       o.seed = o.seeds[j];
-      io::save_png(class_image_path(dir, part[j]), images.at(j), pipeline::sample_metadata(o, 0, "none (class image)"));
+      io::save_png(class_image_path(dir, part[j]), images.at(j),
+                   pipeline::sample_metadata(o, 0, "none (class image)"));
     }
     generated += static_cast<int64_t>(part.size());
     progress.update(generated);
-    if (log_batches)
-      std::cerr << "dreamlora: class images " << generated << "/" << mine.size() << std::endl;
+    if (log_batches) std::cerr << "dreamlora: class images " << generated << "/" << mine.size() << std::endl;
   }
   progress.finish();
   return generated;

@@ -11,6 +11,7 @@ namespace dreamlora::train {
 
 // Returns how many images were generated. With several workers, worker `rank` makes the images whose
 // index modulo world_size is its rank.
-int64_t ensure_class_images(pipeline::ModelBundle& model, const TrainConfig& config, int rank = 0, int world_size = 1);
+int64_t ensure_class_images(pipeline::ModelBundle& model, const TrainConfig& config, int rank = 0,
+                            int world_size = 1);
 
 }  // namespace dreamlora::train

@@ -9,7 +9,8 @@
 
 namespace dreamlora::train {
 
-DataOrder::DataOrder(uint64_t seed, int64_t num_items) : seed_(seed), num_items_(num_items), epoch_length_(num_items) {
+DataOrder::DataOrder(uint64_t seed, int64_t num_items)
+    : seed_(seed), num_items_(num_items), epoch_length_(num_items) {
   DL_CHECK(num_items > 0, "DataOrder: no items to visit");
 }
 
@@ -65,6 +66,8 @@ const std::vector<int64_t>& DataOrder::permutation(int64_t epoch) {
   return cached_;
 }
 
-int64_t DataOrder::item(int64_t n) { return permutation(n / epoch_length_)[n % epoch_length_]; }
+int64_t DataOrder::item(int64_t n) {
+  return permutation(n / epoch_length_)[n % epoch_length_];
+}
 
 }  // namespace dreamlora::train

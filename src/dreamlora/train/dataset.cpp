@@ -30,8 +30,8 @@ void replace_all(std::string& text, const std::string& from, const std::string& 
 }
 }  // namespace
 
-std::string caption_for(const fs::path& image, const std::string& default_caption, const CaptionOptions& captions,
-                        const std::string& flag) {
+std::string caption_for(const fs::path& image, const std::string& default_caption,
+                        const CaptionOptions& captions, const std::string& flag) {
   const auto caption_file = fs::path(image).replace_extension(captions.extension);
   if (!fs::exists(caption_file)) return default_caption;
   std::string text = read_caption(caption_file);
@@ -155,7 +155,8 @@ torch::Tensor ImageSet::cropped_pixels(int64_t index, const Crop& crop) {
   return pixels * 2.0 - 1.0;  // [3, height, width] in [-1, 1]
 }
 
-std::vector<ExampleTensors> ImageSet::examples(const std::vector<int64_t>& indices, pipeline::ModelBundle& model,
+std::vector<ExampleTensors> ImageSet::examples(const std::vector<int64_t>& indices,
+                                               pipeline::ModelBundle& model,
                                                std::vector<at::Generator>& gens) {
   DL_CHECK(indices.size() == gens.size(), "ImageSet::examples: one generator per example");
   const auto device = model.vae->parameters().front().device();
@@ -212,7 +213,8 @@ std::string bucket_summary(const ImageSet& set) {
   return os.str();
 }
 
-text::PromptEmbeddings CaptionEmbedder::embed(pipeline::ModelBundle& model, const std::vector<std::string>& captions) {
+text::PromptEmbeddings CaptionEmbedder::embed(pipeline::ModelBundle& model,
+                                              const std::vector<std::string>& captions) {
   if (!cache_) return text::encode_prompt(model.text, captions);
   std::vector<torch::Tensor> embeds, pooled;
   for (const auto& c : captions) {

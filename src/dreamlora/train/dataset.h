@@ -33,8 +33,9 @@ struct CaptionOptions {
 
 // Every image in dir (sorted by name), with its caption (see CaptionOptions) or default_caption.
 // Errors (naming `flag` and the path): missing or empty folder, unreadable or zero-size image, empty caption.
-std::vector<TrainingImage> list_training_images(const std::filesystem::path& dir, const std::string& default_caption,
-                                                const std::string& flag, const CaptionOptions& captions = {});
+std::vector<TrainingImage> list_training_images(const std::filesystem::path& dir,
+                                                const std::string& default_caption, const std::string& flag,
+                                                const CaptionOptions& captions = {});
 // The caption of one image: the caption file's text through the template, or default_caption.
 std::string caption_for(const std::filesystem::path& image, const std::string& default_caption,
                         const CaptionOptions& captions, const std::string& flag);
@@ -56,7 +57,7 @@ struct DatasetOptions {
 struct ExampleTensors {
   torch::Tensor latent_mean, latent_std;  // [C, h, w] (unscaled VAE latent distribution)
   std::string caption;
-  torch::Tensor time_ids;                 // [6] SDXL: original (h, w), crop (top, left), target (h, w)
+  torch::Tensor time_ids;  // [6] SDXL: original (h, w), crop (top, left), target (h, w)
 };
 
 class ImageSet {

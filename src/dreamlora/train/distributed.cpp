@@ -4,8 +4,6 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <netdb.h>
 #include <sys/socket.h>
-#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/cuda.h>
 #include <torch/torch.h>
 #include <torch/version.h>
@@ -14,6 +12,8 @@
 #include <cstdlib>
 #include <optional>
 #include <thread>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "dreamlora/common/error.h"
 
@@ -41,7 +41,8 @@ int env_int(const char* name, int fallback) {
   if (v == nullptr || *v == '\0') return fallback;
   char* end = nullptr;
   long n = std::strtol(v, &end, 10);
-  DL_CHECK(end != v && *end == '\0' && n >= 0, "environment variable ", name, "='", v, "' is not a non-negative integer");
+  DL_CHECK(end != v && *end == '\0' && n >= 0, "environment variable ", name, "='", v,
+           "' is not a non-negative integer");
   return static_cast<int>(n);
 }
 
@@ -200,8 +201,8 @@ Distributed::Distributed(const DistributedEnv& env, torch::Device device, std::c
   try {
     impl_->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
   } catch (const std::exception& e) {
-    fail(str("distributed: rendezvous at ", env.master_addr, ":", env.master_port, " failed for rank ", env.rank, ": ",
-             e.what()));
+    fail(str("distributed: rendezvous at ", env.master_addr, ":", env.master_port, " failed for rank ",
+             env.rank, ": ", e.what()));
   }
   DL_CHECK(device.is_cpu() || device.is_cuda(), "distributed: --device ", device.str(),
            " is not supported (cpu or cuda)");
@@ -252,7 +253,8 @@ double Distributed::mean(double value) {
 
 bool Distributed::any(bool value) {
   if (!enabled()) return value;
-  auto t = torch::tensor({value ? 1.0 : 0.0}, torch::TensorOptions().dtype(torch::kFloat64).device(impl_->device));
+  auto t =
+      torch::tensor({value ? 1.0 : 0.0}, torch::TensorOptions().dtype(torch::kFloat64).device(impl_->device));
   impl_->allreduce(t, c10d::ReduceOp::MAX);
   return t.item<double>() > 0.5;
 }
@@ -263,8 +265,9 @@ void Distributed::check_equal(double value, const std::string& what, const std::
   auto lo = hi.clone();
   impl_->allreduce(hi, c10d::ReduceOp::MAX);
   impl_->allreduce(lo, c10d::ReduceOp::MIN);
-  DL_CHECK(hi.item<double>() == lo.item<double>(), "distributed: ", what, " differs between ranks (this rank ",
-           env_.rank, ": ", value, "; min ", lo.item<double>(), ", max ", hi.item<double>(), "): ", hint);
+  DL_CHECK(hi.item<double>() == lo.item<double>(), "distributed: ", what,
+           " differs between ranks (this rank ", env_.rank, ": ", value, "; min ", lo.item<double>(),
+           ", max ", hi.item<double>(), "): ", hint);
 }
 
 void Distributed::barrier() {

@@ -21,7 +21,9 @@ namespace dreamlora::train {
 namespace {
 
 std::atomic<int> g_forward_signal{0};
-void remember_signal(int sig) { g_forward_signal.store(sig); }
+void remember_signal(int sig) {
+  g_forward_signal.store(sig);
+}
 
 int exit_status_of(int wait_status) {
   if (WIFEXITED(wait_status)) return WEXITSTATUS(wait_status);
@@ -88,16 +90,19 @@ std::vector<char*> c_strings(const std::vector<std::string>& strings) {
 
 }  // namespace
 
-int launch_workers(const std::string& executable, const std::vector<std::string>& args, const LaunchOptions& o) {
+int launch_workers(const std::string& executable, const std::vector<std::string>& args,
+                   const LaunchOptions& o) {
   DL_CHECK(o.nproc_per_node >= 1, "--nproc-per-node must be at least 1, got ", o.nproc_per_node);
   DL_CHECK(o.nnodes >= 1, "--nnodes must be at least 1, got ", o.nnodes);
   DL_CHECK(o.node_rank >= 0 && o.node_rank < o.nnodes, "--node-rank ", o.node_rank,
            " must be in [0, --nnodes ", o.nnodes, ")");
-  DL_CHECK(!args.empty(), "launch: give the worker command after --, e.g. `dreamlora launch --nproc-per-node 2 -- train ...`");
+  DL_CHECK(
+      !args.empty(),
+      "launch: give the worker command after --, e.g. `dreamlora launch --nproc-per-node 2 -- train ...`");
   const int port = o.master_port > 0 ? o.master_port : o.nnodes > 1 ? 29500 : free_loopback_port();
   const int world_size = o.nnodes * o.nproc_per_node;
   // Handlers before the first fork: a signal during start-up is forwarded, not fatal to the launcher.
-  struct sigaction sa {};
+  struct sigaction sa{};
   sa.sa_handler = remember_signal;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGTERM, &sa, nullptr);
@@ -145,8 +150,7 @@ int launch_workers(const std::string& executable, const std::vector<std::string>
         if (status[i] != 0 && status[i] != 75 && first_failure == 0) {
           first_failure = status[i];
           std::cerr << "dreamlora launch: worker " << o.node_rank * o.nproc_per_node + static_cast<int>(i)
-                    << " exited with status " << status[i]
-                    << "; stopping the others" << std::endl;
+                    << " exited with status " << status[i] << "; stopping the others" << std::endl;
           kill_all(SIGTERM);
           kill_deadline = std::chrono::steady_clock::now() +
                           std::chrono::milliseconds(static_cast<int64_t>(o.grace_seconds * 1000));

@@ -19,7 +19,8 @@ struct LaunchOptions {
 };
 
 // Runs `executable args...` nproc_per_node times; returns the exit status for the launcher.
-int launch_workers(const std::string& executable, const std::vector<std::string>& args, const LaunchOptions& options);
+int launch_workers(const std::string& executable, const std::vector<std::string>& args,
+                   const LaunchOptions& options);
 
 // A free TCP port on the loopback interface.
 int free_loopback_port();

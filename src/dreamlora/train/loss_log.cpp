@@ -4,7 +4,8 @@
 
 namespace dreamlora::train {
 
-void PendingLosses::add(int64_t step, const torch::Tensor& loss, double lr, double unix_time, double loss_scale) {
+void PendingLosses::add(int64_t step, const torch::Tensor& loss, double lr, double unix_time,
+                        double loss_scale) {
   pending_.push_back({step, loss, lr, unix_time, loss_scale});
 }
 

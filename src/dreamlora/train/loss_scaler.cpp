@@ -38,7 +38,8 @@ void unscale_grads(const std::vector<torch::Tensor>& grads, torch::Tensor& found
 
 LossScaler::LossScaler(bool enabled, LossScalerOptions options)
     : enabled_(enabled), options_(options), scale_(options.init_scale) {
-  DL_CHECK(options.init_scale > 0 && std::isfinite(options.init_scale), "loss scale must be a positive number");
+  DL_CHECK(options.init_scale > 0 && std::isfinite(options.init_scale),
+           "loss scale must be a positive number");
   DL_CHECK(options.growth_interval >= 1, "loss scaler growth interval must be at least 1");
 }
 
@@ -51,8 +52,10 @@ bool LossScaler::unscale_and_check(const std::vector<torch::Tensor>& grads) cons
   if (!enabled_ || grads.empty()) return false;
   torch::NoGradGuard no_grad;
   for (const auto& g : grads)
-    DL_CHECK(g.scalar_type() == torch::kFloat32, "loss scaler: gradients must be float32 (LoRA parameters stay "
-             "fp32 under --mixed-precision), got ", g.scalar_type());
+    DL_CHECK(g.scalar_type() == torch::kFloat32,
+             "loss scaler: gradients must be float32 (LoRA parameters stay "
+             "fp32 under --mixed-precision), got ",
+             g.scalar_type());
   // GradScaler.unscale_: inv_scale = float(1 / double(scale)).
   const float inv_scale = static_cast<float>(1.0 / static_cast<double>(scale_));
   auto found_inf = torch::zeros({}, grads.front().options().dtype(torch::kFloat32));
@@ -87,8 +90,9 @@ void LossScaler::load_metadata(const std::map<std::string, std::string>& metadat
   if (!enabled_) return;
   auto scale = metadata.find("loss_scale");
   auto tracker = metadata.find("loss_scale_growth_tracker");
-  DL_CHECK(scale != metadata.end() && tracker != metadata.end(), what,
-           ": no loss_scale / loss_scale_growth_tracker metadata, which --mixed-precision fp16 needs to resume");
+  DL_CHECK(
+      scale != metadata.end() && tracker != metadata.end(), what,
+      ": no loss_scale / loss_scale_growth_tracker metadata, which --mixed-precision fp16 needs to resume");
   try {
     size_t pos = 0;
     const float s = std::stof(scale->second, &pos);

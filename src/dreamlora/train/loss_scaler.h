@@ -5,12 +5,12 @@
 // scaling and unscaling cost no sync; the one device read per step is the inf/nan flag.
 #pragma once
 
+#include <torch/types.h>
+
 #include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
-
-#include <torch/types.h>
 
 namespace dreamlora::train {
 

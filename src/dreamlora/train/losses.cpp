@@ -10,8 +10,9 @@ torch::Tensor min_snr_weights(const torch::Tensor& snr, double gamma, const std:
   auto clipped = torch::clamp_max(snr, gamma);  // min(snr, gamma)
   if (prediction_type == "epsilon") return clipped / snr;
   if (prediction_type == "v_prediction") return clipped / (snr + 1);
-  fail(str("--snr-gamma: Min-SNR weighting needs prediction_type epsilon or v_prediction, the scheduler has '",
-           prediction_type, "'"));
+  fail(
+      str("--snr-gamma: Min-SNR weighting needs prediction_type epsilon or v_prediction, the scheduler has '",
+          prediction_type, "'"));
 }
 
 LossParts dreambooth_loss(const torch::Tensor& pred, const torch::Tensor& target, bool prior_preservation,

@@ -8,12 +8,13 @@
 namespace dreamlora::train {
 
 void check_lr_schedule_name(const std::string& name) {
-  static const char* kNames[] = {"constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
-                                 "polynomial"};
+  static const char* kNames[] = {"constant", "constant_with_warmup", "linear",
+                                 "cosine",   "cosine_with_restarts", "polynomial"};
   for (const char* n : kNames)
     if (name == n) return;
-  fail(str("--scheduler: unknown schedule '", name,
-           "' (expected constant, constant_with_warmup, linear, cosine, cosine_with_restarts or polynomial)"));
+  fail(
+      str("--scheduler: unknown schedule '", name,
+          "' (expected constant, constant_with_warmup, linear, cosine, cosine_with_restarts or polynomial)"));
 }
 
 double lr_multiplier(const LRScheduleOptions& o, double base_lr, int64_t step) {
@@ -31,7 +32,8 @@ double lr_multiplier(const LRScheduleOptions& o, double base_lr, int64_t step) {
     return std::max(0.0, 0.5 * (1.0 + std::cos(M_PI * std::fmod(o.num_cycles * progress, 1.0))));
   }
   if (o.name == "polynomial") {
-    DL_CHECK(base_lr > o.lr_end, "--lr (", base_lr, ") must be larger than the polynomial schedule's end LR (", o.lr_end, ")");
+    DL_CHECK(base_lr > o.lr_end, "--lr (", base_lr,
+             ") must be larger than the polynomial schedule's end LR (", o.lr_end, ")");
     if (s > total) return o.lr_end / base_lr;
     const double remaining = 1.0 - (s - warmup) / (total - warmup);
     return ((base_lr - o.lr_end) * std::pow(remaining, o.power) + o.lr_end) / base_lr;

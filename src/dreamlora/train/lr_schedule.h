@@ -7,12 +7,13 @@
 namespace dreamlora::train {
 
 struct LRScheduleOptions {
-  std::string name = "constant";  // constant | constant_with_warmup | linear | cosine | cosine_with_restarts | polynomial
+  std::string name =
+      "constant";  // constant | constant_with_warmup | linear | cosine | cosine_with_restarts | polynomial
   int64_t warmup_steps = 0;
   int64_t total_steps = 1;
-  int num_cycles = 1;      // cosine_with_restarts only (plain cosine uses diffusers' fixed 0.5)
-  double power = 1.0;      // polynomial
-  double lr_end = 1e-7;    // polynomial (diffusers' default)
+  int num_cycles = 1;    // cosine_with_restarts only (plain cosine uses diffusers' fixed 0.5)
+  double power = 1.0;    // polynomial
+  double lr_end = 1e-7;  // polynomial (diffusers' default)
 };
 
 // Validates the name; error names the flag --scheduler.

@@ -27,7 +27,8 @@ double unix_seconds() {
 
 MetricsLog::MetricsLog(const std::filesystem::path& dir, int64_t resume_step, const std::string& report_to)
     : start_(now_seconds()) {
-  if (report_to == "tensorboard" || report_to == "all") tensorboard_ = std::make_unique<TensorBoardWriter>(dir / "logs", resume_step);
+  if (report_to == "tensorboard" || report_to == "all")
+    tensorboard_ = std::make_unique<TensorBoardWriter>(dir / "logs", resume_step);
   if (report_to != "jsonl" && report_to != "all") return;
   path_ = dir / "metrics.jsonl";
   std::vector<std::string> kept;
@@ -38,7 +39,9 @@ MetricsLog::MetricsLog(const std::filesystem::path& dir, int64_t resume_step, co
       try {
         auto j = io::Json::parse(line);
         if (j.value("step", int64_t{0}) > resume_step) continue;
-        if (j.contains("loss")) points_.push_back({j["step"].get<int64_t>(), j["loss"].get<double>(), j["lr"].get<double>(), j.value("time", 0.0)});
+        if (j.contains("loss"))
+          points_.push_back({j["step"].get<int64_t>(), j["loss"].get<double>(), j["lr"].get<double>(),
+                             j.value("time", 0.0)});
         kept.push_back(line);
       } catch (...) {
         // a torn last line from a killed run
@@ -61,7 +64,8 @@ void MetricsLog::record(int64_t step, double loss, double lr, double unix_time, 
   if (tensorboard_) {
     tensorboard_->add_scalar(step, "train/loss", loss, time);
     tensorboard_->add_scalar(step, "train/lr", lr, time);
-    if (previous_step_time_ >= 0) tensorboard_->add_scalar(step, "train/step_time_s", time - previous_step_time_, time);
+    if (previous_step_time_ >= 0)
+      tensorboard_->add_scalar(step, "train/step_time_s", time - previous_step_time_, time);
     if (loss_scale >= 0) tensorboard_->add_scalar(step, "train/loss_scale", loss_scale, time);
   }
   previous_step_time_ = time;
@@ -71,7 +75,8 @@ void MetricsLog::record(int64_t step, double loss, double lr, double unix_time, 
 void MetricsLog::record_images(int64_t step, const std::vector<io::Image>& images) {
   if (!tensorboard_) return;
   for (size_t i = 0; i < images.size(); ++i)
-    tensorboard_->add_image(step, "validation/" + std::to_string(i), images[i].width, images[i].height, images[i].rgb);
+    tensorboard_->add_image(step, "validation/" + std::to_string(i), images[i].width, images[i].height,
+                            images[i].rgb);
 }
 
 void MetricsLog::record_checkpoint(int64_t step, double stall_seconds) {
@@ -86,10 +91,11 @@ std::string render_loss_svg(const std::vector<MetricsLog::Point>& points) {
   const double W = 800, H = 400, L = 60, R = 60, T = 30, B = 40;
   std::ostringstream svg;
   svg << std::fixed << std::setprecision(2);
-  svg << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W
-      << " " << H << "\" font-family=\"sans-serif\" font-size=\"12\">\n";
+  svg << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H
+      << "\" viewBox=\"0 0 " << W << " " << H << "\" font-family=\"sans-serif\" font-size=\"12\">\n";
   svg << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-  svg << "<text x=\"" << L << "\" y=\"18\">dreamlora training loss (blue, left) and learning rate (orange, right)</text>\n";
+  svg << "<text x=\"" << L
+      << "\" y=\"18\">dreamlora training loss (blue, left) and learning rate (orange, right)</text>\n";
   if (points.empty()) {
     svg << "<text x=\"" << L << "\" y=\"" << H / 2 << "\">no steps yet</text>\n</svg>\n";
     return svg.str();
@@ -106,10 +112,13 @@ std::string render_loss_svg(const std::vector<MetricsLog::Point>& points) {
   auto x = [&](double s) { return L + (s - smin) / (smax - smin) * (W - L - R); };
   auto yl = [&](double v) { return T + (1 - (v - lmin) / (lmax - lmin)) * (H - T - B); };
   auto yr = [&](double v) { return T + (1 - v / rmax) * (H - T - B); };
-  svg << "<line x1=\"" << L << "\" y1=\"" << H - B << "\" x2=\"" << W - R << "\" y2=\"" << H - B << "\" stroke=\"black\"/>\n";
-  svg << "<line x1=\"" << L << "\" y1=\"" << T << "\" x2=\"" << L << "\" y2=\"" << H - B << "\" stroke=\"black\"/>\n";
+  svg << "<line x1=\"" << L << "\" y1=\"" << H - B << "\" x2=\"" << W - R << "\" y2=\"" << H - B
+      << "\" stroke=\"black\"/>\n";
+  svg << "<line x1=\"" << L << "\" y1=\"" << T << "\" x2=\"" << L << "\" y2=\"" << H - B
+      << "\" stroke=\"black\"/>\n";
   svg << "<text x=\"" << L << "\" y=\"" << H - 20 << "\">step " << static_cast<int64_t>(smin) << "</text>\n";
-  svg << "<text x=\"" << W - R - 60 << "\" y=\"" << H - 20 << "\">step " << static_cast<int64_t>(smax) << "</text>\n";
+  svg << "<text x=\"" << W - R - 60 << "\" y=\"" << H - 20 << "\">step " << static_cast<int64_t>(smax)
+      << "</text>\n";
   svg << std::setprecision(4);
   svg << "<text x=\"4\" y=\"" << T + 4 << "\">" << lmax << "</text>\n";
   svg << "<text x=\"4\" y=\"" << H - B << "\">" << lmin << "</text>\n";
@@ -124,7 +133,9 @@ std::string render_loss_svg(const std::vector<MetricsLog::Point>& points) {
   return svg.str();
 }
 
-void MetricsLog::write_svg(const std::filesystem::path& path) const { io::write_file_atomically(path, render_loss_svg(points_)); }
+void MetricsLog::write_svg(const std::filesystem::path& path) const {
+  io::write_file_atomically(path, render_loss_svg(points_));
+}
 
 void MetricsLog::print_summary(const std::vector<checkpoint::WriteStats>& writes) const {
   if (points_.empty()) return;
@@ -139,19 +150,23 @@ void MetricsLog::print_summary(const std::vector<checkpoint::WriteStats>& writes
       bytes += w.bytes;
       failed += w.ok ? 0 : 1;
     }
-    std::cerr << "dreamlora: " << writes.size() << " checkpoint writes, mean write " << write / writes.size() * 1000
-              << " ms, mean bytes " << bytes / writes.size() << (failed ? ", FAILED: " + std::to_string(failed) : "")
-              << "\n";
+    std::cerr << "dreamlora: " << writes.size() << " checkpoint writes, mean write "
+              << write / writes.size() * 1000 << " ms, mean bytes " << bytes / writes.size()
+              << (failed ? ", FAILED: " + std::to_string(failed) : "") << "\n";
   }
   if (!stalls_.empty()) {
     double total = 0;
     for (double s : stalls_) total += s;
-    std::cerr << "dreamlora: mean checkpoint stall of the step loop " << total / stalls_.size() * 1000 << " ms\n";
+    std::cerr << "dreamlora: mean checkpoint stall of the step loop " << total / stalls_.size() * 1000
+              << " ms\n";
   }
 }
 
 ProgressBar::ProgressBar(int64_t total, int64_t start, int64_t log_every)
-    : total_(total), start_(start), log_every_(std::max<int64_t>(1, log_every)), tty_(isatty(STDERR_FILENO) != 0),
+    : total_(total),
+      start_(start),
+      log_every_(std::max<int64_t>(1, log_every)),
+      tty_(isatty(STDERR_FILENO) != 0),
       t0_(now_seconds()) {}
 
 void ProgressBar::update(int64_t step, double loss, double lr, int64_t last_checkpoint_step) {
@@ -176,8 +191,8 @@ void ProgressBar::update(int64_t step, double loss, double lr, int64_t last_chec
   } else if (step % log_every_ == 0 || step == total_) {
     std::ostringstream line;
     line << std::fixed << "step " << step << "/" << total_ << std::setprecision(4) << "  loss " << loss
-         << std::scientific << std::setprecision(2) << "  lr " << lr << std::fixed << std::setprecision(2) << "  "
-         << rate << " it/s  ETA " << static_cast<int64_t>(eta) << " s";
+         << std::scientific << std::setprecision(2) << "  lr " << lr << std::fixed << std::setprecision(2)
+         << "  " << rate << " it/s  ETA " << static_cast<int64_t>(eta) << " s";
     std::cerr << "dreamlora: " << line.str() << std::endl;
   }
 }

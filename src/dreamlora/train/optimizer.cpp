@@ -63,13 +63,14 @@ torch::Tensor Optimizer::clip_grad_norm(double max_norm) {
   return total;
 }
 
-void Optimizer::copy_state_tensors(const std::map<std::string, torch::Tensor>& tensors, const std::string& what) {
+void Optimizer::copy_state_tensors(const std::map<std::string, torch::Tensor>& tensors,
+                                   const std::string& what) {
   torch::NoGradGuard no_grad;
   for (auto& [key, t] : state_tensors()) {
     auto it = tensors.find(key);
     DL_CHECK(it != tensors.end(), what, ": optimizer state for '", key, "' is missing");
-    DL_CHECK(it->second.sizes() == t.sizes(), what, ": optimizer state '", key, "' has shape ", it->second.sizes(),
-             ", expected ", t.sizes());
+    DL_CHECK(it->second.sizes() == t.sizes(), what, ": optimizer state '", key, "' has shape ",
+             it->second.sizes(), ", expected ", t.sizes());
     t.copy_(it->second);
   }
 }
@@ -94,15 +95,15 @@ double parse_exact_double(const std::map<std::string, std::string>& metadata, co
   DL_CHECK(it != metadata.end(), what, ": optimizer metadata '", key, "' is missing");
   char* end = nullptr;
   const double v = std::strtod(it->second.c_str(), &end);
-  DL_CHECK(end != it->second.c_str() && *end == '\0', what, ": optimizer metadata '", key, "' is not a number: '",
-           it->second, "'");
+  DL_CHECK(end != it->second.c_str() && *end == '\0', what, ": optimizer metadata '", key,
+           "' is not a number: '", it->second, "'");
   return v;
 }
 
 std::unique_ptr<Optimizer> make_optimizer(const TrainConfig& c, std::vector<ParamGroup> groups) {
   if (c.optimizer == "sgd")
-    return std::make_unique<SGD>(std::move(groups),
-                                 SGDOptions{c.sgd_momentum, c.sgd_dampening, c.adam_weight_decay, c.sgd_nesterov});
+    return std::make_unique<SGD>(
+        std::move(groups), SGDOptions{c.sgd_momentum, c.sgd_dampening, c.adam_weight_decay, c.sgd_nesterov});
   if (c.optimizer == "prodigy") {
     ProdigyOptions o;
     o.beta1 = c.adam_beta1;
@@ -120,8 +121,8 @@ std::unique_ptr<Optimizer> make_optimizer(const TrainConfig& c, std::vector<Para
     return std::make_unique<Prodigy>(std::move(groups), o);
   }
   DL_CHECK(c.optimizer == "adamw", "--optimizer must be adamw, sgd or prodigy, got '", c.optimizer, "'");
-  return std::make_unique<AdamW>(std::move(groups),
-                                 AdamWOptions{c.adam_beta1, c.adam_beta2, c.adam_epsilon, c.adam_weight_decay});
+  return std::make_unique<AdamW>(
+      std::move(groups), AdamWOptions{c.adam_beta1, c.adam_beta2, c.adam_epsilon, c.adam_weight_decay});
 }
 
 }  // namespace dreamlora::train

@@ -17,7 +17,7 @@ struct TrainConfig;
 
 struct ParamGroup {
   std::vector<std::pair<std::string, torch::Tensor>> params;  // named, requires_grad
-  double lr = 1e-4;                                            // base LR; scaled by the schedule each step
+  double lr = 1e-4;                                           // base LR; scaled by the schedule each step
 };
 
 class Optimizer {
@@ -42,9 +42,11 @@ class Optimizer {
   virtual std::map<std::string, std::string> state_metadata() const { return {}; }
   int64_t step_count() const { return steps_; }
   // Restores from state_tensors() and state_metadata(); `what` (the file) is named in errors.
-  void load_state(const std::map<std::string, torch::Tensor>& tensors, const std::map<std::string, std::string>& metadata,
-                  int64_t step_count, const std::string& what);
-  void load_state(const std::map<std::string, torch::Tensor>& tensors, int64_t step_count, const std::string& what) {
+  void load_state(const std::map<std::string, torch::Tensor>& tensors,
+                  const std::map<std::string, std::string>& metadata, int64_t step_count,
+                  const std::string& what);
+  void load_state(const std::map<std::string, torch::Tensor>& tensors, int64_t step_count,
+                  const std::string& what) {
     load_state(tensors, {}, step_count, what);
   }
 

@@ -34,11 +34,13 @@ std::string model_card(const TrainConfig& c, bool sdxl, const std::string& sampl
   md << "Trigger prompt: `" << c.prompt << "`\n\n";
   if (!sample_image.empty()) md << "![sample](" << sample_image << ")\n\n";
   md << "| setting | value |\n|---|---|\n";
-  md << "| base model | `" << c.model << "` |\n| rank / alpha | " << c.rank << " / " << c.effective_lora_alpha() << " |\n";
-  md << "| targets | `" << c.lora_targets << "` |\n| steps | " << c.num_steps << " |\n| batch size x accumulation | "
-     << c.batch_size << " x " << c.gradient_accumulation << " |\n| learning rate | " << c.lr << " (" << c.scheduler
-     << ") |\n| resolution | " << c.resolution << " |\n| prior preservation | "
-     << (c.prior_preservation ? "yes: " + c.class_prompt : std::string("no")) << " |\n| seed | " << c.seed << " |\n\n";
+  md << "| base model | `" << c.model << "` |\n| rank / alpha | " << c.rank << " / "
+     << c.effective_lora_alpha() << " |\n";
+  md << "| targets | `" << c.lora_targets << "` |\n| steps | " << c.num_steps
+     << " |\n| batch size x accumulation | " << c.batch_size << " x " << c.gradient_accumulation
+     << " |\n| learning rate | " << c.lr << " (" << c.scheduler << ") |\n| resolution | " << c.resolution
+     << " |\n| prior preservation | " << (c.prior_preservation ? "yes: " + c.class_prompt : std::string("no"))
+     << " |\n| seed | " << c.seed << " |\n\n";
   md << "## Use it\n\n";
   md << "diffusers:\n\n```python\npipe.load_lora_weights(\"" << c.output_dir
      << "\", weight_name=\"pytorch_lora_weights.safetensors\")\n```\n\n";
@@ -51,8 +53,8 @@ std::string model_card(const TrainConfig& c, bool sdxl, const std::string& sampl
 
 std::vector<std::string> final_output_files(const fs::path& out) {
   std::vector<std::string> files;
-  for (const char* name : {"pytorch_lora_weights.safetensors", "pytorch_lora_weights_kohya.safetensors", "README.md",
-                           "loss.svg", "metrics.jsonl", "training_config.json"})
+  for (const char* name : {"pytorch_lora_weights.safetensors", "pytorch_lora_weights_kohya.safetensors",
+                           "README.md", "loss.svg", "metrics.jsonl", "training_config.json"})
     if (fs::is_regular_file(out / name)) files.emplace_back(name);
   std::vector<std::string> images;
   std::error_code ec;

@@ -17,8 +17,8 @@ namespace dreamlora::train {
 std::map<std::string, std::string> lora_metadata(const TrainConfig& config, bool alpha_baked);
 
 // The result of the run: the LoRA files of --save-format. Written before anything optional.
-void write_final_lora(const std::filesystem::path& out, const TrainConfig& config, const pipeline::ModelBundle& model,
-                      const lora::LoRAWeights& weights);
+void write_final_lora(const std::filesystem::path& out, const TrainConfig& config,
+                      const pipeline::ModelBundle& model, const lora::LoRAWeights& weights);
 // README.md, showing the newest validation image when there is one.
 void write_model_card(const std::filesystem::path& out, const TrainConfig& config, bool sdxl);
 

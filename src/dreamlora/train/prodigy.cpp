@@ -34,10 +34,10 @@ void Prodigy::step(double lr_multiplier) {
   const double beta3 = o.beta3 > 0 ? o.beta3 : std::sqrt(o.beta2);
   double lr = 0;
   for (const auto& g : groups_) lr = std::max(lr, g.lr * lr_multiplier);
-  const double bias_correction =
-      o.use_bias_correction ? std::pow(1.0 - std::pow(o.beta2, static_cast<double>(k_ + 1)), 0.5) /
-                                  (1.0 - std::pow(o.beta1, static_cast<double>(k_ + 1)))
-                            : 1.0;
+  const double bias_correction = o.use_bias_correction
+                                     ? std::pow(1.0 - std::pow(o.beta2, static_cast<double>(k_ + 1)), 0.5) /
+                                           (1.0 - std::pow(o.beta1, static_cast<double>(k_ + 1)))
+                                     : 1.0;
   const double d = d_;
   const double dlr = d * lr * bias_correction;
   double delta_numerator = 0.0, d_denom = 0.0;
@@ -53,8 +53,10 @@ void Prodigy::step(double lr_multiplier) {
         delta_numerator += (d / o.d0) * dlr * torch::dot(flat_grad, st.p0 - p.flatten()).item<double>();
         if (o.beta1 > 0) st.exp_avg.mul_(o.beta1).add_(grad, d * (1 - o.beta1));
         st.exp_avg_sq.mul_(o.beta2).addcmul_(grad, grad, d * d * (1 - o.beta2));
-        if (o.safeguard_warmup) st.s.mul_(beta3).add_(flat_grad, (d / o.d0) * d);
-        else st.s.mul_(beta3).add_(flat_grad, (d / o.d0) * dlr);
+        if (o.safeguard_warmup)
+          st.s.mul_(beta3).add_(flat_grad, (d / o.d0) * d);
+        else
+          st.s.mul_(beta3).add_(flat_grad, (d / o.d0) * dlr);
         d_denom += st.s.abs().sum().item<double>();
       }
     }
@@ -74,8 +76,10 @@ void Prodigy::step(double lr_multiplier) {
       auto& st = state_.at(name);
       auto denom = st.exp_avg_sq.sqrt().add_(new_d * o.eps);
       if (o.weight_decay != 0 && o.decouple) p.add_(p, -o.weight_decay * dlr);
-      if (o.beta1 > 0) p.addcdiv_(st.exp_avg, denom, -dlr);
-      else p.addcdiv_(p.grad(), denom, -dlr * new_d);
+      if (o.beta1 > 0)
+        p.addcdiv_(st.exp_avg, denom, -dlr);
+      else
+        p.addcdiv_(p.grad(), denom, -dlr * new_d);
     }
   ++k_;
 }

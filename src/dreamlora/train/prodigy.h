@@ -1,7 +1,8 @@
 // Prodigy (Mishchenko & Defazio 2023) with the arithmetic of the prodigyopt package (1.1.2: the
-// numerator's new terms summed apart, beta1 = 0 allowed; slice_p = 1, growth_rate = inf, no FSDP): Adam whose step size d is estimated from the distance
-// travelled. Its whole state -- per parameter exp_avg, exp_avg_sq, s and the initial weights p0; the
-// scalars d, d_max, d_numerator and k -- is checkpointed exactly, so a resumed run continues bit for bit.
+// numerator's new terms summed apart, beta1 = 0 allowed; slice_p = 1, growth_rate = inf, no FSDP): Adam whose
+// step size d is estimated from the distance travelled. Its whole state -- per parameter exp_avg, exp_avg_sq,
+// s and the initial weights p0; the scalars d, d_max, d_numerator and k -- is checkpointed exactly, so a
+// resumed run continues bit for bit.
 #pragma once
 
 #include <map>

@@ -30,8 +30,11 @@ std::string format_duration(double seconds) {
   if (!(seconds >= 0) || std::isinf(seconds)) return "?";
   const int64_t s = static_cast<int64_t>(std::llround(seconds));
   char buf[32];
-  if (s < 60) std::snprintf(buf, sizeof buf, "%llds", static_cast<long long>(s));
-  else if (s < 3600) std::snprintf(buf, sizeof buf, "%lld:%02lld", static_cast<long long>(s / 60), static_cast<long long>(s % 60));
+  if (s < 60)
+    std::snprintf(buf, sizeof buf, "%llds", static_cast<long long>(s));
+  else if (s < 3600)
+    std::snprintf(buf, sizeof buf, "%lld:%02lld", static_cast<long long>(s / 60),
+                  static_cast<long long>(s % 60));
   else
     std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", static_cast<long long>(s / 3600),
                   static_cast<long long>(s / 60 % 60), static_cast<long long>(s % 60));
@@ -41,10 +44,10 @@ std::string format_duration(double seconds) {
 std::string format_training_progress(const TrainingProgressFields& f, int bar_width) {
   std::ostringstream os;
   const int64_t percent = f.total > 0 ? f.step * 100 / f.total : 0;
-  os << progress_bar(f.step, f.total, bar_width) << " " << f.step << "/" << f.total << " " << std::setw(3) << percent
-     << "% | " << std::fixed << std::setprecision(2) << f.it_per_s << " it/s | ETA "
-     << (f.eta_s < 0 ? std::string("?") : format_duration(f.eta_s)) << " | loss " << std::setprecision(4) << f.loss
-     << " | lr " << std::scientific << std::setprecision(2) << f.lr << " | ckpt "
+  os << progress_bar(f.step, f.total, bar_width) << " " << f.step << "/" << f.total << " " << std::setw(3)
+     << percent << "% | " << std::fixed << std::setprecision(2) << f.it_per_s << " it/s | ETA "
+     << (f.eta_s < 0 ? std::string("?") : format_duration(f.eta_s)) << " | loss " << std::setprecision(4)
+     << f.loss << " | lr " << std::scientific << std::setprecision(2) << f.lr << " | ckpt "
      << (f.checkpoint_age_s < 0 ? std::string("none yet") : format_duration(f.checkpoint_age_s) + " ago");
   return os.str();
 }
@@ -53,19 +56,26 @@ std::string format_task_progress(const std::string& label, int64_t done, int64_t
                                  int bar_width) {
   std::ostringstream os;
   const double eta = it_per_s > 0 ? (total - done) / it_per_s : -1;
-  os << label << " " << progress_bar(done, total, bar_width) << " " << done << "/" << total << " | " << std::fixed
-     << std::setprecision(2) << it_per_s << " it/s | ETA " << (eta < 0 ? std::string("?") : format_duration(eta));
+  os << label << " " << progress_bar(done, total, bar_width) << " " << done << "/" << total << " | "
+     << std::fixed << std::setprecision(2) << it_per_s << " it/s | ETA "
+     << (eta < 0 ? std::string("?") : format_duration(eta));
   return os.str();
 }
 
-bool stderr_is_terminal() { return isatty(STDERR_FILENO) != 0; }
+bool stderr_is_terminal() {
+  return isatty(STDERR_FILENO) != 0;
+}
 
-void rewrite_terminal_line(const std::string& text) { std::cerr << "\r" << text << "\x1b[K" << std::flush; }
+void rewrite_terminal_line(const std::string& text) {
+  std::cerr << "\r" << text << "\x1b[K" << std::flush;
+}
 
 TaskProgress::TaskProgress(std::string label, int64_t total)
     : label_(std::move(label)), total_(total), tty_(stderr_is_terminal()), t0_(progress_clock_seconds()) {}
 
-TaskProgress::~TaskProgress() { finish(); }
+TaskProgress::~TaskProgress() {
+  finish();
+}
 
 void TaskProgress::update(int64_t done, int64_t total) {
   if (total >= 0) total_ = total;

@@ -12,7 +12,7 @@ namespace dreamlora::train {
 struct TrainingProgressFields {
   int64_t step = 0, total = 0;
   double it_per_s = 0;
-  double eta_s = -1;             // < 0: unknown
+  double eta_s = -1;  // < 0: unknown
   double loss = 0, lr = 0;
   double checkpoint_age_s = -1;  // < 0: no checkpoint yet in this run
 };
@@ -35,7 +35,7 @@ class TaskProgress {
   TaskProgress(std::string label, int64_t total);
   ~TaskProgress();
   void update(int64_t done, int64_t total = -1);  // total >= 0 replaces the total
-  void finish();  // ends the line (once)
+  void finish();                                  // ends the line (once)
 
  private:
   std::string label_;

@@ -25,8 +25,9 @@ NoiseDraws draw_noise(at::Generator& gen, at::IntArrayRef latent_shape, const No
   return d;
 }
 
-std::vector<TrainingSample> draw_samples(const SampleStream& source, int64_t first_n, int64_t count, uint64_t seed,
-                                         pipeline::ModelBundle& model, const NoiseOptions& options, torch::Device device) {
+std::vector<TrainingSample> draw_samples(const SampleStream& source, int64_t first_n, int64_t count,
+                                         uint64_t seed, pipeline::ModelBundle& model,
+                                         const NoiseOptions& options, torch::Device device) {
   std::vector<at::Generator> gens;
   std::vector<int64_t> indices;
   for (int64_t n = first_n; n < first_n + count; ++n) {
@@ -41,7 +42,8 @@ std::vector<TrainingSample> draw_samples(const SampleStream& source, int64_t fir
     auto draws = draw_noise(gens[i], s.example.latent_mean.sizes(), options);
     s.eps = train::to_device_async(draws.eps, device);
     s.noise = train::to_device_async(draws.noise, device);
-    s.input_noise = options.input_perturbation > 0 ? train::to_device_async(draws.input_noise, device) : s.noise;
+    s.input_noise =
+        options.input_perturbation > 0 ? train::to_device_async(draws.input_noise, device) : s.noise;
     s.timestep = draws.timestep;
   }
   return out;

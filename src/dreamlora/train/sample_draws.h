@@ -28,8 +28,8 @@ struct NoiseOptions {
 };
 
 struct NoiseDraws {
-  torch::Tensor eps;    // posterior sample eps, latent_shape [C, h, w]
-  torch::Tensor noise;  // diffusion noise (+ offset), latent_shape: the target
+  torch::Tensor eps;          // posterior sample eps, latent_shape [C, h, w]
+  torch::Tensor noise;        // diffusion noise (+ offset), latent_shape: the target
   torch::Tensor input_noise;  // the noise added to the input: noise, or noise + input perturbation
   int64_t timestep = 0;
 };
@@ -52,7 +52,8 @@ struct SampleStream {
 
 // Samples first_n .. first_n + count - 1 of a stream: crops drawn and latents encoded as one batch, then
 // each sample's noise draws from its own generator, moved to the device.
-std::vector<TrainingSample> draw_samples(const SampleStream& source, int64_t first_n, int64_t count, uint64_t seed,
-                                         pipeline::ModelBundle& model, const NoiseOptions& options, torch::Device device);
+std::vector<TrainingSample> draw_samples(const SampleStream& source, int64_t first_n, int64_t count,
+                                         uint64_t seed, pipeline::ModelBundle& model,
+                                         const NoiseOptions& options, torch::Device device);
 
 }  // namespace dreamlora::train

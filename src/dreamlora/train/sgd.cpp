@@ -6,7 +6,8 @@
 
 namespace dreamlora::train {
 
-SGD::SGD(std::vector<ParamGroup> groups, SGDOptions options) : Optimizer(std::move(groups)), options_(options) {
+SGD::SGD(std::vector<ParamGroup> groups, SGDOptions options)
+    : Optimizer(std::move(groups)), options_(options) {
   DL_CHECK(!options_.nesterov || (options_.momentum > 0 && options_.dampening == 0),
            "--sgd-nesterov needs --sgd-momentum > 0 and --sgd-dampening 0");
   if (options_.momentum == 0) return;
@@ -29,8 +30,10 @@ void SGD::step(double lr_multiplier) {
       if (options_.weight_decay != 0) grad = grad.add(p, options_.weight_decay);
       if (options_.momentum != 0) {
         auto& buf = buffers_.at(name);
-        if (started_.insert(name).second) buf.copy_(grad);
-        else buf.mul_(options_.momentum).add_(grad, 1.0 - options_.dampening);
+        if (started_.insert(name).second)
+          buf.copy_(grad);
+        else
+          buf.mul_(options_.momentum).add_(grad, 1.0 - options_.dampening);
         grad = options_.nesterov ? grad.add(buf, options_.momentum) : buf;
       }
       p.add_(grad, -lr);
@@ -54,7 +57,8 @@ void SGD::load_metadata(const std::map<std::string, std::string>& metadata, cons
   started_.clear();
   if (options_.momentum == 0) return;
   auto it = metadata.find("sgd.started_buffers");
-  DL_CHECK(it != metadata.end(), what, ": optimizer metadata 'sgd.started_buffers' is missing (not an SGD checkpoint?)");
+  DL_CHECK(it != metadata.end(), what,
+           ": optimizer metadata 'sgd.started_buffers' is missing (not an SGD checkpoint?)");
   size_t start = 0;
   while (start < it->second.size()) {
     size_t end = it->second.find(',', start);

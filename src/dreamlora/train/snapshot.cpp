@@ -26,7 +26,8 @@ torch::Tensor bytes_tensor(const std::string& bytes) {
 
 }  // namespace
 
-std::vector<torch::Tensor> split_flat(const torch::Tensor& flat, const std::vector<std::vector<int64_t>>& shapes) {
+std::vector<torch::Tensor> split_flat(const torch::Tensor& flat,
+                                      const std::vector<std::vector<int64_t>>& shapes) {
   std::vector<torch::Tensor> out;
   int64_t offset = 0;
   for (const auto& shape : shapes) {
@@ -37,7 +38,8 @@ std::vector<torch::Tensor> split_flat(const torch::Tensor& flat, const std::vect
   return out;
 }
 
-std::shared_ptr<const SnapshotLayout> SnapshotLayout::make(const LoRALayers& layers, const Optimizer& optimizer) {
+std::shared_ptr<const SnapshotLayout> SnapshotLayout::make(const LoRALayers& layers,
+                                                           const Optimizer& optimizer) {
   auto layout = std::make_shared<SnapshotLayout>();
   for (const auto& [component, list] : layers)
     for (const auto& [path, linear] : list) {
@@ -58,7 +60,8 @@ std::shared_ptr<const SnapshotLayout> SnapshotLayout::make(const LoRALayers& lay
 void capture_rng_states(TrainerState& state, torch::Device device) {
   state.default_rng_state = base64_encode(tensor_bytes(at::detail::getDefaultCPUGenerator().get_state()));
   if (device.is_cuda())
-    state.cuda_rng_state = base64_encode(tensor_bytes(at::globalContext().defaultGenerator(device).get_state()));
+    state.cuda_rng_state =
+        base64_encode(tensor_bytes(at::globalContext().defaultGenerator(device).get_state()));
 }
 
 void restore_rng_states(const TrainerState& state, torch::Device device) {
@@ -112,8 +115,9 @@ lora::LoRAWeights copy_lora_weights(const LoRALayers& layers) {
   return w;
 }
 
-void restore_snapshot(const std::filesystem::path& dir, const TrainerState& state, pipeline::ModelBundle& model,
-                      bool train_text_encoder, Optimizer& optimizer, LossScaler& scaler, torch::Device device) {
+void restore_snapshot(const std::filesystem::path& dir, const TrainerState& state,
+                      pipeline::ModelBundle& model, bool train_text_encoder, Optimizer& optimizer,
+                      LossScaler& scaler, torch::Device device) {
   auto lora_file = lora::load_lora_file(dir / "pytorch_lora_weights.safetensors");
   lora::apply_lora(*model.unet, lora_file.components.at("unet"), dir.string());
   if (train_text_encoder) {
@@ -123,7 +127,8 @@ void restore_snapshot(const std::filesystem::path& dir, const TrainerState& stat
   }
   const auto optimizer_file = dir / "optimizer.safetensors";
   auto opt = io::safetensors::File::open(optimizer_file);
-  optimizer.load_state(opt.load_all(), opt.metadata(), std::stoll(opt.metadata().at("step")), optimizer_file.string());
+  optimizer.load_state(opt.load_all(), opt.metadata(), std::stoll(opt.metadata().at("step")),
+                       optimizer_file.string());
   scaler.load_metadata(opt.metadata(), optimizer_file.string());
   restore_rng_states(state, device);
 }

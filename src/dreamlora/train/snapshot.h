@@ -17,8 +17,8 @@
 #include "dreamlora/lora/formats.h"
 #include "dreamlora/nn/linear.h"
 #include "dreamlora/pipeline/model_bundle.h"
-#include "dreamlora/train/optimizer.h"
 #include "dreamlora/train/loss_scaler.h"
+#include "dreamlora/train/optimizer.h"
 #include "dreamlora/train/trainer_state.h"
 
 namespace dreamlora::train {
@@ -60,13 +60,15 @@ void restore_rng_states(const TrainerState& state, torch::Device device);
 
 // Loads checkpoint `dir` into the injected LoRA layers (unet; text encoders when trained), the optimizer,
 // the loss scaler and the default generators. `state` is the checkpoint's trainer_state.json.
-void restore_snapshot(const std::filesystem::path& dir, const TrainerState& state, pipeline::ModelBundle& model,
-                      bool train_text_encoder, Optimizer& optimizer, LossScaler& scaler, torch::Device device);
+void restore_snapshot(const std::filesystem::path& dir, const TrainerState& state,
+                      pipeline::ModelBundle& model, bool train_text_encoder, Optimizer& optimizer,
+                      LossScaler& scaler, torch::Device device);
 
 // The trained LoRA weights (alpha as trained, up weights not baked), copied to fp32 on the CPU.
 lora::LoRAWeights copy_lora_weights(const LoRALayers& layers);
 
 // Views of consecutive pieces of a flat tensor, one per shape.
-std::vector<torch::Tensor> split_flat(const torch::Tensor& flat, const std::vector<std::vector<int64_t>>& shapes);
+std::vector<torch::Tensor> split_flat(const torch::Tensor& flat,
+                                      const std::vector<std::vector<int64_t>>& shapes);
 
 }  // namespace dreamlora::train

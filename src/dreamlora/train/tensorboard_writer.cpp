@@ -45,7 +45,9 @@ void put_varint(std::string& out, uint64_t v) {
   }
   out.push_back(static_cast<char>(v));
 }
-void put_tag(std::string& out, int field, int wire_type) { put_varint(out, (static_cast<uint64_t>(field) << 3) | wire_type); }
+void put_tag(std::string& out, int field, int wire_type) {
+  put_varint(out, (static_cast<uint64_t>(field) << 3) | wire_type);
+}
 void put_varint_field(std::string& out, int field, uint64_t v) {
   put_tag(out, field, 0);
   put_varint(out, v);
@@ -256,7 +258,8 @@ void TensorBoardWriter::write(const std::string& event) {
 }
 
 void TensorBoardWriter::add_scalar(int64_t step, const std::string& tag, double value, double wall_time) {
-  write(tensorboard::scalar_event(wall_time < 0 ? unix_now() : wall_time, step, tag, static_cast<float>(value)));
+  write(tensorboard::scalar_event(wall_time < 0 ? unix_now() : wall_time, step, tag,
+                                  static_cast<float>(value)));
 }
 
 void TensorBoardWriter::add_image(int64_t step, const std::string& tag, int width, int height,

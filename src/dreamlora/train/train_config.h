@@ -92,11 +92,11 @@ struct TrainConfig {
   // checkpoints
   std::string output_dir = "output";
   std::string checkpointing_steps = "500";  // N, 0 (off) or auto
-  double checkpointing_minutes = 0;          // also checkpoint every M minutes of wall time
-  std::string expected_uptime;               // MTBF for --checkpointing-steps auto ("" = 2h)
-  std::string watch_preemption;              // aws | gcp | azure | URL
-  std::string checkpoint_mirror;             // s3://bucket/prefix or a directory that outlives the machine
-  std::string s3_endpoint;                   // S3-compatible endpoint (R2, B2, MinIO); else AWS_ENDPOINT_URL
+  double checkpointing_minutes = 0;         // also checkpoint every M minutes of wall time
+  std::string expected_uptime;              // MTBF for --checkpointing-steps auto ("" = 2h)
+  std::string watch_preemption;             // aws | gcp | azure | URL
+  std::string checkpoint_mirror;            // s3://bucket/prefix or a directory that outlives the machine
+  std::string s3_endpoint;                  // S3-compatible endpoint (R2, B2, MinIO); else AWS_ENDPOINT_URL
   std::string resume_from_checkpoint = "latest";
   int64_t checkpoints_total_limit = 0;
   std::string on_checkpoint_error = "stop";
@@ -117,8 +117,8 @@ struct OptionSpec {
   std::string name;                  // long flag without dashes: "checkpointing-steps"
   std::vector<std::string> aliases;  // diffusers' spelling etc: "checkpointing_steps"
   std::string help;
-  bool is_switch = false;            // boolean flag without a value
-  bool changes_result = false;       // part of the checkpoint fingerprint
+  bool is_switch = false;       // boolean flag without a value
+  bool changes_result = false;  // part of the checkpoint fingerprint
   bool required = false;
   std::function<void(TrainConfig&, const std::string&)> set;  // parses; error names the flag
   std::function<io::Json(const TrainConfig&)> get;

@@ -6,6 +6,8 @@
 
 namespace dreamlora::train {
 
-inline void train_log(const std::string& line) { std::cerr << "dreamlora: " << line << std::endl; }
+inline void train_log(const std::string& line) {
+  std::cerr << "dreamlora: " << line << std::endl;
+}
 
 }  // namespace dreamlora::train

@@ -8,11 +8,11 @@
 
 #include "dreamlora/checkpoint/output_lock.h"
 #include "dreamlora/checkpoint/s3_sink.h"
-#include "dreamlora/stop/stop_request.h"
-#include "dreamlora/stop/stop_sources.h"
 #include "dreamlora/common/error.h"
 #include "dreamlora/io/durable_file.h"
 #include "dreamlora/schedulers/ddpm.h"
+#include "dreamlora/stop/stop_request.h"
+#include "dreamlora/stop/stop_sources.h"
 #include "dreamlora/train/checkpointing.h"
 #include "dreamlora/train/loss_log.h"
 #include "dreamlora/train/losses.h"
@@ -64,7 +64,7 @@ class Trainer {
   LossScaling scaling_;
   StepOptions step_options_;
   CheckpointPlaces checkpoints_;
-  LoRALayers lora_layers_;                              // found once: walking the module tree costs ~1 ms
+  LoRALayers lora_layers_;                                 // found once: walking the module tree costs ~1 ms
   std::shared_ptr<const SnapshotLayout> snapshot_layout_;  // made at the first checkpoint
   std::unique_ptr<checkpoint::CheckpointWriter> writer_;
   std::unique_ptr<MetricsLog> metrics_;
@@ -84,7 +84,8 @@ void Trainer::load_everything() {
   fs::create_directories(out_);
   data_ = load_instance_data(cfg_, dist_->world_size());  // data errors come before the (slow) model load
   model_ = load_base_model(cfg_, device_);
-  ddpm_ = std::make_unique<schedulers::DDPMScheduler>(schedulers::DDPMScheduler::from_file(model_.scheduler_config_path));
+  ddpm_ = std::make_unique<schedulers::DDPMScheduler>(
+      schedulers::DDPMScheduler::from_file(model_.scheduler_config_path));
   ddpm_->keep_on(device_);
   if (cfg_.snr_gamma > 0) min_snr_weights(torch::ones({1}), cfg_.snr_gamma, ddpm_->prediction_type());
   if (cfg_.prior_preservation) load_class_data(data_, model_, cfg_, *dist_);
@@ -117,13 +118,13 @@ MicroBatch Trainer::next_micro_batch() {
   const int64_t per_rank = cfg_.batch_size, global = per_rank * dist_->world_size();
   const NoiseOptions noise{cfg_.noise_offset, ddpm_->num_train_timesteps(), cfg_.input_perturbation};
   auto batch = draw_samples({*data_.instances, *data_.instance_order, kInstanceStream},
-                            state_.instance_samples + dist_->rank() * per_rank, per_rank, cfg_.seed, model_, noise,
-                            device_);
+                            state_.instance_samples + dist_->rank() * per_rank, per_rank, cfg_.seed, model_,
+                            noise, device_);
   state_.instance_samples += global;
   if (data_.classes) {
     auto prior = draw_samples({*data_.classes, *data_.class_order, kClassStream},
-                              state_.class_samples + dist_->rank() * per_rank, per_rank, cfg_.seed, model_, noise,
-                              device_);
+                              state_.class_samples + dist_->rank() * per_rank, per_rank, cfg_.seed, model_,
+                              noise, device_);
     batch.insert(batch.end(), std::make_move_iterator(prior.begin()), std::make_move_iterator(prior.end()));
     state_.class_samples += global;
   }
@@ -131,8 +132,8 @@ MicroBatch Trainer::next_micro_batch() {
 }
 
 void Trainer::train_step() {
-  StepParts parts{model_,  *ddpm_,  *data_.embedder, *optimizer_, *scaling_.scaler,
-                  *dist_, device_, weight_dtype(cfg_.mixed_precision)};
+  StepParts parts{model_,           *ddpm_, *data_.embedder, *optimizer_,
+                  *scaling_.scaler, *dist_, device_,         weight_dtype(cfg_.mixed_precision)};
   StepOptions o = step_options_;
   o.poison_gradients = scaling_.poisoned_steps.count(state_.global_step + 1) > 0;
   const auto step = training_step(parts, o, [this] { return next_micro_batch(); });
@@ -140,9 +141,11 @@ void Trainer::train_step() {
   state_.epoch = data_.instance_order->epoch_of(state_.instance_samples);
   state_.lr_multiplier = step.lr_multiplier;
   if (step.skipped && dist_->is_main())
-    train_log(str("step ", state_.global_step, ": inf/nan in the fp16 gradients; optimizer step skipped, loss scale now ",
+    train_log(str("step ", state_.global_step,
+                  ": inf/nan in the fp16 gradients; optimizer step skipped, loss scale now ",
                   scaling_.scaler->scale_value()));
-  const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  const double now =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   pending_losses_.add(state_.global_step, step.loss, cfg_.lr * step.lr_multiplier, now,
                       scaling_.scaler->enabled() ? scaling_.scaler->scale_value() : -1.0);
   if (state_.global_step % std::max<int64_t>(1, cfg_.log_every) == 0 || state_.global_step == cfg_.num_steps)
@@ -151,12 +154,14 @@ void Trainer::train_step() {
 
 // Called at the same steps on every worker (a collective averages each loss over workers).
 void Trainer::record_losses() {
-  if (auto last = pending_losses_.flush(*dist_, dist_->is_main() ? metrics_.get() : nullptr)) last_loss_ = *last;
+  if (auto last = pending_losses_.flush(*dist_, dist_->is_main() ? metrics_.get() : nullptr))
+    last_loss_ = *last;
 }
 
 // Validation images of the current step; a failure is only a warning.
 void Trainer::validate(const std::string& what) {
-  optional_.run(what, [&] { write_validation_images(model_, cfg_, state_.global_step, out_, *dist_, metrics_.get()); });
+  optional_.run(
+      what, [&] { write_validation_images(model_, cfg_, state_.global_step, out_, *dist_, metrics_.get()); });
 }
 
 const LoRALayers& Trainer::lora_layers() {
@@ -171,7 +176,8 @@ void Trainer::save_checkpoint() {
   record_losses();  // metrics.jsonl holds every step up to the checkpoint before it is written
   if (dist_->enabled()) {
     double checksum = 0;
-    for (const auto& p : trainable_parameters(*optimizer_)) checksum += p.detach().to(torch::kFloat64).sum().item<double>();
+    for (const auto& p : trainable_parameters(*optimizer_))
+      checksum += p.detach().to(torch::kFloat64).sum().item<double>();
     dist_->check_equal(checksum, "the LoRA weight checksum at step " + std::to_string(state_.global_step));
   }
   if (!dist_->is_main()) {
@@ -225,7 +231,8 @@ void Trainer::finalize() {
 int Trainer::run() {
   const auto env = DistributedEnv::from_environment();
   cfg_.device = worker_device(cfg_.device, env);  // "cuda" -> cuda:LOCAL_RANK
-  dist_ = std::make_unique<Distributed>(env, torch::Device(cfg_.device), std::chrono::seconds(cfg_.dist_timeout));
+  dist_ =
+      std::make_unique<Distributed>(env, torch::Device(cfg_.device), std::chrono::seconds(cfg_.dist_timeout));
   if (dist_->enabled()) train_log(str("worker ", dist_->rank(), " of ", dist_->world_size()));
   cfg_.validate();
   // The lock is the job's: the main worker takes it before anything is written to the output folder.
@@ -238,9 +245,12 @@ int Trainer::run() {
   const bool resumed = resume();
   dist_->check_equal(static_cast<double>(state_.global_step), "the step resumed from",
                      "every worker must read the same --output-dir (on several machines: shared storage)");
-  if (dist_->is_main()) metrics_ = std::make_unique<MetricsLog>(out_, resumed ? state_.global_step : 0, cfg_.report_to);
-  writer_ = std::make_unique<checkpoint::CheckpointWriter>(*checkpoints_.store, checkpoint_writer_options(cfg_));
-  if (dist_->is_main()) io::write_file_durably(out_ / "training_config.json", config_to_json(cfg_).dump(2) + "\n");
+  if (dist_->is_main())
+    metrics_ = std::make_unique<MetricsLog>(out_, resumed ? state_.global_step : 0, cfg_.report_to);
+  writer_ =
+      std::make_unique<checkpoint::CheckpointWriter>(*checkpoints_.store, checkpoint_writer_options(cfg_));
+  if (dist_->is_main())
+    io::write_file_durably(out_ / "training_config.json", config_to_json(cfg_).dump(2) + "\n");
   // The run that was killed may have died mid-upload: finish that upload (a no-op when it is complete).
   if (resumed && checkpoints_.mirror) writer_->republish(last_checkpoint_step_);
 
@@ -259,9 +269,11 @@ int Trainer::run() {
     if (dist_->any(stop_sources.requested())) break;
     const auto step_start = Clock::now();
     train_step();
-    schedule_due_->on_step(state_.global_step, std::chrono::duration<double>(Clock::now() - step_start).count());
+    schedule_due_->on_step(state_.global_step,
+                           std::chrono::duration<double>(Clock::now() - step_start).count());
     if (state_.global_step == test_stop_step) stop::request_stop("DREAMLORA_TEST_STOP_AT_STEP");
-    if (dist_->is_main()) progress.update(state_.global_step, last_loss_, cfg_.lr * state_.lr_multiplier, last_checkpoint_step_);
+    if (dist_->is_main())
+      progress.update(state_.global_step, last_loss_, cfg_.lr * state_.lr_multiplier, last_checkpoint_step_);
     // Every worker must agree (the time trigger could fire on one worker only).
     if (dist_->any(schedule_due_->due(state_.global_step))) save_checkpoint();
     if (cfg_.validation_steps > 0 && state_.global_step % cfg_.validation_steps == 0)

@@ -6,8 +6,8 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstring>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 
 #include "dreamlora/checkpoint/manifest.h"
@@ -135,7 +135,8 @@ std::string weights_sample_hash(const fs::path& file) {
     }
   }
   char hex[17];
-  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(XXH3_64bits_digest(state.get())));
+  std::snprintf(hex, sizeof(hex), "%016llx",
+                static_cast<unsigned long long>(XXH3_64bits_digest(state.get())));
   return hex;
 }
 
@@ -161,7 +162,7 @@ void add_image_set(io::Json& fp, const std::string& kind, const std::vector<Trai
 }  // namespace
 
 io::Json make_fingerprint(const TrainConfig& config, const std::vector<TrainingImage>& instance_images,
-                      const std::vector<TrainingImage>& class_images, int world_size) {
+                          const std::vector<TrainingImage>& class_images, int world_size) {
   io::Json fp = result_settings(config);
   fp.erase("batch-size");
   fp["global-batch-size"] = config.batch_size * world_size;
@@ -191,14 +192,16 @@ io::Json make_fingerprint(const TrainConfig& config, const std::vector<TrainingI
   return fp;
 }
 
-FingerprintCheck compare_fingerprints(const io::Json& saved, const io::Json& current, bool allow_schedule_change) {
+FingerprintCheck compare_fingerprints(const io::Json& saved, const io::Json& current,
+                                      bool allow_schedule_change) {
   FingerprintCheck check;
   io::Json now = current;
   // Fields an older dreamlora did not record cannot be compared: resume, and say so.
   for (auto it = current.begin(); it != current.end(); ++it)
     if (!saved.contains(it.key())) {
-      check.notes.push_back(str("fingerprint: '", it.key(),
-                                "' is not recorded in this checkpoint (an older dreamlora wrote it): not checked"));
+      check.notes.push_back(
+          str("fingerprint: '", it.key(),
+              "' is not recorded in this checkpoint (an older dreamlora wrote it): not checked"));
       now.erase(it.key());
     }
   io::Json old = saved;
@@ -211,7 +214,8 @@ FingerprintCheck compare_fingerprints(const io::Json& saved, const io::Json& cur
     now["data"] = merged;
   }
   if (old.contains("num-steps") && now.contains("num-steps") && old["num-steps"] != now["num-steps"]) {
-    const std::string change = str("--num-steps: checkpoint ", old["num-steps"].dump(), ", now ", now["num-steps"].dump());
+    const std::string change =
+        str("--num-steps: checkpoint ", old["num-steps"].dump(), ", now ", now["num-steps"].dump());
     if (allow_schedule_change) {
       check.notes.push_back(change + " (--allow-schedule-change): the LR schedule follows the new total");
     } else {
@@ -232,9 +236,11 @@ std::vector<std::string> fingerprint_differences(const io::Json& saved, const io
       diffs.push_back(str(it.key(), ": not in the checkpoint, now ", it.value().dump()));
     } else if (saved[it.key()] != it.value()) {
       if (it.value().is_object() && saved[it.key()].is_object()) {
-        for (const auto& d : fingerprint_differences(saved[it.key()], it.value())) diffs.push_back(it.key() + "." + d);
+        for (const auto& d : fingerprint_differences(saved[it.key()], it.value()))
+          diffs.push_back(it.key() + "." + d);
         for (auto s = saved[it.key()].begin(); s != saved[it.key()].end(); ++s)
-          if (!it.value().contains(s.key())) diffs.push_back(str(it.key(), ".", s.key(), ": in the checkpoint, now absent"));
+          if (!it.value().contains(s.key()))
+            diffs.push_back(str(it.key(), ".", s.key(), ": in the checkpoint, now absent"));
       } else {
         diffs.push_back(str(it.key(), ": checkpoint ", saved[it.key()].dump(), ", now ", it.value().dump()));
       }

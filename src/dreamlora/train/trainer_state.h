@@ -25,9 +25,9 @@ struct TrainerState {
   // On CUDA, dropout draws from the device's default generator: its state too ("" on the CPU). A CUDA
   // checkpoint resumed on the CPU (or the reverse) ignores it: the dropout masks then differ.
   std::string cuda_rng_state;
-  int64_t world_size = 1;         // workers that wrote the checkpoint (informational)
-  io::Json fingerprint;               // result-changing settings + model and data identity
-  double lr_multiplier = 1.0;     // LR schedule value at the next step (informational; recomputed)
+  int64_t world_size = 1;      // workers that wrote the checkpoint (informational)
+  io::Json fingerprint;        // result-changing settings + model and data identity
+  double lr_multiplier = 1.0;  // LR schedule value at the next step (informational; recomputed)
 
   io::Json to_json() const;
   static TrainerState from_json(const io::Json& json, const std::string& what);
@@ -38,7 +38,7 @@ struct TrainerState {
 // the LR schedule depends on it. The per-worker batch size is replaced by the global batch (batch x
 // workers), so a run may resume on another number of workers with the same global batch.
 io::Json make_fingerprint(const TrainConfig& config, const std::vector<TrainingImage>& instance_images,
-                      const std::vector<TrainingImage>& class_images, int world_size = 1);
+                          const std::vector<TrainingImage>& class_images, int world_size = 1);
 
 // Bytes of each tensor hashed from its start, middle and end (the whole tensor when it is smaller).
 constexpr size_t kWeightSampleBytes = 4096;
@@ -55,7 +55,8 @@ struct FingerprintCheck {
 // A checkpoint's fingerprint against this run's: fields the checkpoint lacks (older versions) are
 // unknown, not different; an older checkpoint's merged "data" map is compared with this run's images;
 // a changed --num-steps under a step-dependent schedule is refused unless allow_schedule_change.
-FingerprintCheck compare_fingerprints(const io::Json& saved, const io::Json& current, bool allow_schedule_change);
+FingerprintCheck compare_fingerprints(const io::Json& saved, const io::Json& current,
+                                      bool allow_schedule_change);
 // Human-readable differences ("lr: checkpoint 0.0001, now 0.0002"); empty when they match.
 std::vector<std::string> fingerprint_differences(const io::Json& saved, const io::Json& current);
 

@@ -57,9 +57,9 @@ TrainingData load_instance_data(TrainConfig& cfg, int world_size) {
   data.instance_images = list_training_images(cfg.image_path, cfg.prompt, "--image-path",
                                               {cfg.caption_extension, cfg.caption_template});
   const auto& images = data.instance_images;
-  DL_CHECK(static_cast<int64_t>(images.size()) * cfg.repeats >= cfg.batch_size, "--batch-size ", cfg.batch_size,
-           " is larger than the ", images.size(), " instance images in ", cfg.image_path, " (x", cfg.repeats,
-           " repeats)");
+  DL_CHECK(static_cast<int64_t>(images.size()) * cfg.repeats >= cfg.batch_size, "--batch-size ",
+           cfg.batch_size, " is larger than the ", images.size(), " instance images in ", cfg.image_path,
+           " (x", cfg.repeats, " repeats)");
   std::vector<TrainingImage> repeated;
   for (int64_t r = 0; r < cfg.repeats; ++r) repeated.insert(repeated.end(), images.begin(), images.end());
   if (cfg.epochs > 0) {
@@ -70,16 +70,18 @@ TrainingData load_instance_data(TrainConfig& cfg, int world_size) {
     train_log(str("--epochs ", cfg.epochs, " over ", count, " images: ", cfg.num_steps, " optimizer steps"));
   }
   auto options = dataset_options(cfg);
-  options.buckets = {cfg.enable_bucket, cfg.resolution, cfg.min_bucket_reso, cfg.max_bucket_reso, cfg.bucket_reso_steps};
+  options.buckets = {cfg.enable_bucket, cfg.resolution, cfg.min_bucket_reso, cfg.max_bucket_reso,
+                     cfg.bucket_reso_steps};
   data.instances = std::make_unique<ImageSet>(repeated, options);
-  data.instance_order = cfg.enable_bucket
-                            ? std::make_unique<DataOrder>(cfg.seed, data.instances->bucket_ids(), cfg.batch_size)
-                            : std::make_unique<DataOrder>(cfg.seed, data.instances->size());
+  data.instance_order =
+      cfg.enable_bucket ? std::make_unique<DataOrder>(cfg.seed, data.instances->bucket_ids(), cfg.batch_size)
+                        : std::make_unique<DataOrder>(cfg.seed, data.instances->size());
   if (cfg.enable_bucket) train_log(bucket_summary(*data.instances));
   return data;
 }
 
-void load_class_data(TrainingData& data, pipeline::ModelBundle& model, const TrainConfig& cfg, Distributed& dist) {
+void load_class_data(TrainingData& data, pipeline::ModelBundle& model, const TrainConfig& cfg,
+                     Distributed& dist) {
   ensure_class_images(model, cfg, dist.rank(), dist.world_size());
   dist.barrier();
   auto images = list_training_images(cfg.class_image_path, cfg.class_prompt, "--class-image-path",
@@ -115,7 +117,8 @@ void inject_training_lora(pipeline::ModelBundle& model, const TrainConfig& cfg, 
     train_log("LoRA on text_encoder: " + te.summary());
     lora::freeze_all_but_lora(*model.text.text_encoder);
     if (model.sdxl) {
-      auto te2 = lora::inject_lora(*model.text.text_encoder_2, cfg.text_encoder_target_list(), opts, init_gen);
+      auto te2 =
+          lora::inject_lora(*model.text.text_encoder_2, cfg.text_encoder_target_list(), opts, init_gen);
       train_log("LoRA on text_encoder_2: " + te2.summary());
       lora::freeze_all_but_lora(*model.text.text_encoder_2);
     }
@@ -145,7 +148,8 @@ std::unique_ptr<Optimizer> make_training_optimizer(pipeline::ModelBundle& model,
   std::vector<ParamGroup> groups;
   ParamGroup unet_group;
   unet_group.lr = lr;
-  for (auto& [name, p] : lora::lora_parameters(*model.unet)) unet_group.params.emplace_back("unet." + name, p);
+  for (auto& [name, p] : lora::lora_parameters(*model.unet))
+    unet_group.params.emplace_back("unet." + name, p);
   groups.push_back(unet_group);
   if (cfg.train_text_encoder) {
     ParamGroup te;

@@ -11,12 +11,12 @@
 #include <vector>
 
 #include "dreamlora/pipeline/model_bundle.h"
-#include "dreamlora/train/optimizer.h"
 #include "dreamlora/train/data_order.h"
 #include "dreamlora/train/dataset.h"
 #include "dreamlora/train/distributed.h"
 #include "dreamlora/train/loss_scaler.h"
 #include "dreamlora/train/lr_schedule.h"
+#include "dreamlora/train/optimizer.h"
 #include "dreamlora/train/snapshot.h"
 #include "dreamlora/train/train_config.h"
 #include "dreamlora/train/training_step.h"
@@ -36,7 +36,7 @@ struct TrainingData {
   std::vector<TrainingImage> instance_images, class_images;  // as listed (instances before --repeats)
   std::unique_ptr<ImageSet> instances, classes;              // classes: null without prior preservation
   std::unique_ptr<DataOrder> instance_order, class_order;
-  std::unique_ptr<CaptionEmbedder> embedder;                 // caches embeddings while encoders are frozen
+  std::unique_ptr<CaptionEmbedder> embedder;  // caches embeddings while encoders are frozen
 };
 
 // The instance images (x --repeats) and their order; errors name the folder and come before the slow model
@@ -45,7 +45,8 @@ TrainingData load_instance_data(TrainConfig& config, int world_size);
 
 // Prior preservation: each worker generates its share of the missing class images, all wait for the
 // full set, then the first --num-class-images of them become the class set.
-void load_class_data(TrainingData& data, pipeline::ModelBundle& model, const TrainConfig& config, Distributed& dist);
+void load_class_data(TrainingData& data, pipeline::ModelBundle& model, const TrainConfig& config,
+                     Distributed& dist);
 
 // Frozen text encoders and no validation prompt: embeds every caption of the run now and frees the
 // tokenizers and encoders.

@@ -47,8 +47,8 @@ LossParts micro_batch_loss(const StepParts& p, const MicroBatch& b, const StepOp
     pooled = emb.pooled_prompt_embeds.to(p.device, p.dtype);
     time_ids = train::to_device_async(b.time_ids, p.device).to(p.dtype);
   }
-  auto pred = p.model.unet->forward(noisy.to(p.device, p.dtype), timesteps, emb.prompt_embeds.to(p.device, p.dtype),
-                                    pooled, time_ids);
+  auto pred = p.model.unet->forward(noisy.to(p.device, p.dtype), timesteps,
+                                    emb.prompt_embeds.to(p.device, p.dtype), pooled, time_ids);
   // target by prediction type, loss (+ prior; Min-SNR weights for the instance half)
   auto target = p.ddpm.training_target(latents, b.noise, timesteps);
   torch::Tensor snr_weights;
@@ -60,7 +60,8 @@ LossParts micro_batch_loss(const StepParts& p, const MicroBatch& b, const StepOp
   return dreambooth_loss(pred, target, o.prior_preservation, o.prior_loss_weight, snr_weights);
 }
 
-StepOutcome training_step(const StepParts& p, const StepOptions& o, const std::function<MicroBatch()>& next_micro_batch) {
+StepOutcome training_step(const StepParts& p, const StepOptions& o,
+                          const std::function<MicroBatch()>& next_micro_batch) {
   StepOutcome r;
   // The schedule counts optimizer steps taken: a step the loss scaler skips does not advance it (as
   // accelerate's scheduler after a skipped GradScaler step). Without fp16 this is the global step.

@@ -12,12 +12,12 @@
 
 #include "dreamlora/pipeline/model_bundle.h"
 #include "dreamlora/schedulers/ddpm.h"
-#include "dreamlora/train/optimizer.h"
 #include "dreamlora/train/dataset.h"
 #include "dreamlora/train/distributed.h"
 #include "dreamlora/train/loss_scaler.h"
 #include "dreamlora/train/losses.h"
 #include "dreamlora/train/lr_schedule.h"
+#include "dreamlora/train/optimizer.h"
 #include "dreamlora/train/sample_draws.h"
 
 namespace dreamlora::train {
@@ -51,7 +51,7 @@ struct StepOptions {
   int64_t instance_count = 1;  // samples of each micro-batch from the instance stream (the rest are class)
   bool prior_preservation = false;
   double prior_loss_weight = 1.0;
-  double snr_gamma = 0;  // 0: plain MSE
+  double snr_gamma = 0;      // 0: plain MSE
   double max_grad_norm = 0;  // 0: no clipping
   double base_lr = 0;
   LRScheduleOptions schedule;
@@ -70,7 +70,7 @@ struct StepOutcome {
 // gradient_accumulation micro-batches from next_micro_batch (this worker's share of each global batch),
 // then the update. Nothing here reads the device except the fp16 overflow flag.
 StepOutcome training_step(const StepParts& parts, const StepOptions& options,
-                         const std::function<MicroBatch()>& next_micro_batch);
+                          const std::function<MicroBatch()>& next_micro_batch);
 
 // Every tensor the optimizer updates, in its order.
 std::vector<torch::Tensor> trainable_parameters(const Optimizer& optimizer);

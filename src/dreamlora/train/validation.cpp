@@ -16,8 +16,8 @@ namespace dreamlora::train {
 
 namespace fs = std::filesystem;
 
-void write_validation_images(pipeline::ModelBundle& model, const TrainConfig& cfg, int64_t step, const fs::path& out,
-                             Distributed& dist, MetricsLog* metrics) {
+void write_validation_images(pipeline::ModelBundle& model, const TrainConfig& cfg, int64_t step,
+                             const fs::path& out, Distributed& dist, MetricsLog* metrics) {
   if (cfg.validation_prompt.empty()) return;
   // The other workers wait without a time limit: sampling may outlast --dist-timeout.
   if (!dist.is_main()) return dist.wait_for_main("validation images");
@@ -38,12 +38,14 @@ void write_validation_images(pipeline::ModelBundle& model, const TrainConfig& cf
     ~TrainModeAgain() { unet->train(); }
   } train_mode_again{model.unet};
   TaskProgress progress(str("validation images (step ", step, ")"), o.steps);
-  auto images = pipeline::text_to_image(model, o, [&](int64_t done, int64_t total) { progress.update(done, total); });
+  auto images =
+      pipeline::text_to_image(model, o, [&](int64_t done, int64_t total) { progress.update(done, total); });
   progress.finish();
   fs::create_directories(out / "validation");
   for (size_t i = 0; i < images.size(); ++i)
     io::save_png(out / "validation" / str("step-", step, "-", i, ".png"), images[i],
-             pipeline::sample_metadata(o, static_cast<int64_t>(i), "training LoRA at step " + std::to_string(step)));
+                 pipeline::sample_metadata(o, static_cast<int64_t>(i),
+                                           "training LoRA at step " + std::to_string(step)));
   if (metrics) metrics->record_images(step, images);
   train_log(str("validation images for step ", step, " in ", (out / "validation").string()));
   dist.wait_for_main("validation images");

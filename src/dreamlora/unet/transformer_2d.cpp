@@ -4,8 +4,8 @@
 #include <torch/torch.h>
 
 #include "dreamlora/common/error.h"
-#include "dreamlora/unet/gradient_checkpointing.h"
 #include "dreamlora/nn/norms.h"
+#include "dreamlora/unet/gradient_checkpointing.h"
 
 namespace dreamlora::unet {
 
@@ -31,10 +31,12 @@ torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
   return proj_out(h);  // [.., dim]
 }
 
-BasicTransformerBlockImpl::BasicTransformerBlockImpl(const BasicTransformerBlockOptions& opts) : options(opts) {
+BasicTransformerBlockImpl::BasicTransformerBlockImpl(const BasicTransformerBlockOptions& opts)
+    : options(opts) {
   const int64_t dim = options.dim;
   auto layer_norm = [&] {
-    return torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(options.norm_eps).elementwise_affine(true));
+    return torch::nn::LayerNorm(
+        torch::nn::LayerNormOptions({dim}).eps(options.norm_eps).elementwise_affine(true));
   };
   blocks::AttentionOptions a1;
   a1.query_dim = dim;
@@ -66,10 +68,11 @@ torch::Tensor BasicTransformerBlockImpl::forward(const torch::Tensor& x, const t
 Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DModelOptions& opts) : options(opts) {
   const int64_t in = options.in_channels;
   const int64_t inner = options.num_attention_heads * options.attention_head_dim;
-  DL_CHECK(in > 0 && inner > 0, "Transformer2DModel: in_channels and heads*head_dim must be positive, got ", in,
-           ", ", inner);
+  DL_CHECK(in > 0 && inner > 0, "Transformer2DModel: in_channels and heads*head_dim must be positive, got ",
+           in, ", ", inner);
   norm = register_module(
-      "norm", torch::nn::GroupNorm(torch::nn::GroupNormOptions(options.norm_num_groups, in).eps(1e-6).affine(true)));
+      "norm",
+      torch::nn::GroupNorm(torch::nn::GroupNormOptions(options.norm_num_groups, in).eps(1e-6).affine(true)));
   if (options.use_linear_projection) {
     proj_in_linear = register_module("proj_in", nn::LinearWithLora(in, inner));
   } else {
@@ -113,7 +116,8 @@ torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& x, const torc
   for (auto& block : blocks) {
     if (gradient_checkpointing && is_training()) {
       auto impl = block.ptr();
-      h = checkpoint(*impl, [impl](const std::vector<torch::Tensor>& in) { return impl->forward(in[0], in[1]); },
+      h = checkpoint(*impl,
+                     [impl](const std::vector<torch::Tensor>& in) { return impl->forward(in[0], in[1]); },
                      {h, context});
     } else {
       h = block->forward(h, context);
@@ -121,9 +125,9 @@ torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& x, const torc
   }
   if (proj_out_conv) {
     h = h.reshape({batch, height, width, inner}).permute({0, 3, 1, 2}).contiguous();  // [B, inner, H, W]
-    h = proj_out_conv(h);                                                              // [B, C, H, W]
+    h = proj_out_conv(h);                                                             // [B, C, H, W]
   } else {
-    h = proj_out_linear(h);                                                                 // [B, HW, C]
+    h = proj_out_linear(h);                                                               // [B, HW, C]
     h = h.reshape({batch, height, width, h.size(2)}).permute({0, 3, 1, 2}).contiguous();  // [B, C, H, W]
   }
   return h + x;

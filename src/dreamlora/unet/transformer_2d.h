@@ -10,8 +10,8 @@
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/normalization.h>
 
-#include "dreamlora/nn/linear.h"
 #include "dreamlora/blocks/attention_processor.h"
+#include "dreamlora/nn/linear.h"
 
 namespace dreamlora::unet {
 
@@ -33,7 +33,7 @@ class FeedForwardImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
 
   torch::nn::ModuleList net{nullptr};
-  GEGLU geglu{nullptr};        // net[0]
+  GEGLU geglu{nullptr};                  // net[0]
   nn::LinearWithLora proj_out{nullptr};  // net[2]
   double dropout = 0.0;
 };

@@ -25,8 +25,9 @@ blocks::ResnetBlock2D make_resnet(const UNetBlockOptions& o, int64_t in, int64_t
 }
 
 Transformer2DModel make_transformer(const UNetBlockOptions& o, int64_t channels, size_t layer) {
-  DL_CHECK(o.num_attention_heads > 0 && channels % o.num_attention_heads == 0, "cross-attention block: ", channels,
-           " channels are not divisible by ", o.num_attention_heads, " attention heads");
+  DL_CHECK(o.num_attention_heads > 0 && channels % o.num_attention_heads == 0,
+           "cross-attention block: ", channels, " channels are not divisible by ", o.num_attention_heads,
+           " attention heads");
   Transformer2DModelOptions t;
   t.num_attention_heads = o.num_attention_heads;
   t.attention_head_dim = channels / o.num_attention_heads;
@@ -90,8 +91,8 @@ std::vector<blocks::ResnetBlock2D> up_resnets(const UNetBlockOptions& o) {
 
 std::vector<blocks::ResnetBlock2D> down_resnets(const UNetBlockOptions& o) {
   std::vector<blocks::ResnetBlock2D> out;
-  for (int64_t i = 0; i < o.num_layers; ++i) out.push_back(make_resnet(o, i == 0 ? o.in_channels : o.out_channels,
-                                                                      o.out_channels));
+  for (int64_t i = 0; i < o.num_layers; ++i)
+    out.push_back(make_resnet(o, i == 0 ? o.in_channels : o.out_channels, o.out_channels));
   return out;
 }
 
@@ -101,8 +102,9 @@ torch::Tensor BlockLayers::run_resnet(size_t i, const torch::Tensor& h, const to
                                       bool training) const {
   auto resnet = resnets[i].ptr();
   if (gradient_checkpointing && training) {
-    return checkpoint(*resnet, [resnet](const std::vector<torch::Tensor>& in) { return resnet->forward(in[0], in[1]); },
-                      {h, temb});
+    return checkpoint(
+        *resnet, [resnet](const std::vector<torch::Tensor>& in) { return resnet->forward(in[0], in[1]); },
+        {h, temb});
   }
   return resnet->forward(h, temb);
 }
@@ -118,9 +120,8 @@ CrossAttnDownBlock2DImpl::CrossAttnDownBlock2DImpl(const UNetBlockOptions& o) {
   add_downsampler(*this, layers, o);
 }
 
-std::pair<torch::Tensor, std::vector<torch::Tensor>> CrossAttnDownBlock2DImpl::forward(const torch::Tensor& x,
-                                                                                        const torch::Tensor& temb,
-                                                                                        const torch::Tensor& context) {
+std::pair<torch::Tensor, std::vector<torch::Tensor>> CrossAttnDownBlock2DImpl::forward(
+    const torch::Tensor& x, const torch::Tensor& temb, const torch::Tensor& context) {
   // x: [B, C_in, H, W] -> [B, C_out, H/2, W/2] (or H, W for the last block)
   std::vector<torch::Tensor> skips;
   auto h = x;
@@ -141,9 +142,8 @@ DownBlock2DImpl::DownBlock2DImpl(const UNetBlockOptions& o) {
   add_downsampler(*this, layers, o);
 }
 
-std::pair<torch::Tensor, std::vector<torch::Tensor>> DownBlock2DImpl::forward(const torch::Tensor& x,
-                                                                               const torch::Tensor& temb,
-                                                                               const torch::Tensor& /*context*/) {
+std::pair<torch::Tensor, std::vector<torch::Tensor>> DownBlock2DImpl::forward(
+    const torch::Tensor& x, const torch::Tensor& temb, const torch::Tensor& /*context*/) {
   std::vector<torch::Tensor> skips;
   auto h = x;
   for (size_t i = 0; i < layers.resnets.size(); ++i) {
@@ -184,12 +184,13 @@ CrossAttnUpBlock2DImpl::CrossAttnUpBlock2DImpl(const UNetBlockOptions& o) {
 
 namespace {
 void check_skips(const BlockLayers& l, const std::vector<torch::Tensor>& res_samples) {
-  DL_CHECK(res_samples.size() == l.resnets.size(), "up block: expected ", l.resnets.size(), " skip tensors, got ",
-           res_samples.size());
+  DL_CHECK(res_samples.size() == l.resnets.size(), "up block: expected ", l.resnets.size(),
+           " skip tensors, got ", res_samples.size());
 }
 }  // namespace
 
-torch::Tensor CrossAttnUpBlock2DImpl::forward(const torch::Tensor& x, const std::vector<torch::Tensor>& res_samples,
+torch::Tensor CrossAttnUpBlock2DImpl::forward(const torch::Tensor& x,
+                                              const std::vector<torch::Tensor>& res_samples,
                                               const torch::Tensor& temb, const torch::Tensor& context,
                                               const std::vector<int64_t>& upsample_size) {
   // x: [B, prev, H, W] -> [B, out, 2H, 2W] (or H, W for the last block)

@@ -45,8 +45,8 @@ class UNetDownBlock : public torch::nn::Module {
   // h: [B, C_in, H, W], temb: [B, T], context: [B, L, D] (ignored without attention)
   // -> (h_out, skip outputs in order: one per layer, plus the downsampled map when add_downsample)
   virtual std::pair<torch::Tensor, std::vector<torch::Tensor>> forward(const torch::Tensor& h,
-                                                                        const torch::Tensor& temb,
-                                                                        const torch::Tensor& context) = 0;
+                                                                       const torch::Tensor& temb,
+                                                                       const torch::Tensor& context) = 0;
   virtual void set_gradient_checkpointing(bool enabled) = 0;
   virtual int64_t num_resnets() const = 0;
 };
@@ -79,8 +79,9 @@ struct BlockLayers {
 class CrossAttnDownBlock2DImpl : public UNetDownBlock {
  public:
   explicit CrossAttnDownBlock2DImpl(const UNetBlockOptions& options);
-  std::pair<torch::Tensor, std::vector<torch::Tensor>> forward(const torch::Tensor& h, const torch::Tensor& temb,
-                                                                const torch::Tensor& context) override;
+  std::pair<torch::Tensor, std::vector<torch::Tensor>> forward(const torch::Tensor& h,
+                                                               const torch::Tensor& temb,
+                                                               const torch::Tensor& context) override;
   void set_gradient_checkpointing(bool enabled) override { layers.set_gradient_checkpointing(enabled); }
   int64_t num_resnets() const override { return static_cast<int64_t>(layers.resnets.size()); }
   BlockLayers layers;
@@ -90,8 +91,9 @@ TORCH_MODULE(CrossAttnDownBlock2D);
 class DownBlock2DImpl : public UNetDownBlock {
  public:
   explicit DownBlock2DImpl(const UNetBlockOptions& options);
-  std::pair<torch::Tensor, std::vector<torch::Tensor>> forward(const torch::Tensor& h, const torch::Tensor& temb,
-                                                                const torch::Tensor& context) override;
+  std::pair<torch::Tensor, std::vector<torch::Tensor>> forward(const torch::Tensor& h,
+                                                               const torch::Tensor& temb,
+                                                               const torch::Tensor& context) override;
   void set_gradient_checkpointing(bool enabled) override { layers.set_gradient_checkpointing(enabled); }
   int64_t num_resnets() const override { return static_cast<int64_t>(layers.resnets.size()); }
   BlockLayers layers;

@@ -8,8 +8,8 @@
 
 #include "dreamlora/common/error.h"
 #include "dreamlora/io/model_dir.h"
-#include "dreamlora/nn/state_dict.h"
 #include "dreamlora/nn/norms.h"
+#include "dreamlora/nn/state_dict.h"
 
 namespace dreamlora::unet {
 
@@ -23,7 +23,8 @@ std::string strip_unetres(const std::string& type) {
   return type.rfind("UNetRes", 0) == 0 ? type.substr(7) : type;
 }
 
-std::vector<std::string> read_types(const io::ConfigReader& r, const std::string& key, std::vector<std::string> fallback,
+std::vector<std::string> read_types(const io::ConfigReader& r, const std::string& key,
+                                    std::vector<std::string> fallback,
                                     const std::set<std::string>& supported) {
   auto types = r.get<std::vector<std::string>>(key, fallback);
   for (size_t i = 0; i < types.size(); ++i) {
@@ -31,7 +32,8 @@ std::vector<std::string> read_types(const io::ConfigReader& r, const std::string
     if (supported.count(types[i])) continue;
     std::string list;
     for (const auto& s : supported) list += (list.empty() ? "" : ", ") + s;
-    fail(str(r.source(), ": unsupported block type '", types[i], "' at ", key, "[", i, "] (supported: ", list, ")"));
+    fail(str(r.source(), ": unsupported block type '", types[i], "' at ", key, "[", i, "] (supported: ", list,
+             ")"));
   }
   return types;
 }
@@ -52,9 +54,10 @@ std::vector<bool> read_bool_per_block(const io::ConfigReader& r, const std::stri
 
 // Keys whose non-default values change the network in ways this port does not implement.
 void reject_unsupported(const io::ConfigReader& r) {
-  for (const char* key : {"class_embed_type", "num_class_embeds", "time_cond_proj_dim", "encoder_hid_dim",
-                          "encoder_hid_dim_type", "time_embedding_dim", "time_embedding_act_fn", "timestep_post_act",
-                          "cross_attention_norm", "reverse_transformer_layers_per_block"}) {
+  for (const char* key :
+       {"class_embed_type", "num_class_embeds", "time_cond_proj_dim", "encoder_hid_dim",
+        "encoder_hid_dim_type", "time_embedding_dim", "time_embedding_act_fn", "timestep_post_act",
+        "cross_attention_norm", "reverse_transformer_layers_per_block"}) {
     r.require_value(key, io::Json());
   }
   r.require_value("attention_type", "default");
@@ -68,7 +71,8 @@ void reject_unsupported(const io::ConfigReader& r) {
   r.require_value("mid_block_type", "UNetMidBlock2DCrossAttn");
   DL_CHECK(!(r.raw().contains("mid_block_type") && r.raw()["mid_block_type"].is_null()), r.source(),
            ": key 'mid_block_type' is null (a UNet without mid block is not supported)");
-  DL_CHECK(!r.has("num_attention_heads"), r.source(), ": key 'num_attention_heads' must be null: diffusers 0.27 ",
+  DL_CHECK(!r.has("num_attention_heads"), r.source(),
+           ": key 'num_attention_heads' must be null: diffusers 0.27 ",
            "refuses it too (in these configs `attention_head_dim` holds the number of heads)");
   if (r.has("addition_embed_type")) r.require_value("addition_embed_type", "text_time");
   if (r.has("_class_name")) r.require_value("_class_name", "UNet2DConditionModel");
@@ -137,8 +141,8 @@ UNet2DConditionConfig UNet2DConditionConfig::from_file(const std::filesystem::pa
 void UNet2DConditionConfig::validate() const {
   const size_t n = block_out_channels.size();
   DL_CHECK(n > 0, "'block_out_channels' is empty");
-  for (const auto* list : {&layers_per_block, &cross_attention_dim, &transformer_layers_per_block,
-                           &attention_head_dim}) {
+  for (const auto* list :
+       {&layers_per_block, &cross_attention_dim, &transformer_layers_per_block, &attention_head_dim}) {
     DL_CHECK(list->size() == n, "per-block list has ", list->size(), " entries, expected ", n);
   }
   DL_CHECK(down_block_types.size() == n && up_block_types.size() == n && only_cross_attention.size() == n,
@@ -147,8 +151,9 @@ void UNet2DConditionConfig::validate() const {
     const int64_t c = block_out_channels[i];
     DL_CHECK(c > 0 && c % norm_num_groups == 0, "'block_out_channels'[", i, "] = ", c,
              " is not divisible by 'norm_num_groups' = ", norm_num_groups);
-    DL_CHECK(attention_head_dim[i] > 0 && c % attention_head_dim[i] == 0, "'attention_head_dim'[", i, "] = ",
-             attention_head_dim[i], " (the number of heads) does not divide block_out_channels[", i, "] = ", c);
+    DL_CHECK(attention_head_dim[i] > 0 && c % attention_head_dim[i] == 0, "'attention_head_dim'[", i,
+             "] = ", attention_head_dim[i], " (the number of heads) does not divide block_out_channels[", i,
+             "] = ", c);
     DL_CHECK(layers_per_block[i] > 0, "'layers_per_block'[", i, "] must be positive");
     DL_CHECK(transformer_layers_per_block[i] > 0, "'transformer_layers_per_block'[", i, "] must be positive");
   }
@@ -252,14 +257,16 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
   const auto& c = config;
   const size_t n = c.num_blocks();
   const int64_t c0 = c.block_out_channels[0];
-  conv_in = register_module("conv_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(c.in_channels, c0, 3).padding(1)));
-  time_proj = register_module("time_proj", Timesteps(c0, c.flip_sin_to_cos, static_cast<double>(c.freq_shift)));
+  conv_in = register_module("conv_in",
+                            torch::nn::Conv2d(torch::nn::Conv2dOptions(c.in_channels, c0, 3).padding(1)));
+  time_proj =
+      register_module("time_proj", Timesteps(c0, c.flip_sin_to_cos, static_cast<double>(c.freq_shift)));
   time_embedding = register_module("time_embedding", TimestepEmbedding(c0, c.time_embed_dim()));
   if (c.has_text_time()) {
-    add_time_proj = register_module(
-        "add_time_proj", Timesteps(*c.addition_time_embed_dim, c.flip_sin_to_cos, static_cast<double>(c.freq_shift)));
-    add_embedding = register_module("add_embedding",
-                                    TimestepEmbedding(*c.projection_class_embeddings_input_dim, c.time_embed_dim()));
+    add_time_proj = register_module("add_time_proj", Timesteps(*c.addition_time_embed_dim, c.flip_sin_to_cos,
+                                                               static_cast<double>(c.freq_shift)));
+    add_embedding = register_module(
+        "add_embedding", TimestepEmbedding(*c.projection_class_embeddings_input_dim, c.time_embed_dim()));
   }
   // diffusers registers up_blocks before mid_block: keep its named_parameters order.
   down_blocks = register_module("down_blocks", torch::nn::ModuleList());
@@ -304,7 +311,8 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
   }
 
   conv_norm_out = register_module(
-      "conv_norm_out", torch::nn::GroupNorm(torch::nn::GroupNormOptions(c.norm_num_groups, c0).eps(c.norm_eps)));
+      "conv_norm_out",
+      torch::nn::GroupNorm(torch::nn::GroupNormOptions(c.norm_num_groups, c0).eps(c.norm_eps)));
   conv_out = register_module("conv_out",
                              torch::nn::Conv2d(torch::nn::Conv2dOptions(c0, c.out_channels, 3).padding(1)));
 }
@@ -320,42 +328,47 @@ torch::Tensor UNet2DConditionModelImpl::time_embedding_for(const torch::Tensor& 
   auto emb = time_embedding(t_emb);       // [B, 4 * block_out_channels[0]]
   if (!config.has_text_time()) return emb;
 
-  DL_CHECK(text_embeds.defined() && time_ids.defined(), "UNet: the config has addition_embed_type \"text_time\" ",
+  DL_CHECK(text_embeds.defined() && time_ids.defined(),
+           "UNet: the config has addition_embed_type \"text_time\" ",
            "(SDXL), so text_embeds [B, P] and time_ids [B, 6] are required");
   DL_CHECK(text_embeds.dim() == 2 && text_embeds.size(0) == batch, "UNet: text_embeds must be [", batch,
            ", P], got ", text_embeds.sizes());
   DL_CHECK(time_ids.dim() == 2 && time_ids.size(0) == batch, "UNet: time_ids must be [", batch, ", 6], got ",
            time_ids.sizes());
-  auto time_embeds = add_time_proj(time_ids.flatten());   // [B*6, addition_time_embed_dim], fp32
-  time_embeds = time_embeds.reshape({batch, -1});         // [B, 6*addition_time_embed_dim]
+  auto time_embeds = add_time_proj(time_ids.flatten());  // [B*6, addition_time_embed_dim], fp32
+  time_embeds = time_embeds.reshape({batch, -1});        // [B, 6*addition_time_embed_dim]
   auto add_embeds = torch::cat({text_embeds.to(time_embeds.scalar_type()), time_embeds}, -1);  // [B, P + 6*a]
   DL_CHECK(add_embeds.size(1) == *config.projection_class_embeddings_input_dim, "UNet: text_embeds (",
            text_embeds.size(1), ") + time_ids embedding (", time_embeds.size(1),
-           ") columns != projection_class_embeddings_input_dim ", *config.projection_class_embeddings_input_dim);
+           ") columns != projection_class_embeddings_input_dim ",
+           *config.projection_class_embeddings_input_dim);
   return emb + add_embedding(add_embeds.to(emb.scalar_type()));
 }
 
 torch::Tensor UNet2DConditionModelImpl::forward(const torch::Tensor& sample, const torch::Tensor& timestep,
                                                 const torch::Tensor& encoder_hidden_states,
-                                                const torch::Tensor& text_embeds, const torch::Tensor& time_ids) {
+                                                const torch::Tensor& text_embeds,
+                                                const torch::Tensor& time_ids) {
   // sample: [B, in, H, W], encoder_hidden_states: [B, L, D]
   DL_CHECK(sample.dim() == 4 && sample.size(1) == config.in_channels, "UNet: sample must be [B, ",
            config.in_channels, ", H, W], got ", sample.sizes());
   DL_CHECK(encoder_hidden_states.dim() == 3 && encoder_hidden_states.size(0) == sample.size(0),
-           "UNet: encoder_hidden_states must be [", sample.size(0), ", L, D], got ", encoder_hidden_states.sizes());
+           "UNet: encoder_hidden_states must be [", sample.size(0), ", L, D], got ",
+           encoder_hidden_states.sizes());
   const auto type = dtype();
   const int64_t batch = sample.size(0);
   auto h = sample.to(type);
   const auto context = encoder_hidden_states.to(type);
 
-  // Latents not divisible by 2^num_upsamplers need explicit upsample sizes (diffusers' forward_upsample_size).
+  // Latents not divisible by 2^num_upsamplers need explicit upsample sizes (diffusers'
+  // forward_upsample_size).
   const int64_t factor = int64_t{1} << num_upsamplers_;
   const bool forward_upsample_size = h.size(2) % factor != 0 || h.size(3) % factor != 0;
 
   if (config.center_input_sample) h = 2 * h - 1.0;
   const auto emb = time_embedding_for(timestep, batch, text_embeds, time_ids);  // [B, T]
 
-  h = conv_in(h);                        // [B, c0, H, W]
+  h = conv_in(h);                       // [B, c0, H, W]
   std::vector<torch::Tensor> skips{h};  // every down-path output, consumed from the back
   for (auto& block : down) {
     auto [out, res] = block->forward(h, emb, context);
@@ -383,14 +396,15 @@ void UNet2DConditionModelImpl::set_gradient_checkpointing(bool enabled) {
   for (auto& b : up) b->set_gradient_checkpointing(enabled);
 }
 
-UNet2DConditionModel UNet2DConditionModelImpl::load(const std::filesystem::path& dir, const std::string& variant,
-                                                    torch::ScalarType dtype) {
+UNet2DConditionModel UNet2DConditionModelImpl::load(const std::filesystem::path& dir,
+                                                    const std::string& variant, torch::ScalarType dtype) {
   auto config = UNet2DConditionConfig::from_file(dir / "config.json");
   UNet2DConditionModel model(config);
   model->to(dtype);
   const auto weights = io::load_component_weights(dir, variant);
-  nn::load_state_dict_strict(*model, weights, dir.string() + " (UNet weights" +
-                                              (variant.empty() ? std::string() : ", variant " + variant) + ")");
+  nn::load_state_dict_strict(
+      *model, weights,
+      dir.string() + " (UNet weights" + (variant.empty() ? std::string() : ", variant " + variant) + ")");
   for (auto& p : model->parameters()) p.requires_grad_(false);
   model->eval();
   return model;

@@ -63,7 +63,8 @@ struct UNet2DConditionConfig {
   std::optional<int64_t> projection_class_embeddings_input_dim;
 
   // Builds the config; defaults fill missing/null keys; unsupported values throw naming the key.
-  static UNet2DConditionConfig from_json(const io::Json& json, const std::string& source = "unet/config.json");
+  static UNet2DConditionConfig from_json(const io::Json& json,
+                                         const std::string& source = "unet/config.json");
   static UNet2DConditionConfig from_file(const std::filesystem::path& path);
   // A full diffusers-style config.json (all keys, _class_name, _diffusers_version) that from_json and
   // diffusers' UNet2DConditionModel.from_config both read back to the same network.
@@ -106,8 +107,8 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   torch::nn::Conv2d conv_in{nullptr};
   Timesteps time_proj{nullptr};
   TimestepEmbedding time_embedding{nullptr};
-  Timesteps add_time_proj{nullptr};            // text_time only
-  TimestepEmbedding add_embedding{nullptr};    // text_time only
+  Timesteps add_time_proj{nullptr};          // text_time only
+  TimestepEmbedding add_embedding{nullptr};  // text_time only
   torch::nn::ModuleList down_blocks{nullptr}, up_blocks{nullptr};
   UNetMidBlock2DCrossAttn mid_block{nullptr};
   torch::nn::GroupNorm conv_norm_out{nullptr};
@@ -116,8 +117,8 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   std::vector<std::shared_ptr<UNetUpBlock>> up;
 
  private:
-  torch::Tensor time_embedding_for(const torch::Tensor& timestep, int64_t batch, const torch::Tensor& text_embeds,
-                                   const torch::Tensor& time_ids);
+  torch::Tensor time_embedding_for(const torch::Tensor& timestep, int64_t batch,
+                                   const torch::Tensor& text_embeds, const torch::Tensor& time_ids);
   int64_t num_upsamplers_ = 0;
   bool gradient_checkpointing_ = false;
 };

@@ -60,7 +60,8 @@ AutoencoderKLConfig AutoencoderKLConfig::from_json(const io::Json& json, const s
     DL_CHECK(ch > 0 && ch % c.norm_num_groups == 0, source, ": block_out_channels entry ", ch,
              " is not a positive multiple of norm_num_groups ", c.norm_num_groups);
   }
-  DL_CHECK(c.layers_per_block >= 1, source, ": key 'layers_per_block' must be >= 1, got ", c.layers_per_block);
+  DL_CHECK(c.layers_per_block >= 1, source, ": key 'layers_per_block' must be >= 1, got ",
+           c.layers_per_block);
   DL_CHECK(c.scaling_factor > 0, source, ": key 'scaling_factor' must be > 0, got ", c.scaling_factor);
   return c;
 }
@@ -72,24 +73,24 @@ AutoencoderKLConfig AutoencoderKLConfig::from_file(const std::filesystem::path& 
 io::Json AutoencoderKLConfig::to_json() const {
   auto opt = [](const auto& v) { return v ? io::Json(*v) : io::Json(nullptr); };
   return io::Json{{"_class_name", "AutoencoderKL"},
-              {"in_channels", in_channels},
-              {"out_channels", out_channels},
-              {"down_block_types", down_block_types},
-              {"up_block_types", up_block_types},
-              {"block_out_channels", block_out_channels},
-              {"layers_per_block", layers_per_block},
-              {"act_fn", act_fn},
-              {"latent_channels", latent_channels},
-              {"norm_num_groups", norm_num_groups},
-              {"sample_size", sample_size},
-              {"scaling_factor", scaling_factor},
-              {"shift_factor", opt(shift_factor)},
-              {"latents_mean", opt(latents_mean)},
-              {"latents_std", opt(latents_std)},
-              {"force_upcast", force_upcast},
-              {"use_quant_conv", use_quant_conv},
-              {"use_post_quant_conv", use_post_quant_conv},
-              {"mid_block_add_attention", mid_block_add_attention}};
+                  {"in_channels", in_channels},
+                  {"out_channels", out_channels},
+                  {"down_block_types", down_block_types},
+                  {"up_block_types", up_block_types},
+                  {"block_out_channels", block_out_channels},
+                  {"layers_per_block", layers_per_block},
+                  {"act_fn", act_fn},
+                  {"latent_channels", latent_channels},
+                  {"norm_num_groups", norm_num_groups},
+                  {"sample_size", sample_size},
+                  {"scaling_factor", scaling_factor},
+                  {"shift_factor", opt(shift_factor)},
+                  {"latents_mean", opt(latents_mean)},
+                  {"latents_std", opt(latents_std)},
+                  {"force_upcast", force_upcast},
+                  {"use_quant_conv", use_quant_conv},
+                  {"use_post_quant_conv", use_post_quant_conv},
+                  {"mid_block_add_attention", mid_block_add_attention}};
 }
 
 int64_t AutoencoderKLConfig::scale_factor() const {
@@ -148,20 +149,24 @@ AutoencoderKLImpl::AutoencoderKLImpl(const AutoencoderKLConfig& config) : config
     quant_conv = register_module("quant_conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(2 * L, 2 * L, 1)));
   }
   if (config_.use_post_quant_conv) {
-    post_quant_conv = register_module("post_quant_conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(L, L, 1)));
+    post_quant_conv =
+        register_module("post_quant_conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(L, L, 1)));
   }
   set_tile_sample_min_size(config_.sample_size);
 }
 
 void AutoencoderKLImpl::set_tile_sample_min_size(int64_t pixels) {
-  DL_CHECK(pixels >= config_.scale_factor(), "AutoencoderKL: tile size ", pixels, " is smaller than the scale factor ",
-           config_.scale_factor());
+  DL_CHECK(pixels >= config_.scale_factor(), "AutoencoderKL: tile size ", pixels,
+           " is smaller than the scale factor ", config_.scale_factor());
   tile_sample_min_size_ = pixels;
   // int(sample_size / 2 ** (len(block_out_channels) - 1)) in diffusers
-  tile_latent_min_size_ = static_cast<int64_t>(static_cast<double>(pixels) / static_cast<double>(config_.scale_factor()));
+  tile_latent_min_size_ =
+      static_cast<int64_t>(static_cast<double>(pixels) / static_cast<double>(config_.scale_factor()));
 }
 
-torch::ScalarType AutoencoderKLImpl::dtype() const { return encoder->conv_in->weight.scalar_type(); }
+torch::ScalarType AutoencoderKLImpl::dtype() const {
+  return encoder->conv_in->weight.scalar_type();
+}
 
 torch::Tensor AutoencoderKLImpl::encode_moments(const torch::Tensor& image) {
   // image: [B, C, H, W]
@@ -195,8 +200,8 @@ torch::Tensor AutoencoderKLImpl::decode_untiled(const torch::Tensor& z) {
 }
 
 torch::Tensor AutoencoderKLImpl::decode(const torch::Tensor& latents) {
-  DL_CHECK(latents.dim() == 4 && latents.size(1) == config_.latent_channels, "AutoencoderKL.decode: expected [B, ",
-           config_.latent_channels, ", h, w], got ", latents.sizes());
+  DL_CHECK(latents.dim() == 4 && latents.size(1) == config_.latent_channels,
+           "AutoencoderKL.decode: expected [B, ", config_.latent_channels, ", h, w], got ", latents.sizes());
   auto z = latents.to(dtype());
   if (use_slicing_ && z.size(0) > 1) {
     std::vector<torch::Tensor> parts;
@@ -257,8 +262,10 @@ torch::Tensor stitch(std::vector<std::vector<torch::Tensor>>& rows, int64_t blen
 
 torch::Tensor AutoencoderKLImpl::tiled_encode(const torch::Tensor& image) {
   // image: [B, C, H, W] -> moments [B, 2L, H/f, W/f]
-  const auto overlap = static_cast<int64_t>(static_cast<double>(tile_sample_min_size_) * (1 - tile_overlap_factor_));
-  const auto blend_extent = static_cast<int64_t>(static_cast<double>(tile_latent_min_size_) * tile_overlap_factor_);
+  const auto overlap =
+      static_cast<int64_t>(static_cast<double>(tile_sample_min_size_) * (1 - tile_overlap_factor_));
+  const auto blend_extent =
+      static_cast<int64_t>(static_cast<double>(tile_latent_min_size_) * tile_overlap_factor_);
   const int64_t row_limit = tile_latent_min_size_ - blend_extent;
   std::vector<std::vector<torch::Tensor>> rows;
   for (int64_t i = 0; i < image.size(2); i += overlap) {
@@ -275,8 +282,10 @@ torch::Tensor AutoencoderKLImpl::tiled_encode(const torch::Tensor& image) {
 
 torch::Tensor AutoencoderKLImpl::tiled_decode(const torch::Tensor& z) {
   // z: [B, L, h, w] -> image [B, 3, h*f, w*f]
-  const auto overlap = static_cast<int64_t>(static_cast<double>(tile_latent_min_size_) * (1 - tile_overlap_factor_));
-  const auto blend_extent = static_cast<int64_t>(static_cast<double>(tile_sample_min_size_) * tile_overlap_factor_);
+  const auto overlap =
+      static_cast<int64_t>(static_cast<double>(tile_latent_min_size_) * (1 - tile_overlap_factor_));
+  const auto blend_extent =
+      static_cast<int64_t>(static_cast<double>(tile_sample_min_size_) * tile_overlap_factor_);
   const int64_t row_limit = tile_sample_min_size_ - blend_extent;
   std::vector<std::vector<torch::Tensor>> rows;
   for (int64_t i = 0; i < z.size(2); i += overlap) {
@@ -326,8 +335,9 @@ AutoencoderKL AutoencoderKLImpl::load(const std::filesystem::path& vae_dir, cons
   model->to(dtype);
   auto weights = io::load_component_weights(vae_dir, variant);
   convert_deprecated_attention_keys(weights);
-  nn::load_state_dict_strict(*model, weights,
-                         vae_dir.string() + " (VAE weights" + (variant.empty() ? "" : ", variant " + variant) + ")");
+  nn::load_state_dict_strict(
+      *model, weights,
+      vae_dir.string() + " (VAE weights" + (variant.empty() ? "" : ", variant " + variant) + ")");
   for (auto& p : model->parameters()) p.requires_grad_(false);
   model->eval();
   return model;

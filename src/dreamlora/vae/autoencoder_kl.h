@@ -31,7 +31,7 @@ struct AutoencoderKLConfig {
   int64_t norm_num_groups = 32;
   int64_t sample_size = 32;
   double scaling_factor = 0.18215;
-  std::optional<double> shift_factor;  // null: no shift (SD1/2/XL)
+  std::optional<double> shift_factor;                            // null: no shift (SD1/2/XL)
   std::optional<std::vector<double>> latents_mean, latents_std;  // carried, not applied (as diffusers' model)
   bool force_upcast = true;  // fp16 weights overflow in this VAE: run it in float32
   bool use_quant_conv = true;

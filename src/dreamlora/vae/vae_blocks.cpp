@@ -4,9 +4,9 @@
 
 #include <torch/torch.h>
 
-#include "dreamlora/common/error.h"
 #include "dreamlora/blocks/attention_processor.h"
 #include "dreamlora/blocks/resnet.h"
+#include "dreamlora/common/error.h"
 
 namespace dreamlora::vae {
 
@@ -121,15 +121,18 @@ EncoderImpl::EncoderImpl(const EncoderDecoderOptions& o) {
     down_blocks->push_back(DownEncoderBlock2D(VaeBlockOptions{in, out, o.layers_per_block, o.norm_num_groups,
                                                               /*add_sample=*/i + 1 < ch.size()}));
   }
-  mid_block = register_module("mid_block", UNetMidBlock2D(ch.back(), o.norm_num_groups, o.mid_block_add_attention));
+  mid_block =
+      register_module("mid_block", UNetMidBlock2D(ch.back(), o.norm_num_groups, o.mid_block_add_attention));
   conv_norm_out = register_module("conv_norm_out", group_norm(o.norm_num_groups, ch.back()));
-  conv_out = register_module("conv_out", conv3x3(ch.back(), o.double_z ? 2 * o.out_channels : o.out_channels));
+  conv_out =
+      register_module("conv_out", conv3x3(ch.back(), o.double_z ? 2 * o.out_channels : o.out_channels));
 }
 
 torch::Tensor EncoderImpl::forward(const torch::Tensor& x) {
   // x: [B, 3, H, W]
   auto h = conv_in(x);  // [B, ch0, H, W]
-  for (size_t i = 0; i < down_blocks->size(); ++i) h = down_blocks[i]->as<DownEncoderBlock2DImpl>()->forward(h);
+  for (size_t i = 0; i < down_blocks->size(); ++i)
+    h = down_blocks[i]->as<DownEncoderBlock2DImpl>()->forward(h);
   h = mid_block(h);  // [B, ch_last, H / 2^(n-1), W / 2^(n-1)]
   h = torch::silu(conv_norm_out(h));
   return conv_out(h);  // [B, 2 * latent_channels, h, w]
@@ -139,15 +142,17 @@ DecoderImpl::DecoderImpl(const EncoderDecoderOptions& o) {
   const auto& ch = o.block_out_channels;
   DL_CHECK(!ch.empty(), "VAE Decoder: block_out_channels is empty");
   conv_in = register_module("conv_in", conv3x3(o.in_channels, ch.back()));
-  mid_block = register_module("mid_block", UNetMidBlock2D(ch.back(), o.norm_num_groups, o.mid_block_add_attention));
+  mid_block =
+      register_module("mid_block", UNetMidBlock2D(ch.back(), o.norm_num_groups, o.mid_block_add_attention));
   up_blocks = register_module("up_blocks", torch::nn::ModuleList());
   const std::vector<int64_t> reversed(ch.rbegin(), ch.rend());
   int64_t out = reversed[0];
   for (size_t i = 0; i < reversed.size(); ++i) {
     const int64_t prev = out;
     out = reversed[i];
-    up_blocks->push_back(UpDecoderBlock2D(VaeBlockOptions{prev, out, o.layers_per_block + 1, o.norm_num_groups,
-                                                          /*add_sample=*/i + 1 < reversed.size()}));
+    up_blocks->push_back(
+        UpDecoderBlock2D(VaeBlockOptions{prev, out, o.layers_per_block + 1, o.norm_num_groups,
+                                         /*add_sample=*/i + 1 < reversed.size()}));
   }
   conv_norm_out = register_module("conv_norm_out", group_norm(o.norm_num_groups, ch[0]));
   conv_out = register_module("conv_out", conv3x3(ch[0], o.out_channels));
