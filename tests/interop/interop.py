@@ -5,9 +5,11 @@ of build/pyenv-interop (scripts/install-python-clients.sh). Each subcommand prin
   load     dreamlora trains a LoRA on a fixture pipeline; diffusers' load_lora_weights() loads its diffusers
            and kohya files with no warning and every module adapted; UNet and text-encoder outputs with the
            LoRA equal dreamlora's `run-component --lora`.
-  reverse  a LoRA trained by diffusers' examples/dreambooth/train_dreambooth_lora.py (SD1) or one loaded into
-           diffusers then taken out with peft's get_peft_model_state_dict: dreamlora's outputs with it equal
-           diffusers'.
+  reverse  a LoRA trained by diffusers' examples/dreambooth/train_dreambooth_lora.py (SD1, when
+           build/diffusers-examples has it) or else by train_lora_like_diffusers.py (our routine making the
+           same diffusers/peft calls and saving the same way; SD1 and SDXL), and the same LoRA loaded into
+           diffusers then taken out with peft's get_peft_model_state_dict: dreamlora's outputs with each equal
+           diffusers', and `dreamlora sample --lora` writes an image.
   tensorboard  a training run stopped with SIGTERM and resumed: TensorBoard's own EventAccumulator reads one
            continuous curve (every step once, values equal to metrics.jsonl).
 """
@@ -277,18 +279,30 @@ def dreamlora_sample(args, model, lora, out):
 def cmd_reverse(args):
     work = Path(args.work)
     result = {"arch": args.arch}
-    if args.arch == "sd" and args.diffusers_script:
+    if args.trainer == "dreamlora":
+        # text encoders too: dreamlora's LoRA goes through diffusers and comes back as peft's dict
+        lora = dreamlora_train(args, args.model, work / "dreamlora-out",
+                               extra=["--train-text-encoder"]) / "pytorch_lora_weights.safetensors"
+        components = ["unet", "text_encoder", "text_encoder_2"] if args.arch == "sdxl" else ["unet", "text_encoder"]
+        label = "dreamlora via diffusers"
+    elif args.arch == "sd" and args.diffusers_script:
         # UNet only: with --train_text_encoder the script calls transformers' add_adapter, which in
         # transformers 5.24 demands peft >= 0.22.0, newer than any peft release (0.21.2)
         lora = train_with_diffusers(args, work)
         components = ["unet"]
         label = "train_dreambooth_lora.py"
     else:
-        # no diffusers SDXL training here: dreamlora's LoRA goes through diffusers and comes back as peft's dict
-        lora = dreamlora_train(args, args.model, work / "dreamlora-out",
-                               extra=["--train-text-encoder"]) / "pytorch_lora_weights.safetensors"
-        components = ["unet", "text_encoder", "text_encoder_2"] if args.arch == "sdxl" else ["unet", "text_encoder"]
-        label = "dreamlora via diffusers"
+        # no example script here (not in the wheel, not committable): our routine makes the same calls
+        from train_lora_like_diffusers import train_and_save
+
+        images = work / "images"
+        write_images(images)
+        lora, components, text_skipped = train_and_save(args.model, args.arch, images, work / "diffusers-out",
+                                                        "a photo of sks toy")
+        label = "train_lora_like_diffusers.py"
+        result["text_encoders_not_trained_because"] = text_skipped
+    result["trained_by"] = label
+    print("interop-trained-by %s (components: %s)" % (label, ", ".join(components)), flush=True)
     pipe = load_pipeline(args.model, args.arch)
     load_into_diffusers(pipe, lora)
     counts = check_module_counts(pipe, lora, components)
@@ -409,6 +423,9 @@ def main():
     ap.add_argument("--text-encoder", action="store_true")
     ap.add_argument("--kill", action="store_true", help="tensorboard: stop the first run with SIGKILL")
     ap.add_argument("--diffusers-script", default="")
+    ap.add_argument("--trainer", choices=["diffusers", "dreamlora"], default="diffusers",
+                    help="reverse: who trains the LoRA (diffusers: the example script if given, else "
+                         "train_lora_like_diffusers.py)")
     args = ap.parse_args()
     import torch
 
