@@ -117,6 +117,16 @@ TEST(TrainingOptions, ProdigyWithInputPerturbationAndWarmupResumesByteIdentical)
   EXPECT_GT(p0, 0);
 }
 
+TEST(TrainingOptions, TwoFreshRunsWithLoraDropoutAndTheSameSeedEndByteIdentical) {
+  auto a = make_temp_dir("dropout-a"), b = make_temp_dir("dropout-b");
+  const std::vector<std::string> extra{"--lora-dropout", "0.5", "--lr", "1e-3", "--seed", "7"};
+  ASSERT_EQ(run_dreamlora(options_args(options_world().sd, a, 3, extra)).exit_status, 0);
+  ASSERT_EQ(run_dreamlora(options_args(options_world().sd, b, 3, extra)).exit_status, 0);
+  EXPECT_EQ(read_text(a / "pytorch_lora_weights.safetensors"),
+            read_text(b / "pytorch_lora_weights.safetensors"))
+      << "the dropout masks depend on something besides --seed";
+}
+
 TEST(TrainingOptions, SgdWithNesterovMomentumResumesByteIdentical) {
   auto a = make_temp_dir("sgd-a"), b = make_temp_dir("sgd-b");
   expect_resume_byte_identical(options_world().sd,

@@ -80,6 +80,9 @@ class Trainer {
 
 void Trainer::load_everything() {
   device_ = training_device(cfg_);
+  // The default generators (LoRA dropout) start from --seed, as accelerate's set_seed does, so two fresh
+  // runs with the same seed agree; a resume restores their saved state instead.
+  torch::manual_seed(cfg_.seed);
   out_ = cfg_.output_dir;
   fs::create_directories(out_);
   data_ = load_instance_data(cfg_, dist_->world_size());  // data errors come before the (slow) model load
