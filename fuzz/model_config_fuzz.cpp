@@ -36,6 +36,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   dreamlora::fuzz::write_bytes(path, std::string_view(reinterpret_cast<const char*>(data), size));
   parse_and_round_trip<dreamlora::unet::UNet2DConditionConfig>(path);
   parse_and_round_trip<dreamlora::vae::AutoencoderKLConfig>(path);
-  parse_and_round_trip<dreamlora::CLIPTextConfig>(path);
+  parse_and_round_trip<dreamlora::text::CLIPTextConfig>(path);
   return 0;
 }
