@@ -18,5 +18,6 @@ Runner add_sample(CLI::App& app);
 Runner add_train(CLI::App& app);
 Runner add_make_demo_data(CLI::App& app);
 Runner add_launch(CLI::App& app);
+Runner add_pretrain(CLI::App& app);
 
 }  // namespace dreamlora::cli

@@ -59,6 +59,7 @@ int main(int argc, char** argv) {
   add(dreamlora::cli::add_train);
   add(dreamlora::cli::add_make_demo_data);
   add(dreamlora::cli::add_launch);
+  add(dreamlora::cli::add_pretrain);
 
   try {
     app.parse(argc, argv);

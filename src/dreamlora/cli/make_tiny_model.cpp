@@ -15,6 +15,8 @@ Runner add_make_tiny_model(CLI::App& app) {
   auto dir = std::make_shared<std::string>();
   cmd->add_option("dir", *dir, "output folder")->required();
   cmd->add_flag("--sdxl", opts->sdxl, "SDXL-style pipeline (two text encoders, text_time conditioning)");
+  cmd->add_flag("--world", opts->world,
+                "the shapes-world preset: 64x64 images, VAE scale factor 4, world words as single tokens");
   cmd->add_option("--seed", opts->seed, "initialisation seed");
   return [opts, dir]() -> int {
     synth::write_tiny_model(*dir, *opts);

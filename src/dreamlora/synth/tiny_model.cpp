@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "dreamlora/common/error.h"
 #include "dreamlora/io/durable_file.h"
 #include "dreamlora/io/json.h"
 #include "dreamlora/io/safetensors.h"
@@ -61,6 +62,36 @@ io::Json vae_config() {
           {"scaling_factor", 0.18215}};
 }
 
+// The world pipeline (64x64 images of coloured shapes): a VAE with scale factor 4 (16x16x4 latents) and a
+// three-level UNet with cross-attention at 16x16 and 8x8, small enough to pretrain on two CPU cores.
+io::Json world_unet_config() {
+  return {{"_class_name", "UNet2DConditionModel"},
+          {"block_out_channels", {32, 64, 64}},
+          {"layers_per_block", 1},
+          {"in_channels", 4},
+          {"out_channels", 4},
+          {"norm_num_groups", 32},
+          {"sample_size", 16},
+          {"down_block_types", {"CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"}},
+          {"up_block_types", {"UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"}},
+          {"attention_head_dim", 8},
+          {"cross_attention_dim", 32}};
+}
+
+io::Json world_vae_config() {
+  io::Json c = vae_config();
+  c["block_out_channels"] = {16, 32, 64};  // 16 channels at 64x64: most of the VAE's cost is there
+  c["norm_num_groups"] = 16;
+  c["down_block_types"] = {"DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"};
+  c["up_block_types"] = {"UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"};
+  return c;
+}
+
+// Every word of the world's captions, so each one is a single token of the world tokenizer.
+constexpr const char* kWorldCorpus =
+    "a photo of a red green blue yellow purple white black gray grey orange pink brown cyan magenta\n"
+    "circle square triangle star ring toy sks dog on the background with gradient striped plain an\n";
+
 io::Json text_encoder_config(int64_t vocab_size, bool with_projection) {
   return {{"architectures", {with_projection ? "CLIPTextModelWithProjection" : "CLIPTextModel"}},
           {"model_type", "clip_text_model"},
@@ -106,6 +137,7 @@ void write_weights(const fs::path& path, const torch::nn::Module& module) {
 }  // namespace
 
 void write_tiny_model(const fs::path& dir, const TinyModelOptions& options) {
+  DL_CHECK(!(options.world && options.sdxl), "make-tiny-model: --world is an SD1.x-style pipeline, not SDXL");
   fs::create_directories(dir);
   const bool sdxl = options.sdxl;
   io::Json index = {{"_class_name", sdxl ? "StableDiffusionXLPipeline" : "StableDiffusionPipeline"},
@@ -127,7 +159,8 @@ void write_tiny_model(const fs::path& dir, const TinyModelOptions& options) {
   write_json(dir / "model_index.json", index);
   write_json(dir / "scheduler" / "scheduler_config.json", scheduler_config(sdxl));
 
-  const int64_t vocab = write_tiny_bpe_tokenizer(dir / "tokenizer");
+  const int64_t vocab = options.world ? write_tiny_bpe_tokenizer(dir / "tokenizer", kWorldCorpus, 400)
+                                      : write_tiny_bpe_tokenizer(dir / "tokenizer");
   if (sdxl) write_tiny_bpe_tokenizer(dir / "tokenizer_2", "", 200, "!");
 
   torch::manual_seed(options.seed);
@@ -145,13 +178,15 @@ void write_tiny_model(const fs::path& dir, const TinyModelOptions& options) {
   }
 
   torch::manual_seed(options.seed + 2);
-  auto unet_cfg = unet::UNet2DConditionConfig::from_json(unet_config(sdxl), "unet/config.json");
+  auto unet_cfg = unet::UNet2DConditionConfig::from_json(
+      options.world ? world_unet_config() : unet_config(sdxl), "unet/config.json");
   write_json(dir / "unet" / "config.json", unet_cfg.to_json());
   unet::UNet2DConditionModel unet(unet_cfg);
   write_weights(dir / "unet" / "diffusion_pytorch_model.safetensors", *unet);
 
   torch::manual_seed(options.seed + 3);
-  auto vae_cfg = vae::AutoencoderKLConfig::from_json(vae_config(), "vae/config.json");
+  auto vae_cfg = vae::AutoencoderKLConfig::from_json(options.world ? world_vae_config() : vae_config(),
+                                                     "vae/config.json");
   write_json(dir / "vae" / "config.json", vae_cfg.to_json());
   vae::AutoencoderKL vae(vae_cfg);
   write_weights(dir / "vae" / "diffusion_pytorch_model.safetensors", *vae);

@@ -9,6 +9,9 @@ namespace dreamlora::synth {
 
 struct TinyModelOptions {
   bool sdxl = false;
+  // The shapes-world preset: 64x64 images, VAE scale factor 4, a tokenizer whose merges make every world
+  // word (colours, shapes, backgrounds) one token. SD1.x-style only.
+  bool world = false;
   uint64_t seed = 0;
 };
 

@@ -1,0 +1,41 @@
+// Pretraining of a small pipeline from scratch on a folder of captioned images (`dreamlora pretrain`), in
+// two stages: the VAE (reconstruction + a small KL term, then scaling_factor = 1 / std of the latents), then
+// every UNet parameter (epsilon objective of the pipeline's noise schedule, frozen text encoder and VAE,
+// latents and caption embeddings computed once). Same guarantees as `train`: checkpoints committed with the
+// CheckpointStore, the output lock, SIGTERM / SIGINT -> checkpoint -> exit status 75, and a bit-exact resume
+// (weights, AdamW moments, step; the noise and data order are functions of (seed, step)).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+namespace dreamlora::train {
+
+struct PretrainOptions {
+  std::string stage;                 // "vae" or "unet"
+  std::filesystem::path model;       // the pipeline to start from (diffusers layout)
+  std::filesystem::path data;        // *.png (jpg, ...) with a caption in <name>.txt beside each
+  std::filesystem::path output_dir;  // checkpoint-<N>/ and, at the end, pipeline/
+  int64_t num_steps = 1000;
+  int64_t batch_size = 32;
+  double learning_rate = 1e-3;
+  int64_t warmup_steps = 100;  // then cosine decay to 0 at num_steps
+  double weight_decay = 0.0;
+  double max_grad_norm = 1.0;  // 0: no clipping
+  uint64_t seed = 0;
+  double kl_weight = 1e-4;                        // vae: weight of the KL per latent element
+  double caption_dropout = 0.1;                   // unet: share of samples trained with the empty prompt
+  int64_t checkpointing_steps = 500;              // 0: only when stopped
+  int64_t checkpoints_total_limit = 2;            // 0: keep all
+  std::string resume_from_checkpoint = "latest";  // latest | none | a checkpoint folder
+  std::string save_dtype = "fp32";                // fp32 | fp16: every weight file of the written pipeline
+  int64_t log_every = 50;
+  int64_t max_images = 0;  // 0: every image of data
+};
+
+// Runs the stage; 0 when num_steps were done and <output_dir>/pipeline was written, 75 when stopped early
+// after committing a checkpoint (stop::kExitStoppedEarly). Bad options or data throw dreamlora::Error.
+int run_pretrain(const PretrainOptions& options);
+
+}  // namespace dreamlora::train
