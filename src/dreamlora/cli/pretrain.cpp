@@ -45,6 +45,8 @@ Runner add_pretrain(CLI::App& app) {
   cmd->add_option("--log-every", o->log_every, "print the mean loss every N steps")->capture_default_str();
   cmd->add_option("--max-images", o->max_images, "use only the first N images (0: all)")
       ->capture_default_str();
+  cmd->add_flag("--allow-schedule-change", o->allow_schedule_change,
+                "resume with another --num-steps (a checkpoint at or past it only writes the pipeline)");
   return [o, model, data, out]() -> int {
     o->model = *model;
     o->data = *data;

@@ -185,9 +185,10 @@ std::optional<fs::path> resume_dir(const PretrainOptions& o, checkpoint::Checkpo
 
 int64_t restore(const fs::path& dir, const PretrainOptions& o, torch::nn::Module& module, Optimizer& opt) {
   auto state = io::read_json(dir / "pretrain_state.json");
-  DL_CHECK(state.at("fingerprint") == fingerprint(o), dir.string(),
-           ": settings differ from the checkpoint's (", state.at("fingerprint").dump(), " vs ",
-           fingerprint(o).dump(),
+  auto saved = state.at("fingerprint"), now = fingerprint(o);
+  if (o.allow_schedule_change) saved.erase("num_steps"), now.erase("num_steps");
+  DL_CHECK(saved == now, dir.string(), ": settings differ from the checkpoint's (",
+           state.at("fingerprint").dump(), " vs ", fingerprint(o).dump(),
            "); use the same settings, a new --output-dir or --resume-from-checkpoint none");
   auto weights = io::safetensors::File::open(dir / "model.safetensors").load_all();
   {
@@ -238,6 +239,16 @@ torch::Tensor encode_all(vae::AutoencoderKL& vae, const torch::Tensor& pixels, b
   }
   if (want_std) *std_out = torch::cat(stds);
   return torch::cat(means);
+}
+
+// Originals above their reconstructions (posterior means), 8 images side by side: what the VAE keeps.
+void save_reconstructions(vae::AutoencoderKL& vae, const torch::Tensor& pixels, const fs::path& path) {
+  torch::NoGradGuard no_grad;
+  auto x = pixels.slice(0, 0, std::min<int64_t>(8, pixels.size(0)));
+  auto rec = vae->decode(vae->encode(x).mean).clamp(-1, 1);
+  auto row = [](const torch::Tensor& batch) { return torch::cat(batch.unbind(0), 2); };  // [3, H, 8W]
+  auto grid = torch::cat({row(x), row(rec)}, 1);
+  io::save_png(path, io::tensor_to_image((grid + 1) / 2));
 }
 
 }  // namespace
@@ -406,6 +417,7 @@ int run_pretrain(const PretrainOptions& o) {
     auto z = means + stds * torch::randn(means.sizes(), gen, means.options());
     const double scaling = 1.0 / z.std().item<double>();
     cfg["scaling_factor"] = scaling;
+    save_reconstructions(bundle.vae, data.pixels, o.output_dir / "reconstructions.png");
     pretrain_log("scaling_factor " + std::to_string(scaling));
     component_config = cfg;
   } else {

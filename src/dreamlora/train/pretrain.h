@@ -32,6 +32,9 @@ struct PretrainOptions {
   std::string save_dtype = "fp32";                // fp32 | fp16: every weight file of the written pipeline
   int64_t log_every = 50;
   int64_t max_images = 0;  // 0: every image of data
+  // Resume with another num_steps (the cosine schedule depends on it); a checkpoint at or past the new
+  // num_steps then only writes the pipeline.
+  bool allow_schedule_change = false;
 };
 
 // Runs the stage; 0 when num_steps were done and <output_dir>/pipeline was written, 75 when stopped early

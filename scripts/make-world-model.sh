@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Rebuilds assets/tiny-world-sd, the tiny pretrained pipeline of the shapes world, from the seed:
+# world data -> a random world-preset pipeline -> pretrain the VAE -> pretrain the whole UNet (fp16 output)
+# -> assets/tiny-world-sd + its README.md (the exact commands, figures and machine).
+# Each stage resumes from its newest checkpoint when the script is run again after an interruption.
+#
+# Settings (environment): SEED, COUNT (world images), VAE_STEPS, VAE_BATCH, VAE_LR, UNET_STEPS, UNET_BATCH,
+# UNET_LR, THREADS, WORK (scratch folder), DEST (where the pipeline goes), DREAMLORA (the binary).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SEED=${SEED:-0}
+COUNT=${COUNT:-8000}
+VAE_STEPS=${VAE_STEPS:-600}
+VAE_BATCH=${VAE_BATCH:-16}
+VAE_LR=${VAE_LR:-2e-3}
+UNET_STEPS=${UNET_STEPS:-3000}
+UNET_BATCH=${UNET_BATCH:-32}
+UNET_LR=${UNET_LR:-1e-3}
+THREADS=${THREADS:-$(nproc)}
+WORK=${WORK:-build/world-model}
+DEST=${DEST:-assets/tiny-world-sd}
+DREAMLORA=${DREAMLORA:-build/dreamlora}
+
+if [[ ! -x "$DREAMLORA" ]]; then
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DDREAMLORA_BUILD_BENCH=OFF
+  cmake --build build -j"$(nproc)" --target dreamlora_cli
+fi
+
+mkdir -p "$WORK"
+COMMANDS=()
+run() {
+  COMMANDS+=("$*")
+  echo "+ $*"
+  "$@"
+}
+seconds() { date +%s; }
+
+start=$(seconds)
+if [[ ! -f "$WORK/data/.complete" ]]; then
+  rm -rf "$WORK/data"
+  run "$DREAMLORA" make-world-data "$WORK/data" --count "$COUNT" --seed "$SEED"
+  touch "$WORK/data/.complete"
+fi
+rm -rf "$WORK/init"
+run "$DREAMLORA" make-tiny-model --world --seed "$SEED" "$WORK/init"
+
+vae_start=$(seconds)
+run "$DREAMLORA" --threads "$THREADS" pretrain --stage vae --model "$WORK/init" --data "$WORK/data" \
+  --output-dir "$WORK/vae" --num-steps "$VAE_STEPS" --batch-size "$VAE_BATCH" --lr "$VAE_LR" \
+  --warmup-steps 50 --kl-weight 1e-4 --seed "$SEED" --checkpointing-steps 100 --log-every 25 |
+  tee "$WORK/vae.log"
+vae_end=$(seconds)
+run "$DREAMLORA" --threads "$THREADS" pretrain --stage unet --model "$WORK/vae/pipeline" --data "$WORK/data" \
+  --output-dir "$WORK/unet" --num-steps "$UNET_STEPS" --batch-size "$UNET_BATCH" --lr "$UNET_LR" \
+  --warmup-steps 100 --caption-dropout 0.1 --seed "$SEED" --checkpointing-steps 200 --log-every 50 \
+  --save-dtype fp16 | tee "$WORK/unet.log"
+end=$(seconds)
+
+rm -rf "$DEST"
+mkdir -p "$(dirname "$DEST")"
+cp -r "$WORK/unet/pipeline" "$DEST"
+cp "$WORK/vae/reconstructions.png" "$DEST/vae-reconstructions.png"
+
+last_loss() { grep -o 'loss [0-9.e+-]*' "$1" | tail -1 | cut -d' ' -f2; }
+{
+  echo "# tiny-world-sd"
+  echo
+  echo "A tiny Stable-Diffusion-style pipeline (diffusers layout, fp16 weights) pretrained from scratch on the"
+  echo "procedural shapes world (\`dreamlora make-world-data\`): 64x64 images, a VAE with scale factor 4"
+  echo "(16x16x4 latents), a UNet trained in full, the random tiny CLIP text encoder kept frozen."
+  echo "Built by \`scripts/make-world-model.sh\`; rerun it to rebuild this folder from the seed."
+  echo
+  echo "## How it was made"
+  echo
+  echo "Commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%Y-%m-%dT%H:%MZ)."
+  echo "Settings: SEED=$SEED COUNT=$COUNT VAE_STEPS=$VAE_STEPS VAE_BATCH=$VAE_BATCH VAE_LR=$VAE_LR"
+  echo "UNET_STEPS=$UNET_STEPS UNET_BATCH=$UNET_BATCH UNET_LR=$UNET_LR THREADS=$THREADS."
+  echo
+  echo '```'
+  for c in "${COMMANDS[@]}"; do echo "$c"; done
+  echo '```'
+  echo
+  echo "## Figures"
+  echo
+  echo "- VAE stage: $((vae_end - vae_start)) s, last logged loss $(last_loss "$WORK/vae.log") (MSE in [-1, 1] + KL)."
+  echo "- UNet stage: $((end - vae_end)) s, last logged loss $(last_loss "$WORK/unet.log") (epsilon MSE)."
+  echo "- Whole script: $((end - start)) s (a resumed run counts only its own part)."
+  echo "- Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')."
+  echo
+  echo "\`vae-reconstructions.png\`: originals (top) and their reconstructions (bottom)."
+} > "$DEST/README.md"
+du -sh "$DEST"
+echo "wrote $DEST"
