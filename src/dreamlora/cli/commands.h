@@ -17,6 +17,8 @@ Runner add_run_component(CLI::App& app);
 Runner add_sample(CLI::App& app);
 Runner add_train(CLI::App& app);
 Runner add_make_demo_data(CLI::App& app);
+Runner add_make_world_data(CLI::App& app);
+Runner add_evaluate(CLI::App& app);
 Runner add_launch(CLI::App& app);
 Runner add_pretrain(CLI::App& app);
 

@@ -58,6 +58,8 @@ int main(int argc, char** argv) {
   add(dreamlora::cli::add_sample);
   add(dreamlora::cli::add_train);
   add(dreamlora::cli::add_make_demo_data);
+  add(dreamlora::cli::add_make_world_data);
+  add(dreamlora::cli::add_evaluate);
   add(dreamlora::cli::add_launch);
   add(dreamlora::cli::add_pretrain);
 

@@ -3,6 +3,8 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "dreamlora/train/host_copy.h"
 
@@ -32,6 +34,18 @@ MicroBatch stack_samples(const std::vector<TrainingSample>& samples) {
   return b;
 }
 
+namespace {
+// Test hook DREAMLORA_TEST_BROKEN_LOSS=1: the loss compares the prediction with the wrong target (the
+// clean latents; the noise for prediction_type "sample"), so the learning test can show it notices.
+bool broken_loss_for_tests() {
+  static const bool broken = [] {
+    const char* v = std::getenv("DREAMLORA_TEST_BROKEN_LOSS");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  return broken;
+}
+}  // namespace
+
 LossParts micro_batch_loss(const StepParts& p, const MicroBatch& b, const StepOptions& o) {
   const double scaling = p.model.vae->config().scaling_factor;
   const double shift = p.model.vae->config().shift_factor.value_or(0.0);
@@ -51,6 +65,7 @@ LossParts micro_batch_loss(const StepParts& p, const MicroBatch& b, const StepOp
                                     emb.prompt_embeds.to(p.device, p.dtype), pooled, time_ids);
   // target by prediction type, loss (+ prior; Min-SNR weights for the instance half)
   auto target = p.ddpm.training_target(latents, b.noise, timesteps);
+  if (broken_loss_for_tests()) target = p.ddpm.prediction_type() == "sample" ? b.noise : latents;
   torch::Tensor snr_weights;
   if (o.snr_gamma > 0) {
     auto weights = min_snr_weights(p.ddpm.snr(b.timesteps.slice(0, 0, o.instance_count)), o.snr_gamma,
