@@ -4,19 +4,21 @@
 # -> assets/tiny-world-sd + its README.md (the exact commands, figures and machine).
 # Each stage resumes from its newest checkpoint when the script is run again after an interruption.
 #
-# Settings (environment): SEED, COUNT (world images), VAE_STEPS, VAE_BATCH, VAE_LR, UNET_STEPS, UNET_BATCH,
-# UNET_LR, THREADS, WORK (scratch folder), DEST (where the pipeline goes), DREAMLORA (the binary).
+# Settings (environment): SEED, COUNT (world images), VAE_STEPS, VAE_BATCH, VAE_LR, VAE_WARMUP, UNET_STEPS,
+# UNET_BATCH, UNET_LR, UNET_WARMUP, THREADS, WORK (scratch folder), DEST (where the pipeline goes), DREAMLORA (the binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SEED=${SEED:-0}
 COUNT=${COUNT:-8000}
-VAE_STEPS=${VAE_STEPS:-600}
+VAE_STEPS=${VAE_STEPS:-400}
 VAE_BATCH=${VAE_BATCH:-16}
 VAE_LR=${VAE_LR:-2e-3}
+VAE_WARMUP=${VAE_WARMUP:-30}
 UNET_STEPS=${UNET_STEPS:-3000}
 UNET_BATCH=${UNET_BATCH:-32}
 UNET_LR=${UNET_LR:-1e-3}
+UNET_WARMUP=${UNET_WARMUP:-100}
 THREADS=${THREADS:-$(nproc)}
 WORK=${WORK:-build/world-model}
 DEST=${DEST:-assets/tiny-world-sd}
@@ -48,12 +50,12 @@ run "$DREAMLORA" make-tiny-model --world --seed "$SEED" "$WORK/init"
 vae_start=$(seconds)
 run "$DREAMLORA" --threads "$THREADS" pretrain --stage vae --model "$WORK/init" --data "$WORK/data" \
   --output-dir "$WORK/vae" --num-steps "$VAE_STEPS" --batch-size "$VAE_BATCH" --lr "$VAE_LR" \
-  --warmup-steps 50 --kl-weight 1e-4 --seed "$SEED" --checkpointing-steps 100 --log-every 25 |
+  --warmup-steps "$VAE_WARMUP" --kl-weight 1e-4 --seed "$SEED" --checkpointing-steps 100 --log-every 25 |
   tee "$WORK/vae.log"
 vae_end=$(seconds)
 run "$DREAMLORA" --threads "$THREADS" pretrain --stage unet --model "$WORK/vae/pipeline" --data "$WORK/data" \
   --output-dir "$WORK/unet" --num-steps "$UNET_STEPS" --batch-size "$UNET_BATCH" --lr "$UNET_LR" \
-  --warmup-steps 100 --caption-dropout 0.1 --seed "$SEED" --checkpointing-steps 200 --log-every 50 \
+  --warmup-steps "$UNET_WARMUP" --caption-dropout 0.1 --seed "$SEED" --checkpointing-steps 200 --log-every 50 \
   --save-dtype fp16 | tee "$WORK/unet.log"
 end=$(seconds)
 
@@ -75,7 +77,8 @@ last_loss() { grep -o 'loss [0-9.e+-]*' "$1" | tail -1 | cut -d' ' -f2; }
   echo
   echo "Commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%Y-%m-%dT%H:%MZ)."
   echo "Settings: SEED=$SEED COUNT=$COUNT VAE_STEPS=$VAE_STEPS VAE_BATCH=$VAE_BATCH VAE_LR=$VAE_LR"
-  echo "UNET_STEPS=$UNET_STEPS UNET_BATCH=$UNET_BATCH UNET_LR=$UNET_LR THREADS=$THREADS."
+  echo "VAE_WARMUP=$VAE_WARMUP UNET_STEPS=$UNET_STEPS UNET_BATCH=$UNET_BATCH UNET_LR=$UNET_LR"
+  echo "UNET_WARMUP=$UNET_WARMUP THREADS=$THREADS."
   echo
   echo '```'
   for c in "${COMMANDS[@]}"; do echo "$c"; done

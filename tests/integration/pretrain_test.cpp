@@ -112,6 +112,11 @@ TEST(Pretrain, InterruptedAndResumedUnetRunIsByteIdenticalToUninterrupted) {
   EXPECT_NE(second.output.find("resumed from"), std::string::npos) << second.output;
   const std::string weights = "pipeline/unet/diffusion_pytorch_model.safetensors";
   EXPECT_EQ(read_text(a / weights), read_text(b / weights));
+  // The finished run ended with a checkpoint: the same command again only rewrites the pipeline.
+  auto again = run_dreamlora(pretrain_args("unet", pretrain_world().model, a, 5));
+  ASSERT_EQ(again.exit_status, 0) << again.output;
+  EXPECT_NE(again.output.find("0 steps to go"), std::string::npos) << again.output;
+  EXPECT_EQ(read_text(a / weights), read_text(b / weights));
   EXPECT_NE(read_text(a / weights),
             read_text(pretrain_world().model / "unet/diffusion_pytorch_model.safetensors"));
 }
@@ -155,6 +160,7 @@ TEST(Pretrain, VaeStageLowersTheLossSetsScalingFactorAndThePipelineSamples) {
   auto config = nlohmann::json::parse(read_text(vae_out / "pipeline/vae/config.json"));
   EXPECT_NE(config.at("scaling_factor").get<double>(), 0.18215);
   EXPECT_GT(config.at("scaling_factor").get<double>(), 0.0);
+  EXPECT_TRUE(fs::exists(vae_out / "reconstructions.png"));
 
   // The UNet stage on the trained VAE, saved in fp16, then sampled by our pipeline.
   auto unet_out = make_temp_dir("pretrain-unet-fp16");

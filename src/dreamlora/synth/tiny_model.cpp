@@ -70,7 +70,7 @@ io::Json world_unet_config() {
           {"layers_per_block", 1},
           {"in_channels", 4},
           {"out_channels", 4},
-          {"norm_num_groups", 32},
+          {"norm_num_groups", 8},  // groups of one channel would normalise flat colours away
           {"sample_size", 16},
           {"down_block_types", {"CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"}},
           {"up_block_types", {"UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"}},
@@ -81,7 +81,7 @@ io::Json world_unet_config() {
 io::Json world_vae_config() {
   io::Json c = vae_config();
   c["block_out_channels"] = {16, 32, 64};  // 16 channels at 64x64: most of the VAE's cost is there
-  c["norm_num_groups"] = 16;
+  c["norm_num_groups"] = 4;  // 1-channel groups (16) would normalise the colour of flat images away
   c["down_block_types"] = {"DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"};
   c["up_block_types"] = {"UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"};
   return c;

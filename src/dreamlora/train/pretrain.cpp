@@ -394,7 +394,7 @@ int run_pretrain(const PretrainOptions& o) {
       loss_count = 0;
       window_start = std::chrono::steady_clock::now();
     }
-    if (o.checkpointing_steps > 0 && step % o.checkpointing_steps == 0 && step < o.num_steps) {
+    if (o.checkpointing_steps > 0 && step % o.checkpointing_steps == 0) {
       save_checkpoint(store, step, o, *stage.module, opt);
       last_checkpoint = step;
     }
@@ -406,6 +406,8 @@ int run_pretrain(const PretrainOptions& o) {
     return stop::kExitStoppedEarly;
   }
 
+  // The final state is a checkpoint too: running the same command again only rewrites the pipeline.
+  if (step != last_checkpoint) save_checkpoint(store, step, o, *stage.module, opt);
   stage.module->eval();
   if (o.stage == "vae") {
     auto cfg = bundle.vae->config().to_json();
