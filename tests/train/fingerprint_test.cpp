@@ -193,3 +193,17 @@ TEST(Fingerprint, DISABLED_WeightsSampleHashCostOnALargeFile) {
       mb, tensors, cold, warm, mb / warm, full_cold, mb / full_cold, full_warm, mb / full_warm);
   fs::remove_all(dir);
 }
+
+TEST(Fingerprint, ChangingThePredictionTypeOnResumeIsRefused) {
+  auto dir = dreamlora::testing::make_temp_dir("fp-prediction");
+  auto images = same_named_images(dir, "instance", "x");
+  auto c = fingerprint_config(dir / "no-model");
+  auto v = c;
+  v.prediction_type = "v_prediction";
+  auto check = compare_fingerprints(make_fingerprint(c, images.instance, {}),
+                                    make_fingerprint(v, images.instance, {}), false);
+  ASSERT_EQ(check.differences.size(), 1u) << joined_lines(check.differences);
+  EXPECT_EQ(check.differences[0].rfind("prediction-type: checkpoint \"\", now \"v_prediction\"", 0), 0u)
+      << check.differences[0];
+  fs::remove_all(dir);
+}

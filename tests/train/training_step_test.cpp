@@ -34,11 +34,12 @@ struct TinyTraining {
 
   std::filesystem::path dir = dreamlora::testing::make_temp_dir("training-step");
 
-  TinyTraining() {
+  explicit TinyTraining(const std::string& prediction_type = "") {
     write_tiny_model(dir, {});
-    model = ModelBundle::load(dir, {});
-    ddpm = std::make_unique<schedulers::DDPMScheduler>(
-        schedulers::DDPMScheduler::from_file(model.scheduler_config_path));
+    LoadOptions load;
+    load.prediction_type = prediction_type;
+    model = ModelBundle::load(dir, load);
+    ddpm = std::make_unique<schedulers::DDPMScheduler>(training_noise_schedule(model));
     inject_training_lora(model, config, torch::kCPU);
     optimizer = make_training_optimizer(model, config);
   }
@@ -61,8 +62,9 @@ MicroBatch two_samples() {
   return b;
 }
 
-// MSE to epsilon of the UNet's prediction at the noisy latents, per sample, written out by hand.
-std::vector<double> hand_losses(TinyTraining& t, const MicroBatch& b) {
+// MSE to epsilon (or v = sqrt(ab) * noise - sqrt(1 - ab) * x0) of the UNet's prediction at the noisy
+// latents, per sample, written out by hand.
+std::vector<double> hand_losses(TinyTraining& t, const MicroBatch& b, bool v_target = false) {
   torch::NoGradGuard no_grad;
   const auto& vae = t.model.vae->config();
   auto latents = (b.latent_mean + b.latent_std * b.eps - vae.shift_factor.value_or(0.0)) * vae.scaling_factor;
@@ -70,7 +72,8 @@ std::vector<double> hand_losses(TinyTraining& t, const MicroBatch& b) {
   auto noisy = ab.sqrt() * latents + (1 - ab).sqrt() * b.noise;
   auto emb = t.embedder.embed(t.model, b.captions);
   auto pred = t.model.unet->forward(noisy, b.timesteps, emb.prompt_embeds);
-  auto per_sample = (pred - b.noise).pow(2).mean({1, 2, 3});
+  auto target = v_target ? ab.sqrt() * b.noise - (1 - ab).sqrt() * latents : b.noise;
+  auto per_sample = (pred - target).pow(2).mean({1, 2, 3});
   return {per_sample[0].item<double>(), per_sample[1].item<double>()};
 }
 
@@ -85,6 +88,21 @@ TEST(TrainingStep, MicroBatchLossIsTheMseToTheNoiseOfTheNoisyLatents) {
   const auto hand = hand_losses(t, batch);
   EXPECT_NEAR(loss.total.item<double>(), (hand[0] + hand[1]) / 2, 1e-6 * (hand[0] + hand[1]));
   EXPECT_TRUE(loss.total.requires_grad());
+}
+
+TEST(TrainingStep, PredictionTypeVTrainsTowardsTheVelocityOfTheNoisyLatents) {
+  TinyTraining eps, v("v_prediction");  // the tiny model's scheduler config says epsilon
+  EXPECT_EQ(eps.ddpm->prediction_type(), "epsilon");
+  EXPECT_EQ(v.ddpm->prediction_type(), "v_prediction");
+  EXPECT_EQ(v.model.scheduler_config["prediction_type"], "v_prediction");
+  const auto batch = two_samples();
+  StepOptions o;
+  o.instance_count = 2;
+  const auto loss = micro_batch_loss(v.parts(), batch, o);
+  const auto hand = hand_losses(v, batch, true);
+  EXPECT_NEAR(loss.total.item<double>(), (hand[0] + hand[1]) / 2, 1e-6 * (hand[0] + hand[1]));
+  const auto eps_hand = hand_losses(v, batch, false);
+  EXPECT_GT(std::abs(loss.total.item<double>() - (eps_hand[0] + eps_hand[1]) / 2), 1e-3);
 }
 
 TEST(TrainingStep, PriorPreservationAddsTheWeightedClassHalf) {

@@ -18,7 +18,7 @@ namespace fs = std::filesystem;
 namespace {
 struct SampleArgs {
   pipeline::SampleOptions options;
-  std::string model, model_config, out = "samples", lora, variant, device = "cpu";
+  std::string model, model_config, tokenizer, prediction_type, out = "samples", lora, variant, device = "cpu";
   double lora_scale = 1.0;
 };
 }  // namespace
@@ -29,7 +29,15 @@ Runner add_sample(CLI::App& app) {
   cmd->add_option("--model", a->model, "diffusers pipeline folder or single-file .safetensors checkpoint")
       ->required();
   cmd->add_option("--model-config", a->model_config,
-                  "for a single-file --model: diffusers folder with its configs and tokenizers");
+                  "for a single-file --model: diffusers folder with its configs and tokenizers (default: "
+                  "the standard configs of the detected family, with --tokenizer)");
+  cmd->add_option("--tokenizer", a->tokenizer,
+                  "for a single-file --model without --model-config: folder with the CLIP BPE files "
+                  "(vocab.json, merges.txt), e.g. a Stable Diffusion download's tokenizer/");
+  cmd->add_option("--prediction-type", a->prediction_type,
+                  "epsilon | v_prediction: replaces the scheduler config's (and picks SD 2-1 or 2-1-base "
+                  "for a single SD2.x file)")
+      ->check(CLI::IsMember({"epsilon", "v_prediction"}));
   cmd->add_option("--variant", a->variant, "weight file variant, e.g. fp16");
   cmd->add_option("--prompt", a->options.prompt, "prompt")->required();
   cmd->add_option("--negative-prompt", a->options.negative_prompt, "negative prompt");
@@ -49,6 +57,8 @@ Runner add_sample(CLI::App& app) {
     pipeline::LoadOptions load;
     load.variant = a->variant;
     load.model_config = a->model_config;
+    load.tokenizer = a->tokenizer;
+    load.prediction_type = a->prediction_type;
     load.device = torch::Device(a->device);
     auto model = pipeline::ModelBundle::load(a->model, load);
     pipeline::check_sample_options(model, a->options);

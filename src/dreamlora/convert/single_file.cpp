@@ -98,8 +98,8 @@ FamilyDetection detect_family(const io::safetensors::File& file) {
   if (d.family == CheckpointFamily::sd2) {
     d.v_prediction = true;
     d.reason +=
-        "; v-prediction, as diffusers assumes for SD2.x files (the scheduler config of --model-config "
-        "decides)";
+        "; v-prediction, as diffusers assumes for SD2.x files (--prediction-type or the scheduler config of "
+        "--model-config decides)";
   }
   if (d.inpainting) d.reason += "; inpainting UNet (9 input channels)";
   return d;

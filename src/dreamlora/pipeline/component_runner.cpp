@@ -92,6 +92,9 @@ Tensors run_component(const ComponentRunArgs& args) {
   fs::path model_dir = args.model;
   if (is_single_file_checkpoint(args.model)) {
     single = SingleFileCheckpoint::open(args.model, args.model_config);
+    DL_CHECK(!args.model_config.empty(), args.model,
+             ": run-component reads the configs and tokenizers of a single file's architecture from "
+             "--model-config DIR");
     model_dir = args.model_config;
   }
   auto dir = io::ModelDir::open(model_dir);

@@ -51,10 +51,12 @@ ModelBundle ModelBundle::load(const fs::path& root, const LoadOptions& options) 
     DL_CHECK(options.variant.empty(), root.string(),
              ": --variant selects weight files in a diffusers folder; a "
              "single-file checkpoint has one set of weights");
-    b = SingleFileCheckpoint::open(root, options.model_config).bundle(options);
+    b = SingleFileCheckpoint::open(root, {options.model_config, options.tokenizer, options.prediction_type})
+            .bundle(options);
   } else {
     b = load_folder(root, options);
   }
+  if (!options.prediction_type.empty()) b.scheduler_config["prediction_type"] = options.prediction_type;
   for (torch::nn::Module* m :
        {static_cast<torch::nn::Module*>(b.unet.get()), static_cast<torch::nn::Module*>(b.vae.get()),
         static_cast<torch::nn::Module*>(b.text.text_encoder.get())}) {

@@ -6,6 +6,7 @@
 
 #include "dreamlora/common/error.h"
 #include "dreamlora/convert/single_file.h"
+#include "dreamlora/convert/standard_configs.h"
 #include "dreamlora/io/durable_file.h"
 #include "dreamlora/io/json.h"
 #include "dreamlora/io/safetensors.h"
@@ -21,133 +22,19 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The numbers below are those of the published config.json files (diffusers 0.2x layout).
+// The configs are convert::standard_configs (one place, with the sources that confirmed them).
 struct PresetSpec {
-  std::string name, family;  // family: sd1 | sd2 | sdxl
+  std::string name;
+  convert::CheckpointFamily family;
   bool v_prediction = false;
-  int64_t unet_sample_size = 64, vae_sample_size = 512;
-  bool upcast_attention = false;
 };
 
 PresetSpec preset_spec(const std::string& name) {
-  if (name == "sd15") return {"sd15", "sd1", false, 64, 512, false};
-  if (name == "sd21") return {"sd21", "sd2", false, 64, 512, false};    // stable-diffusion-2-1-base
-  if (name == "sd21-v") return {"sd21-v", "sd2", true, 96, 768, true};  // stable-diffusion-2-1
-  if (name == "sdxl") return {"sdxl", "sdxl", false, 128, 1024, false};
+  if (name == "sd15") return {"sd15", convert::CheckpointFamily::sd1, false};
+  if (name == "sd21") return {"sd21", convert::CheckpointFamily::sd2, false};     // stable-diffusion-2-1-base
+  if (name == "sd21-v") return {"sd21-v", convert::CheckpointFamily::sd2, true};  // stable-diffusion-2-1
+  if (name == "sdxl") return {"sdxl", convert::CheckpointFamily::sdxl, false};
   fail(str("--preset: unknown preset '", name, "' (sd15, sd21, sd21-v, sdxl)"));
-}
-
-io::Json preset_unet_config(const PresetSpec& p) {
-  io::Json c = {{"_class_name", "UNet2DConditionModel"},
-                {"act_fn", "silu"},
-                {"center_input_sample", false},
-                {"downsample_padding", 1},
-                {"flip_sin_to_cos", true},
-                {"freq_shift", 0},
-                {"in_channels", 4},
-                {"out_channels", 4},
-                {"layers_per_block", 2},
-                {"mid_block_scale_factor", 1},
-                {"norm_eps", 1e-5},
-                {"norm_num_groups", 32},
-                {"sample_size", p.unet_sample_size}};
-  if (p.family == "sdxl") {
-    c["block_out_channels"] = {320, 640, 1280};
-    c["down_block_types"] = {"DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"};
-    c["up_block_types"] = {"CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"};
-    c["attention_head_dim"] = {5, 10, 20};
-    c["cross_attention_dim"] = 2048;
-    c["transformer_layers_per_block"] = {1, 2, 10};
-    c["use_linear_projection"] = true;
-    c["addition_embed_type"] = "text_time";
-    c["addition_time_embed_dim"] = 256;
-    c["projection_class_embeddings_input_dim"] = 2816;
-    return c;
-  }
-  c["block_out_channels"] = {320, 640, 1280, 1280};
-  c["down_block_types"] = {"CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                           "DownBlock2D"};
-  c["up_block_types"] = {"UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"};
-  if (p.family == "sd1") {
-    c["attention_head_dim"] = 8;
-    c["cross_attention_dim"] = 768;
-  } else {
-    c["attention_head_dim"] = {5, 10, 20, 20};
-    c["cross_attention_dim"] = 1024;
-    c["use_linear_projection"] = true;
-    c["upcast_attention"] = p.upcast_attention;
-  }
-  return c;
-}
-
-io::Json preset_vae_config(const PresetSpec& p) {
-  return {
-      {"_class_name", "AutoencoderKL"},
-      {"act_fn", "silu"},
-      {"block_out_channels", {128, 256, 512, 512}},
-      {"down_block_types",
-       {"DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"}},
-      {"up_block_types", {"UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"}},
-      {"force_upcast", true},
-      {"in_channels", 3},
-      {"out_channels", 3},
-      {"latent_channels", 4},
-      {"layers_per_block", 2},
-      {"norm_num_groups", 32},
-      {"sample_size", p.vae_sample_size},
-      {"scaling_factor", p.family == "sdxl" ? 0.13025 : 0.18215}};
-}
-
-// kind: "clip-l" (SD1 / SDXL text_encoder), "openclip-h" (SD2), "openclip-bigg" (SDXL text_encoder_2).
-io::Json preset_text_encoder_config(const std::string& kind) {
-  struct Dims {
-    int64_t hidden, intermediate, heads, layers, projection;
-    const char* act;
-  };
-  const Dims d = kind == "clip-l"       ? Dims{768, 3072, 12, 12, 768, "quick_gelu"}
-                 : kind == "openclip-h" ? Dims{1024, 4096, 16, 23, 512, "gelu"}
-                                        : Dims{1280, 5120, 20, 32, 1280, "gelu"};
-  return {{"architectures", {kind == "openclip-bigg" ? "CLIPTextModelWithProjection" : "CLIPTextModel"}},
-          {"model_type", "clip_text_model"},
-          {"attention_dropout", 0.0},
-          {"bos_token_id", 0},
-          {"eos_token_id", 2},
-          {"pad_token_id", 1},
-          {"hidden_act", d.act},
-          {"hidden_size", d.hidden},
-          {"initializer_factor", 1.0},
-          {"initializer_range", 0.02},
-          {"intermediate_size", d.intermediate},
-          {"layer_norm_eps", 1e-5},
-          {"max_position_embeddings", 77},
-          {"num_attention_heads", d.heads},
-          {"num_hidden_layers", d.layers},
-          {"projection_dim", d.projection},
-          {"torch_dtype", "float32"},
-          {"vocab_size", 49408}};
-}
-
-io::Json preset_scheduler_config(const PresetSpec& p) {
-  io::Json c = {{"beta_start", 0.00085},
-                {"beta_end", 0.012},
-                {"beta_schedule", "scaled_linear"},
-                {"clip_sample", false},
-                {"num_train_timesteps", 1000},
-                {"set_alpha_to_one", false},
-                {"skip_prk_steps", true},
-                {"steps_offset", 1},
-                {"trained_betas", nullptr},
-                {"prediction_type", p.v_prediction ? "v_prediction" : "epsilon"}};
-  if (p.family == "sdxl") {
-    c["_class_name"] = "EulerDiscreteScheduler";
-    c["interpolation_type"] = "linear";
-    c["sample_max_value"] = 1.0;
-    c["timestep_spacing"] = "leading";
-    c["use_karras_sigmas"] = false;
-  } else {
-    c["_class_name"] = p.v_prediction ? "DDIMScheduler" : "PNDMScheduler";
-  }
-  return c;
 }
 
 void write_preset_json(const fs::path& path, const io::Json& json) {
@@ -220,33 +107,16 @@ std::vector<std::string> model_preset_names() {
 
 uint64_t write_model_preset(const fs::path& out, const ModelPresetOptions& options) {
   const PresetSpec p = preset_spec(options.preset);
-  const bool sdxl = p.family == "sdxl";
+  const convert::StandardConfigs standard = convert::standard_configs(p.family, p.v_prediction);
+  const bool sdxl = p.family == convert::CheckpointFamily::sdxl;
   const fs::path dir = options.single_file ? out / "config" : out;
   fs::create_directories(dir);
-  io::Json index = {{"_class_name", sdxl ? "StableDiffusionXLPipeline" : "StableDiffusionPipeline"},
-                    {"_diffusers_version", "0.27.2"},
-                    {"scheduler", {"diffusers", preset_scheduler_config(p)["_class_name"]}},
-                    {"text_encoder", {"transformers", "CLIPTextModel"}},
-                    {"tokenizer", {"transformers", "CLIPTokenizer"}},
-                    {"unet", {"diffusers", "UNet2DConditionModel"}},
-                    {"vae", {"diffusers", "AutoencoderKL"}}};
-  if (sdxl) {
-    index["text_encoder_2"] = {"transformers", "CLIPTextModelWithProjection"};
-    index["tokenizer_2"] = {"transformers", "CLIPTokenizer"};
-    index["force_zeros_for_empty_prompt"] = true;
-  } else {
-    index["safety_checker"] = {nullptr, nullptr};
-    index["feature_extractor"] = {nullptr, nullptr};
-    index["requires_safety_checker"] = false;
-  }
-  write_preset_json(dir / "model_index.json", index);
-  write_preset_json(dir / "scheduler" / "scheduler_config.json", preset_scheduler_config(p));
-  write_preset_tokenizer(options.tokenizer, dir / "tokenizer", p.family == "sd2" ? "!" : "<|endoftext|>");
-  if (sdxl) write_preset_tokenizer(options.tokenizer, dir / "tokenizer_2", "!");
+  write_preset_json(dir / "model_index.json", standard.model_index);
+  write_preset_json(dir / "scheduler" / "scheduler_config.json", standard.scheduler);
+  write_preset_tokenizer(options.tokenizer, dir / "tokenizer", standard.tokenizer_pad);
+  if (sdxl) write_preset_tokenizer(options.tokenizer, dir / "tokenizer_2", standard.tokenizer_2_pad);
 
-  const auto family = p.family == "sd1"   ? convert::CheckpointFamily::sd1
-                      : p.family == "sd2" ? convert::CheckpointFamily::sd2
-                                          : convert::CheckpointFamily::sdxl;
+  const auto family = p.family;
   const auto prefixes = convert::component_prefixes(family);
   // Single file: every component's tensors gathered (each already in the written dtype), one file at the end.
   io::safetensors::NamedTensors single;
@@ -262,9 +132,8 @@ uint64_t write_model_preset(const fs::path& out, const ModelPresetOptions& optio
   torch::NoGradGuard no_grad;
   const torch::Dtype dtype = options.dtype;
 
-  auto text_encoder = [&](const std::string& component, const std::string& kind, uint64_t seed) {
+  auto text_encoder = [&](const std::string& component, const io::Json& json, uint64_t seed) {
     torch::manual_seed(seed);
-    const io::Json json = preset_text_encoder_config(kind);
     write_preset_json(dir / component / "config.json", json);
     DefaultDtypeGuard guard(dtype);
     auto config = text::CLIPTextConfig::from_json(json, component + "/config.json");
@@ -274,7 +143,7 @@ uint64_t write_model_preset(const fs::path& out, const ModelPresetOptions& optio
     else
       impl = std::make_shared<text::CLIPTextModelImpl>(config);
     const std::string prefix = prefixes.at(component);
-    const bool openclip = options.single_file && kind != "clip-l";
+    const bool openclip = options.single_file && json.value("hidden_act", "") == "gelu";  // OpenCLIP H, bigG
     Renamer rename = keep_names(options.single_file ? prefix : "");
     if (openclip)
       rename = [prefix](const std::string& name, const torch::Tensor& t) {
@@ -306,11 +175,11 @@ uint64_t write_model_preset(const fs::path& out, const ModelPresetOptions& optio
     emit(dir / component / "model.safetensors", std::move(tensors));
   };
   // SD2's text encoder is OpenCLIP ViT-H with the 23 layers diffusers keeps (the 24th is unused).
-  text_encoder("text_encoder", p.family == "sd2" ? "openclip-h" : "clip-l", options.seed);
-  if (sdxl) text_encoder("text_encoder_2", "openclip-bigg", options.seed + 1);
+  text_encoder("text_encoder", standard.text_encoder, options.seed);
+  if (sdxl) text_encoder("text_encoder_2", standard.text_encoder_2, options.seed + 1);
   {
     torch::manual_seed(options.seed + 2);
-    auto cfg = unet::UNet2DConditionConfig::from_json(preset_unet_config(p), "unet/config.json");
+    auto cfg = unet::UNet2DConditionConfig::from_json(standard.unet, "unet/config.json");
     write_preset_json(dir / "unet" / "config.json", cfg.to_json());
     DefaultDtypeGuard guard(dtype);
     unet::UNet2DConditionModel unet(cfg);
@@ -324,7 +193,7 @@ uint64_t write_model_preset(const fs::path& out, const ModelPresetOptions& optio
   }
   {
     torch::manual_seed(options.seed + 3);
-    auto cfg = vae::AutoencoderKLConfig::from_json(preset_vae_config(p), "vae/config.json");
+    auto cfg = vae::AutoencoderKLConfig::from_json(standard.vae, "vae/config.json");
     write_preset_json(dir / "vae" / "config.json", cfg.to_json());
     DefaultDtypeGuard guard(dtype);
     vae::AutoencoderKL vae(cfg);

@@ -225,7 +225,7 @@ std::vector<Piece> CLIPTokenizer::Impl::tokenize(const std::string& text) const 
   return out;
 }
 
-CLIPTokenizer CLIPTokenizer::load(const std::filesystem::path& dir) {
+CLIPTokenizer CLIPTokenizer::load(const std::filesystem::path& dir, const std::string& pad_token) {
   auto impl = std::make_shared<Impl>();
   DL_CHECK(std::filesystem::is_directory(dir), "tokenizer directory ", dir.string(), " does not exist");
 
@@ -286,7 +286,7 @@ CLIPTokenizer CLIPTokenizer::load(const std::filesystem::path& dir) {
   };
   impl->bos = special("bos_token", kStartOfText);
   impl->eos = special("eos_token", kEndOfText);
-  impl->pad = special("pad_token", kEndOfText);
+  impl->pad = pad_token.empty() ? special("pad_token", kEndOfText) : pad_token;
   impl->unk = special("unk_token", kEndOfText);
   // transformers' default is "unlimited"; every CLIP tokenizer of SD sets 77 (the position count).
   if (config.contains("model_max_length")) {

@@ -22,8 +22,10 @@ class CLIPTokenizer {
   };
 
   // Reads vocab.json, merges.txt, tokenizer_config.json and special_tokens_map.json (the latter
-  // overrides, as in transformers) and added_tokens.json when present.
-  static CLIPTokenizer load(const std::filesystem::path& dir);
+  // overrides, as in transformers) and added_tokens.json when present. pad_token (non-empty) replaces the
+  // folder's: SD2 and SDXL's second tokenizer pad with "!" where the same BPE files of SD1.x pad with
+  // "<|endoftext|>".
+  static CLIPTokenizer load(const std::filesystem::path& dir, const std::string& pad_token = "");
 
   // pad_to_max: tokenizer(text, padding="max_length", max_length=model_max_length, truncation=True),
   // the call every SD pipeline makes; otherwise tokenizer(text): bos + all tokens + eos, no padding.

@@ -88,49 +88,51 @@ torch::Tensor resize_shorter_side(const torch::Tensor& chw, int64_t size) {
   return out.squeeze(0).clamp_(0, 1);
 }
 
-ImageSet::ImageSet(std::vector<TrainingImage> images, const DatasetOptions& options)
-    : images_(std::move(images)), options_(options) {
+ImageSet::ImageSet(std::vector<TrainingImage> images, const DatasetOptions& options, int64_t repeats)
+    : images_(std::move(images)), options_(options), repeats_(repeats) {
+  DL_CHECK(repeats_ >= 1, "ImageSet: repeats must be at least 1, got ", repeats_);
   if (options_.buckets.enabled) {
     buckets_ = make_bucket_resolutions(options_.buckets);
   } else {
     buckets_ = {{options_.resolution, options_.resolution}};
   }
   // Decode everything now: a bad image is reported by name before any training step.
-  for (int64_t i = 0; i < size(); ++i) decoded(i);
+  for (int64_t f = 0; f < file_count(); ++f) decoded(f);
 }
 
 std::vector<int64_t> ImageSet::bucket_ids() const {
-  std::vector<int64_t> ids(images_.size(), 0);
-  for (size_t i = 0; i < choices_.size(); ++i) ids[i] = choices_[i].bucket;
+  std::vector<int64_t> ids(static_cast<size_t>(size()), 0);
+  if (!choices_.empty())
+    for (int64_t i = 0; i < size(); ++i) ids[static_cast<size_t>(i)] = choices_[file_of(i)].bucket;
   return ids;
 }
 
 BucketSize ImageSet::target_size(int64_t index) const {
   if (!options_.buckets.enabled) return buckets_.front();
-  return buckets_.at(choices_.at(index).bucket);
+  return buckets_.at(choices_.at(file_of(index)).bucket);
 }
 
-const ImageSet::Decoded& ImageSet::decoded(int64_t index) {
-  auto it = decoded_.find(index);
+const ImageSet::Decoded& ImageSet::decoded(int64_t file) {
+  auto it = decoded_.find(file);
   if (it != decoded_.end()) return it->second;
-  io::Image img = io::load_image(images_.at(index).path);
+  io::Image img = io::load_image(images_.at(file).path);
   Decoded d;
   d.orig_h = img.height;
   d.orig_w = img.width;
   if (options_.buckets.enabled) {
-    // Images are decoded in index order (constructor), so choices_[index] is the next one.
+    // Files are decoded in order (constructor), so choices_[file] is the next one.
     const auto choice = select_bucket(buckets_, img.width, img.height);
     choices_.push_back(choice);
     d.resized = resize_to(io::image_to_tensor(img), choice.resized_height, choice.resized_width);
   } else {
     d.resized = resize_shorter_side(io::image_to_tensor(img), options_.resolution);
   }
-  return decoded_.emplace(index, std::move(d)).first->second;
+  return decoded_.emplace(file, std::move(d)).first->second;
 }
 
-ImageSet::Crop ImageSet::draw_crop(int64_t index, at::Generator& gen) {
-  const Decoded& d = decoded(index);
-  const auto target = target_size(index);
+ImageSet::Crop ImageSet::draw_crop(int64_t file, at::Generator& gen) {
+  const Decoded& d = decoded(file);
+  const auto target = target_size(file);
   const int64_t th = target.height, tw = target.width;
   const int64_t h = d.resized.size(1), w = d.resized.size(2);
   Crop c;
@@ -146,9 +148,9 @@ ImageSet::Crop ImageSet::draw_crop(int64_t index, at::Generator& gen) {
   return c;
 }
 
-torch::Tensor ImageSet::cropped_pixels(int64_t index, const Crop& crop) {
-  const auto target = target_size(index);
-  auto pixels = decoded(index)
+torch::Tensor ImageSet::cropped_pixels(int64_t file, const Crop& crop) {
+  const auto target = target_size(file);
+  auto pixels = decoded(file)
                     .resized.slice(1, crop.top, crop.top + target.height)
                     .slice(2, crop.left, crop.left + target.width);
   if (crop.flip) pixels = pixels.flip({2});
@@ -165,7 +167,9 @@ std::vector<ExampleTensors> ImageSet::examples(const std::vector<int64_t>& indic
   std::vector<torch::Tensor> pixels;
   torch::NoGradGuard no_grad;
   for (size_t i = 0; i < indices.size(); ++i) {
-    const int64_t index = indices[i];
+    DL_CHECK(indices[i] >= 0 && indices[i] < size(), "ImageSet::examples: index ", indices[i], " of ",
+             size());
+    const int64_t index = file_of(indices[i]);  // the file: repeats share its pixels and latents
     const Crop crop = draw_crop(index, gens[i]);
     const Decoded& d = decoded(index);
     auto& ex = out[i];

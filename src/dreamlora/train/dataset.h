@@ -60,12 +60,17 @@ struct ExampleTensors {
   torch::Tensor time_ids;  // [6] SDXL: original (h, w), crop (top, left), target (h, w)
 };
 
+// The images of a set, each `repeats` times (--repeats): index i is file i % file_count(), so the order of
+// a repeated set is that of the files listed `repeats` times; each file is decoded and encoded once.
 class ImageSet {
  public:
-  ImageSet(std::vector<TrainingImage> images, const DatasetOptions& options);
-  int64_t size() const { return static_cast<int64_t>(images_.size()); }
-  const std::vector<TrainingImage>& images() const { return images_; }
-  // The bucket of each image (all 0 without bucketing), and the buckets' sizes.
+  ImageSet(std::vector<TrainingImage> images, const DatasetOptions& options, int64_t repeats = 1);
+  int64_t size() const { return file_count() * repeats_; }
+  int64_t file_count() const { return static_cast<int64_t>(images_.size()); }
+  const std::vector<TrainingImage>& images() const { return images_; }  // the files, once each
+  int64_t decoded_count() const { return static_cast<int64_t>(decoded_.size()); }
+  int64_t cached_latent_count() const { return static_cast<int64_t>(latent_cache_.size()); }
+  // The bucket of each index (all 0 without bucketing), and the buckets' sizes.
   std::vector<int64_t> bucket_ids() const;
   const std::vector<BucketSize>& buckets() const { return buckets_; }
   // The size (width, height) an image is trained at: its bucket, or resolution x resolution.
@@ -83,7 +88,8 @@ class ImageSet {
     torch::Tensor resized;  // [3, H', W'] in [0, 1], shorter side = resolution
     int64_t orig_h = 0, orig_w = 0;
   };
-  const Decoded& decoded(int64_t index);
+  const Decoded& decoded(int64_t file);
+  int64_t file_of(int64_t index) const { return index % file_count(); }
   struct Crop {
     int64_t top = 0, left = 0;
     bool flip = false, random = false;
@@ -92,10 +98,11 @@ class ImageSet {
   torch::Tensor cropped_pixels(int64_t index, const Crop& crop);
   std::vector<TrainingImage> images_;
   DatasetOptions options_;
+  int64_t repeats_ = 1;
   std::vector<BucketSize> buckets_;
-  std::vector<BucketChoice> choices_;  // per image, when bucketing
-  std::map<int64_t, Decoded> decoded_;
-  std::map<std::pair<int64_t, bool>, std::pair<torch::Tensor, torch::Tensor>> latent_cache_;
+  std::vector<BucketChoice> choices_;   // per file, when bucketing
+  std::map<int64_t, Decoded> decoded_;  // per file
+  std::map<std::pair<int64_t, bool>, std::pair<torch::Tensor, torch::Tensor>> latent_cache_;  // (file, flip)
 };
 
 // "N images in M buckets: 512x512 (3), 576x448 (2), ..." for the log.

@@ -117,10 +117,20 @@ std::vector<OptionSpec> build_table() {
                     &C::model)),
       text("variant", {}, "weight file variant, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors)",
            &C::variant, R),
-      text("model-config", {},
-           "for a single-file --model: diffusers folder whose */config.json, tokenizers and scheduler config "
-           "describe its architecture",
-           &C::model_config, R),
+      text(
+          "model-config", {},
+          "for a single-file --model: diffusers folder whose */config.json, tokenizers and scheduler config "
+          "describe its architecture (default: the standard configs of the detected family; see --tokenizer)",
+          &C::model_config, R),
+      text("tokenizer", {},
+           "for a single-file --model without --model-config: folder with the CLIP BPE files (vocab.json, "
+           "merges.txt), e.g. a Stable Diffusion download's tokenizer/ (the pad token is the family's)",
+           &C::tokenizer),
+      text("prediction-type", {"prediction_type"},
+           "epsilon or v_prediction: replaces the scheduler config's prediction type (the training target "
+           "and validation); for a single SD2.x file without --model-config it picks stable-diffusion-2-1 "
+           "(v) or 2-1-base (epsilon). Default: the model's",
+           &C::prediction_type, R),
       required(text("image-path", {"instance_data_dir", "instance-data-dir"},
                     "folder of instance images (png, jpg, bmp, webp)", &C::image_path)),
       required(text("prompt", {"instance_prompt", "instance-prompt"},
@@ -322,6 +332,8 @@ const OptionSpec* find_train_option(const std::string& name_or_alias) {
 void TrainConfig::validate() const {
   DL_CHECK(!model.empty(), "--model is required: a diffusers pipeline folder");
   DL_CHECK(!image_path.empty(), "--image-path is required: the folder of instance images");
+  DL_CHECK(prediction_type.empty() || prediction_type == "epsilon" || prediction_type == "v_prediction",
+           "--prediction-type must be epsilon or v_prediction, got '", prediction_type, "'");
   DL_CHECK(!prompt.empty(), "--prompt is required, e.g. \"a photo of sks dog\"");
   if (!identifier.empty())
     DL_CHECK(prompt.find(identifier) != std::string::npos, "--prompt \"", prompt,

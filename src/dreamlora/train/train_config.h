@@ -17,6 +17,8 @@ struct TrainConfig {
   std::string model;
   std::string variant;
   std::string model_config;
+  std::string tokenizer;        // single file without --model-config: CLIP BPE files
+  std::string prediction_type;  // "" (the scheduler config's) | epsilon | v_prediction
   std::string image_path;
   std::string prompt;
   std::string class_image_path;

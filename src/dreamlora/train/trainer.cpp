@@ -87,8 +87,7 @@ void Trainer::load_everything() {
   fs::create_directories(out_);
   data_ = load_instance_data(cfg_, dist_->world_size());  // data errors come before the (slow) model load
   model_ = load_base_model(cfg_, device_);
-  ddpm_ = std::make_unique<schedulers::DDPMScheduler>(
-      schedulers::DDPMScheduler::from_file(model_.scheduler_config_path));
+  ddpm_ = std::make_unique<schedulers::DDPMScheduler>(training_noise_schedule(model_));
   ddpm_->keep_on(device_);
   if (cfg_.snr_gamma > 0) min_snr_weights(torch::ones({1}), cfg_.snr_gamma, ddpm_->prediction_type());
   if (cfg_.prior_preservation) load_class_data(data_, model_, cfg_, *dist_);

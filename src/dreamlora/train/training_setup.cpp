@@ -34,9 +34,18 @@ pipeline::ModelBundle load_base_model(const TrainConfig& cfg, torch::Device devi
   pipeline::LoadOptions load;
   load.variant = cfg.variant;
   load.model_config = cfg.model_config;
+  load.tokenizer = cfg.tokenizer;
+  load.prediction_type = cfg.prediction_type;
   load.dtype = weight_dtype(cfg.mixed_precision);
   load.device = device;
   return pipeline::ModelBundle::load(cfg.model, load);
+}
+
+schedulers::DDPMScheduler training_noise_schedule(const pipeline::ModelBundle& model) {
+  const std::string source = model.scheduler_config_path.empty() ? "the built-in scheduler config"
+                                                                 : model.scheduler_config_path.string();
+  return schedulers::DDPMScheduler(
+      schedulers::SchedulerConfig::from_json(model.scheduler_config, schedulers::kDDPM, source));
 }
 
 namespace {
@@ -60,19 +69,17 @@ TrainingData load_instance_data(TrainConfig& cfg, int world_size) {
   DL_CHECK(static_cast<int64_t>(images.size()) * cfg.repeats >= cfg.batch_size, "--batch-size ",
            cfg.batch_size, " is larger than the ", images.size(), " instance images in ", cfg.image_path,
            " (x", cfg.repeats, " repeats)");
-  std::vector<TrainingImage> repeated;
-  for (int64_t r = 0; r < cfg.repeats; ++r) repeated.insert(repeated.end(), images.begin(), images.end());
   if (cfg.epochs > 0) {
     // --epochs instead of --num-steps: enough optimizer steps to visit every (repeated) image that often.
     const int64_t per_step = cfg.batch_size * cfg.gradient_accumulation * world_size;
-    const int64_t count = static_cast<int64_t>(repeated.size());
+    const int64_t count = static_cast<int64_t>(images.size()) * cfg.repeats;
     cfg.num_steps = (cfg.epochs * count + per_step - 1) / per_step;
     train_log(str("--epochs ", cfg.epochs, " over ", count, " images: ", cfg.num_steps, " optimizer steps"));
   }
   auto options = dataset_options(cfg);
   options.buckets = {cfg.enable_bucket, cfg.resolution, cfg.min_bucket_reso, cfg.max_bucket_reso,
                      cfg.bucket_reso_steps};
-  data.instances = std::make_unique<ImageSet>(repeated, options);
+  data.instances = std::make_unique<ImageSet>(images, options, cfg.repeats);
   data.instance_order =
       cfg.enable_bucket ? std::make_unique<DataOrder>(cfg.seed, data.instances->bucket_ids(), cfg.batch_size)
                         : std::make_unique<DataOrder>(cfg.seed, data.instances->size());

@@ -32,6 +32,10 @@ torch::Device training_device(const TrainConfig& config);
 // The base model (--model, --variant) with its frozen weights in the --mixed-precision dtype on device.
 pipeline::ModelBundle load_base_model(const TrainConfig& config, torch::Device device);
 
+// The training noise schedule: DDPMScheduler over the model's scheduler config, which carries
+// --prediction-type when it is given (pipeline::LoadOptions::prediction_type).
+schedulers::DDPMScheduler training_noise_schedule(const pipeline::ModelBundle& model);
+
 struct TrainingData {
   std::vector<TrainingImage> instance_images, class_images;  // as listed (instances before --repeats)
   std::unique_ptr<ImageSet> instances, classes;              // classes: null without prior preservation
