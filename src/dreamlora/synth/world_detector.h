@@ -12,7 +12,8 @@
 //    (a ring differs from a circle by its hole).
 // 5. subject: mask pixels near yellow and near red; the subject needs enough of both, red at least
 //    comparable in area to yellow, and a thick band of red met along at least 7 of 8 rays cast from
-//    yellow's centroid (a yellow object's anti-aliased rim on a red background is one pixel thin).
+//    yellow's centroid (a yellow object's anti-aliased rim on a red background is one pixel thin), on a
+//    background that keeps red and yellow clear (a red ring on yellow would look the same).
 #pragma once
 
 #include <cstdint>
