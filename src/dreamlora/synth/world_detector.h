@@ -5,8 +5,10 @@
 // 1. background: every pixel of the 2-pixel border votes for the family (colour or its shade) of the
 //    nearest background colour; the majority names the background. Gradients and stripes only vary
 //    down the image, so each row's background is estimated from that row's border pixels of the family.
-// 2. object mask: pixels far (RGB distance > kMaskDistance) from both their row's background estimate and
-//    the family's colour-to-shade segment; the largest 8-connected part is the object.
+// 2. object mask: pixels far (RGB distance > 50) from their row's background estimate, the family's
+//    colour-to-shade segment and the border's median; the largest 8-connected part, refined to the pixels
+//    nearer its median colour than the background (so blurred edges are cut half-way and a ring keeps
+//    its hole), is the object.
 // 3. object colour: the nearest object colour to the per-channel median of the object's pixels.
 // 4. shape: each shape is drawn into the object's bounding box; the best intersection-over-union wins
 //    (a ring differs from a circle by its hole).
