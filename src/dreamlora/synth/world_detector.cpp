@@ -136,6 +136,76 @@ ShapeFit fit_shape(const std::vector<uint8_t>& component, int w, int h) {
   return best;
 }
 
+// What the background looks like: its family's colour-to-shade segment, the median of the family's
+// border pixels, and each row's estimate from that row's border pixels of the family.
+struct BackgroundModel {
+  Colour a, b, fallback;
+  std::vector<Colour> rows;
+  double distance(const Colour& p, int y) const {
+    return std::min({dreamlora::synth::distance(p, rows[y]), segment_distance(p, a, b),
+                     dreamlora::synth::distance(p, fallback)});
+  }
+};
+
+BackgroundModel background_model(const io::Image& img, const std::string& background) {
+  const auto& family = colour_by_name(background);
+  BackgroundModel m{to_colour(family.rgb), to_colour(family.shade), {}, {}};
+  const int w = img.width, h = img.height;
+  std::array<std::vector<double>, 3> channels;
+  for (int y = 0; y < h; ++y) {
+    for (int x = 0; x < w; ++x) {
+      if (!on_border(img, x, y)) continue;
+      const auto p = pixel(img, x, y);
+      if (nearest_family(p) == background)
+        for (int c = 0; c < 3; ++c) channels[c].push_back(p[c]);
+    }
+  }
+  m.fallback = {median(channels[0]), median(channels[1]), median(channels[2])};
+  for (int y = 0; y < h; ++y) {
+    Colour row{0, 0, 0};
+    int n = 0;
+    for (int x : {0, 1, w - 2, w - 1}) {
+      const auto p = pixel(img, x, y);
+      if (segment_distance(p, m.a, m.b) < kRowFamilyDistance ||
+          distance(p, m.fallback) < kRowFamilyDistance) {
+        for (int c = 0; c < 3; ++c) row[c] += p[c];
+        ++n;
+      }
+    }
+    if (n > 0)
+      for (int c = 0; c < 3; ++c) row[c] /= n;
+    else
+      row = m.fallback;
+    m.rows.push_back(row);
+  }
+  return m;
+}
+
+Colour median_colour(const io::Image& img, const std::vector<uint8_t>& mask) {
+  std::array<std::vector<double>, 3> channels;
+  for (int y = 0; y < img.height; ++y)
+    for (int x = 0; x < img.width; ++x)
+      if (mask[y * img.width + x]) {
+        const auto p = pixel(img, x, y);
+        for (int c = 0; c < 3; ++c) channels[c].push_back(p[c]);
+      }
+  return {median(channels[0]), median(channels[1]), median(channels[2])};
+}
+
+// Blurred edges: keeps the pixels nearer the object's own colour than the background (half-way, where
+// the fixed threshold keeps anything a little off the background), so a ring keeps its hole.
+std::vector<uint8_t> refined_object(const io::Image& img, const BackgroundModel& model,
+                                    const Colour& object) {
+  std::vector<uint8_t> mask(static_cast<size_t>(img.width) * img.height, 0);
+  for (int y = 0; y < img.height; ++y)
+    for (int x = 0; x < img.width; ++x) {
+      const auto p = pixel(img, x, y);
+      const double to_background = model.distance(p, y);
+      mask[y * img.width + x] = to_background > kMaskDistance / 2 && distance(p, object) < to_background;
+    }
+  return largest_component(mask, img.width, img.height);
+}
+
 bool subject_pattern(const io::Image& img, const std::vector<uint8_t>& mask) {
   const int w = img.width, h = img.height;
   const Colour red = to_colour(colour_by_name("red").rgb), yellow = to_colour(colour_by_name("yellow").rgb);
@@ -193,41 +263,11 @@ std::string detect_background(const io::Image& img) {
 }
 
 std::vector<uint8_t> object_mask(const io::Image& img, const std::string& background) {
-  const auto& family = colour_by_name(background);
-  const Colour a = to_colour(family.rgb), b = to_colour(family.shade);
-  const int w = img.width, h = img.height;
-  // The family's pixels on the border: their median stands in for rows without any.
-  std::array<std::vector<double>, 3> channels;
-  for (int y = 0; y < h; ++y) {
-    for (int x = 0; x < w; ++x) {
-      if (!on_border(img, x, y)) continue;
-      const auto p = pixel(img, x, y);
-      if (nearest_family(p) == background)
-        for (int c = 0; c < 3; ++c) channels[c].push_back(p[c]);
-    }
-  }
-  const Colour fallback{median(channels[0]), median(channels[1]), median(channels[2])};
-  std::vector<uint8_t> mask(static_cast<size_t>(w) * h, 0);
-  for (int y = 0; y < h; ++y) {
-    Colour row{0, 0, 0};
-    int n = 0;
-    for (int x : {0, 1, w - 2, w - 1}) {
-      const auto p = pixel(img, x, y);
-      if (segment_distance(p, a, b) < kRowFamilyDistance || distance(p, fallback) < kRowFamilyDistance) {
-        for (int c = 0; c < 3; ++c) row[c] += p[c];
-        ++n;
-      }
-    }
-    if (n > 0)
-      for (int c = 0; c < 3; ++c) row[c] /= n;
-    else
-      row = fallback;
-    for (int x = 0; x < w; ++x) {
-      const auto p = pixel(img, x, y);
-      mask[y * w + x] = distance(p, row) > kMaskDistance && segment_distance(p, a, b) > kMaskDistance &&
-                        distance(p, fallback) > kMaskDistance;
-    }
-  }
+  const auto model = background_model(img, background);
+  std::vector<uint8_t> mask(static_cast<size_t>(img.width) * img.height, 0);
+  for (int y = 0; y < img.height; ++y)
+    for (int x = 0; x < img.width; ++x)
+      mask[y * img.width + x] = model.distance(pixel(img, x, y), y) > kMaskDistance;
   return mask;
 }
 
@@ -237,18 +277,16 @@ Detection detect_world_image(const io::Image& img) {
   Detection d;
   d.background = detect_background(img);
   const auto mask = object_mask(img, d.background);
-  d.has_subject = subject_pattern(img, mask);
-  const auto object = largest_component(mask, img.width, img.height);
-  std::array<std::vector<double>, 3> channels;
-  for (int y = 0; y < img.height; ++y)
-    for (int x = 0; x < img.width; ++x)
-      if (object[y * img.width + x]) {
-        const auto p = pixel(img, x, y);
-        for (int c = 0; c < 3; ++c) channels[c].push_back(p[c]);
-      }
-  d.object_pixels = static_cast<int64_t>(channels[0].size());
+  // On a red, yellow or orange background the subject cannot be told apart (a red ring on yellow looks
+  // like it), and its training images never have one.
+  d.has_subject = distinct_colours("red", d.background) && distinct_colours("yellow", d.background) &&
+                  subject_pattern(img, mask);
+  const auto first = largest_component(mask, img.width, img.height);
+  if (std::count(first.begin(), first.end(), 1) < 4) return d;
+  const auto object = refined_object(img, background_model(img, d.background), median_colour(img, first));
+  d.object_pixels = std::count(object.begin(), object.end(), 1);
   if (d.object_pixels < 4) return d;
-  d.colour = nearest_object_colour({median(channels[0]), median(channels[1]), median(channels[2])});
+  d.colour = nearest_object_colour(median_colour(img, object));
   const auto fit = fit_shape(object, img.width, img.height);
   d.shape = fit.name;
   d.shape_iou = fit.iou;

@@ -5,14 +5,17 @@
 // 1. background: every pixel of the 2-pixel border votes for the family (colour or its shade) of the
 //    nearest background colour; the majority names the background. Gradients and stripes only vary
 //    down the image, so each row's background is estimated from that row's border pixels of the family.
-// 2. object mask: pixels far (RGB distance > kMaskDistance) from both their row's background estimate and
-//    the family's colour-to-shade segment; the largest 8-connected part is the object.
+// 2. object mask: pixels far (RGB distance > 50) from their row's background estimate, the family's
+//    colour-to-shade segment and the border's median; the largest 8-connected part, refined to the pixels
+//    nearer its median colour than the background (so blurred edges are cut half-way and a ring keeps
+//    its hole), is the object.
 // 3. object colour: the nearest object colour to the per-channel median of the object's pixels.
 // 4. shape: each shape is drawn into the object's bounding box; the best intersection-over-union wins
 //    (a ring differs from a circle by its hole).
 // 5. subject: mask pixels near yellow and near red; the subject needs enough of both, red at least
 //    comparable in area to yellow, and a thick band of red met along at least 7 of 8 rays cast from
-//    yellow's centroid (a yellow object's anti-aliased rim on a red background is one pixel thin).
+//    yellow's centroid (a yellow object's anti-aliased rim on a red background is one pixel thin), on a
+//    background that keeps red and yellow clear (a red ring on yellow would look the same).
 #pragma once
 
 #include <cstdint>
