@@ -127,6 +127,8 @@ const ImageSet::Decoded& ImageSet::decoded(int64_t file) {
   } else {
     d.resized = resize_shorter_side(io::image_to_tensor(img), options_.resolution);
   }
+  d.height = d.resized.size(1);
+  d.width = d.resized.size(2);
   return decoded_.emplace(file, std::move(d)).first->second;
 }
 
@@ -134,7 +136,7 @@ ImageSet::Crop ImageSet::draw_crop(int64_t file, at::Generator& gen) {
   const Decoded& d = decoded(file);
   const auto target = target_size(file);
   const int64_t th = target.height, tw = target.width;
-  const int64_t h = d.resized.size(1), w = d.resized.size(2);
+  const int64_t h = d.height, w = d.width;
   Crop c;
   if (options_.random_flip) c.flip = torch::rand({1}, gen).item<float>() < 0.5f;
   c.random = !options_.center_crop && (h > th || w > tw);
@@ -183,14 +185,9 @@ std::vector<ExampleTensors> ImageSet::examples(const std::vector<int64_t>& indic
       pixels.push_back(cropped_pixels(index, crop));
       continue;
     }
-    const auto key = std::make_pair(index, crop.flip);
-    auto cached = latent_cache_.find(key);
-    if (cached == latent_cache_.end()) {
-      auto dist = model.vae->encode(cropped_pixels(index, crop).unsqueeze(0).to(device));
-      cached = latent_cache_.emplace(key, std::make_pair(dist.mean.squeeze(0), dist.std.squeeze(0))).first;
-    }
-    ex.latent_mean = cached->second.first;
-    ex.latent_std = cached->second.second;
+    const auto& cached = cached_latents(index, crop, model);
+    ex.latent_mean = cached.first;
+    ex.latent_std = cached.second;
   }
   if (!to_encode.empty()) {
     auto dist = model.vae->encode(torch::stack(pixels).to(device));
@@ -200,6 +197,45 @@ std::vector<ExampleTensors> ImageSet::examples(const std::vector<int64_t>& indic
     }
   }
   return out;
+}
+
+const std::pair<torch::Tensor, torch::Tensor>& ImageSet::cached_latents(int64_t file, const Crop& crop,
+                                                                        pipeline::ModelBundle& model) {
+  const auto key = std::make_pair(file, crop.flip);
+  auto cached = latent_cache_.find(key);
+  if (cached == latent_cache_.end()) {
+    DL_CHECK(decoded(file).resized.defined(), "ImageSet: the pixels of ", images_[file].path.string(),
+             " were released after --cache-latents, but its latents are not cached");
+    torch::NoGradGuard no_grad;
+    const auto device = model.vae->parameters().front().device();
+    auto dist = model.vae->encode(cropped_pixels(file, crop).unsqueeze(0).to(device));
+    cached = latent_cache_.emplace(key, std::make_pair(dist.mean.squeeze(0), dist.std.squeeze(0))).first;
+  }
+  return cached->second;
+}
+
+void ImageSet::cache_all_latents(pipeline::ModelBundle& model) {
+  for (int64_t f = 0; f < file_count(); ++f) {
+    const Decoded& d = decoded(f);
+    const auto target = target_size(f);
+    DL_CHECK(options_.center_crop || (d.height <= target.height && d.width <= target.width),
+             "--cache-latents: ", images_[f].path.string(), " is ", d.width, "x", d.height,
+             " after resizing, larger than its ", target.width, "x", target.height,
+             " training size, so its crop is random at every step and its latents cannot be cached; pass "
+             "--center-crop, or drop --cache-latents (kohya refuses cache_latents with random_crop too)");
+    // The same crop draw_crop makes (no draw is random here), for each flip a step can draw.
+    Crop crop;
+    if (options_.center_crop) {
+      crop.top = static_cast<int64_t>(std::lround((d.height - target.height) / 2.0));
+      crop.left = static_cast<int64_t>(std::lround((d.width - target.width) / 2.0));
+    }
+    for (bool flip : {false, true}) {
+      if (flip && !options_.random_flip) continue;
+      crop.flip = flip;
+      cached_latents(f, crop, model);
+    }
+  }
+  for (auto& [f, d] : decoded_) d.resized = torch::Tensor();  // the latents are all a step reads now
 }
 
 ExampleTensors ImageSet::example(int64_t index, pipeline::ModelBundle& model, at::Generator& gen) {

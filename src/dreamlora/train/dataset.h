@@ -82,10 +82,16 @@ class ImageSet {
   std::vector<ExampleTensors> examples(const std::vector<int64_t>& indices, pipeline::ModelBundle& model,
                                        std::vector<at::Generator>& gens);
   ExampleTensors example(int64_t index, pipeline::ModelBundle& model, at::Generator& gen);
+  // --cache-latents: encodes every file now (both flips with random_flip), each alone as a step would,
+  // then releases the decoded pixels: the steps read the same latents as without it (bit-identical).
+  // A file whose crop is random per step is an error naming --center-crop.
+  void cache_all_latents(pipeline::ModelBundle& model);
 
  private:
   struct Decoded {
-    torch::Tensor resized;  // [3, H', W'] in [0, 1], shorter side = resolution
+    torch::Tensor
+        resized;  // [3, H', W'] in [0, 1], shorter side = resolution (released by cache_all_latents)
+    int64_t height = 0, width = 0;  // of resized
     int64_t orig_h = 0, orig_w = 0;
   };
   const Decoded& decoded(int64_t file);
@@ -96,6 +102,8 @@ class ImageSet {
   };
   Crop draw_crop(int64_t index, at::Generator& gen);
   torch::Tensor cropped_pixels(int64_t index, const Crop& crop);
+  const std::pair<torch::Tensor, torch::Tensor>& cached_latents(int64_t file, const Crop& crop,
+                                                                pipeline::ModelBundle& model);
   std::vector<TrainingImage> images_;
   DatasetOptions options_;
   int64_t repeats_ = 1;

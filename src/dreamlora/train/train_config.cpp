@@ -169,6 +169,11 @@ std::vector<OptionSpec> build_table() {
       integer("bucket-reso-steps", {"bucket_reso_steps"},
               "bucket sides are multiples of this (a multiple of 8)", &C::bucket_reso_steps, R),
       integer("repeats", {}, "how many times each instance image is repeated per epoch", &C::repeats, R),
+      flag("cache-latents", {"cache_latents"},
+           "encode every image with the VAE once before training and keep only its latent distribution "
+           "(mean, std; the sample is still drawn per step, so results are bit-identical); both flips with "
+           "--random-flip; images larger than the training size need --center-crop",
+           &C::cache_latents),
       integer("batch-size", {"train_batch_size", "train-batch-size"},
               "images per step (instance images; prior doubles it)", &C::batch_size, R),
       integer("gradient-accumulation", {"gradient_accumulation_steps", "gradient-accumulation-steps"},

@@ -52,6 +52,9 @@ TrainingData load_instance_data(TrainConfig& config, int world_size);
 void load_class_data(TrainingData& data, pipeline::ModelBundle& model, const TrainConfig& config,
                      Distributed& dist);
 
+// --cache-latents: every instance and class image encoded now, its pixels released (timed in the log).
+void cache_all_latents(TrainingData& data, pipeline::ModelBundle& model);
+
 // Frozen text encoders and no validation prompt: embeds every caption of the run now and frees the
 // tokenizers and encoders.
 void release_text_encoders(pipeline::ModelBundle& model, TrainingData& data);
