@@ -6,16 +6,23 @@
 #
 # Settings (environment): SEED, COUNT (world images), VAE_STEPS, VAE_BATCH, VAE_LR, VAE_WARMUP, UNET_STEPS,
 # UNET_BATCH, UNET_LR, UNET_WARMUP, THREADS, WORK (scratch folder), DEST (where the pipeline goes), DREAMLORA (the binary).
+#
+# The shipped model was made in two phases, and the defaults replay them: the VAE to VAE_FIRST_STEPS, the UNet
+# to UNET_FIRST_STEPS on that VAE; then the VAE continued to VAE_STEPS and the UNet continued to UNET_STEPS on
+# the continued VAE (each continuation a resume with --allow-schedule-change, so its cosine schedule restarts
+# from the new length). Set VAE_FIRST_STEPS=VAE_STEPS and UNET_FIRST_STEPS=UNET_STEPS for one phase.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SEED=${SEED:-0}
 COUNT=${COUNT:-8000}
-VAE_STEPS=${VAE_STEPS:-400}
+VAE_FIRST_STEPS=${VAE_FIRST_STEPS:-400}
+VAE_STEPS=${VAE_STEPS:-1600}
 VAE_BATCH=${VAE_BATCH:-16}
 VAE_LR=${VAE_LR:-2e-3}
 VAE_WARMUP=${VAE_WARMUP:-30}
-UNET_STEPS=${UNET_STEPS:-1400}
+UNET_FIRST_STEPS=${UNET_FIRST_STEPS:-1400}
+UNET_STEPS=${UNET_STEPS:-2800}
 UNET_BATCH=${UNET_BATCH:-32}
 UNET_LR=${UNET_LR:-1e-3}
 UNET_WARMUP=${UNET_WARMUP:-100}
@@ -47,16 +54,33 @@ fi
 rm -rf "$WORK/init"
 run "$DREAMLORA" make-tiny-model --world --seed "$SEED" "$WORK/init"
 
+pretrain_vae() {  # $1: steps; the rest: extra flags
+  local steps=$1
+  shift
+  run "$DREAMLORA" --threads "$THREADS" pretrain --stage vae --model "$WORK/init" --data "$WORK/data" \
+    --output-dir "$WORK/vae" --num-steps "$steps" --batch-size "$VAE_BATCH" --lr "$VAE_LR" \
+    --warmup-steps "$VAE_WARMUP" --kl-weight 1e-4 --seed "$SEED" --checkpointing-steps 100 --log-every 25 "$@" |
+    tee -a "$WORK/vae.log"
+}
+pretrain_unet() {  # $1: steps, $2: the VAE stage's pipeline; the rest: extra flags
+  local steps=$1 vae=$2
+  shift 2
+  run "$DREAMLORA" --threads "$THREADS" pretrain --stage unet --model "$vae" --data "$WORK/data" \
+    --output-dir "$WORK/unet" --num-steps "$steps" --batch-size "$UNET_BATCH" --lr "$UNET_LR" \
+    --warmup-steps "$UNET_WARMUP" --caption-dropout 0.1 --seed "$SEED" --checkpointing-steps 100 --log-every 25 \
+    --save-dtype fp16 "$@" | tee -a "$WORK/unet.log"
+}
+rm -f "$WORK/vae.log" "$WORK/unet.log"
 vae_start=$(seconds)
-run "$DREAMLORA" --threads "$THREADS" pretrain --stage vae --model "$WORK/init" --data "$WORK/data" \
-  --output-dir "$WORK/vae" --num-steps "$VAE_STEPS" --batch-size "$VAE_BATCH" --lr "$VAE_LR" \
-  --warmup-steps "$VAE_WARMUP" --kl-weight 1e-4 --seed "$SEED" --checkpointing-steps 100 --log-every 25 |
-  tee "$WORK/vae.log"
+pretrain_vae "$VAE_FIRST_STEPS"
+rm -rf "$WORK/vae-first"
+cp -r "$WORK/vae/pipeline" "$WORK/vae-first"
+if ((VAE_STEPS != VAE_FIRST_STEPS)); then pretrain_vae "$VAE_STEPS" --allow-schedule-change; fi
 vae_end=$(seconds)
-run "$DREAMLORA" --threads "$THREADS" pretrain --stage unet --model "$WORK/vae/pipeline" --data "$WORK/data" \
-  --output-dir "$WORK/unet" --num-steps "$UNET_STEPS" --batch-size "$UNET_BATCH" --lr "$UNET_LR" \
-  --warmup-steps "$UNET_WARMUP" --caption-dropout 0.1 --seed "$SEED" --checkpointing-steps 200 --log-every 50 \
-  --save-dtype fp16 | tee "$WORK/unet.log"
+pretrain_unet "$UNET_FIRST_STEPS" "$WORK/vae-first"
+if ((UNET_STEPS != UNET_FIRST_STEPS)); then
+  pretrain_unet "$UNET_STEPS" "$WORK/vae/pipeline" --allow-schedule-change
+fi
 end=$(seconds)
 
 rm -rf "$DEST"
@@ -76,8 +100,8 @@ last_loss() { grep -o 'loss [0-9.e+-]*' "$1" | tail -1 | cut -d' ' -f2; }
   echo "## How it was made"
   echo
   echo "Commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%Y-%m-%dT%H:%MZ)."
-  echo "Settings: SEED=$SEED COUNT=$COUNT VAE_STEPS=$VAE_STEPS VAE_BATCH=$VAE_BATCH VAE_LR=$VAE_LR"
-  echo "VAE_WARMUP=$VAE_WARMUP UNET_STEPS=$UNET_STEPS UNET_BATCH=$UNET_BATCH UNET_LR=$UNET_LR"
+  echo "Settings: SEED=$SEED COUNT=$COUNT VAE_FIRST_STEPS=$VAE_FIRST_STEPS VAE_STEPS=$VAE_STEPS VAE_BATCH=$VAE_BATCH VAE_LR=$VAE_LR"
+  echo "VAE_WARMUP=$VAE_WARMUP UNET_FIRST_STEPS=$UNET_FIRST_STEPS UNET_STEPS=$UNET_STEPS UNET_BATCH=$UNET_BATCH UNET_LR=$UNET_LR"
   echo "UNET_WARMUP=$UNET_WARMUP THREADS=$THREADS."
   echo
   echo '```'

@@ -16,7 +16,7 @@ cmake --build build --target dreamlora_cli -j"$(nproc)"
 bin=build/dreamlora
 demo=${DEMO_DIR:-demo}
 model=${WORLD_MODEL:-assets/tiny-world-sd}
-steps=${STEPS:-200}
+steps=${STEPS:-1200}
 eval_samples=${EVAL_SAMPLES:-16}
 eval_steps=${EVAL_STEPS:-20}
 every=$((steps / 4))
@@ -35,7 +35,7 @@ $bin make-world-data "$demo/subject" --subject --count 6 --size 64
 
 train=($bin train --model "$model" --image-path "$demo/subject" --prompt "a photo of sks toy"
   --identifier sks --prior-preservation --class-prompt "a photo of a toy" --class-image-path "$demo/class"
-  --num-class-images 12 --resolution 64 --num-steps "$steps" --checkpointing-steps "$every"
+  --num-class-images 12 --rank 8 --resolution 64 --num-steps "$steps" --checkpointing-steps "$every"
   --checkpoints-total-limit 3 --lr 1e-3 --validation-prompt "a photo of sks toy" --num-validation-images 1
   --validation-inference-steps 20 --output-dir "$demo/output")
 
