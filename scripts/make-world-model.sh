@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Rebuilds assets/tiny-world-sd, the tiny pretrained pipeline of the shapes world, from the seed:
-# world data -> a random world-preset pipeline -> pretrain the VAE -> pretrain the whole UNet (fp16 output)
-# -> assets/tiny-world-sd + its README.md (the exact commands, figures and machine).
+# world data -> a random world-preset pipeline -> pretrain the VAE -> pretrain the whole UNet with the text
+# encoder (fp16 output) -> assets/tiny-world-sd + its README.md (the exact commands, figures and machine).
 # Each stage resumes from its newest checkpoint when the script is run again after an interruption.
 #
 # Settings (environment): SEED, COUNT (world images), VAE_STEPS, VAE_BATCH, VAE_LR, VAE_WARMUP, UNET_STEPS,
-# UNET_BATCH, UNET_LR, UNET_WARMUP, THREADS, WORK (scratch folder), DEST (where the pipeline goes), DREAMLORA (the binary).
+# UNET_BATCH, UNET_LR, UNET_WARMUP, VAE_THREADS, UNET_THREADS, WORK (scratch folder), DEST (where the pipeline
+# goes), DREAMLORA (the binary).
 #
-# The shipped model was made in two phases, and the defaults replay them: the VAE to VAE_FIRST_STEPS, the UNet
-# to UNET_FIRST_STEPS on that VAE; then the VAE continued to VAE_STEPS and the UNet continued to UNET_STEPS on
-# the continued VAE (each continuation a resume with --allow-schedule-change, so its cosine schedule restarts
-# from the new length). Set VAE_FIRST_STEPS=VAE_STEPS and UNET_FIRST_STEPS=UNET_STEPS for one phase.
+# The shipped VAE was made in two phases, and the defaults replay them: VAE_FIRST_STEPS, then continued to
+# VAE_STEPS (a resume with --allow-schedule-change, so its cosine schedule restarts from the new length; set
+# VAE_FIRST_STEPS=VAE_STEPS for one phase). The UNet and text encoder are then trained on the final VAE,
+# also in two phases as recorded: UNET_FIRST_STEPS, then resumed to UNET_STEPS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,12 +22,14 @@ VAE_STEPS=${VAE_STEPS:-1600}
 VAE_BATCH=${VAE_BATCH:-16}
 VAE_LR=${VAE_LR:-2e-3}
 VAE_WARMUP=${VAE_WARMUP:-30}
-UNET_FIRST_STEPS=${UNET_FIRST_STEPS:-1400}
-UNET_STEPS=${UNET_STEPS:-2800}
+UNET_FIRST_STEPS=${UNET_FIRST_STEPS:-2800}
+UNET_STEPS=${UNET_STEPS:-5600}
 UNET_BATCH=${UNET_BATCH:-32}
 UNET_LR=${UNET_LR:-1e-3}
 UNET_WARMUP=${UNET_WARMUP:-100}
-THREADS=${THREADS:-1}  # as the recorded run: float sums depend on the thread count
+# As the recorded runs: float sums depend on the thread count.
+VAE_THREADS=${VAE_THREADS:-1}
+UNET_THREADS=${UNET_THREADS:-2}
 WORK=${WORK:-build/world-model}
 DEST=${DEST:-assets/tiny-world-sd}
 DREAMLORA=${DREAMLORA:-build/dreamlora}
@@ -57,7 +60,7 @@ run "$DREAMLORA" make-tiny-model --world --seed "$SEED" "$WORK/init"
 pretrain_vae() {  # $1: steps; the rest: extra flags
   local steps=$1
   shift
-  run "$DREAMLORA" --threads "$THREADS" pretrain --stage vae --model "$WORK/init" --data "$WORK/data" \
+  run "$DREAMLORA" --threads "$VAE_THREADS" pretrain --stage vae --model "$WORK/init" --data "$WORK/data" \
     --output-dir "$WORK/vae" --num-steps "$steps" --batch-size "$VAE_BATCH" --lr "$VAE_LR" \
     --warmup-steps "$VAE_WARMUP" --kl-weight 1e-4 --seed "$SEED" --checkpointing-steps 100 --log-every 25 "$@" |
     tee -a "$WORK/vae.log"
@@ -65,19 +68,17 @@ pretrain_vae() {  # $1: steps; the rest: extra flags
 pretrain_unet() {  # $1: steps, $2: the VAE stage's pipeline; the rest: extra flags
   local steps=$1 vae=$2
   shift 2
-  run "$DREAMLORA" --threads "$THREADS" pretrain --stage unet --model "$vae" --data "$WORK/data" \
+  run "$DREAMLORA" --threads "$UNET_THREADS" pretrain --stage unet --model "$vae" --data "$WORK/data" \
     --output-dir "$WORK/unet" --num-steps "$steps" --batch-size "$UNET_BATCH" --lr "$UNET_LR" \
     --warmup-steps "$UNET_WARMUP" --caption-dropout 0.1 --seed "$SEED" --checkpointing-steps 100 --log-every 25 \
-    --save-dtype fp16 "$@" | tee -a "$WORK/unet.log"
+    --save-dtype fp16 --train-text-encoder "$@" | tee -a "$WORK/unet.log"
 }
 rm -f "$WORK/vae.log" "$WORK/unet.log"
 vae_start=$(seconds)
 pretrain_vae "$VAE_FIRST_STEPS"
-rm -rf "$WORK/vae-first"
-cp -r "$WORK/vae/pipeline" "$WORK/vae-first"
 if ((VAE_STEPS != VAE_FIRST_STEPS)); then pretrain_vae "$VAE_STEPS" --allow-schedule-change; fi
 vae_end=$(seconds)
-pretrain_unet "$UNET_FIRST_STEPS" "$WORK/vae-first"
+pretrain_unet "$UNET_FIRST_STEPS" "$WORK/vae/pipeline"
 if ((UNET_STEPS != UNET_FIRST_STEPS)); then
   pretrain_unet "$UNET_STEPS" "$WORK/vae/pipeline" --allow-schedule-change
 fi
@@ -94,7 +95,7 @@ last_loss() { grep -o 'loss [0-9.e+-]*' "$1" | tail -1 | cut -d' ' -f2; }
   echo
   echo "A tiny Stable-Diffusion-style pipeline (diffusers layout, fp16 weights) pretrained from scratch on the"
   echo "procedural shapes world (\`dreamlora make-world-data\`): 64x64 images, a VAE with scale factor 4"
-  echo "(16x16x4 latents), a UNet trained in full, the random tiny CLIP text encoder kept frozen."
+  echo "(16x16x4 latents), a UNet and the tiny CLIP text encoder trained in full."
   echo "Built by \`scripts/make-world-model.sh\`; rerun it to rebuild this folder from the seed."
   echo
   echo "## How it was made"
@@ -102,7 +103,7 @@ last_loss() { grep -o 'loss [0-9.e+-]*' "$1" | tail -1 | cut -d' ' -f2; }
   echo "Commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%Y-%m-%dT%H:%MZ)."
   echo "Settings: SEED=$SEED COUNT=$COUNT VAE_FIRST_STEPS=$VAE_FIRST_STEPS VAE_STEPS=$VAE_STEPS VAE_BATCH=$VAE_BATCH VAE_LR=$VAE_LR"
   echo "VAE_WARMUP=$VAE_WARMUP UNET_FIRST_STEPS=$UNET_FIRST_STEPS UNET_STEPS=$UNET_STEPS UNET_BATCH=$UNET_BATCH UNET_LR=$UNET_LR"
-  echo "UNET_WARMUP=$UNET_WARMUP THREADS=$THREADS."
+  echo "UNET_WARMUP=$UNET_WARMUP VAE_THREADS=$VAE_THREADS UNET_THREADS=$UNET_THREADS."
   echo
   echo '```'
   for c in "${COMMANDS[@]}"; do echo "$c"; done

@@ -121,6 +121,43 @@ TEST(Pretrain, InterruptedAndResumedUnetRunIsByteIdenticalToUninterrupted) {
             read_text(pretrain_world().model / "unet/diffusion_pytorch_model.safetensors"));
 }
 
+TEST(Pretrain, TextEncoderTrainedWithTheUnetIsWrittenAndResumesByteIdentical) {
+  auto a = make_temp_dir("pretrain-te-a"), b = make_temp_dir("pretrain-te-b");
+  auto args = [&](const fs::path& out) {
+    auto v = pretrain_args("unet", pretrain_world().model, out, 4);
+    v.push_back("--train-text-encoder");
+    return v;
+  };
+  auto full = run_dreamlora(args(a));
+  ASSERT_EQ(full.exit_status, 0) << full.output;
+  auto first = run_dreamlora(args(b), {"DREAMLORA_TEST_STOP_AT_STEP=2"});
+  ASSERT_EQ(first.exit_status, 75) << first.output;
+  auto second = run_dreamlora(args(b));
+  ASSERT_EQ(second.exit_status, 0) << second.output;
+  EXPECT_NE(second.output.find("resumed from"), std::string::npos) << second.output;
+  for (const std::string weights :
+       {"pipeline/unet/diffusion_pytorch_model.safetensors", "pipeline/text_encoder/model.safetensors"})
+    EXPECT_EQ(read_text(a / weights), read_text(b / weights)) << weights;
+  const auto trained =
+      dreamlora::io::safetensors::File::open(a / "pipeline/text_encoder/model.safetensors").load_all();
+  const auto initial =
+      dreamlora::io::safetensors::File::open(pretrain_world().model / "text_encoder/model.safetensors")
+          .load_all();
+  ASSERT_EQ(trained.size(), initial.size());
+  const std::string name = "text_model.encoder.layers.0.self_attn.k_proj.weight";
+  ASSERT_TRUE(trained.count(name) && initial.count(name));
+  EXPECT_FALSE(torch::equal(trained.at(name), initial.at(name)));
+  // A frozen-text-encoder checkpoint is not resumed by a run that trains it.
+  auto frozen = make_temp_dir("pretrain-te-frozen");
+  ASSERT_EQ(run_dreamlora(pretrain_args("unet", pretrain_world().model, frozen, 4),
+                          {"DREAMLORA_TEST_STOP_AT_STEP=2"})
+                .exit_status,
+            75);
+  auto r = run_dreamlora(args(frozen));
+  EXPECT_EQ(r.exit_status, 1);
+  EXPECT_NE(r.output.find("settings differ"), std::string::npos) << r.output;
+}
+
 TEST(Pretrain, SigtermWritesACheckpointAndExits75) {
   auto out = make_temp_dir("pretrain-sigterm");
   auto log = out.parent_path() / (out.filename().string() + ".log");

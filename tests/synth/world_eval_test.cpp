@@ -24,9 +24,12 @@ TEST(WorldEval, PromptsComeInReportOrderWithTheWorldsGrammar) {
   EXPECT_EQ(p[1].prompt, "a photo of sks toy on a green background");
   EXPECT_EQ(p[2].prompt, "a photo of a toy");
   auto with_world = evaluation_prompts("sks", kClassPrompt, true);
-  ASSERT_EQ(with_world.size(), 3 + held_out_combinations().size());
+  const size_t n = held_out_combinations().size();
+  ASSERT_EQ(with_world.size(), 3 + 2 * n);
   EXPECT_EQ(with_world[3].prompt, "a photo of a red star on a blue background");
   EXPECT_EQ(with_world[3].metric, "world_heldout");
+  EXPECT_EQ(with_world[3 + n].prompt, with_world[3].prompt);
+  EXPECT_EQ(with_world[3 + n].metric, "world_heldout_scene");
 }
 
 TEST(WorldEval, HitsFollowEachMetricsRule) {
@@ -39,8 +42,12 @@ TEST(WorldEval, HitsFollowEachMetricsRule) {
   EXPECT_TRUE(counts_as_hit(p[2], detection(true)));  // drift: the class prompt shows the subject
   EXPECT_TRUE(counts_as_hit(p[3], detection(false, "blue", "red", "star")));
   EXPECT_FALSE(counts_as_hit(p[3], detection(false, "blue", "red", "circle")));
-  EXPECT_FALSE(counts_as_hit(p[3], detection(false, "green", "red", "star")));
+  EXPECT_TRUE(counts_as_hit(p[3], detection(false, "green", "red", "star")));  // the object is what counts
   EXPECT_FALSE(counts_as_hit(p[3], detection(false, "blue", "white", "star")));
+  const auto& scene = p[3 + held_out_combinations().size()];
+  EXPECT_TRUE(counts_as_hit(scene, detection(false, "blue", "red", "star")));
+  EXPECT_FALSE(counts_as_hit(scene, detection(false, "green", "red", "star")));
+  EXPECT_FALSE(counts_as_hit(scene, detection(false, "blue", "red", "circle")));
 }
 
 std::vector<PromptResult> example_results() {
@@ -52,13 +59,15 @@ std::vector<PromptResult> example_results() {
 
 TEST(WorldEval, SummaryAddsTheHeldOutPromptsIntoOneMetric) {
   auto m = summarize(example_results());
-  ASSERT_EQ(m.size(), 4u);
+  ASSERT_EQ(m.size(), 5u);
   EXPECT_EQ(m[0].metric, "subject_fidelity");
   EXPECT_DOUBLE_EQ(m[0].after.share(), 1.0);
   EXPECT_DOUBLE_EQ(m[0].before.share(), 0.25);
   EXPECT_EQ(m[3].metric, "world_heldout");
   EXPECT_EQ(m[3].after.total, 32);
   EXPECT_EQ(m[3].after.hits, 24);
+  EXPECT_EQ(m[4].metric, "world_heldout_scene");
+  EXPECT_EQ(m[4].after.total, 32);
   EXPECT_DOUBLE_EQ(Tally{}.share(), 0.0);
 }
 
@@ -67,7 +76,7 @@ TEST(WorldEval, ScoresJsonHoldsEveryMetricBeforeAndAfter) {
   auto j = io::Json::parse(scores_json(example_results(), s, true));
   EXPECT_DOUBLE_EQ(j["metrics"]["subject_fidelity"]["after"]["share"].get<double>(), 1.0);
   EXPECT_DOUBLE_EQ(j["metrics"]["language_drift"]["before"]["share"].get<double>(), 0.25);
-  EXPECT_EQ(j["prompts"].size(), 11u);
+  EXPECT_EQ(j["prompts"].size(), 19u);
   EXPECT_EQ(j["num_samples"].get<int>(), 4);
   auto without = io::Json::parse(scores_json(example_results(), s, false));
   EXPECT_FALSE(without["metrics"]["subject_fidelity"].contains("after"));

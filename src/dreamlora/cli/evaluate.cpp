@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <iostream>
+#include <map>
 
 #include "dreamlora/cli/commands.h"
 #include "dreamlora/common/error.h"
@@ -28,14 +29,24 @@ struct EvaluateArgs {
   bool world_prompts = false, save_samples = false;
 };
 
-// Samples every prompt with seeds seed .. seed + n - 1, tallies the hits into before or after, and
-// returns the first sample of each prompt (a grid row).
+// Samples every prompt with seeds seed .. seed + n - 1 (a prompt listed again for a second metric is
+// scored on the same samples), tallies the hits into before or after, and returns the first sample of
+// each prompt (a grid row).
 std::vector<io::Image> sample_and_score(pipeline::ModelBundle& model, const EvaluateArgs& a,
                                         std::vector<synth::PromptResult>& results, bool after,
                                         const fs::path& samples_dir) {
   std::vector<io::Image> firsts;
+  std::map<std::string, std::vector<io::Image>> sampled;
   for (size_t k = 0; k < results.size(); ++k) {
     auto& r = results[k];
+    auto& tally = after ? r.after : r.before;
+    if (auto it = sampled.find(r.prompt.prompt); it != sampled.end()) {
+      for (const auto& image : it->second) {
+        tally.hits += synth::counts_as_hit(r.prompt, synth::detect_world_image(image));
+        ++tally.total;
+      }
+      continue;
+    }
     pipeline::SampleOptions o;
     o.prompt = r.prompt.prompt;
     o.steps = a.steps;
@@ -46,7 +57,6 @@ std::vector<io::Image> sample_and_score(pipeline::ModelBundle& model, const Eval
     std::cerr << (after ? "after " : "before") << " [" << k + 1 << "/" << results.size() << "] " << o.prompt
               << "\n";
     auto images = pipeline::text_to_image(model, o);
-    auto& tally = after ? r.after : r.before;
     for (size_t i = 0; i < images.size(); ++i) {
       tally.hits += synth::counts_as_hit(r.prompt, synth::detect_world_image(images[i]));
       ++tally.total;
@@ -55,6 +65,7 @@ std::vector<io::Image> sample_and_score(pipeline::ModelBundle& model, const Eval
                      pipeline::sample_metadata(o, static_cast<int64_t>(i), after ? a.lora : ""));
     }
     firsts.push_back(images.front());
+    sampled[o.prompt] = std::move(images);
   }
   return firsts;
 }

@@ -42,7 +42,8 @@ Runner add_sample(CLI::App& app) {
   cmd->add_option("--prompt", a->options.prompt, "prompt")->required();
   cmd->add_option("--negative-prompt", a->options.negative_prompt, "negative prompt");
   cmd->add_option("--steps", a->options.steps, "sampler steps")->capture_default_str();
-  cmd->add_option("--guidance", a->options.guidance, "classifier-free guidance scale")->capture_default_str();
+  cmd->add_option("--guidance-scale,--guidance", a->options.guidance, "classifier-free guidance scale")
+      ->capture_default_str();
   cmd->add_option("--sampler", a->options.sampler, "euler | euler-a | ddim | dpmpp-2m (+ -karras variants)")
       ->capture_default_str();
   cmd->add_option("--seed", a->options.seed, "random seed")->capture_default_str();

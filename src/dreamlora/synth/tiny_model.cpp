@@ -125,9 +125,34 @@ io::Json scheduler_config(bool sdxl) {
           {"trained_betas", nullptr}};
 }
 
+// The world pipeline's 16x16 latents keep their mean colour through scaled_linear's noise at t = 999
+// (sqrt(alpha_bar) 0.068 against noise averaged over 256 positions), so a model trained with it copies the
+// background colour of its starting noise. DDPM's linear betas leave 0.0066 of the signal, and trailing
+// spacing starts sampling at t = 999.
+io::Json world_scheduler_config() {
+  auto c = scheduler_config(false);
+  c["beta_schedule"] = "linear";
+  c["beta_start"] = 0.0001;
+  c["beta_end"] = 0.02;
+  c["timestep_spacing"] = "trailing";
+  return c;
+}
+
 void write_json(const fs::path& path, const io::Json& json) {
   fs::create_directories(path.parent_path());
   io::write_file_durably(path, json.dump(2) + "\n");
+}
+
+// World captions are at most 12 tokens with bos and eos. Padded to 77, a word that tells two prompts apart
+// is 1 of 77 positions, and cross-attention, uniform at first, passes on 1/77 of the difference: the UNet
+// learned to follow prompts only slowly. Padded to 16 (diffusers pads to the tokenizer's
+// model_max_length), the difference is 1/16 of what it sees from the first step.
+constexpr int64_t kWorldPromptTokens = 16;
+
+void shorten_world_prompts(const fs::path& tokenizer_config) {
+  auto config = io::read_json(tokenizer_config);
+  config["model_max_length"] = kWorldPromptTokens;
+  write_json(tokenizer_config, config);
 }
 
 void write_weights(const fs::path& path, const torch::nn::Module& module) {
@@ -157,10 +182,12 @@ void write_tiny_model(const fs::path& dir, const TinyModelOptions& options) {
     index["requires_safety_checker"] = false;
   }
   write_json(dir / "model_index.json", index);
-  write_json(dir / "scheduler" / "scheduler_config.json", scheduler_config(sdxl));
+  write_json(dir / "scheduler" / "scheduler_config.json",
+             options.world ? world_scheduler_config() : scheduler_config(sdxl));
 
   const int64_t vocab = options.world ? write_tiny_bpe_tokenizer(dir / "tokenizer", kWorldCorpus, 400)
                                       : write_tiny_bpe_tokenizer(dir / "tokenizer");
+  if (options.world) shorten_world_prompts(dir / "tokenizer" / "tokenizer_config.json");
   if (sdxl) write_tiny_bpe_tokenizer(dir / "tokenizer_2", "", 200, "!");
 
   torch::manual_seed(options.seed);

@@ -33,7 +33,8 @@ const char* metric_meaning(const std::string& metric) {
   if (metric == "subject_fidelity") return "subject shown (higher is better)";
   if (metric == "prompt_fidelity") return "subject on the asked background (higher is better)";
   if (metric == "language_drift") return "class prompt shows the subject (lower is better)";
-  return "held-out colour, shape and background all right";
+  if (metric == "world_heldout") return "held-out colour and shape right";
+  return "held-out colour, shape and background right";
 }
 
 }  // namespace
@@ -49,9 +50,13 @@ std::vector<EvalPrompt> evaluation_prompts(const std::string& identifier, const 
   on_background.expected.background = kSubjectPromptBackground;
   prompts.push_back(on_background);
   prompts.push_back({"language_drift", class_prompt, EvalKind::class_prompt, {}});
-  if (with_world)
+  if (with_world) {
     for (const auto& c : held_out_combinations())
       prompts.push_back({"world_heldout", world_prompt(c.colour, c.shape, c.background), EvalKind::world, c});
+    for (const auto& c : held_out_combinations())
+      prompts.push_back(
+          {"world_heldout_scene", world_prompt(c.colour, c.shape, c.background), EvalKind::world_scene, c});
+  }
   return prompts;
 }
 
@@ -63,6 +68,8 @@ bool counts_as_hit(const EvalPrompt& p, const Detection& d) {
     case EvalKind::subject_on_background:
       return d.has_subject && d.background == p.expected.background;
     case EvalKind::world:
+      return d.colour == p.expected.colour && d.shape == shape_name(p.expected.shape);
+    case EvalKind::world_scene:
       return d.colour == p.expected.colour && d.shape == shape_name(p.expected.shape) &&
              d.background == p.expected.background;
   }

@@ -4,8 +4,9 @@
 //                     a green background (a context its training images never had);
 //   language_drift    share of "a photo of a toy" (the class prompt) samples showing the subject: lower
 //                     is better, the LoRA should leave the class alone;
-//   world_heldout     (optional) share of samples of the held-out combinations whose detected colour,
-//                     shape and background all match the prompt.
+//   world_heldout     (optional) share of samples of the held-out combinations whose detected colour and
+//                     shape match the prompt;
+//   world_heldout_scene  the same samples with the background right too.
 // Sampling lives in the CLI; this part scores, lays out the grid and writes the report files.
 #pragma once
 
@@ -20,16 +21,17 @@
 
 namespace dreamlora::synth {
 
-enum class EvalKind { subject, subject_on_background, class_prompt, world };
+enum class EvalKind { subject, subject_on_background, class_prompt, world, world_scene };
 
 struct EvalPrompt {
-  std::string metric;  // subject_fidelity, prompt_fidelity, language_drift, world_heldout
+  std::string metric;  // subject_fidelity, prompt_fidelity, language_drift, world_heldout(_scene)
   std::string prompt;
   EvalKind kind = EvalKind::subject;
-  Combination expected;  // world: what the prompt asks for; subject_on_background: .background
+  Combination expected;  // world(_scene): what the prompt asks for; subject_on_background: .background
 };
 
-// The prompts in report order: subject, subject on green, class, then (with_world) the held-out ones.
+// The prompts in report order: subject, subject on green, class, then (with_world) the held-out ones for
+// world_heldout and again for world_heldout_scene (the same prompts: sample them once).
 std::vector<EvalPrompt> evaluation_prompts(const std::string& identifier, const std::string& class_prompt,
                                            bool with_world);
 

@@ -136,6 +136,15 @@ std::vector<ParamGroup> trainable_groups(torch::nn::Module& m, double lr) {
   return {g};
 }
 
+// The UNet and the text encoder trained together: one module, so checkpoints and the optimizer see both
+// (names "unet.*" and "text_encoder.*").
+struct UNetAndTextEncoder : torch::nn::Module {
+  UNetAndTextEncoder(torch::nn::Module& unet, torch::nn::Module& text_encoder) {
+    register_module("unet", unet.shared_from_this());
+    register_module("text_encoder", text_encoder.shared_from_this());
+  }
+};
+
 // What the stage trains and how one step's loss is computed; the loop around it is shared.
 struct Stage {
   torch::nn::Module* module = nullptr;
@@ -149,6 +158,7 @@ io::Json fingerprint(const PretrainOptions& o) {
           {"seed", o.seed},
           {"kl_weight", o.kl_weight},
           {"caption_dropout", o.caption_dropout},
+          {"train_text_encoder", o.train_text_encoder},
           {"warmup_steps", o.warmup_steps},
           {"weight_decay", o.weight_decay},
           {"max_grad_norm", o.max_grad_norm},
@@ -201,9 +211,16 @@ int64_t restore(const fs::path& dir, const PretrainOptions& o, torch::nn::Module
   return state.at("step").get<int64_t>();
 }
 
-// Copies the pipeline folder (no checkpoints), then writes the trained component's weights and config.
-void write_pipeline(const fs::path& from, const fs::path& to, const std::string& component,
-                    const torch::nn::Module& module, const io::Json& config, bool fp16) {
+// A trained part of the pipeline: its folder, weight file, weights and (when it changed) config.
+struct TrainedComponent {
+  std::string folder, weights_file;
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  io::Json config;  // null: keep the copied config.json
+};
+
+// Copies the pipeline folder (no checkpoints), then writes the trained components' weights and configs.
+void write_pipeline(const fs::path& from, const fs::path& to, const std::vector<TrainedComponent>& trained,
+                    bool fp16) {
   const fs::path tmp = to.string() + ".tmp";
   fs::remove_all(tmp);
   fs::create_directories(tmp);
@@ -211,8 +228,11 @@ void write_pipeline(const fs::path& from, const fs::path& to, const std::string&
     if (checkpoint::parse_checkpoint_dir_name(e.path().filename().string())) continue;
     fs::copy(e.path(), tmp / e.path().filename(), fs::copy_options::recursive);
   }
-  io::write_file_durably(tmp / component / "config.json", config.dump(2) + "\n");
-  io::safetensors::save(tmp / component / "diffusion_pytorch_model.safetensors", module_tensors(module));
+  for (const auto& c : trained) {
+    if (!c.config.is_null()) io::write_file_durably(tmp / c.folder / "config.json", c.config.dump(2) + "\n");
+    std::map<std::string, torch::Tensor> tensors(c.tensors.begin(), c.tensors.end());
+    io::safetensors::save(tmp / c.folder / c.weights_file, tensors);
+  }
   if (fp16) {
     for (const auto& e : fs::recursive_directory_iterator(tmp)) {
       if (e.path().extension() != ".safetensors") continue;
@@ -274,15 +294,13 @@ int run_pretrain(const PretrainOptions& o) {
   pipeline::LoadOptions load;
   auto bundle = pipeline::ModelBundle::load(o.model, load);
   Stage stage;
-  io::Json component_config;
-  std::string component;
   // Held for the stage's loss closures.
-  torch::Tensor latent_mean, latent_std, caption_embeds, empty_embed;
+  torch::Tensor latent_mean, latent_std, caption_ids, caption_embeds;
+  std::shared_ptr<UNetAndTextEncoder> unet_and_text;
   std::vector<int64_t> caption_index;
   std::unique_ptr<schedulers::DDPMScheduler> ddpm;
 
   if (o.stage == "vae") {
-    component = "vae";
     auto vae = bundle.vae;
     stage.module = vae.get();
     const double kl_weight = o.kl_weight;
@@ -295,7 +313,6 @@ int run_pretrain(const PretrainOptions& o) {
       return torch::mse_loss(rec, x) + kl_weight * kl_per_element;
     };
   } else {
-    component = "unet";
     auto unet = bundle.unet;
     stage.module = unet.get();
     latent_mean = encode_all(bundle.vae, data.pixels, true, &latent_std);
@@ -303,7 +320,7 @@ int run_pretrain(const PretrainOptions& o) {
     pretrain_log("latents " + std::to_string(latent_mean.size(1)) + "x" +
                  std::to_string(latent_mean.size(2)) + "x" + std::to_string(latent_mean.size(3)) +
                  ", scaled std " + std::to_string((latent_mean * scaling).std().item<double>()));
-    // Each distinct caption (and the empty prompt) through the frozen text encoder once.
+    // Each distinct caption tokenized once; the empty prompt is the last row.
     std::map<std::string, int64_t> ids;
     std::vector<std::string> unique;
     for (const auto& c : data.captions) {
@@ -311,22 +328,30 @@ int run_pretrain(const PretrainOptions& o) {
       if (added) unique.push_back(c);
       caption_index.push_back(it->second);
     }
-    {
+    pretrain_log(std::to_string(unique.size()) + " distinct captions");
+    unique.push_back("");
+    caption_ids = bundle.text.tokenizer->encode_batch(unique);
+    if (o.train_text_encoder) {
+      unet_and_text = std::make_shared<UNetAndTextEncoder>(*unet, *bundle.text.text_encoder);
+      stage.module = unet_and_text.get();
+    } else {
+      // Frozen: every caption through the text encoder once.
       torch::NoGradGuard no_grad;
       std::vector<torch::Tensor> parts;
-      for (size_t i = 0; i < unique.size(); i += 64) {
-        std::vector<std::string> chunk(unique.begin() + i, unique.begin() + std::min(unique.size(), i + 64));
-        parts.push_back(text::encode_prompt(bundle.text, chunk).prompt_embeds);
-      }
+      for (int64_t i = 0; i < caption_ids.size(0); i += 64)
+        parts.push_back(text::encode_prompt_ids(bundle.text, caption_ids.slice(0, i, i + 64), torch::Tensor())
+                            .prompt_embeds);
       caption_embeds = torch::cat(parts);
-      empty_embed = text::encode_prompt(bundle.text, {""}).prompt_embeds[0];
     }
-    pretrain_log(std::to_string(unique.size()) + " distinct captions");
     ddpm = std::make_unique<schedulers::DDPMScheduler>(
         schedulers::DDPMScheduler::from_file(bundle.scheduler_config_path));
     auto* sched = ddpm.get();
     const double dropout = o.caption_dropout;
-    stage.loss = [unet, sched, scaling, dropout, &latent_mean, &latent_std, &caption_embeds, &empty_embed,
+    const int64_t empty_row = caption_ids.size(0) - 1;
+    const auto& text = bundle.text;
+    const bool train_text = o.train_text_encoder;
+    stage.loss = [unet, sched, scaling, dropout, empty_row, text, train_text, &latent_mean, &latent_std,
+                  &caption_ids, &caption_embeds,
                   &caption_index](const std::vector<int64_t>& batch, at::Generator& gen) mutable {
       auto idx = torch::tensor(batch, torch::kInt64);
       auto mean = latent_mean.index_select(0, idx), std = latent_std.index_select(0, idx);
@@ -336,12 +361,16 @@ int run_pretrain(const PretrainOptions& o) {
       auto timesteps = torch::randint(0, sched->num_train_timesteps(), {static_cast<int64_t>(batch.size())},
                                       gen, torch::kInt64);
       auto drop = torch::rand({static_cast<int64_t>(batch.size())}, gen);
-      std::vector<torch::Tensor> embeds;
+      std::vector<int64_t> rows;
       for (size_t i = 0; i < batch.size(); ++i)
-        embeds.push_back(drop[i].item<double>() < dropout ? empty_embed
-                                                          : caption_embeds[caption_index[batch[i]]]);
+        rows.push_back(drop[i].item<double>() < dropout ? empty_row : caption_index[batch[i]]);
+      auto row_index = torch::tensor(rows, torch::kInt64);
+      auto embeds =
+          train_text ? text::encode_prompt_ids(text, caption_ids.index_select(0, row_index), torch::Tensor())
+                           .prompt_embeds
+                     : caption_embeds.index_select(0, row_index);
       auto noisy = sched->add_noise(latents, noise, timesteps);
-      auto pred = unet->forward(noisy, timesteps, torch::stack(embeds));
+      auto pred = unet->forward(noisy, timesteps, embeds);
       return torch::mse_loss(pred.to(torch::kFloat32), sched->training_target(latents, noise, timesteps));
     };
   }
@@ -409,6 +438,7 @@ int run_pretrain(const PretrainOptions& o) {
   // The final state is a checkpoint too: running the same command again only rewrites the pipeline.
   if (step != last_checkpoint) save_checkpoint(store, step, o, *stage.module, opt);
   stage.module->eval();
+  const bool fp16 = o.save_dtype == "fp16";
   if (o.stage == "vae") {
     auto cfg = bundle.vae->config().to_json();
     // scaling_factor = 1 / std of the latents (as SD's 0.18215), so the UNet sees unit-variance latents.
@@ -421,12 +451,15 @@ int run_pretrain(const PretrainOptions& o) {
     cfg["scaling_factor"] = scaling;
     save_reconstructions(bundle.vae, data.pixels, o.output_dir / "reconstructions.png");
     pretrain_log("scaling_factor " + std::to_string(scaling));
-    component_config = cfg;
+    write_pipeline(o.model, o.output_dir / "pipeline",
+                   {{"vae", "diffusion_pytorch_model.safetensors", module_tensors(*bundle.vae), cfg}}, fp16);
   } else {
-    component_config = bundle.unet->config.to_json();
+    std::vector<TrainedComponent> trained = {{"unet", "diffusion_pytorch_model.safetensors",
+                                              module_tensors(*bundle.unet), bundle.unet->config.to_json()}};
+    if (o.train_text_encoder)
+      trained.push_back({"text_encoder", "model.safetensors", module_tensors(*bundle.text.text_encoder), {}});
+    write_pipeline(o.model, o.output_dir / "pipeline", trained, fp16);
   }
-  write_pipeline(o.model, o.output_dir / "pipeline", component, *stage.module, component_config,
-                 o.save_dtype == "fp16");
   pretrain_log("wrote " + (o.output_dir / "pipeline").string());
   return 0;
 }

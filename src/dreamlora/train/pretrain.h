@@ -1,9 +1,10 @@
 // Pretraining of a small pipeline from scratch on a folder of captioned images (`dreamlora pretrain`), in
 // two stages: the VAE (reconstruction + a small KL term, then scaling_factor = 1 / std of the latents), then
-// every UNet parameter (epsilon objective of the pipeline's noise schedule, frozen text encoder and VAE,
-// latents and caption embeddings computed once). Same guarantees as `train`: checkpoints committed with the
-// CheckpointStore, the output lock, SIGTERM / SIGINT -> checkpoint -> exit status 75, and a bit-exact resume
-// (weights, AdamW moments, step; the noise and data order are functions of (seed, step)).
+// every UNet parameter (epsilon objective of the pipeline's noise schedule, frozen VAE, latents computed
+// once; the text encoder frozen with its caption embeddings computed once, or trained with the UNet). Same
+// guarantees as `train`: checkpoints committed with the CheckpointStore, the output lock, SIGTERM / SIGINT ->
+// checkpoint -> exit status 75, and a bit-exact resume (weights, AdamW moments, step; the noise and data
+// order are functions of (seed, step)).
 #pragma once
 
 #include <cstdint>
@@ -24,8 +25,12 @@ struct PretrainOptions {
   double weight_decay = 0.0;
   double max_grad_norm = 1.0;  // 0: no clipping
   uint64_t seed = 0;
-  double kl_weight = 1e-4;                        // vae: weight of the KL per latent element
-  double caption_dropout = 0.1;                   // unet: share of samples trained with the empty prompt
+  double kl_weight = 1e-4;       // vae: weight of the KL per latent element
+  double caption_dropout = 0.1;  // unet: share of samples trained with the empty prompt
+  // unet: train the text encoder with the UNet. A random frozen encoder keeps each word's difference to
+  // its own position, which cross-attention learns to find only slowly; trained, it spreads the prompt over
+  // every position (as a real CLIP does) and the UNet follows prompts after far fewer steps.
+  bool train_text_encoder = false;
   int64_t checkpointing_steps = 500;              // 0: only when stopped
   int64_t checkpoints_total_limit = 2;            // 0: keep all
   std::string resume_from_checkpoint = "latest";  // latest | none | a checkpoint folder
