@@ -2,6 +2,7 @@
 #include "dreamlora/io/safetensors.h"
 
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <fstream>
 
@@ -155,4 +156,36 @@ TEST(Safetensors, SaveLeavesNoTempFileAndReplacesAtomically) {
   for (auto& e : std::filesystem::directory_iterator(dir)) (void)e, ++files;
   EXPECT_EQ(files, 1);
   EXPECT_EQ(st::File::open(dir / "w.safetensors").get("a").sum().item<float>(), 0.0f);
+}
+
+namespace {
+// Resident pages of this process, in bytes (/proc/self/statm's second field).
+int64_t resident_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  int64_t size = 0, resident = 0;
+  statm >> size >> resident;
+  return resident * sysconf(_SC_PAGESIZE);
+}
+}  // namespace
+
+TEST(Safetensors, ReleasingACopiedTensorDropsItsMappedPagesAndNothingElse) {
+  auto dir = make_temp_dir("st-release");
+  const int64_t n = 16 * 1024 * 1024;  // 64 MiB of fp32
+  st::save(dir / "big.safetensors",
+           st::NamedTensors{{"a", torch::arange(n, torch::kFloat32)}, {"b", torch::ones({1000})}});
+  auto file = st::File::open(dir / "big.safetensors");
+  auto copy = torch::empty({n});
+  copy.fill_(0);
+  const auto before = resident_bytes();
+  copy.copy_(file.get("a"));  // touches every mapped page of "a"
+  const auto touched = resident_bytes();
+  EXPECT_GT(touched - before, n * 4 / 2);
+  st::release_mapped_pages(file.get("a"));
+  EXPECT_LT(resident_bytes(), touched - n * 4 / 2);
+  // The pages come back from the file when read again; other tensors and copies are untouched.
+  EXPECT_TRUE(torch::equal(file.get("a"), copy));
+  EXPECT_EQ(file.get("b").sum().item<float>(), 1000.0f);
+  st::release_mapped_pages(copy);  // not a mapping: a no-op
+  EXPECT_EQ(copy[n - 1].item<float>(), static_cast<float>(n - 1));
+  std::filesystem::remove_all(dir);
 }

@@ -6,14 +6,14 @@
 
 #include "dreamlora/common/error.h"
 #include "dreamlora/nn/norms.h"
+#include "dreamlora/nn/uninitialized.h"
 
 namespace dreamlora::blocks {
 
 namespace {
 torch::nn::Conv2d make_conv(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t padding,
                             bool bias = true) {
-  return torch::nn::Conv2d(
-      torch::nn::Conv2dOptions(in, out, kernel).stride(stride).padding(padding).bias(bias));
+  return nn::conv2d(torch::nn::Conv2dOptions(in, out, kernel).stride(stride).padding(padding).bias(bias));
 }
 torch::nn::GroupNorm make_group_norm(int64_t groups, int64_t channels, double eps) {
   return torch::nn::GroupNorm(torch::nn::GroupNormOptions(groups, channels).eps(eps).affine(true));
@@ -65,12 +65,11 @@ torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Te
 Downsample2DImpl::Downsample2DImpl(const Downsample2DOptions& opts) : options(opts) {
   if (options.out_channels == 0) options.out_channels = options.channels;
   if (options.use_conv) {
-    conv = register_module(
-        "conv", torch::nn::Conv2d(
-                    torch::nn::Conv2dOptions(options.channels, options.out_channels, options.kernel_size)
-                        .stride(2)
-                        .padding(options.padding)
-                        .bias(options.bias)));
+    conv = register_module("conv", nn::conv2d(torch::nn::Conv2dOptions(options.channels, options.out_channels,
+                                                                       options.kernel_size)
+                                                  .stride(2)
+                                                  .padding(options.padding)
+                                                  .bias(options.bias)));
   } else {
     DL_CHECK(options.channels == options.out_channels,
              "Downsample2D: avg-pool needs channels == out_channels, got ", options.channels, " vs ",
@@ -93,11 +92,10 @@ torch::Tensor Downsample2DImpl::forward(const torch::Tensor& x) {
 Upsample2DImpl::Upsample2DImpl(const Upsample2DOptions& opts) : options(opts) {
   if (options.out_channels == 0) options.out_channels = options.channels;
   if (options.use_conv) {
-    conv = register_module(
-        "conv", torch::nn::Conv2d(
-                    torch::nn::Conv2dOptions(options.channels, options.out_channels, options.kernel_size)
-                        .padding(options.padding)
-                        .bias(options.bias)));
+    conv = register_module("conv", nn::conv2d(torch::nn::Conv2dOptions(options.channels, options.out_channels,
+                                                                       options.kernel_size)
+                                                  .padding(options.padding)
+                                                  .bias(options.bias)));
   }
 }
 

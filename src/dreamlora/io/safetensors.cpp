@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 #include <nlohmann/json.hpp>
 
 #include "dreamlora/common/error.h"
@@ -85,13 +86,51 @@ torch::ScalarType scalar_type(const std::string& name) {
   return e->type;
 }
 
+namespace {
+// The live mappings, so release_mapped_pages can tell a view of a file from any other tensor.
+std::mutex mappings_mutex;
+std::map<uintptr_t, size_t> live_mappings;  // start -> size
+}  // namespace
+
 struct File::Mapping {
   void* addr = nullptr;
   size_t size = 0;
+  void map(int fd) {
+    addr = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (addr == MAP_FAILED) return;
+    std::lock_guard<std::mutex> lock(mappings_mutex);
+    live_mappings[reinterpret_cast<uintptr_t>(addr)] = size;
+  }
   ~Mapping() {
-    if (addr != nullptr && addr != MAP_FAILED) munmap(addr, size);
+    if (addr == nullptr || addr == MAP_FAILED) return;
+    {
+      std::lock_guard<std::mutex> lock(mappings_mutex);
+      live_mappings.erase(reinterpret_cast<uintptr_t>(addr));
+    }
+    munmap(addr, size);
   }
 };
+
+void release_mapped_pages(const torch::Tensor& t) {
+  if (!t.defined() || !t.device().is_cpu() || t.numel() == 0) return;
+  int64_t last = 0;  // offset of the view's last element, in elements
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.stride(d) < 0) return;
+    last += (t.size(d) - 1) * t.stride(d);
+  }
+  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const auto end = begin + static_cast<uintptr_t>((last + 1) * static_cast<int64_t>(t.element_size()));
+  std::lock_guard<std::mutex> lock(mappings_mutex);
+  auto it = live_mappings.upper_bound(begin);
+  if (it == live_mappings.begin()) return;
+  --it;
+  const uintptr_t map_begin = it->first, map_end = it->first + it->second;
+  if (begin < map_begin || end > map_end) return;
+  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t from = begin & ~(page - 1);
+  const uintptr_t to = std::min(map_end, (end + page - 1) & ~(page - 1));
+  madvise(reinterpret_cast<void*>(from), to - from, MADV_DONTNEED);
+}
 
 File File::open(const std::filesystem::path& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -105,7 +144,7 @@ File File::open(const std::filesystem::path& path) {
   auto mapping = std::make_shared<Mapping>();
   mapping->size = static_cast<size_t>(st.st_size);
   if (mapping->size > 0) {
-    mapping->addr = mmap(nullptr, mapping->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    mapping->map(fd);
     if (mapping->addr == MAP_FAILED) {
       int err = errno;
       ::close(fd);

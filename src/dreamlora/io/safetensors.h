@@ -56,6 +56,11 @@ class File {
   std::map<std::string, std::string> metadata_;
 };
 
+// When t views the pages of a File's mapping (get(), or a view of it), drops the pages it spans from this
+// process's memory once the caller has copied it (re-read from the file if touched again); a no-op for any
+// other tensor. Loading copies one tensor at a time, so the mapped file never becomes resident as a whole.
+void release_mapped_pages(const torch::Tensor& t);
+
 using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
 
 // Serialises tensors (any device, made contiguous CPU) exactly as the reference writer lays them out

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "dreamlora/common/error.h"
+#include "dreamlora/nn/uninitialized.h"
 
 namespace dreamlora::nn {
 
@@ -28,6 +29,11 @@ torch::Tensor LoRAAdapterImpl::forward(const torch::Tensor& x) {
 
 LinearWithLoraImpl::LinearWithLoraImpl(int64_t in, int64_t out, bool with_bias)
     : in_features(in), out_features(out) {
+  if (init_skipped()) {
+    weight = register_parameter("weight", torch::empty({out, in}));
+    if (with_bias) bias = register_parameter("bias", torch::empty({out}));
+    return;
+  }
   // Same initialisation as torch.nn.Linear, so a randomly initialised model behaves like diffusers'.
   torch::nn::Linear init(torch::nn::LinearOptions(in, out).bias(with_bias));
   weight = register_parameter("weight", init->weight.detach().clone());

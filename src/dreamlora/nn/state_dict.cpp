@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "dreamlora/common/error.h"
+#include "dreamlora/io/safetensors.h"
 
 namespace dreamlora::nn {
 
@@ -53,7 +54,9 @@ void load_state_dict_strict(torch::nn::Module& module, const std::map<std::strin
   torch::NoGradGuard no_grad;
   for (auto& [name, tensor] : own) {
     if (is_lora_key(name)) continue;
-    tensor.copy_(weights.at(name));
+    const auto& source = weights.at(name);
+    tensor.copy_(source);
+    io::safetensors::release_mapped_pages(source);
   }
 }
 

@@ -13,6 +13,7 @@ std::map<std::string, torch::Tensor> named_tensors(const torch::nn::Module& modu
 
 // Copies weights into module's parameters/buffers (cast to each parameter's dtype). Missing,
 // unexpected or mis-shaped keys throw one error listing them, prefixed with `what` (e.g. the file).
+// Source tensors that view a mapped safetensors file have their pages released once copied.
 // Keys of LoRA adapters (containing ".lora.") are not expected in base weights and are skipped.
 void load_state_dict_strict(torch::nn::Module& module, const std::map<std::string, torch::Tensor>& weights,
                             const std::string& what);

@@ -4,6 +4,7 @@
 
 #include "dreamlora/convert/standard_configs.h"
 #include "dreamlora/nn/state_dict.h"
+#include "dreamlora/nn/uninitialized.h"
 
 namespace dreamlora::pipeline {
 
@@ -159,8 +160,11 @@ text::CLIPTokenizer SingleFileCheckpoint::tokenizer(const std::string& component
 }
 
 unet::UNet2DConditionModel SingleFileCheckpoint::unet(torch::Dtype dtype) const {
-  unet::UNet2DConditionModel model(
-      unet::UNet2DConditionConfig::from_json(unet_json_, config_source_ + ": unet config"));
+  const auto config = unet::UNet2DConditionConfig::from_json(unet_json_, config_source_ + ": unet config");
+  unet::UNet2DConditionModel model = [&] {
+    nn::SkipInitGuard uninitialized;  // every parameter is filled from the file below
+    return unet::UNet2DConditionModel(config);
+  }();
   model->to(dtype);
   auto it = sources_.components.find("unet");
   fill_module(*model, file_, it == sources_.components.end() ? convert::ComponentSources{} : it->second,
@@ -173,7 +177,10 @@ unet::UNet2DConditionModel SingleFileCheckpoint::unet(torch::Dtype dtype) const 
 vae::AutoencoderKL SingleFileCheckpoint::vae(torch::Dtype dtype) const {
   auto config = vae::AutoencoderKLConfig::from_json(vae_json_, config_source_ + ": vae config");
   if (dtype == torch::kFloat16 && config.force_upcast) dtype = torch::kFloat32;
-  vae::AutoencoderKL model(config);
+  vae::AutoencoderKL model = [&] {
+    nn::SkipInitGuard uninitialized;  // every parameter is filled from the file below
+    return vae::AutoencoderKL(config);
+  }();
   model->to(dtype);
   auto it = sources_.components.find("vae");
   fill_module(*model, file_, it == sources_.components.end() ? convert::ComponentSources{} : it->second,
@@ -188,6 +195,7 @@ text::CLIPTextModel SingleFileCheckpoint::text_encoder(const std::string& compon
   auto config = text::CLIPTextConfig::from_json(text_encoder_json_.at(component),
                                                 config_source_ + ": " + component + " config");
   std::shared_ptr<text::CLIPTextModelImpl> impl;
+  nn::SkipInitGuard uninitialized;  // every parameter is filled from the file below
   if (config.with_projection())
     impl = std::make_shared<text::CLIPTextModelWithProjectionImpl>(config);
   else

@@ -8,6 +8,7 @@
 #include "dreamlora/nn/attention.h"
 #include "dreamlora/nn/norms.h"
 #include "dreamlora/nn/state_dict.h"
+#include "dreamlora/nn/uninitialized.h"
 
 namespace dreamlora::text {
 
@@ -120,9 +121,9 @@ torch::Tensor CLIPEncoderLayerImpl::forward(const torch::Tensor& x) {
 }
 
 CLIPTextEmbeddingsImpl::CLIPTextEmbeddingsImpl(const CLIPTextConfig& c) {
-  token_embedding = register_module("token_embedding", torch::nn::Embedding(c.vocab_size, c.hidden_size));
+  token_embedding = register_module("token_embedding", nn::embedding(c.vocab_size, c.hidden_size));
   position_embedding =
-      register_module("position_embedding", torch::nn::Embedding(c.max_position_embeddings, c.hidden_size));
+      register_module("position_embedding", nn::embedding(c.max_position_embeddings, c.hidden_size));
 }
 
 torch::Tensor CLIPTextEmbeddingsImpl::forward(const torch::Tensor& input_ids) {
@@ -194,6 +195,7 @@ CLIPTextModel load_clip_text_model(const std::filesystem::path& dir, const std::
                                    torch::Dtype dtype) {
   auto config = CLIPTextConfig::from_file(dir / "config.json");
   std::shared_ptr<CLIPTextModelImpl> impl;
+  nn::SkipInitGuard uninitialized;  // every parameter is filled from the file below
   if (config.with_projection()) {
     impl = std::make_shared<CLIPTextModelWithProjectionImpl>(config);
   } else {

@@ -1,5 +1,6 @@
 #include "dreamlora/train/trainer.h"
 
+#include <sys/resource.h>
 #include <torch/torch.h>
 
 #include <chrono>
@@ -33,6 +34,12 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 namespace {
+
+double peak_rss_mib() {
+  struct rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;  // KiB on Linux
+}
 
 // Wires the pieces: setup (training_setup), resume and checkpoints (checkpointing, snapshot), the step
 // loop (training_step, sample_draws, loss_log), validation and the final outputs (optional_steps).
@@ -86,7 +93,11 @@ void Trainer::load_everything() {
   out_ = cfg_.output_dir;
   fs::create_directories(out_);
   data_ = load_instance_data(cfg_, dist_->world_size());  // data errors come before the (slow) model load
+  const auto load_start = Clock::now();
   model_ = load_base_model(cfg_, device_);
+  train_log(str("model loaded from ", cfg_.model, " in ",
+                std::chrono::duration<double>(Clock::now() - load_start).count(), " s (peak RSS so far ",
+                peak_rss_mib(), " MiB)"));
   ddpm_ = std::make_unique<schedulers::DDPMScheduler>(training_noise_schedule(model_));
   ddpm_->keep_on(device_);
   if (cfg_.snr_gamma > 0) min_snr_weights(torch::ones({1}), cfg_.snr_gamma, ddpm_->prediction_type());

@@ -5,6 +5,7 @@
 
 #include "dreamlora/common/error.h"
 #include "dreamlora/nn/norms.h"
+#include "dreamlora/nn/uninitialized.h"
 #include "dreamlora/unet/gradient_checkpointing.h"
 
 namespace dreamlora::unet {
@@ -76,7 +77,7 @@ Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DModelOptions& 
   if (options.use_linear_projection) {
     proj_in_linear = register_module("proj_in", nn::LinearWithLora(in, inner));
   } else {
-    proj_in_conv = register_module("proj_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, inner, 1)));
+    proj_in_conv = register_module("proj_in", nn::conv2d(torch::nn::Conv2dOptions(in, inner, 1)));
   }
   transformer_blocks = register_module("transformer_blocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < options.num_layers; ++i) {
@@ -95,7 +96,7 @@ Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DModelOptions& 
   if (options.use_linear_projection) {
     proj_out_linear = register_module("proj_out", nn::LinearWithLora(inner, in));
   } else {
-    proj_out_conv = register_module("proj_out", torch::nn::Conv2d(torch::nn::Conv2dOptions(inner, in, 1)));
+    proj_out_conv = register_module("proj_out", nn::conv2d(torch::nn::Conv2dOptions(inner, in, 1)));
   }
 }
 

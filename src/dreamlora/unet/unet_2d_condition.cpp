@@ -10,6 +10,7 @@
 #include "dreamlora/io/model_dir.h"
 #include "dreamlora/nn/norms.h"
 #include "dreamlora/nn/state_dict.h"
+#include "dreamlora/nn/uninitialized.h"
 
 namespace dreamlora::unet {
 
@@ -257,8 +258,7 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
   const auto& c = config;
   const size_t n = c.num_blocks();
   const int64_t c0 = c.block_out_channels[0];
-  conv_in = register_module("conv_in",
-                            torch::nn::Conv2d(torch::nn::Conv2dOptions(c.in_channels, c0, 3).padding(1)));
+  conv_in = register_module("conv_in", nn::conv2d(torch::nn::Conv2dOptions(c.in_channels, c0, 3).padding(1)));
   time_proj =
       register_module("time_proj", Timesteps(c0, c.flip_sin_to_cos, static_cast<double>(c.freq_shift)));
   time_embedding = register_module("time_embedding", TimestepEmbedding(c0, c.time_embed_dim()));
@@ -313,8 +313,8 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
   conv_norm_out = register_module(
       "conv_norm_out",
       torch::nn::GroupNorm(torch::nn::GroupNormOptions(c.norm_num_groups, c0).eps(c.norm_eps)));
-  conv_out = register_module("conv_out",
-                             torch::nn::Conv2d(torch::nn::Conv2dOptions(c0, c.out_channels, 3).padding(1)));
+  conv_out =
+      register_module("conv_out", nn::conv2d(torch::nn::Conv2dOptions(c0, c.out_channels, 3).padding(1)));
 }
 
 torch::Tensor UNet2DConditionModelImpl::time_embedding_for(const torch::Tensor& timestep, int64_t batch,
@@ -399,7 +399,10 @@ void UNet2DConditionModelImpl::set_gradient_checkpointing(bool enabled) {
 UNet2DConditionModel UNet2DConditionModelImpl::load(const std::filesystem::path& dir,
                                                     const std::string& variant, torch::ScalarType dtype) {
   auto config = UNet2DConditionConfig::from_file(dir / "config.json");
-  UNet2DConditionModel model(config);
+  UNet2DConditionModel model = [&] {
+    nn::SkipInitGuard uninitialized;  // every parameter is filled from the file below
+    return UNet2DConditionModel(config);
+  }();
   model->to(dtype);
   const auto weights = io::load_component_weights(dir, variant);
   nn::load_state_dict_strict(

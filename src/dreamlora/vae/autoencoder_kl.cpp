@@ -7,6 +7,7 @@
 
 #include "dreamlora/io/model_dir.h"
 #include "dreamlora/nn/state_dict.h"
+#include "dreamlora/nn/uninitialized.h"
 
 namespace dreamlora::vae {
 
@@ -146,11 +147,10 @@ AutoencoderKLImpl::AutoencoderKLImpl(const AutoencoderKLConfig& config) : config
   encoder = register_module("encoder", Encoder(enc));
   decoder = register_module("decoder", Decoder(dec));
   if (config_.use_quant_conv) {
-    quant_conv = register_module("quant_conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(2 * L, 2 * L, 1)));
+    quant_conv = register_module("quant_conv", nn::conv2d(torch::nn::Conv2dOptions(2 * L, 2 * L, 1)));
   }
   if (config_.use_post_quant_conv) {
-    post_quant_conv =
-        register_module("post_quant_conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(L, L, 1)));
+    post_quant_conv = register_module("post_quant_conv", nn::conv2d(torch::nn::Conv2dOptions(L, L, 1)));
   }
   set_tile_sample_min_size(config_.sample_size);
 }
@@ -331,7 +331,10 @@ AutoencoderKL AutoencoderKLImpl::load(const std::filesystem::path& vae_dir, cons
                                       torch::ScalarType dtype) {
   auto config = AutoencoderKLConfig::from_file(vae_dir / "config.json");
   if (dtype == torch::kFloat16 && config.force_upcast) dtype = torch::kFloat32;
-  AutoencoderKL model(config);
+  AutoencoderKL model = [&] {
+    nn::SkipInitGuard uninitialized;  // every parameter is filled from the file below
+    return AutoencoderKL(config);
+  }();
   model->to(dtype);
   auto weights = io::load_component_weights(vae_dir, variant);
   convert_deprecated_attention_keys(weights);

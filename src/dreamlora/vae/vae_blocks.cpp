@@ -7,6 +7,7 @@
 #include "dreamlora/blocks/attention_processor.h"
 #include "dreamlora/blocks/resnet.h"
 #include "dreamlora/common/error.h"
+#include "dreamlora/nn/uninitialized.h"
 
 namespace dreamlora::vae {
 
@@ -30,7 +31,7 @@ torch::Tensor run_resnets(torch::nn::ModuleList& resnets, torch::Tensor h) {
 }
 
 torch::nn::Conv2d conv3x3(int64_t in, int64_t out) {
-  return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).stride(1).padding(1));
+  return nn::conv2d(torch::nn::Conv2dOptions(in, out, 3).stride(1).padding(1));
 }
 
 torch::nn::GroupNorm group_norm(int64_t groups, int64_t channels) {

@@ -107,3 +107,8 @@ class Normalize:
         mean = torch.tensor(self.mean, dtype=t.dtype).view(-1, 1, 1)
         std = torch.tensor(self.std, dtype=t.dtype).view(-1, 1, 1)
         return (t - mean) / std
+
+
+def crop(img, top, left, height, width):
+    """torchvision.transforms.functional.crop on a PIL image (train_dreambooth_lora_sdxl.py imports it)."""
+    return img.crop((left, top, left + width, top + height))
