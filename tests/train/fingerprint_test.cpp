@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -94,6 +95,37 @@ TEST(Fingerprint, AnotherFineTuneOfTheSameArchitectureHashesDifferently) {
                               make_fingerprint(fingerprint_config(dir / "tuned"), images.instance, {}));
   ASSERT_EQ(diffs.size(), 1u) << joined_lines(diffs);
   EXPECT_EQ(diffs[0].rfind("model-weights.unet/diffusion_pytorch_model.safetensors", 0), 0u) << diffs[0];
+}
+
+// A single-file checkpoint is fingerprinted by its sampled content and by the configs --model-config names,
+// under a key of its own (checkpoints of older builds lack it and still resume).
+TEST(Fingerprint, ASingleFileCheckpointAndItsModelConfigAreFingerprinted) {
+  auto dir = dreamlora::testing::make_temp_dir("fp-single-file");
+  auto big = torch::arange(0, 1 << 16, torch::kFloat32);
+  auto tuned = big.clone();
+  tuned[(1 << 15) + 7] += 1;
+  write_bytes(dir / "base.safetensors", io::safetensors::serialize({{"w", big}}));
+  write_bytes(dir / "tuned.safetensors", io::safetensors::serialize({{"w", tuned}}));
+  write_bytes(dir / "config-a" / "unet" / "config.json", "{\"sample_size\": 64}");
+  write_bytes(dir / "config-b" / "unet" / "config.json", "{\"sample_size\": 96}");
+  auto images = same_named_images(dir, "instance", "x");
+  auto fingerprint = [&](const char* file, const char* config_dir) {
+    auto c = fingerprint_config(dir / file);
+    c.model_config = (dir / config_dir).string();
+    return make_fingerprint(c, images.instance, {});
+  };
+  const auto base = fingerprint("base.safetensors", "config-a");
+  ASSERT_TRUE(base.contains("model-file"));
+  auto diffs = fingerprint_differences(base, fingerprint("tuned.safetensors", "config-a"));
+  ASSERT_EQ(diffs.size(), 1u) << joined_lines(diffs);
+  EXPECT_EQ(diffs[0].rfind("model-file.weights", 0), 0u) << diffs[0];
+  diffs = fingerprint_differences(base, fingerprint("base.safetensors", "config-b"));
+  EXPECT_TRUE(std::any_of(diffs.begin(), diffs.end(), [](const std::string& d) {
+    return d.rfind("model-file.unet/config.json", 0) == 0;
+  })) << joined_lines(diffs);
+  auto older = base;
+  older.erase("model-file");
+  EXPECT_TRUE(compare_fingerprints(older, base, false).differences.empty());
 }
 
 TEST(Fingerprint, NumStepsCountsOnlyWhenTheScheduleDependsOnItAndCanBeAllowed) {

@@ -170,13 +170,23 @@ io::Json make_fingerprint(const TrainConfig& config, const std::vector<TrainingI
   if (config.enable_bucket) fp["bucket-batch-size"] = config.batch_size;
   if (schedule_depends_on_total_steps(config.scheduler)) fp["num-steps"] = config.num_steps;
   // The model by content, not path: a resume on a fresh machine may mount it elsewhere.
-  io::Json model = io::Json::object();
-  for (const char* rel : {"unet/config.json", "vae/config.json", "text_encoder/config.json",
-                          "text_encoder_2/config.json", "scheduler/scheduler_config.json"}) {
-    auto p = fs::path(config.model) / rel;
-    if (fs::exists(p)) model[rel] = checkpoint::xxh3_hex(io::read_file(p));
+  auto config_hashes = [](const fs::path& root) {
+    io::Json hashes = io::Json::object();
+    for (const char* rel : {"unet/config.json", "vae/config.json", "text_encoder/config.json",
+                            "text_encoder_2/config.json", "scheduler/scheduler_config.json"}) {
+      auto p = root / rel;
+      if (!root.empty() && fs::exists(p)) hashes[rel] = checkpoint::xxh3_hex(io::read_file(p));
+    }
+    return hashes;
+  };
+  fp["model"] = config_hashes(config.model);
+  // A single-file checkpoint (its own key, so checkpoints of older builds, which lack it, still resume):
+  // its sampled weights and the configs --model-config takes from a folder.
+  if (fs::is_regular_file(config.model)) {
+    io::Json file = config_hashes(config.model_config);
+    file["weights"] = weights_sample_hash(config.model);
+    fp["model-file"] = file;
   }
-  fp["model"] = model;
   // The weights by sampled content: another fine-tune of the same architecture has the same configs,
   // keys, shapes and sizes.
   io::Json weights = io::Json::object();
