@@ -37,6 +37,10 @@ for f in "${flavours[@]}"; do
       echo "test.sh: the torch2-cuda binary does not link the CUDA libraries" >&2; status=1; }
   fi
   timed ctest --test-dir "$dir" --output-on-failure -j"$jobs" --timeout 900 || status=1
+  if [ "$f" = debian ]; then
+    # Full-size presets (SD 1.5, SD 2.1 from make-model): gigabytes on disk and in memory, so one at a time.
+    DREAMLORA_FULL_SIZE=1 timed ctest --test-dir "$dir" --output-on-failure -j1 -R '^FullSizePreset\.' || status=1
+  fi
 done
 
 # A checkpoint moves between builds (libtorch 1.13 <-> 2.x): resume each build's checkpoint with the other.

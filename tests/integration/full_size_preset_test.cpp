@@ -1,7 +1,8 @@
 // Full-size presets (make-model): SD 1.5 loads from a single file and takes one LoRA training step at
 // 256 px on CPU in under a minute, and a single file written by make-model --single-file loads to the same
 // weights as the diffusers folder written with the same seed (the original-layout mapping at full size).
-// They write gigabytes and need ~6 GB of memory: run with DREAMLORA_FULL_SIZE=1.
+// They write gigabytes and need ~6 GB of memory: run with DREAMLORA_FULL_SIZE=1 (scripts/test.sh does, on the
+// Debian build, one test at a time).
 #include <torch/torch.h>
 
 #include <chrono>
