@@ -90,7 +90,7 @@ fs::path disk_cache_entry(const fs::path& dir, const std::string& image_name, bo
 }  // namespace
 
 TEST(CacheLatentsToDisk, WritesTheCacheAndTheLoraEqualsAnUncachedRunsByteForByte) {
-  auto out = make_temp_dir("latent-cache-fresh");
+  auto out = make_temp_dir("disk-cache-fresh");  // not "latent-cache": inspect prints the path
   auto r = run_dreamlora(disk_cache_args(disk_cache_world().images, out, 6,
                                          {"--cache-latents-to-disk", "--checkpoints-total-limit", "1"}));
   ASSERT_EQ(r.exit_status, 0) << r.output;

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <torch/torch.h>
 #include <torch/version.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <regex>
@@ -177,7 +178,7 @@ void LatentDiskCache::store(const LatentEntry& entry, const torch::Tensor& mean,
 }
 
 void remove_stale_latent_cache_temps(const fs::path& dir) {
-  static const std::regex temp(R"(^\..+\.tmp-([0-9]+)$)");
+  static const std::regex temp(R"(^\..+\.tmp-([0-9]{1,9})$)");
   std::error_code ec;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     std::smatch m;
