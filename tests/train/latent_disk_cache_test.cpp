@@ -80,7 +80,7 @@ LatentCacheCounts cache_set(LatentCacheWorld& w, const fs::path& dir, ImageSet& 
                             std::vector<std::string>* rejections = nullptr) {
   LatentDiskCache cache(dir, context, "instance", true);
   set.cache_all_latents(w.model, &cache);
-  if (rejections) *rejections = cache.rejections();
+  if (rejections) *rejections = cache.problems();
   return cache.counts();
 }
 
@@ -185,5 +185,25 @@ TEST(LatentDiskCache, TheContextNamesTheVaeByContentWithItsDtypeAndDevice) {
     io::safetensors::save(w.root / "model" / "vae" / "diffusion_pytorch_model.safetensors", weights);
   }
   EXPECT_NE(latent_cache_context(config, w.model).at("vae"), context.at("vae"));
+  fs::remove_all(w.root);
+}
+
+TEST(LatentDiskCache, AFailedWriteOrAWorkerThatDoesNotWriteLeavesTheLatentsAsEncoded) {
+  auto w = make_latent_cache_world("latent-disk-cache-unwritten");
+  LatentDiskCache missing_dir(w.root / "no" / "such" / "dir", kContext, "instance", true);
+  ImageSet first(w.files, w.options);
+  first.cache_all_latents(w.model, &missing_dir);  // every write fails: the run goes on
+  EXPECT_EQ(missing_dir.counts().unwritten, 6);
+  EXPECT_TRUE(mentions(missing_dir.problems(), "not written"))
+      << ::testing::PrintToString(missing_dir.problems());
+  expect_latents_equal_encoded(w, first);
+
+  const auto dir = w.root / "out" / kLatentCacheDirName;
+  fs::create_directories(dir);
+  LatentDiskCache reader(dir, kContext, "instance", false);
+  ImageSet second(w.files, w.options);
+  second.cache_all_latents(w.model, &reader);
+  EXPECT_EQ(reader.counts().unwritten, 6);
+  EXPECT_TRUE(fs::is_empty(dir));
   fs::remove_all(w.root);
 }

@@ -222,7 +222,8 @@ void ImageSet::cache_all_latents(pipeline::ModelBundle& model, LatentStore* stor
              "--cache-latents: ", images_[f].path.string(), " is ", d.width, "x", d.height,
              " after resizing, larger than its ", target.width, "x", target.height,
              " training size, so its crop is random at every step and its latents cannot be cached; pass "
-             "--center-crop, or drop --cache-latents (kohya refuses cache_latents with random_crop too)");
+             "--center-crop, or drop --cache-latents / --cache-latents-to-disk (kohya refuses cache_latents "
+             "with random_crop too)");
     // The same crop draw_crop makes (no draw is random here), for each flip a step can draw.
     Crop crop;
     if (options_.center_crop) {

@@ -121,8 +121,8 @@ std::optional<std::pair<torch::Tensor, torch::Tensor>> LatentDiskCache::find(con
   try {
     found = load(path, entry);
   } catch (const std::exception& e) {  // any defect of the file: encode again, never stop the run
-    rejections_.push_back(
-        str(path.filename().string(), " (", entry.image.filename().string(), "): unreadable: ", e.what()));
+    problems_.push_back(str("not reused: ", path.filename().string(), " (", entry.image.filename().string(),
+                            "): unreadable: ", e.what()));
   }
   if (found) {
     ++counts_.reused;
@@ -137,8 +137,8 @@ std::optional<std::pair<torch::Tensor, torch::Tensor>> LatentDiskCache::load(con
   const auto file = io::safetensors::File::open(path);
   const std::string difference = metadata_difference(file.metadata(), expected_metadata(entry));
   if (!difference.empty()) {
-    rejections_.push_back(
-        str(path.filename().string(), " (", entry.image.filename().string(), "): ", difference));
+    problems_.push_back(str("not reused: ", path.filename().string(), " (", entry.image.filename().string(),
+                            "): ", difference));
     return std::nullopt;
   }
   DL_CHECK(file.contains("mean") && file.contains("std"), path.string(), ": no 'mean' and 'std' tensors");
@@ -165,8 +165,8 @@ void LatentDiskCache::store(const LatentEntry& entry, const torch::Tensor& mean,
     io::safetensors::save(path, io::safetensors::NamedTensors{{"mean", cpu_mean}, {"std", cpu_std}},
                           metadata);
   } catch (const std::exception& e) {  // the cache only saves time: the run goes on without this entry
-    rejections_.push_back(
-        str(path.filename().string(), " (", entry.image.filename().string(), "): not written: ", e.what()));
+    problems_.push_back(str("not written: ", path.filename().string(), " (", entry.image.filename().string(),
+                            "): ", e.what()));
     ++counts_.unwritten;
     return;
   }

@@ -49,8 +49,9 @@ class LatentDiskCache : public LatentStore {
   void store(const LatentEntry& entry, const torch::Tensor& mean, const torch::Tensor& std) override;
 
   const LatentCacheCounts& counts() const { return counts_; }
-  // Why each entry found on disk was not reused ("<file>: image_xxh3: cache ..., now ...").
-  const std::vector<std::string>& rejections() const { return rejections_; }
+  // Why each entry found on disk was not reused ("not reused: <file> (<image>): image_xxh3: cache ...,
+  // now ..."), and each write that failed ("not written: ...").
+  const std::vector<std::string>& problems() const { return problems_; }
   // The file of an entry: named by a hash of the set, the image path and the flip, so that an entry made
   // from anything else (another image content, size, VAE) is found, refused and overwritten in place.
   std::filesystem::path path_of(const LatentEntry& entry) const;
@@ -65,7 +66,7 @@ class LatentDiskCache : public LatentStore {
   std::string set_;
   bool write_ = true;
   LatentCacheCounts counts_;
-  std::vector<std::string> rejections_;
+  std::vector<std::string> problems_;
   std::set<std::filesystem::path> refused_;  // files found but not reused: their store() is a rewrite
   std::map<std::filesystem::path, std::string> content_;  // XXH3 of each image's bytes, read once
 };

@@ -105,23 +105,23 @@ void load_class_data(TrainingData& data, pipeline::ModelBundle& model, const Tra
 
 namespace {
 
-// At most this many "not reused" reasons are logged one by one (a changed VAE refuses every entry).
-constexpr size_t kLoggedRejections = 5;
+// At most this many entry problems are logged one by one (a changed VAE refuses every entry).
+constexpr size_t kLoggedCacheProblems = 5;
 
 void log_latent_disk_cache(const fs::path& dir, const std::vector<std::unique_ptr<LatentDiskCache>>& caches) {
   LatentCacheCounts total;
-  std::vector<std::string> rejections;
+  std::vector<std::string> problems;
   for (const auto& c : caches) {
     total.reused += c->counts().reused;
     total.encoded += c->counts().encoded;
     total.rewritten += c->counts().rewritten;
     total.unwritten += c->counts().unwritten;
-    rejections.insert(rejections.end(), c->rejections().begin(), c->rejections().end());
+    problems.insert(problems.end(), c->problems().begin(), c->problems().end());
   }
-  for (size_t i = 0; i < rejections.size() && i < kLoggedRejections; ++i)
-    train_log("--cache-latents-to-disk: not reused: " + rejections[i]);
-  if (rejections.size() > kLoggedRejections)
-    train_log(str("--cache-latents-to-disk: ... and ", rejections.size() - kLoggedRejections, " more"));
+  for (size_t i = 0; i < problems.size() && i < kLoggedCacheProblems; ++i)
+    train_log("--cache-latents-to-disk: " + problems[i]);
+  if (problems.size() > kLoggedCacheProblems)
+    train_log(str("--cache-latents-to-disk: ... and ", problems.size() - kLoggedCacheProblems, " more"));
   train_log(str("--cache-latents-to-disk: ", dir.string(), ": ", total.reused, " reused, ", total.encoded,
                 " encoded, ", total.rewritten, " rewritten",
                 total.unwritten ? str(", ", total.unwritten, " encoded but not written") : std::string()));
