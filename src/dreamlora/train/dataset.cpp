@@ -214,7 +214,7 @@ const std::pair<torch::Tensor, torch::Tensor>& ImageSet::cached_latents(int64_t 
   return cached->second;
 }
 
-void ImageSet::cache_all_latents(pipeline::ModelBundle& model) {
+void ImageSet::cache_all_latents(pipeline::ModelBundle& model, LatentStore* store) {
   for (int64_t f = 0; f < file_count(); ++f) {
     const Decoded& d = decoded(f);
     const auto target = target_size(f);
@@ -222,7 +222,8 @@ void ImageSet::cache_all_latents(pipeline::ModelBundle& model) {
              "--cache-latents: ", images_[f].path.string(), " is ", d.width, "x", d.height,
              " after resizing, larger than its ", target.width, "x", target.height,
              " training size, so its crop is random at every step and its latents cannot be cached; pass "
-             "--center-crop, or drop --cache-latents (kohya refuses cache_latents with random_crop too)");
+             "--center-crop, or drop --cache-latents / --cache-latents-to-disk (kohya refuses cache_latents "
+             "with random_crop too)");
     // The same crop draw_crop makes (no draw is random here), for each flip a step can draw.
     Crop crop;
     if (options_.center_crop) {
@@ -232,7 +233,24 @@ void ImageSet::cache_all_latents(pipeline::ModelBundle& model) {
     for (bool flip : {false, true}) {
       if (flip && !options_.random_flip) continue;
       crop.flip = flip;
-      cached_latents(f, crop, model);
+      if (!store || latent_cache_.count({f, flip})) {
+        cached_latents(f, crop, model);
+        continue;
+      }
+      LatentEntry entry{images_[f].path, options_.resolution, options_.center_crop, target.width,
+                        target.height};
+      entry.bucket = choices_.empty() ? 0 : choices_[f].bucket;
+      entry.crop_top = crop.top;
+      entry.crop_left = crop.left;
+      entry.flip = flip;
+      if (auto found = store->find(entry)) {
+        const auto device = model.vae->parameters().front().device();
+        latent_cache_.emplace(std::make_pair(f, flip),
+                              std::make_pair(found->first.to(device), found->second.to(device)));
+        continue;
+      }
+      const auto& latents = cached_latents(f, crop, model);
+      store->store(entry, latents.first, latents.second);
     }
   }
   for (auto& [f, d] : decoded_) d.resized = torch::Tensor();  // the latents are all a step reads now

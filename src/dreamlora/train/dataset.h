@@ -9,7 +9,9 @@
 
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "dreamlora/io/image.h"
@@ -60,6 +62,26 @@ struct ExampleTensors {
   torch::Tensor time_ids;  // [6] SDXL: original (h, w), crop (top, left), target (h, w)
 };
 
+// What decides one cached latent distribution besides the VAE: the image, its training size and crop.
+struct LatentEntry {
+  std::filesystem::path image;
+  int64_t resolution = 0;
+  bool center_crop = false;
+  int64_t target_width = 0, target_height = 0, bucket = 0;
+  int64_t crop_top = 0, crop_left = 0;
+  bool flip = false;
+};
+
+// Where ImageSet::cache_all_latents looks for latent distributions before encoding them
+// (--cache-latents-to-disk: latent_disk_cache.h), and hands the ones it encoded.
+class LatentStore {
+ public:
+  virtual ~LatentStore() = default;
+  // The entry's (mean, std) on the CPU when stored and valid for it; nothing otherwise.
+  virtual std::optional<std::pair<torch::Tensor, torch::Tensor>> find(const LatentEntry& entry) = 0;
+  virtual void store(const LatentEntry& entry, const torch::Tensor& mean, const torch::Tensor& std) = 0;
+};
+
 // The images of a set, each `repeats` times (--repeats): index i is file i % file_count(), so the order of
 // a repeated set is that of the files listed `repeats` times; each file is decoded and encoded once.
 class ImageSet {
@@ -84,8 +106,9 @@ class ImageSet {
   ExampleTensors example(int64_t index, pipeline::ModelBundle& model, at::Generator& gen);
   // --cache-latents: encodes every file now (both flips with random_flip), each alone as a step would,
   // then releases the decoded pixels: the steps read the same latents as without it (bit-identical).
-  // A file whose crop is random per step is an error naming --center-crop.
-  void cache_all_latents(pipeline::ModelBundle& model);
+  // A file whose crop is random per step is an error naming --center-crop. With a store, the entries it
+  // finds are taken from it (not encoded) and the ones encoded are handed to it.
+  void cache_all_latents(pipeline::ModelBundle& model, LatentStore* store = nullptr);
 
  private:
   struct Decoded {

@@ -174,6 +174,12 @@ std::vector<OptionSpec> build_table() {
            "(mean, std; the sample is still drawn per step, so results are bit-identical); both flips with "
            "--random-flip; images larger than the training size need --center-crop",
            &C::cache_latents),
+      flag("cache-latents-to-disk", {"cache_latents_to_disk"},
+           "--cache-latents, with each latent distribution also kept in <output-dir>/latent-cache/ (one "
+           "safetensors file per image and flip): a resumed or repeated run loads the entries whose image "
+           "bytes, size, crop, flip, VAE, VAE dtype and device still match and encodes the others again; "
+           "deleting the folder is always safe",
+           &C::cache_latents_to_disk),
       integer("batch-size", {"train_batch_size", "train-batch-size"},
               "images per step (instance images; prior doubles it)", &C::batch_size, R),
       integer("gradient-accumulation", {"gradient_accumulation_steps", "gradient-accumulation-steps"},

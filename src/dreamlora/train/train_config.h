@@ -35,8 +35,9 @@ struct TrainConfig {
   int64_t max_bucket_reso = 1024;
   int64_t bucket_reso_steps = 64;
   int64_t repeats = 1;
-  bool cache_latents = false;  // encode every image once up front and release the pixels
-  std::string identifier;      // e.g. "sks": must appear in --prompt (checked when given)
+  bool cache_latents = false;          // encode every image once up front and release the pixels
+  bool cache_latents_to_disk = false;  // --cache-latents, kept in <output-dir>/latent-cache between runs
+  std::string identifier;              // e.g. "sks": must appear in --prompt (checked when given)
   std::string caption_extension = ".txt";
   std::string caption_template;  // "a photo of sks dog, {caption}": wraps each caption file's text
   // optimisation

@@ -102,7 +102,8 @@ void Trainer::load_everything() {
   ddpm_->keep_on(device_);
   if (cfg_.snr_gamma > 0) min_snr_weights(torch::ones({1}), cfg_.snr_gamma, ddpm_->prediction_type());
   if (cfg_.prior_preservation) load_class_data(data_, model_, cfg_, *dist_);
-  if (cfg_.cache_latents) cache_all_latents(data_, model_);
+  if (cfg_.cache_latents || cfg_.cache_latents_to_disk)
+    cache_all_latents(data_, model_, cfg_, dist_->is_main());
   data_.embedder = std::make_unique<CaptionEmbedder>(!cfg_.train_text_encoder);
   const auto t0 = Clock::now();
   fingerprint_ = make_fingerprint(cfg_, data_.instance_images, data_.class_images, dist_->world_size());

@@ -12,9 +12,12 @@
 #include "dreamlora/lora/inject.h"
 #include "dreamlora/train/class_images.h"
 #include "dreamlora/train/compute_settings.h"
+#include "dreamlora/train/latent_disk_cache.h"
 #include "dreamlora/train/train_log.h"
 
 namespace dreamlora::train {
+
+namespace fs = std::filesystem;
 
 torch::Dtype weight_dtype(const std::string& mixed_precision) {
   if (mixed_precision == "fp16") return torch::kFloat16;
@@ -100,16 +103,57 @@ void load_class_data(TrainingData& data, pipeline::ModelBundle& model, const Tra
   data.class_order = std::make_unique<DataOrder>(cfg.seed + 1, data.classes->size());
 }
 
-void cache_all_latents(TrainingData& data, pipeline::ModelBundle& model) {
+namespace {
+
+// At most this many entry problems are logged one by one (a changed VAE refuses every entry).
+constexpr size_t kLoggedCacheProblems = 5;
+
+void log_latent_disk_cache(const fs::path& dir, const std::vector<std::unique_ptr<LatentDiskCache>>& caches) {
+  LatentCacheCounts total;
+  std::vector<std::string> problems;
+  for (const auto& c : caches) {
+    total.reused += c->counts().reused;
+    total.encoded += c->counts().encoded;
+    total.rewritten += c->counts().rewritten;
+    total.unwritten += c->counts().unwritten;
+    problems.insert(problems.end(), c->problems().begin(), c->problems().end());
+  }
+  for (size_t i = 0; i < problems.size() && i < kLoggedCacheProblems; ++i)
+    train_log("--cache-latents-to-disk: " + problems[i]);
+  if (problems.size() > kLoggedCacheProblems)
+    train_log(str("--cache-latents-to-disk: ... and ", problems.size() - kLoggedCacheProblems, " more"));
+  train_log(str("--cache-latents-to-disk: ", dir.string(), ": ", total.reused, " reused, ", total.encoded,
+                " encoded, ", total.rewritten, " rewritten",
+                total.unwritten ? str(", ", total.unwritten, " encoded but not written") : std::string()));
+}
+
+}  // namespace
+
+void cache_all_latents(TrainingData& data, pipeline::ModelBundle& model, const TrainConfig& cfg,
+                       bool main_worker) {
   const auto t0 = std::chrono::steady_clock::now();
-  int64_t latents = 0;
-  for (auto* set : {data.instances.get(), data.classes.get()})
-    if (set) {
-      set->cache_all_latents(model);
-      latents += set->cached_latent_count();
+  const fs::path dir = fs::path(cfg.output_dir) / kLatentCacheDirName;
+  std::map<std::string, std::string> context;
+  if (cfg.cache_latents_to_disk) {
+    context = latent_cache_context(cfg, model);
+    if (main_worker) {
+      fs::create_directories(dir);
+      remove_stale_latent_cache_temps(dir);
     }
+  }
+  std::vector<std::unique_ptr<LatentDiskCache>> caches;
+  int64_t latents = 0;
+  for (auto [set, name] :
+       {std::make_pair(data.instances.get(), "instance"), std::make_pair(data.classes.get(), "class")}) {
+    if (!set) continue;
+    if (cfg.cache_latents_to_disk)
+      caches.push_back(std::make_unique<LatentDiskCache>(dir, context, name, main_worker));
+    set->cache_all_latents(model, cfg.cache_latents_to_disk ? caches.back().get() : nullptr);
+    latents += set->cached_latent_count();
+  }
   train_log(str("--cache-latents: ", latents, " latent distributions cached in ",
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), " s"));
+  if (cfg.cache_latents_to_disk) log_latent_disk_cache(dir, caches);
 }
 
 // On SD 1.5 the text encoder is 470 MB of fp32 weights, on SDXL the two are 2.8 GB, kept for nothing

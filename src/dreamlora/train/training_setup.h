@@ -53,7 +53,10 @@ void load_class_data(TrainingData& data, pipeline::ModelBundle& model, const Tra
                      Distributed& dist);
 
 // --cache-latents: every instance and class image encoded now, its pixels released (timed in the log).
-void cache_all_latents(TrainingData& data, pipeline::ModelBundle& model);
+// --cache-latents-to-disk: the entries of <output-dir>/latent-cache that match are loaded instead, the
+// others encoded and written (by the main worker), with the counts and the reasons for rewrites logged.
+void cache_all_latents(TrainingData& data, pipeline::ModelBundle& model, const TrainConfig& config,
+                       bool main_worker);
 
 // Frozen text encoders and no validation prompt: embeds every caption of the run now and frees the
 // tokenizers and encoders.
