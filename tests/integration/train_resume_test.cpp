@@ -88,6 +88,57 @@ TEST(TrainResume, InterruptedAndResumedRunIsByteIdenticalToUninterrupted) {
             read_text(b / "pytorch_lora_weights_kohya.safetensors"));
 }
 
+// A stop while loading (here the test hook's step 0) ends the run before its first step: exit 75, nothing
+// saved, and the same command then trains exactly as an uninterrupted run.
+TEST(TrainResume, AStopWhileLoadingExitsBeforeTheFirstStepAndTheRerunEndsIdentical) {
+  auto a = make_temp_dir("train-load-a"), b = make_temp_dir("train-load-b");
+  ASSERT_EQ(run_dreamlora(train_args(a, 4)).exit_status, 0);
+  auto stopped = run_dreamlora(train_args(b, 4), {"DREAMLORA_TEST_STOP_AT_STEP=0"});
+  ASSERT_EQ(stopped.exit_status, 75) << stopped.output;
+  EXPECT_NE(stopped.output.find("before the first step: nothing to save"), std::string::npos)
+      << stopped.output;
+  for (const auto& e : fs::directory_iterator(b))
+    EXPECT_NE(e.path().filename().string().rfind("checkpoint-", 0), 0u);
+  auto rerun = run_dreamlora(train_args(b, 4));
+  ASSERT_EQ(rerun.exit_status, 0) << rerun.output;
+  EXPECT_EQ(final_lora(a), final_lora(b));
+}
+
+// SIGTERM while class images are being made: those made so far stay (each is written durably), the run exits
+// 75 before its first step, and the rerun makes the rest and trains as a run that was never stopped.
+TEST(TrainResume, SigtermWhileMakingClassImagesKeepsThemAndTheRerunEndsIdentical) {
+  auto out = make_temp_dir("train-class-stop"), reference = make_temp_dir("train-class-ref");
+  const auto classes = out.parent_path() / (out.filename().string() + "-class");
+  auto args = [&](const fs::path& dir) {
+    auto a = train_args(dir, 4);
+    a.insert(a.end(), {"--prior-preservation", "--class-prompt", "a photo of a toy", "--class-image-path",
+                       classes.string(), "--num-class-images", "60", "--sample-batch-size", "1",
+                       "--validation-inference-steps", "4"});
+    return a;
+  };
+  auto count_classes = [&] {
+    int n = 0;
+    if (fs::exists(classes))
+      for (const auto& e : fs::directory_iterator(classes)) n += e.path().extension() == ".png";
+    return n;
+  };
+  auto log = out.parent_path() / (out.filename().string() + ".log");
+  int pid = spawn_dreamlora(args(out), log);
+  for (int i = 0; i < 3000 && count_classes() == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_GT(count_classes(), 0) << read_text(log);
+  kill(pid, SIGTERM);
+  EXPECT_EQ(wait_process(pid), 75) << read_text(log);
+  EXPECT_NE(read_text(log).find("before the first step"), std::string::npos) << read_text(log);
+  EXPECT_LT(count_classes(), 60);
+  auto rerun = run_dreamlora(args(out));
+  ASSERT_EQ(rerun.exit_status, 0) << rerun.output;
+  EXPECT_EQ(count_classes(), 60);
+  ASSERT_EQ(run_dreamlora(args(reference)).exit_status, 0);  // same class images, never stopped
+  EXPECT_EQ(final_lora(out), final_lora(reference));
+  fs::remove_all(classes);
+}
+
 TEST(TrainResume, SigtermFinishesTheStepWritesACheckpointAndExits75) {
   auto out = make_temp_dir("train-sigterm");
   auto log = out.parent_path() / (out.filename().string() + ".log");

@@ -8,6 +8,7 @@
 
 #include "dreamlora/io/image.h"
 #include "dreamlora/pipeline/text_to_image.h"
+#include "dreamlora/stop/stop_request.h"
 #include "dreamlora/train/progress.h"
 
 namespace dreamlora::train {
@@ -45,6 +46,7 @@ int64_t ensure_class_images(pipeline::ModelBundle& model, const TrainConfig& con
   TaskProgress progress("class images", static_cast<int64_t>(mine.size()));
   const bool log_batches = !stderr_is_terminal() && mine.size() > batch;
   for (size_t first = 0; first < mine.size(); first += batch) {
+    if (stop::stop_requested()) break;  // the images made so far are on disk; a restart makes the rest
     const std::vector<int64_t> part(mine.begin() + first,
                                     mine.begin() + std::min(mine.size(), first + batch));
     pipeline::SampleOptions o;

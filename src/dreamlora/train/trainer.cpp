@@ -57,6 +57,9 @@ class Trainer {
   void validate(const std::string& what);
   const LoRALayers& lora_layers();
   void save_checkpoint();
+  int stopped_early();
+  // A single worker may skip the rest of loading once stopped; workers of a group all load, then agree.
+  bool stopping_alone() const { return !dist_->enabled() && stop::stop_requested(); }
   void finalize();
   void publish_outputs();
 
@@ -101,7 +104,10 @@ void Trainer::load_everything() {
   ddpm_ = std::make_unique<schedulers::DDPMScheduler>(training_noise_schedule(model_));
   ddpm_->keep_on(device_);
   if (cfg_.snr_gamma > 0) min_snr_weights(torch::ones({1}), cfg_.snr_gamma, ddpm_->prediction_type());
+  // A stop while loading ends the run before its first step (run() checks, on every worker together).
+  if (stopping_alone()) return;
   if (cfg_.prior_preservation) load_class_data(data_, model_, cfg_, *dist_);
+  if (stopping_alone()) return;
   if (cfg_.cache_latents || cfg_.cache_latents_to_disk)
     cache_all_latents(data_, model_, cfg_, dist_->is_main());
   data_.embedder = std::make_unique<CaptionEmbedder>(!cfg_.train_text_encoder);
@@ -252,7 +258,15 @@ int Trainer::run() {
   cfg_.validate();
   // The lock is the job's: the main worker takes it before anything is written to the output folder.
   if (dist_->is_main()) lock_.emplace(checkpoint::OutputLock::acquire(cfg_.output_dir));
+  // Signals, a cloud's preemption notice (--watch-preemption) and --max-runtime, as one source, from the
+  // start: a stop while the model loads or class images are made ends the run before its first step.
+  const stop::StopSources stop_sources(cfg_.watch_preemption, cfg_.max_runtime);
+  // Test hook: behave as if SIGTERM arrived during step N (0: while loading), for deterministic resume tests.
+  const char* stop_at = std::getenv("DREAMLORA_TEST_STOP_AT_STEP");
+  const int64_t test_stop_step = stop_at ? std::atoll(stop_at) : -1;
+  if (test_stop_step == 0) stop::request_stop("DREAMLORA_TEST_STOP_AT_STEP");
   load_everything();
+  if (dist_->any(stop_sources.requested())) return stopped_early();
   inject_training_lora(model_, cfg_, device_);
   optimizer_ = make_training_optimizer(model_, cfg_);
   step_options_ = step_options(cfg_, data_.classes != nullptr);
@@ -272,13 +286,7 @@ int Trainer::run() {
   const auto schedule_options = checkpoint_schedule_options(cfg_);
   schedule_due_ = std::make_unique<checkpoint::CheckpointSchedule>(schedule_options);
 
-  // Signals, a cloud's preemption notice (--watch-preemption) and --max-runtime, as one source.
-  const stop::StopSources stop_sources(cfg_.watch_preemption, cfg_.max_runtime);
-
   ProgressBar progress(cfg_.num_steps, state_.global_step, cfg_.log_every);
-  // Test hook: behave as if SIGTERM arrived during step N (deterministic interruption for resume tests).
-  const char* stop_at = std::getenv("DREAMLORA_TEST_STOP_AT_STEP");
-  const int64_t test_stop_step = stop_at ? std::atoll(stop_at) : -1;
   while (state_.global_step < cfg_.num_steps) {
     // All workers stop at the same step boundary when any of them is told to.
     if (dist_->any(stop_sources.requested())) break;
@@ -295,17 +303,7 @@ int Trainer::run() {
       validate(str("validation images at step ", state_.global_step));
   }
   progress.finish();
-  if (state_.global_step < cfg_.num_steps) {
-    // Stopped early: the step in flight is finished; checkpoint it and tell the restart loop to go on.
-    train_log(str("stop requested (", stop::stop_requested() ? stop::stop_reason_text() : "by another worker",
-                  "): writing a checkpoint at step ", state_.global_step));
-    save_checkpoint();
-    writer_->shutdown();
-    dist_->wait_for_main("the checkpoint write");
-    train_log(str("checkpoint at step ", state_.global_step, " written; exiting with status ",
-                  stop::kExitStoppedEarly, " (run the same command to resume)"));
-    return stop::kExitStoppedEarly;
-  }
+  if (state_.global_step < cfg_.num_steps) return stopped_early();
   if (schedule_options.any_trigger()) save_checkpoint();  // a re-run finds the run complete
   finalize();
   writer_->shutdown();
@@ -318,6 +316,25 @@ int Trainer::run() {
   }
   if (dist_->is_main()) optional_.print_summary(out_);
   return stop::kExitFinished;
+}
+
+// Stopped early: the step in flight is finished; checkpoint it and tell the restart loop to go on. Before
+// the first step (a stop while loading) there is nothing to save: the same command starts or resumes.
+int Trainer::stopped_early() {
+  const std::string reason = stop::stop_requested() ? stop::stop_reason_text() : "by another worker";
+  if (state_.global_step == 0) {
+    train_log(str("stop requested (", reason,
+                  ") before the first step: nothing to save; exiting with status ", stop::kExitStoppedEarly,
+                  " (run the same command to start)"));
+    return stop::kExitStoppedEarly;
+  }
+  train_log(str("stop requested (", reason, "): writing a checkpoint at step ", state_.global_step));
+  save_checkpoint();
+  writer_->shutdown();
+  dist_->wait_for_main("the checkpoint write");
+  train_log(str("checkpoint at step ", state_.global_step, " written; exiting with status ",
+                stop::kExitStoppedEarly, " (run the same command to resume)"));
+  return stop::kExitStoppedEarly;
 }
 
 }  // namespace
