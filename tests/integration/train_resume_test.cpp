@@ -239,9 +239,10 @@ TEST(TrainErrors, CorruptImageIsNamed) {
 }
 
 // A loopback HTTP endpoint that announces a preemption on every request.
+// Answers 404 (no notice, as AWS's spot endpoint does) to the first `quiet` polls, then a notice.
 class NoticeServer {
  public:
-  NoticeServer() {
+  explicit NoticeServer(int quiet = 0) : quiet_(quiet) {
     fd_ = socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
@@ -257,9 +258,11 @@ class NoticeServer {
         if (c < 0) return;
         char buf[4096];
         (void)!read(c, buf, sizeof(buf));
-        const char reply[] =
-            "HTTP/1.1 200 OK\r\nContent-Length: 20\r\nConnection: close\r\n\r\npreempting in 120 s\n";
-        (void)!write(c, reply, sizeof(reply) - 1);
+        const std::string reply =
+            quiet_-- > 0
+                ? "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                : "HTTP/1.1 200 OK\r\nContent-Length: 20\r\nConnection: close\r\n\r\npreempting in 120 s\n";
+        (void)!write(c, reply.data(), reply.size());
         close(c);
       }
     });
@@ -274,11 +277,13 @@ class NoticeServer {
  private:
   int fd_ = -1;
   int port_ = 0;
+  int quiet_ = 0;
   std::thread thread_;
 };
 
+// The first poll comes while the model loads; the notice at the next one (2 s later), during training.
 TEST(TrainPreemption, ANoticeFromTheWatchedEndpointStopsWithACheckpoint) {
-  NoticeServer server;
+  NoticeServer server(1);
   auto out = make_temp_dir("train-notice");
   auto args = train_args(out, 400);
   args.push_back("--watch-preemption");
@@ -293,6 +298,17 @@ TEST(TrainPreemption, ANoticeFromTheWatchedEndpointStopsWithACheckpoint) {
       EXPECT_TRUE(dreamlora::checkpoint::verify_checkpoint(e.path()).ok) << e.path();
     }
   EXPECT_TRUE(found) << r.output;
+}
+
+TEST(TrainPreemption, ANoticeWhileLoadingEndsTheRunBeforeItsFirstStep) {
+  NoticeServer server;
+  auto out = make_temp_dir("train-notice-load");
+  auto args = train_args(out, 400);
+  args.push_back("--watch-preemption");
+  args.push_back(server.url());
+  auto r = run_dreamlora(args);
+  EXPECT_EQ(r.exit_status, 75) << r.output;
+  EXPECT_NE(r.output.find("before the first step"), std::string::npos) << r.output;
 }
 
 TEST(TrainMirror, AFreshMachineResumesFromTheS3MirrorWithTheSameFinalBytes) {
