@@ -103,9 +103,11 @@ class DiskFullTrain : public ::testing::Test {
 };
 
 TEST_F(DiskFullTrain, ACheckpointThatHitsENOSPCFailsTheRunKeepsEarlierOnesAndARerunFinishes) {
-  const auto out = make_temp_dir("disk-full-checkpoint");
-  auto full =
-      run_dreamlora(six_steps_checkpoint_every_two(out), disk_full_while_writing("checkpoint-4", 50000));
+  // The writer's temporary folder for step 4 (".checkpoint-4.tmp-PID"): plain "checkpoint-4" also matched the
+  // test's own folder whenever the PID in its name began with 4.
+  const auto out = make_temp_dir("disk-full-ckpt");
+  auto full = run_dreamlora(six_steps_checkpoint_every_two(out),
+                            disk_full_while_writing("/.checkpoint-4.tmp-", 50000));
   EXPECT_EQ(full.exit_status, 1) << full.output;
   EXPECT_TRUE(has(full.output, "checkpoint 4 not written")) << full.output;
   EXPECT_TRUE(has(full.output, "No space left on device (free disk space")) << full.output;
