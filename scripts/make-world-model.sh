@@ -11,7 +11,8 @@
 # The shipped VAE was made in two phases, and the defaults replay them: VAE_FIRST_STEPS, then continued to
 # VAE_STEPS (a resume with --allow-schedule-change, so its cosine schedule restarts from the new length; set
 # VAE_FIRST_STEPS=VAE_STEPS for one phase). The UNet and text encoder are then trained on the final VAE,
-# also in two phases as recorded: UNET_FIRST_STEPS, then resumed to UNET_STEPS.
+# with Min-SNR weighting (UNET_SNR_GAMMA), in one phase of UNET_FIRST_STEPS by default (the shipped model);
+# UNET_STEPS and UNET_FINAL_STEPS, when larger, resume it with a longer schedule.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,8 +23,10 @@ VAE_STEPS=${VAE_STEPS:-1600}
 VAE_BATCH=${VAE_BATCH:-16}
 VAE_LR=${VAE_LR:-2e-3}
 VAE_WARMUP=${VAE_WARMUP:-30}
-UNET_FIRST_STEPS=${UNET_FIRST_STEPS:-2800}
+UNET_FIRST_STEPS=${UNET_FIRST_STEPS:-5600}
 UNET_STEPS=${UNET_STEPS:-5600}
+UNET_FINAL_STEPS=${UNET_FINAL_STEPS:-5600}
+UNET_SNR_GAMMA=${UNET_SNR_GAMMA:-5}
 UNET_BATCH=${UNET_BATCH:-32}
 UNET_LR=${UNET_LR:-1e-3}
 UNET_WARMUP=${UNET_WARMUP:-100}
@@ -71,7 +74,7 @@ pretrain_unet() {  # $1: steps, $2: the VAE stage's pipeline; the rest: extra fl
   run "$DREAMLORA" --threads "$UNET_THREADS" pretrain --stage unet --model "$vae" --data "$WORK/data" \
     --output-dir "$WORK/unet" --num-steps "$steps" --batch-size "$UNET_BATCH" --lr "$UNET_LR" \
     --warmup-steps "$UNET_WARMUP" --caption-dropout 0.1 --seed "$SEED" --checkpointing-steps 100 --log-every 25 \
-    --save-dtype fp16 --train-text-encoder "$@" | tee -a "$WORK/unet.log"
+    --save-dtype fp16 --train-text-encoder --snr-gamma "$UNET_SNR_GAMMA" "$@" | tee -a "$WORK/unet.log"
 }
 rm -f "$WORK/vae.log" "$WORK/unet.log"
 vae_start=$(seconds)
@@ -81,6 +84,9 @@ vae_end=$(seconds)
 pretrain_unet "$UNET_FIRST_STEPS" "$WORK/vae/pipeline"
 if ((UNET_STEPS != UNET_FIRST_STEPS)); then
   pretrain_unet "$UNET_STEPS" "$WORK/vae/pipeline" --allow-schedule-change
+fi
+if ((UNET_FINAL_STEPS != UNET_STEPS)); then
+  pretrain_unet "$UNET_FINAL_STEPS" "$WORK/vae/pipeline" --allow-schedule-change
 fi
 end=$(seconds)
 
@@ -102,7 +108,7 @@ last_loss() { grep -o 'loss [0-9.e+-]*' "$1" | tail -1 | cut -d' ' -f2; }
   echo
   echo "Commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%Y-%m-%dT%H:%MZ)."
   echo "Settings: SEED=$SEED COUNT=$COUNT VAE_FIRST_STEPS=$VAE_FIRST_STEPS VAE_STEPS=$VAE_STEPS VAE_BATCH=$VAE_BATCH VAE_LR=$VAE_LR"
-  echo "VAE_WARMUP=$VAE_WARMUP UNET_FIRST_STEPS=$UNET_FIRST_STEPS UNET_STEPS=$UNET_STEPS UNET_BATCH=$UNET_BATCH UNET_LR=$UNET_LR"
+  echo "VAE_WARMUP=$VAE_WARMUP UNET_FIRST_STEPS=$UNET_FIRST_STEPS UNET_STEPS=$UNET_STEPS UNET_FINAL_STEPS=$UNET_FINAL_STEPS UNET_SNR_GAMMA=$UNET_SNR_GAMMA UNET_BATCH=$UNET_BATCH UNET_LR=$UNET_LR"
   echo "UNET_WARMUP=$UNET_WARMUP VAE_THREADS=$VAE_THREADS UNET_THREADS=$UNET_THREADS."
   echo
   echo '```'

@@ -35,7 +35,8 @@ $bin make-world-data "$demo/subject" --subject --count 6 --size 64
 
 train=($bin train --model "$model" --image-path "$demo/subject" --prompt "a photo of sks toy"
   --identifier sks --prior-preservation --class-prompt "a photo of a toy" --class-image-path "$demo/class"
-  --num-class-images 12 --rank 8 --resolution 64 --num-steps "$steps" --checkpointing-steps "$every"
+  --num-class-images 12 --rank 8 --snr-gamma 5 --train-text-encoder
+  --lora-targets to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2 --resolution 64 --num-steps "$steps" --checkpointing-steps "$every"
   --checkpoints-total-limit 3 --lr 1e-3 --validation-prompt "a photo of sks toy" --num-validation-images 1
   --validation-inference-steps 20 --output-dir "$demo/output")
 

@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <fstream>
+#include <mutex>
 #include <random>
 #include <sstream>
 
@@ -46,12 +47,44 @@ bool running_in_ci() {
   return ci != nullptr && std::string(ci) == "true";
 }
 
+namespace {
+
+// The folders make_temp_dir made, removed when the test process exits after every test passed (a run of
+// the suite used to leave gigabytes under /tmp). Kept after a failure, or with DREAMLORA_KEEP_TEST_DIRS
+// set, to look into; never removed by a forked child that returns through exit().
+class TempDirRegistry {
+ public:
+  void add(const std::filesystem::path& dir) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    dirs_.push_back(dir);
+  }
+  ~TempDirRegistry() {
+    if (getpid() != owner_ || std::getenv("DREAMLORA_KEEP_TEST_DIRS") != nullptr) return;
+    if (!::testing::UnitTest::GetInstance()->Passed()) return;
+    std::error_code ec;
+    for (const auto& dir : dirs_) std::filesystem::remove_all(dir, ec);
+  }
+
+ private:
+  const pid_t owner_ = getpid();
+  std::mutex mutex_;
+  std::vector<std::filesystem::path> dirs_;
+};
+
+TempDirRegistry& temp_dirs() {
+  static TempDirRegistry registry;
+  return registry;
+}
+
+}  // namespace
+
 std::filesystem::path make_temp_dir(const std::string& tag) {
   static std::atomic<int> counter{0};
   auto dir = std::filesystem::temp_directory_path() /
              ("dreamlora-test-" + tag + "-" + std::to_string(getpid()) + "-" + std::to_string(counter++));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
+  temp_dirs().add(dir);
   return dir;
 }
 

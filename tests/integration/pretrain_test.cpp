@@ -158,6 +158,34 @@ TEST(Pretrain, TextEncoderTrainedWithTheUnetIsWrittenAndResumesByteIdentical) {
   EXPECT_NE(r.output.find("settings differ"), std::string::npos) << r.output;
 }
 
+TEST(Pretrain, SnrGammaWeightsTheLossResumesByteIdenticalAndIsPartOfTheSettings) {
+  auto plain = make_temp_dir("pretrain-snr-plain"), a = make_temp_dir("pretrain-snr-a"),
+       b = make_temp_dir("pretrain-snr-b");
+  auto args = [&](const fs::path& out, const std::string& gamma) {
+    auto v = pretrain_args("unet", pretrain_world().model, out, 4);
+    v.insert(v.end(), {"--snr-gamma", gamma});
+    return v;
+  };
+  ASSERT_EQ(run_dreamlora(args(plain, "0")).exit_status, 0);
+  auto full = run_dreamlora(args(a, "5"));
+  ASSERT_EQ(full.exit_status, 0) << full.output;
+  ASSERT_EQ(run_dreamlora(args(b, "5"), {"DREAMLORA_TEST_STOP_AT_STEP=2"}).exit_status, 75);
+  auto second = run_dreamlora(args(b, "5"));
+  ASSERT_EQ(second.exit_status, 0) << second.output;
+  const std::string weights = "pipeline/unet/diffusion_pytorch_model.safetensors";
+  EXPECT_EQ(read_text(a / weights), read_text(b / weights));
+  EXPECT_NE(read_text(a / weights), read_text(plain / weights));  // the weighting changed the updates
+  // A checkpoint of another gamma is not resumed.
+  auto changed = make_temp_dir("pretrain-snr-changed");
+  ASSERT_EQ(run_dreamlora(args(changed, "5"), {"DREAMLORA_TEST_STOP_AT_STEP=2"}).exit_status, 75);
+  auto r = run_dreamlora(args(changed, "1"));
+  EXPECT_EQ(r.exit_status, 1);
+  EXPECT_NE(r.output.find("settings differ"), std::string::npos) << r.output;
+  auto negative = run_dreamlora(args(make_temp_dir("pretrain-snr-negative"), "-1"));
+  EXPECT_EQ(negative.exit_status, 1);
+  EXPECT_NE(negative.output.find("--snr-gamma"), std::string::npos) << negative.output;
+}
+
 TEST(Pretrain, SigtermWritesACheckpointAndExits75) {
   auto out = make_temp_dir("pretrain-sigterm");
   auto log = out.parent_path() / (out.filename().string() + ".log");

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "dreamlora/common/error.h"
+#include "dreamlora/nn/frozen_conv.h"
 #include "dreamlora/nn/norms.h"
 #include "dreamlora/nn/uninitialized.h"
 
@@ -47,7 +48,7 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& opts) : options
 torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Tensor& temb) {
   // x: [B, in, H, W], temb: [B, temb_channels]
   auto h = torch::silu(nn::group_norm_fp32(norm1, x));
-  h = conv1(h);  // [B, out, H, W]
+  h = nn::conv2d_forward(conv1, h);  // [B, out, H, W]
   if (time_emb_proj && temb.defined()) {
     auto t = options.skip_time_act ? temb : torch::silu(temb);
     t = time_emb_proj(t);                   // [B, out]
@@ -55,8 +56,8 @@ torch::Tensor ResnetBlock2DImpl::forward(const torch::Tensor& x, const torch::Te
   }
   h = torch::silu(nn::group_norm_fp32(norm2, h));
   if (options.dropout > 0.0) h = dropout(h);
-  h = conv2(h);
-  auto residual = conv_shortcut ? conv_shortcut(x) : x;
+  h = nn::conv2d_forward(conv2, h);
+  auto residual = conv_shortcut ? nn::conv2d_forward(conv_shortcut, x) : x;
   auto out = residual + h;
   if (options.output_scale_factor != 1.0) out = out / options.output_scale_factor;
   return out;  // [B, out, H, W]
@@ -84,9 +85,9 @@ torch::Tensor Downsample2DImpl::forward(const torch::Tensor& x) {
   if (!options.use_conv) return torch::avg_pool2d(x, {2, 2}, {2, 2});
   if (options.padding == 0) {
     // diffusers pads only right and bottom so the stride-2 conv sees the LDM layout.
-    return conv(torch::constant_pad_nd(x, {0, 1, 0, 1}, 0));
+    return nn::conv2d_forward(conv, torch::constant_pad_nd(x, {0, 1, 0, 1}, 0));
   }
-  return conv(x);
+  return nn::conv2d_forward(conv, x);
 }
 
 Upsample2DImpl::Upsample2DImpl(const Upsample2DOptions& opts) : options(opts) {
@@ -119,7 +120,7 @@ torch::Tensor Upsample2DImpl::forward(const torch::Tensor& x, const std::vector<
     h = torch::upsample_nearest2d(h, at::IntArrayRef(output_size), c10::nullopt, c10::nullopt);
   }
   if (dtype == torch::kBFloat16) h = h.to(dtype);
-  return conv ? conv(h) : h;
+  return conv ? nn::conv2d_forward(conv, h) : h;
 }
 
 }  // namespace dreamlora::blocks

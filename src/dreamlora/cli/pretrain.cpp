@@ -32,6 +32,9 @@ Runner add_pretrain(CLI::App& app) {
   cmd->add_option("--caption-dropout", o->caption_dropout,
                   "unet: share of samples trained with the empty prompt (classifier-free guidance)")
       ->capture_default_str();
+  cmd->add_option("--snr-gamma", o->snr_gamma,
+                  "unet: Min-SNR-gamma loss weighting (0: plain MSE; 5 is the paper's value)")
+      ->capture_default_str();
   cmd->add_flag("--train-text-encoder", o->train_text_encoder,
                 "unet: train the text encoder with the UNet (a random one otherwise stays frozen)");
   cmd->add_option("--checkpointing-steps", o->checkpointing_steps,

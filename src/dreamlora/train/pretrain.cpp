@@ -31,6 +31,7 @@
 #include "dreamlora/stop/stop_sources.h"
 #include "dreamlora/text/text_embeddings.h"
 #include "dreamlora/train/adamw.h"
+#include "dreamlora/train/losses.h"
 #include "dreamlora/train/lr_schedule.h"
 
 namespace dreamlora::train {
@@ -152,18 +153,21 @@ struct Stage {
 };
 
 io::Json fingerprint(const PretrainOptions& o) {
-  return {{"stage", o.stage},
-          {"batch_size", o.batch_size},
-          {"learning_rate", o.learning_rate},
-          {"seed", o.seed},
-          {"kl_weight", o.kl_weight},
-          {"caption_dropout", o.caption_dropout},
-          {"train_text_encoder", o.train_text_encoder},
-          {"warmup_steps", o.warmup_steps},
-          {"weight_decay", o.weight_decay},
-          {"max_grad_norm", o.max_grad_norm},
-          {"num_steps", o.num_steps},
-          {"max_images", o.max_images}};
+  io::Json f = {{"stage", o.stage},
+                {"batch_size", o.batch_size},
+                {"learning_rate", o.learning_rate},
+                {"seed", o.seed},
+                {"kl_weight", o.kl_weight},
+                {"caption_dropout", o.caption_dropout},
+                {"train_text_encoder", o.train_text_encoder},
+                {"warmup_steps", o.warmup_steps},
+                {"weight_decay", o.weight_decay},
+                {"max_grad_norm", o.max_grad_norm},
+                {"num_steps", o.num_steps},
+                {"max_images", o.max_images}};
+  // Added after the first checkpoints were written: only present when set, so those still resume.
+  if (o.snr_gamma > 0) f["snr_gamma"] = o.snr_gamma;
+  return f;
 }
 
 void save_checkpoint(checkpoint::CheckpointStore& store, int64_t step, const PretrainOptions& o,
@@ -277,6 +281,7 @@ int run_pretrain(const PretrainOptions& o) {
   DL_CHECK(o.stage == "vae" || o.stage == "unet", "--stage: expected vae or unet, got '", o.stage, "'");
   DL_CHECK(o.num_steps > 0, "--num-steps must be > 0, got ", o.num_steps);
   DL_CHECK(o.batch_size > 0, "--batch-size must be > 0, got ", o.batch_size);
+  DL_CHECK(o.snr_gamma >= 0, "--snr-gamma must not be negative, got ", o.snr_gamma);
   DL_CHECK(o.save_dtype == "fp32" || o.save_dtype == "fp16", "--save-dtype: expected fp32 or fp16, got '",
            o.save_dtype, "'");
   DL_CHECK(fs::exists(o.model / "model_index.json"), "--model ", o.model.string(),
@@ -350,8 +355,10 @@ int run_pretrain(const PretrainOptions& o) {
     const int64_t empty_row = caption_ids.size(0) - 1;
     const auto& text = bundle.text;
     const bool train_text = o.train_text_encoder;
-    stage.loss = [unet, sched, scaling, dropout, empty_row, text, train_text, &latent_mean, &latent_std,
-                  &caption_ids, &caption_embeds,
+    const double snr_gamma = o.snr_gamma;
+    if (snr_gamma > 0) min_snr_weights(torch::ones({1}), snr_gamma, sched->prediction_type());
+    stage.loss = [unet, sched, scaling, dropout, empty_row, text, train_text, snr_gamma, &latent_mean,
+                  &latent_std, &caption_ids, &caption_embeds,
                   &caption_index](const std::vector<int64_t>& batch, at::Generator& gen) mutable {
       auto idx = torch::tensor(batch, torch::kInt64);
       auto mean = latent_mean.index_select(0, idx), std = latent_std.index_select(0, idx);
@@ -371,7 +378,11 @@ int run_pretrain(const PretrainOptions& o) {
                      : caption_embeds.index_select(0, row_index);
       auto noisy = sched->add_noise(latents, noise, timesteps);
       auto pred = unet->forward(noisy, timesteps, embeds);
-      return torch::mse_loss(pred.to(torch::kFloat32), sched->training_target(latents, noise, timesteps));
+      auto target = sched->training_target(latents, noise, timesteps);
+      if (snr_gamma <= 0) return torch::mse_loss(pred.to(torch::kFloat32), target);
+      auto per_sample = (pred.to(torch::kFloat32) - target).pow(2).mean({1, 2, 3});
+      return (per_sample * min_snr_weights(sched->snr(timesteps), snr_gamma, sched->prediction_type()))
+          .mean();
     };
   }
 

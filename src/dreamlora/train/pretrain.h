@@ -31,6 +31,7 @@ struct PretrainOptions {
   // its own position, which cross-attention learns to find only slowly; trained, it spreads the prompt over
   // every position (as a real CLIP does) and the UNet follows prompts after far fewer steps.
   bool train_text_encoder = false;
+  double snr_gamma = 0;                           // unet: Min-SNR-gamma loss weighting (0: plain MSE)
   int64_t checkpointing_steps = 500;              // 0: only when stopped
   int64_t checkpoints_total_limit = 2;            // 0: keep all
   std::string resume_from_checkpoint = "latest";  // latest | none | a checkpoint folder

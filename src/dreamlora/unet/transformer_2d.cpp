@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "dreamlora/common/error.h"
+#include "dreamlora/nn/frozen_conv.h"
 #include "dreamlora/nn/norms.h"
 #include "dreamlora/nn/uninitialized.h"
 #include "dreamlora/unet/gradient_checkpointing.h"
@@ -106,7 +107,7 @@ torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& x, const torc
   auto h = nn::group_norm_fp32(norm, x);
   int64_t inner = 0;
   if (proj_in_conv) {
-    h = proj_in_conv(h);  // [B, inner, H, W]
+    h = nn::conv2d_forward(proj_in_conv, h);  // [B, inner, H, W]
     inner = h.size(1);
     h = h.permute({0, 2, 3, 1}).reshape({batch, height * width, inner});  // [B, HW, inner]
   } else {
@@ -126,7 +127,7 @@ torch::Tensor Transformer2DModelImpl::forward(const torch::Tensor& x, const torc
   }
   if (proj_out_conv) {
     h = h.reshape({batch, height, width, inner}).permute({0, 3, 1, 2}).contiguous();  // [B, inner, H, W]
-    h = proj_out_conv(h);                                                             // [B, C, H, W]
+    h = nn::conv2d_forward(proj_out_conv, h);                                         // [B, C, H, W]
   } else {
     h = proj_out_linear(h);                                                               // [B, HW, C]
     h = h.reshape({batch, height, width, h.size(2)}).permute({0, 3, 1, 2}).contiguous();  // [B, C, H, W]

@@ -8,6 +8,7 @@
 
 #include "dreamlora/common/error.h"
 #include "dreamlora/io/model_dir.h"
+#include "dreamlora/nn/frozen_conv.h"
 #include "dreamlora/nn/norms.h"
 #include "dreamlora/nn/state_dict.h"
 #include "dreamlora/nn/uninitialized.h"
@@ -368,7 +369,7 @@ torch::Tensor UNet2DConditionModelImpl::forward(const torch::Tensor& sample, con
   if (config.center_input_sample) h = 2 * h - 1.0;
   const auto emb = time_embedding_for(timestep, batch, text_embeds, time_ids);  // [B, T]
 
-  h = conv_in(h);                       // [B, c0, H, W]
+  h = nn::conv2d_forward(conv_in, h);   // [B, c0, H, W]
   std::vector<torch::Tensor> skips{h};  // every down-path output, consumed from the back
   for (auto& block : down) {
     auto [out, res] = block->forward(h, emb, context);
@@ -386,7 +387,7 @@ torch::Tensor UNet2DConditionModelImpl::forward(const torch::Tensor& sample, con
     h = up[i]->forward(h, res, emb, context, upsample_size);
   }
   h = torch::silu(nn::group_norm_fp32(conv_norm_out, h));
-  return conv_out(h);  // [B, out, H, W]
+  return nn::conv2d_forward(conv_out, h);  // [B, out, H, W]
 }
 
 void UNet2DConditionModelImpl::set_gradient_checkpointing(bool enabled) {
