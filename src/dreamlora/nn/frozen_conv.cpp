@@ -39,8 +39,9 @@ class FrozenConv2d : public torch::autograd::Function<FrozenConv2d> {
     // the same kernel autograd's convolution would.
     auto input_like = torch::empty(ctx->saved_data["input_sizes"].toIntVector(), grad.options());
     auto grad_input = std::get<0>(at::convolution_backward(
-        grad, input_like, conv->weight, c10::nullopt, torch::IntArrayRef(o.stride()).vec(), explicit_padding(o),
-        torch::IntArrayRef(o.dilation()).vec(), false, std::vector<int64_t>{0, 0}, o.groups(), {true, false, false}));
+        grad, input_like, conv->weight, c10::nullopt, torch::IntArrayRef(o.stride()).vec(),
+        explicit_padding(o), torch::IntArrayRef(o.dilation()).vec(), false, std::vector<int64_t>{0, 0},
+        o.groups(), {true, false, false}));
     return torch::autograd::variable_list{grad_input, torch::Tensor()};
   }
 };
