@@ -37,7 +37,7 @@ UNET_WARMUP=${UNET_WARMUP:-100}
 # As the recorded runs: float sums depend on the thread count.
 VAE_THREADS=${VAE_THREADS:-1}
 UNET_THREADS=${UNET_THREADS:-2}
-EVAL_SAMPLES=${EVAL_SAMPLES:-16}
+EVAL_SAMPLES=${EVAL_SAMPLES:-64}
 WORK=${WORK:-build/world-model}
 DEST=${DEST:-assets/tiny-world-sd}
 DREAMLORA=${DREAMLORA:-build/dreamlora}
@@ -159,7 +159,7 @@ last_loss() { grep -o 'loss [0-9.e+-]*' "$1" | tail -1 | cut -d' ' -f2; }
   echo "The subject rows are the untrained DreamBooth baseline (no LoRA)."
   echo
   echo '```'
-  grep -E '^(metric|subject_fidelity|prompt_fidelity|language_drift|world_heldout)' "$WORK/eval.log"
+  grep -E '^(metric|subject_fidelity|prompt_fidelity|language_drift|world_heldout|\(a-b%\))' "$WORK/eval.log"
   echo '```'
   echo
   cat scripts/tiny-world-sd-notes.md

@@ -83,6 +83,27 @@ TEST(WorldEval, ScoresJsonHoldsEveryMetricBeforeAndAfter) {
   EXPECT_NE(scores_table(example_results(), true).find("100.0% 4/4"), std::string::npos);
 }
 
+TEST(WorldEval, WilsonIntervalBoundsTheShareOfUnlimitedSamples) {
+  // Reference values of the Wilson score interval (z = 1.96), e.g. statsmodels' proportion_confint.
+  const auto ci = Tally{13, 16}.wilson95();
+  EXPECT_NEAR(ci.low, 0.5699, 1e-4);
+  EXPECT_NEAR(ci.high, 0.9341, 1e-4);
+  const auto many = Tally{401, 512}.wilson95();
+  EXPECT_NEAR(many.low, 0.7455, 1e-4);
+  EXPECT_NEAR(many.high, 0.8167, 1e-4);
+  const auto none = Tally{0, 16}.wilson95(), all = Tally{16, 16}.wilson95(), empty = Tally{}.wilson95();
+  EXPECT_DOUBLE_EQ(none.low, 0.0);
+  EXPECT_NEAR(none.high, 0.1936, 1e-4);
+  EXPECT_DOUBLE_EQ(all.high, 1.0);
+  EXPECT_DOUBLE_EQ(empty.low, 0.0);
+  EXPECT_DOUBLE_EQ(empty.high, 1.0);
+  auto j =
+      io::Json::parse(scores_json(example_results(), EvalSettings{"m", "l", 4, 20, 7.5, 0, "euler"}, true));
+  EXPECT_EQ(j["metrics"]["subject_fidelity"]["after"]["ci95"].size(), 2u);
+  EXPECT_NE(scores_table(example_results(), true).find("100.0% 4/4 (51-100%)"), std::string::npos);
+  EXPECT_NE(scores_markdown(example_results(), true).find("Wilson"), std::string::npos);
+}
+
 io::Image solid(int w, int h, uint8_t v) {
   io::Image img;
   img.width = w, img.height = h;
@@ -115,7 +136,8 @@ TEST(WorldEval, CardSectionIsAppendedOnceAndReplacedOnTheNextRun) {
   auto first = testing::read_text(card);
   EXPECT_EQ(first.rfind("# DreamBooth LoRA\n\nbody\n\n## Evaluation\n", 0), 0u) << first;
   EXPECT_NE(first.find("![evaluation grid](evaluation/grid.png)"), std::string::npos);
-  EXPECT_NE(first.find("| subject_fidelity |  25.0% (1/4) | 100.0% (4/4) |"), std::string::npos) << first;
+  EXPECT_NE(first.find("| subject_fidelity |  25.0% 1/4 (5-70%) | 100.0% 4/4 (51-100%) |"), std::string::npos)
+      << first;
   append_evaluation_section(card, evaluation_card_section(example_results(), true, "evaluation/grid.png"));
   EXPECT_EQ(testing::read_text(card), first);
   append_evaluation_section(dir / "new.md", "## Evaluation\n\nx\n");

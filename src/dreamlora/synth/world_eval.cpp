@@ -1,6 +1,7 @@
 #include "dreamlora/synth/world_eval.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -14,6 +15,8 @@ namespace dreamlora::synth {
 namespace {
 
 constexpr const char* kEvaluationHeading = "## Evaluation";
+constexpr const char* kIntervalNote =
+    "(a-b%): where the share of unlimited samples lies, with 95 % confidence (Wilson score interval)";
 
 std::string percent(const Tally& t) {
   char buf[32];
@@ -25,8 +28,21 @@ std::string fraction(const Tally& t) {
   return std::to_string(t.hits) + "/" + std::to_string(t.total);
 }
 
+// "(48-72%)": the 95 % interval in whole percent.
+std::string interval(const Tally& t) {
+  const auto ci = t.wilson95();
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "(%.0f-%.0f%%)", 100.0 * ci.low, 100.0 * ci.high);
+  return buf;
+}
+
+std::string tally_text(const Tally& t) {
+  return percent(t) + " " + fraction(t) + " " + interval(t);
+}
+
 io::Json tally_json(const Tally& t) {
-  return {{"hits", t.hits}, {"total", t.total}, {"share", t.share()}};
+  const auto ci = t.wilson95();
+  return {{"hits", t.hits}, {"total", t.total}, {"share", t.share()}, {"ci95", {ci.low, ci.high}}};
 }
 
 const char* metric_meaning(const std::string& metric) {
@@ -38,6 +54,15 @@ const char* metric_meaning(const std::string& metric) {
 }
 
 }  // namespace
+
+Interval Tally::wilson95() const {
+  if (total <= 0) return {0.0, 1.0};
+  constexpr double z = 1.959963984540054;
+  const double n = double(total), p = share(), z2n = z * z / n;
+  const double centre = (p + z2n / 2) / (1 + z2n);
+  const double half = z * std::sqrt(p * (1 - p) / n + z2n / (4 * n)) / (1 + z2n);
+  return {std::max(0.0, centre - half), std::min(1.0, centre + half)};
+}
 
 std::vector<EvalPrompt> evaluation_prompts(const std::string& identifier, const std::string& class_prompt,
                                            bool with_world) {
@@ -116,16 +141,17 @@ std::string scores_json(const std::vector<PromptResult>& results, const EvalSett
 std::string scores_table(const std::vector<PromptResult>& results, bool has_lora) {
   std::ostringstream os;
   char line[256];
-  std::snprintf(line, sizeof(line), "%-18s %-16s%s  %s\n", "metric", "before (no LoRA)",
-                has_lora ? "  after (LoRA)    " : "", "meaning");
+  std::snprintf(line, sizeof(line), "%-18s %-27s%s  %s\n", "metric", "before (no LoRA)",
+                has_lora ? "  after (LoRA)                 " : "", "meaning");
   os << line;
   for (const auto& m : summarize(results)) {
-    const std::string before = percent(m.before) + " " + fraction(m.before);
-    const std::string after = has_lora ? "  " + percent(m.after) + " " + fraction(m.after) : "";
-    std::snprintf(line, sizeof(line), "%-18s %-16s%-18s  %s\n", m.metric.c_str(), before.c_str(),
-                  after.c_str(), metric_meaning(m.metric));
+    const std::string before = tally_text(m.before);
+    const std::string after = has_lora ? "  " + tally_text(m.after) : "";
+    std::snprintf(line, sizeof(line), "%-18s %-27s%-*s  %s\n", m.metric.c_str(), before.c_str(),
+                  has_lora ? 29 : 0, after.c_str(), metric_meaning(m.metric));
     os << line;
   }
+  os << kIntervalNote << "\n";
   return os.str();
 }
 
@@ -134,10 +160,11 @@ std::string scores_markdown(const std::vector<PromptResult>& results, bool has_l
   os << "| metric | before (no LoRA) |" << (has_lora ? " after (LoRA) |" : "") << " meaning |\n";
   os << "|---|---|" << (has_lora ? "---|" : "") << "---|\n";
   for (const auto& m : summarize(results)) {
-    os << "| " << m.metric << " | " << percent(m.before) << " (" << fraction(m.before) << ") |";
-    if (has_lora) os << " " << percent(m.after) << " (" << fraction(m.after) << ") |";
+    os << "| " << m.metric << " | " << tally_text(m.before) << " |";
+    if (has_lora) os << " " << tally_text(m.after) << " |";
     os << " " << metric_meaning(m.metric) << " |\n";
   }
+  os << "\n" << kIntervalNote << "\n";
   return os.str();
 }
 

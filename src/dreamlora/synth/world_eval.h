@@ -38,9 +38,16 @@ std::vector<EvalPrompt> evaluation_prompts(const std::string& identifier, const 
 // Whether a sample of this prompt counts as a hit for its metric.
 bool counts_as_hit(const EvalPrompt& prompt, const Detection& detection);
 
+struct Interval {
+  double low = 0, high = 0;
+};
+
 struct Tally {
   int64_t hits = 0, total = 0;
   double share() const { return total > 0 ? double(hits) / double(total) : 0.0; }
+  // The Wilson score interval of the share at 95 % confidence: how far the share of these samples may be
+  // from the share of unlimited samples (16 samples at 13/16 leave 57-93 %). [0, 1] without samples.
+  Interval wilson95() const;
 };
 
 // One column of the evaluation: a prompt with its tallies before (no LoRA) and after (with the LoRA).
